@@ -1,0 +1,46 @@
+"""Table definitions: market_data.{trades_v2,quotes_v2,reference_data_v2}, created by library code."""
+
+from __future__ import annotations
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.table import Table
+
+from k2.lake.catalog import NAMESPACE
+from k2.schema.fields import ALL_RECORDS, RecordSpec
+from k2.schema.iceberg import iceberg_schema, partition_spec, sort_order
+
+TABLE_PROPERTIES = {
+    "write.format.default": "parquet",
+    "write.parquet.compression-codec": "zstd",
+    "format-version": "2",
+}
+
+
+def table_identifier(spec: RecordSpec) -> str:
+    return f"{NAMESPACE}.{spec.name}"
+
+
+def ensure_table(catalog: Catalog, spec: RecordSpec) -> Table:
+    """Open the table for `spec`, creating namespace and table on first use (safe to race)."""
+    try:
+        catalog.create_namespace(NAMESPACE)
+    except NamespaceAlreadyExistsError:
+        pass
+    ident = table_identifier(spec)
+    if catalog.table_exists(ident):
+        return catalog.load_table(ident)
+    try:
+        return catalog.create_table(
+            ident,
+            schema=iceberg_schema(spec),
+            partition_spec=partition_spec(spec),
+            sort_order=sort_order(spec),
+            properties=TABLE_PROPERTIES,
+        )
+    except TableAlreadyExistsError:
+        return catalog.load_table(ident)
+
+
+def ensure_tables(catalog: Catalog) -> dict[str, Table]:
+    return {spec.name: ensure_table(catalog, spec) for spec in ALL_RECORDS}

@@ -1,0 +1,44 @@
+"""Arrow form of the V2 records (what the sink builds and writes to Iceberg)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pyarrow as pa
+
+from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE, FieldSpec, Kind, RecordSpec
+
+_ARROW_TYPES: dict[Kind, pa.DataType] = {
+    Kind.STRING: pa.string(),
+    Kind.LONG: pa.int64(),
+    Kind.BOOLEAN: pa.bool_(),
+    Kind.DECIMAL: pa.decimal128(PRICE_PRECISION, PRICE_SCALE),
+    Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    Kind.DATE: pa.date32(),
+    Kind.STRING_LIST: pa.list_(pa.field("element", pa.string(), nullable=False)),
+    Kind.STRING_MAP: pa.map_(pa.string(), pa.string()),
+}
+
+
+def arrow_type(spec: FieldSpec) -> pa.DataType:
+    return _ARROW_TYPES[spec.kind]
+
+
+@cache
+def arrow_schema(record: RecordSpec) -> pa.Schema:
+    return pa.schema([pa.field(f.name, arrow_type(f), nullable=not f.required) for f in record.fields])
+
+
+def records_to_arrow(record: RecordSpec, rows: list[dict]) -> pa.Table:
+    """Build an Arrow table from V2 records (dicts as k2.schema.codecs produces them).
+
+    Timestamps may be datetimes or integer microseconds; decimals must be Decimal (never float).
+    """
+    schema = arrow_schema(record)
+    columns = []
+    for f in schema:
+        values = [row.get(f.name) for row in rows]
+        if pa.types.is_map(f.type):
+            values = [list(v.items()) if isinstance(v, dict) else v for v in values]
+        columns.append(pa.array(values, type=f.type))
+    return pa.Table.from_arrays(columns, schema=schema)

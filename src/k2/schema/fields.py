@@ -1,0 +1,177 @@
+"""The V2 record definitions, written once.
+
+Avro (k2.schema.avro), Arrow (k2.schema.arrow) and Iceberg (k2.schema.iceberg) forms are all derived from the
+`RecordSpec`s below; docs/data-dictionary.md describes the same fields. Change a field here and every form follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+# Prices and quantities: DECIMAL(18,8) everywhere. 10 integer digits is enough for any traded price or lot.
+PRICE_PRECISION = 18
+PRICE_SCALE = 8
+
+AVRO_NAMESPACE = "io.k2.market.v2"
+
+
+class AssetClass(StrEnum):
+    EQUITIES = "equities"
+    CRYPTO = "crypto"
+    FUTURES = "futures"
+    OPTIONS = "options"
+
+
+class Side(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+    SELL_SHORT = "SELL_SHORT"
+    UNKNOWN = "UNKNOWN"
+
+
+class DataType(StrEnum):
+    """The kind of record; used in topic names (market.{asset_class}.{data_type}.{exchange})."""
+
+    TRADES = "trades"
+    QUOTES = "quotes"
+    REFERENCE_DATA = "reference_data"
+
+
+class Kind(StrEnum):
+    """Logical field kinds; each maps to one Avro, Arrow and Iceberg type."""
+
+    STRING = "string"
+    LONG = "long"
+    BOOLEAN = "boolean"
+    DECIMAL = "decimal"  # decimal(18,8)
+    TIMESTAMP = "timestamp"  # microseconds since epoch, UTC
+    DATE = "date"  # days since epoch
+    STRING_LIST = "string_list"
+    STRING_MAP = "string_map"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: Kind
+    doc: str
+    required: bool = True
+    enum: type[StrEnum] | None = None  # Avro enum; Arrow/Iceberg store the symbol as a string
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    name: str  # also the Avro record name and the Iceberg table name
+    data_type: DataType
+    fields: tuple[FieldSpec, ...]
+    doc: str
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.name} has no field {name!r}")
+
+
+def _core_head(id_field: str, id_doc: str) -> tuple[FieldSpec, ...]:
+    return (
+        FieldSpec(
+            "message_id",
+            Kind.STRING,
+            "Deterministic UUIDv5 over exchange, data type, symbol and the source's own id; the dedup key.",
+        ),
+        FieldSpec(id_field, Kind.STRING, id_doc),
+        FieldSpec("symbol", Kind.STRING, "Instrument symbol as the venue lists it, e.g. BHP, BTCUSDT."),
+        FieldSpec("exchange", Kind.STRING, "Venue code, lower case, e.g. asx, binance."),
+        FieldSpec("asset_class", Kind.STRING, "equities | crypto | futures | options.", enum=AssetClass),
+        FieldSpec("timestamp", Kind.TIMESTAMP, "Event time at the venue, microseconds UTC."),
+    )
+
+
+def _core_tail() -> tuple[FieldSpec, ...]:
+    return (
+        FieldSpec(
+            "source_sequence",
+            Kind.LONG,
+            "The source's own sequence number (venue id, or row order per symbol per trading day).",
+            required=False,
+        ),
+        FieldSpec("ingestion_timestamp", Kind.TIMESTAMP, "When K2 read the record, microseconds UTC."),
+        FieldSpec(
+            "platform_sequence",
+            Kind.LONG,
+            "Assigned by K2: monotonic per source stream (per file or per connection stream).",
+            required=False,
+        ),
+        FieldSpec(
+            "vendor_data",
+            Kind.STRING_MAP,
+            "Source-specific fields kept verbatim as strings (venue, qualifier, flags, ...).",
+            required=False,
+        ),
+    )
+
+
+TRADES_V2 = RecordSpec(
+    name="trades_v2",
+    data_type=DataType.TRADES,
+    doc="One executed trade.",
+    fields=(
+        *_core_head("trade_id", "The venue's trade id, or K2's id for sources without one."),
+        FieldSpec("price", Kind.DECIMAL, "Trade price, decimal(18,8), in `currency`."),
+        FieldSpec("quantity", Kind.DECIMAL, "Traded quantity, decimal(18,8)."),
+        FieldSpec("currency", Kind.STRING, "ISO currency (or quote asset for crypto) of `price`."),
+        FieldSpec("side", Kind.STRING, "Aggressor side: BUY | SELL | SELL_SHORT | UNKNOWN.", enum=Side),
+        FieldSpec("trade_conditions", Kind.STRING_LIST, "Venue condition codes, as strings."),
+        *_core_tail(),
+    ),
+)
+
+QUOTES_V2 = RecordSpec(
+    name="quotes_v2",
+    data_type=DataType.QUOTES,
+    doc="One top-of-book quote update; a side with no order is null.",
+    fields=(
+        *_core_head("quote_id", "The venue's update id, or K2's id for sources without one."),
+        FieldSpec("bid_price", Kind.DECIMAL, "Best bid, decimal(18,8); null when no bid.", required=False),
+        FieldSpec("bid_quantity", Kind.DECIMAL, "Quantity at the best bid; null when no bid.", required=False),
+        FieldSpec("ask_price", Kind.DECIMAL, "Best ask, decimal(18,8); null when no ask.", required=False),
+        FieldSpec("ask_quantity", Kind.DECIMAL, "Quantity at the best ask; null when no ask.", required=False),
+        FieldSpec("currency", Kind.STRING, "ISO currency (or quote asset for crypto) of the prices."),
+        *_core_tail(),
+    ),
+)
+
+REFERENCE_DATA_V2 = RecordSpec(
+    name="reference_data_v2",
+    data_type=DataType.REFERENCE_DATA,
+    doc="Instrument reference data and corporate events (vendor_data.record_type says which).",
+    fields=(
+        FieldSpec("message_id", Kind.STRING, "Deterministic UUIDv5; the dedup key."),
+        FieldSpec("company_id", Kind.STRING, "The source's instrument/company id, e.g. ASX 7078."),
+        FieldSpec("symbol", Kind.STRING, "Instrument symbol."),
+        FieldSpec("exchange", Kind.STRING, "Venue code, lower case."),
+        FieldSpec("asset_class", Kind.STRING, "equities | crypto | futures | options.", enum=AssetClass),
+        FieldSpec("isin", Kind.STRING, "ISIN, when the source has one.", required=False),
+        FieldSpec("company_name", Kind.STRING, "Issuer / instrument name.", required=False),
+        FieldSpec("listing_date", Kind.DATE, "First listed date (venue local date).", required=False),
+        FieldSpec("delisting_date", Kind.DATE, "Last listed date; null while listed.", required=False),
+        FieldSpec("is_active", Kind.BOOLEAN, "Listed on the record's effective date."),
+        FieldSpec("timestamp", Kind.TIMESTAMP, "Effective time of the record, microseconds UTC."),
+        FieldSpec("ingestion_timestamp", Kind.TIMESTAMP, "When K2 read the record, microseconds UTC."),
+        FieldSpec(
+            "vendor_data",
+            Kind.STRING_MAP,
+            "record_type (company | dividend | ...) and the source's other fields, as strings.",
+            required=False,
+        ),
+    ),
+)
+
+ALL_RECORDS: tuple[RecordSpec, ...] = (TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2)
+RECORDS_BY_TYPE: dict[DataType, RecordSpec] = {r.data_type: r for r in ALL_RECORDS}

@@ -1,0 +1,45 @@
+"""The one small interface every source adapter implements.
+
+A source turns outside bytes into V2 records and knows nothing of Kafka or Iceberg. It yields `SourceBatch`es:
+records ready for the bus, plus every row it could not use (`Reject`, kept with its raw bytes and reason so it can
+go to the DLQ). `rows_read == len(records) + len(rejects)` for every batch: that is the reconciliation contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from k2.schema.fields import AssetClass, RecordSpec
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One input row or frame a source could not turn into a record."""
+
+    reason: str  # short, stable code for counting, e.g. "bad_price", "unknown_company"
+    detail: str  # human sentence: what was wrong and where
+    raw: bytes  # the original bytes, untouched
+    origin: str  # file path or stream name
+    position: int  # 1-based line number or frame number in `origin`
+
+
+@dataclass
+class SourceBatch:
+    """Records of one V2 kind for one (asset class, exchange), plus the rejects met while reading them."""
+
+    spec: RecordSpec
+    asset_class: AssetClass
+    exchange: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    rows_read: int = 0
+
+
+class Source(Protocol):
+    """Anything that yields SourceBatches. `describe()` names it in logs and reconciliation output."""
+
+    def batches(self) -> Iterator[SourceBatch]: ...
+
+    def describe(self) -> str: ...
