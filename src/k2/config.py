@@ -18,10 +18,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="K2_", extra="ignore")
 
-    home: Path = Field(default=Path(".k2"), description="All local state: broker, registry, catalog, warehouse")
+    home: Path = Field(
+        default=Path(".k2"), description="All local state: broker, registry, catalog, warehouse"
+    )
 
     # --- Kafka -----------------------------------------------------------------------------------------------
-    kafka_bootstrap: str | None = Field(default=None, description="Bootstrap servers; unset = embedded broker")
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Bootstrap servers; unset = embedded broker"
+    )
     kafka_extra: str = Field(
         default="{}",
         description="JSON object of extra librdkafka settings (SASL/SSL) applied to every client",
@@ -33,13 +37,17 @@ class Settings(BaseSettings):
     producer_linger_ms: int = 10
 
     # --- Schema registry -------------------------------------------------------------------------------------
-    schema_registry_url: str | None = Field(default=None, description="Registry URL; unset = embedded registry")
+    schema_registry_url: str | None = Field(
+        default=None, description="Registry URL; unset = embedded registry"
+    )
 
     # --- Iceberg ---------------------------------------------------------------------------------------------
     catalog_name: str = "k2"
     catalog_uri: str | None = Field(default=None, description="SQL catalog URI; unset = SQLite under home")
     catalog_properties: str = Field(default="{}", description="JSON of extra pyiceberg catalog properties")
-    warehouse: str | None = Field(default=None, description="Warehouse location; unset = directory under home")
+    warehouse: str | None = Field(
+        default=None, description="Warehouse location; unset = directory under home"
+    )
 
     # --- Sink ------------------------------------------------------------------------------------------------
     sink_group: str = "k2-sink"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.table import Table
@@ -23,10 +25,8 @@ def table_identifier(spec: RecordSpec) -> str:
 
 def ensure_table(catalog: Catalog, spec: RecordSpec) -> Table:
     """Open the table for `spec`, creating namespace and table on first use (safe to race)."""
-    try:
+    with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(NAMESPACE)
-    except NamespaceAlreadyExistsError:
-        pass
     ident = table_identifier(spec)
     if catalog.table_exists(ident):
         return catalog.load_table(ident)

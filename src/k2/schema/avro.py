@@ -10,7 +10,7 @@ import fastavro
 from k2.schema.fields import AVRO_NAMESPACE, PRICE_PRECISION, PRICE_SCALE, FieldSpec, Kind, RecordSpec
 
 
-def _avro_type(spec: FieldSpec) -> Any:
+def avro_type(spec: FieldSpec) -> Any:
     if spec.enum is not None:
         return {"type": "enum", "name": spec.enum.__name__, "symbols": [str(e.value) for e in spec.enum]}
     match spec.kind:
@@ -21,7 +21,12 @@ def _avro_type(spec: FieldSpec) -> Any:
         case Kind.BOOLEAN:
             return "boolean"
         case Kind.DECIMAL:
-            return {"type": "bytes", "logicalType": "decimal", "precision": PRICE_PRECISION, "scale": PRICE_SCALE}
+            return {
+                "type": "bytes",
+                "logicalType": "decimal",
+                "precision": PRICE_PRECISION,
+                "scale": PRICE_SCALE,
+            }
         case Kind.TIMESTAMP:
             return {"type": "long", "logicalType": "timestamp-micros"}
         case Kind.DATE:
@@ -39,12 +44,18 @@ def avro_schema(record: RecordSpec) -> dict[str, Any]:
     for spec in record.fields:
         field: dict[str, Any] = {"name": spec.name, "doc": spec.doc}
         if spec.required:
-            field["type"] = _avro_type(spec)
+            field["type"] = avro_type(spec)
         else:
-            field["type"] = ["null", _avro_type(spec)]
+            field["type"] = ["null", avro_type(spec)]
             field["default"] = None
         fields.append(field)
-    return {"type": "record", "name": record.name, "namespace": AVRO_NAMESPACE, "doc": record.doc, "fields": fields}
+    return {
+        "type": "record",
+        "name": record.name,
+        "namespace": AVRO_NAMESPACE,
+        "doc": record.doc,
+        "fields": fields,
+    }
 
 
 @cache

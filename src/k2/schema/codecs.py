@@ -34,11 +34,11 @@ def parse_decimal(text: str) -> Decimal:
         raise DecimalError(f"not a decimal number: {text!r}") from None
     if not value.is_finite():
         raise DecimalError(f"not a finite number: {text!r}")
+    if abs(value) >= _MAX_ABS:
+        raise DecimalError(f"too large for decimal({PRICE_PRECISION},{PRICE_SCALE}): {text!r}")
     scaled = value.quantize(_QUANTUM)
     if scaled != value:
         raise DecimalError(f"more than {PRICE_SCALE} decimal places: {text!r}")
-    if abs(scaled) >= _MAX_ABS:
-        raise DecimalError(f"too large for decimal({PRICE_PRECISION},{PRICE_SCALE}): {text!r}")
     return scaled
 
 

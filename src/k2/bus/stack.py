@@ -1,0 +1,120 @@
+"""Where the log and the registry are: configured endpoints, a running K2 stack, or ones started right now.
+
+Resolution order for each of Kafka and the registry:
+  1. K2_KAFKA_BOOTSTRAP / K2_SCHEMA_REGISTRY_URL when set (real clusters);
+  2. a stack another K2 process runs on this $K2_HOME (recorded in run/stack.json while it lives);
+  3. otherwise this process starts its own (Tansu broker subprocess + registry thread), records it in
+     run/stack.json for the duration so sink workers can find it, and stops both on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from k2.bus.broker import EmbeddedBroker
+from k2.bus.registry import EmbeddedRegistry
+from k2.config import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    bootstrap: str
+    registry_url: str
+    embedded: bool  # True when this process or another K2 process on this home owns them
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reachable(hostport: str) -> bool:
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _state_file(settings: Settings) -> Path:
+    return settings.run_dir / "stack.json"
+
+
+def running_stack(settings: Settings) -> Endpoints | None:
+    """The stack another live K2 process serves on this home, if any (stale records are ignored)."""
+    path = _state_file(settings)
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not _alive(int(state["pid"])) or not _reachable(state["bootstrap"]):
+        return None
+    return Endpoints(state["bootstrap"], state["registry_url"], embedded=True)
+
+
+class Stack:
+    """Context manager yielding Endpoints; stops whatever it started (and only that) on exit."""
+
+    def __init__(self, settings: Settings, broker_port: int = 0, registry_port: int = 0) -> None:
+        self.settings = settings
+        self._broker_port = broker_port
+        self._registry_port = registry_port
+        self._exit = ExitStack()
+        self.broker: EmbeddedBroker | None = None
+        self.registry: EmbeddedRegistry | None = None
+        self._owns_state = False
+
+    def __enter__(self) -> Endpoints:
+        s = self.settings
+        shared = None if (s.kafka_bootstrap and s.schema_registry_url) else running_stack(s)
+        try:
+            bootstrap = s.kafka_bootstrap or (shared.bootstrap if shared else None)
+            if bootstrap is None:
+                self.broker = EmbeddedBroker(s.home_dir / "logs" / "broker.log", port=self._broker_port)
+                self._exit.enter_context(self.broker)
+                bootstrap = self.broker.bootstrap
+            registry_url = s.schema_registry_url or (shared.registry_url if shared else None)
+            if registry_url is None:
+                self.registry = EmbeddedRegistry(s.home_dir / "registry", port=self._registry_port)
+                self.registry.start()
+                self._exit.callback(self.registry.stop)
+                registry_url = self.registry.url
+        except BaseException:
+            self._exit.close()
+            raise
+        if self.broker is not None:
+            _state_file(s).write_text(
+                json.dumps({"pid": os.getpid(), "bootstrap": bootstrap, "registry_url": registry_url})
+            )
+            self._owns_state = True
+        embedded = self.broker is not None or shared is not None
+        return Endpoints(bootstrap, registry_url, embedded=embedded)
+
+    def restart_broker(self) -> None:
+        """Stop and start the embedded broker on the same port: a new, empty log (memory storage)."""
+        if self.broker is None:
+            raise RuntimeError("this stack did not start a broker")
+        self.broker.stop()
+        self.broker.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owns_state:
+            _state_file(self.settings).unlink(missing_ok=True)
+        self._exit.close()

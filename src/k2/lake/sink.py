@@ -1,0 +1,294 @@
+"""The exactly-once sink: Kafka topics market.* -> Iceberg tables market_data.*.
+
+Order of a commit (DESIGN.md, "Exactly once"):
+  1. append the buffered rows to Iceberg, the consumed offset ranges (and topic ids) in the snapshot summary;
+  2. flush the DLQ producer (rejects are durable before their offsets are given up);
+  3. commit the Kafka offsets.
+A crash after 1 and before 3 is harmless: on assignment the sink resumes from max(lake offsets, group offsets),
+and rows are deduplicated by message_id against the lake anyway (reloads, producer retries, a lost broker log).
+Kafka transactions are not used: the embedded broker shows aborted records to read_committed consumers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import structlog
+from confluent_kafka import OFFSET_INVALID, Consumer, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
+
+from k2.bus.clients import consumer_config, producer_config, topic_ids
+from k2.bus.producer import RecordProducer
+from k2.bus.registry_client import RegistryClient
+from k2.bus.serde import DecodeError, decode, schema_id_of
+from k2.bus.topics import MARKET_TOPIC_PATTERN, TopicName
+from k2.config import Settings
+from k2.lake.dedup import LakeIdIndex
+from k2.lake.offsets import SUMMARY_KEY, encode_ranges, next_offsets
+from k2.lake.tables import ensure_table
+from k2.schema.arrow import records_to_arrow
+from k2.schema.avro import parsed_schema
+from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE, Kind, RecordSpec
+from k2.sources.base import Reject
+
+log = structlog.get_logger(__name__)
+
+_MAX_DECIMAL = Decimal(10) ** (PRICE_PRECISION - PRICE_SCALE)
+
+
+@dataclass
+class SinkStats:
+    consumed: int = 0
+    written: Counter[str] = field(default_factory=Counter)  # rows appended, per table
+    duplicates: Counter[str] = field(default_factory=Counter)  # rows already in the lake, per table
+    rejected: Counter[str] = field(default_factory=Counter)  # per reason, sent to DLQ
+    commits: int = 0
+    commit_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def accounted(self) -> int:
+        return sum(self.written.values()) + sum(self.duplicates.values()) + sum(self.rejected.values())
+
+
+@dataclass
+class _TableBuffer:
+    spec: RecordSpec
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def invalid_reason(spec: RecordSpec, record: dict[str, Any]) -> str | None:
+    """Checks Avro cannot express; a record failing them is dead-lettered alone, never with its batch."""
+    for f in spec.fields:
+        if f.kind is Kind.DECIMAL:
+            value = record.get(f.name)
+            if value is not None and (
+                not value.is_finite()
+                or value.as_tuple().exponent < -PRICE_SCALE
+                or abs(value) >= _MAX_DECIMAL
+            ):
+                return f"decimal_out_of_range:{f.name}"
+    if not record.get("message_id"):
+        return "missing_message_id"
+    return None
+
+
+class IcebergSink:
+    """One sink worker. Several workers in one consumer group share the partitions of the market topics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        registry: RegistryClient,
+        catalog: Catalog,
+        *,
+        topics: list[str] | None = None,
+    ) -> None:
+        """`topics=None` subscribes to every market topic in the consumer group (joins take ~3 s on the
+        embedded broker); a list assigns all their partitions directly (one worker, no group join)."""
+        self._settings = settings
+        self._registry = registry
+        self._catalog = catalog
+        self._topics = topics
+        self._admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_extra_config})
+        self._consumer = Consumer(consumer_config(settings, bootstrap, settings.sink_group))
+        self._dlq = RecordProducer(producer_config(settings, bootstrap), registry)
+        self._tables: dict[str, Table] = {}
+        self._indexes: dict[str, LakeIdIndex] = {}
+        self._buffers: dict[str, _TableBuffer] = {}
+        self._ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        self._topic_ids: dict[str, str] = {}
+        self._writer_schemas: dict[int, Any] = {}
+        self._buffered = 0
+        self._last_commit = time.monotonic()
+        self.committed: dict[tuple[str, int], int] = {}
+        self.stats = SinkStats()
+
+    # --- assignment: resume from the lake -------------------------------------------------------------------
+    def _table(self, spec: RecordSpec) -> Table:
+        if spec.name not in self._tables:
+            self._tables[spec.name] = ensure_table(self._catalog, spec)
+            self._indexes[spec.name] = LakeIdIndex(self._tables[spec.name])
+        return self._tables[spec.name]
+
+    def _resume_positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        topics = sorted({p.topic for p in partitions})
+        self._topic_ids.update(topic_ids(self._admin, topics))
+        lake_next: dict[tuple[str, int], int] = {}
+        for spec in {TopicName.parse(t).spec for t in topics}:
+            table = self._table(spec)
+            table.refresh()
+            lake_next.update(next_offsets(table, self._topic_ids))
+            self._indexes[spec.name].clear()
+        group = self._consumer.committed(partitions, timeout=10)
+        positions = []
+        for tp in group:
+            start = max(lake_next.get((tp.topic, tp.partition), -1), tp.offset if tp.offset >= 0 else -1)
+            positions.append(TopicPartition(tp.topic, tp.partition, start if start >= 0 else OFFSET_INVALID))
+        log.info("sink.assigned", positions={f"{p.topic}[{p.partition}]": p.offset for p in positions})
+        return positions
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.assign(self._resume_positions(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Commit what we hold before another worker takes these partitions: no duplicate, no loss.
+        self.commit()
+        consumer.unassign()
+
+    def _start(self) -> None:
+        if self._topics is None:
+            self._consumer.subscribe(
+                [MARKET_TOPIC_PATTERN], on_assign=self._on_assign, on_revoke=self._on_revoke
+            )
+            return
+        metadata = self._admin.list_topics(timeout=10)
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in self._topics
+            if topic in metadata.topics
+            for p in metadata.topics[topic].partitions
+        ]
+        self._consumer.assign(self._resume_positions(partitions))
+
+    # --- consuming --------------------------------------------------------------------------------------------
+    def _writer_schema(self, schema_id: int) -> Any:
+        if schema_id not in self._writer_schemas:
+            import fastavro  # local: only needed on a cache miss
+
+            self._writer_schemas[schema_id] = fastavro.parse_schema(self._registry.schema_by_id(schema_id))
+        return self._writer_schemas[schema_id]
+
+    def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
+        topic = msg.topic()
+        reject = Reject(reason, detail, msg.value() or b"", f"{topic}/{msg.partition()}", msg.offset())
+        self._dlq.send_reject(f"dlq.{topic}", reject, stage="sink", key=msg.key())
+        self.stats.rejected[reason] += 1
+
+    def _accept(self, msg: Message) -> None:
+        topic = msg.topic()
+        key = (topic, msg.partition())
+        first, _ = self._ranges.get(key, (msg.offset(), 0))
+        self._ranges[key] = (first, msg.offset() + 1)
+        self.stats.consumed += 1
+        try:
+            spec = TopicName.parse(topic).spec
+        except ValueError as exc:
+            self._dead_letter(msg, "unknown_topic", str(exc))
+            return
+        value = msg.value()
+        try:
+            writer = self._writer_schema(schema_id_of(value))
+            record = decode(value, writer, parsed_schema(spec))
+        except DecodeError as exc:
+            self._dead_letter(msg, "undecodable", str(exc))
+            return
+        except Exception as exc:  # registry lookup failed for this id: the bytes are kept, with why
+            self._dead_letter(msg, "unknown_schema", f"{type(exc).__name__}: {exc}")
+            return
+        reason = invalid_reason(spec, record)
+        if reason:
+            self._dead_letter(msg, reason, f"record {record.get('message_id')} failed validation")
+            return
+        self._buffers.setdefault(spec.name, _TableBuffer(spec)).rows.append(record)
+        self._buffered += 1
+
+    def poll_once(self, max_messages: int = 10_000, timeout: float = 0.2) -> int:
+        messages = self._consumer.consume(max_messages, timeout)
+        for msg in messages:
+            if msg.error():
+                log.warning("sink.consume_error", error=msg.error().str())
+                continue
+            self._accept(msg)
+        due = time.monotonic() - self._last_commit >= self._settings.sink_commit_seconds
+        if self._buffered >= self._settings.sink_commit_rows or (due and self._ranges):
+            self.commit()
+        return len(messages)
+
+    # --- committing ------------------------------------------------------------------------------------------
+    def _append(self, buffer: _TableBuffer, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
+        spec = buffer.spec
+        table = self._table(spec)
+        batch = records_to_arrow(spec, buffer.rows)
+        mask = self._indexes[spec.name].new_rows_mask(batch)
+        fresh = batch.filter(pa.array(mask, type=pa.bool_()))
+        self.stats.duplicates[spec.name] += batch.num_rows - fresh.num_rows
+        if fresh.num_rows == 0:
+            return  # nothing new; the Kafka commit still records the progress
+        # Iceberg does not apply the table's sort order on write (STACK-NOTES.md): sort here.
+        fresh = fresh.sort_by([("timestamp", "ascending")])
+        summary = {SUMMARY_KEY: encode_ranges(ranges, self._topic_ids), "k2.rows": str(fresh.num_rows)}
+        table.append(fresh, snapshot_properties=summary)
+        self._indexes[spec.name].add_committed(fresh)
+        self.stats.written[spec.name] += fresh.num_rows
+
+    def commit(self) -> None:
+        if not self._ranges:
+            return
+        started = time.monotonic()
+        for name, buffer in self._buffers.items():
+            table_topics = {t for (t, _p) in self._ranges if TopicName.parse(t).spec.name == name}
+            ranges = {k: v for k, v in self._ranges.items() if k[0] in table_topics}
+            if buffer.rows:
+                self._append(buffer, ranges)
+        self._dlq.flush()
+        offsets = [TopicPartition(t, p, end) for (t, p), (_first, end) in self._ranges.items()]
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+        for (t, p), (_first, end) in self._ranges.items():
+            self.committed[(t, p)] = end
+        elapsed = time.monotonic() - started
+        self.stats.commits += 1
+        self.stats.commit_seconds.append(elapsed)
+        log.info(
+            "sink.committed",
+            rows=self._buffered,
+            partitions=len(offsets),
+            seconds=round(elapsed, 3),
+            written=dict(self.stats.written),
+        )
+        self._buffers.clear()
+        self._ranges.clear()
+        self._buffered = 0
+        self._last_commit = time.monotonic()
+
+    def group_committed(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Offsets the whole consumer group has committed (any worker), for "is it all in the lake?"."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(tps, timeout=10)}
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        until: Callable[[IcebergSink], bool] | None = None,
+        on_progress: Callable[[IcebergSink], None] | None = None,
+    ) -> SinkStats:
+        """Consume and commit until `stop` is set or `until(self)` holds; always ends with a commit."""
+        self._start()
+        try:
+            while not (stop and stop.is_set()):
+                got = self.poll_once()
+                if on_progress:
+                    on_progress(self)
+                if until is not None and got == 0:
+                    self.commit()
+                    if until(self):
+                        break
+            self.commit()
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        try:
+            self._dlq.flush()
+        finally:
+            self._consumer.close()

@@ -1,0 +1,28 @@
+"""Structured logging (structlog) to stderr; JSON when K2_LOG_JSON=1, quiet (warnings) unless asked."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+
+def configure_logging(verbose: bool = False) -> None:
+    level = logging.INFO if verbose or os.environ.get("K2_LOG_LEVEL") == "INFO" else logging.WARNING
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if os.environ.get("K2_LOG_JSON") == "1"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

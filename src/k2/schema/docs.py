@@ -1,0 +1,62 @@
+"""Renders docs/data-dictionary.md from the field definitions, so the docs cannot drift from the code.
+
+Regenerate: `python -m k2.schema.docs > docs/data-dictionary.md` (a test fails while they differ).
+"""
+
+from __future__ import annotations
+
+from k2.schema.arrow import arrow_type
+from k2.schema.avro import avro_type
+from k2.schema.fields import ALL_RECORDS, PRICE_PRECISION, PRICE_SCALE, FieldSpec, Kind
+from k2.schema.iceberg import iceberg_schema
+
+_NOTES = f"""\
+# K2 data dictionary (V2 schemas)
+
+Generated from `src/k2/schema/fields.py` by `python -m k2.schema.docs`; do not edit by hand.
+
+Conventions:
+- Prices and quantities are `decimal({PRICE_PRECISION},{PRICE_SCALE})` in Avro (bytes + decimal logical type),
+  Arrow (`decimal128`) and Iceberg; they are parsed from the source text and never pass through a float.
+- Timestamps are integer microseconds since the epoch, UTC (Avro `timestamp-micros`, Iceberg `timestamptz`).
+  Venue-local times (ASX: Australia/Sydney, with DST) are converted at the source; the original text is kept in
+  `vendor_data.local_time`.
+- `message_id` is a UUIDv5 over exchange, data type, symbol and the source's own id, so a record read twice gets
+  the same id and is stored once. For ASX files, which carry no ids, the source id is the trading date, the row's
+  text and its ordinal among identical rows of that symbol-day: appending or inserting a row changes no other id.
+- Enums travel as Avro enums and are stored as strings in Iceberg.
+- Tables `market_data.<name>` are partitioned by `day(timestamp)` and `exchange`, sorted by `timestamp`, Parquet + zstd.
+- `reference_data_v2.vendor_data.record_type` tells what a reference row is: `company` (listing), `dividend`,
+  `merger`, `stock_split`; a dividend keeps its dates, exact amounts and its own currency in `vendor_data`.
+"""
+
+
+def _type_text(spec: FieldSpec) -> str:
+    if spec.kind is Kind.DECIMAL:
+        return f"decimal({PRICE_PRECISION},{PRICE_SCALE})"
+    avro = avro_type(spec)
+    if isinstance(avro, dict):
+        avro = avro.get("logicalType") or avro["type"]
+    if spec.enum is not None:
+        avro = "enum " + " \\| ".join(e.value for e in spec.enum)
+    return str(avro)
+
+
+def data_dictionary_markdown() -> str:
+    parts = [_NOTES]
+    for record in ALL_RECORDS:
+        ice = iceberg_schema(record)
+        parts.append(f"\n## `{record.name}` ({len(record.fields)} fields)\n\n{record.doc}\n")
+        parts.append("| # | field | required | Avro | Arrow | Iceberg | meaning |")
+        parts.append("|---|---|---|---|---|---|---|")
+        for i, spec in enumerate(record.fields, start=1):
+            meaning = spec.doc.replace("|", "\\|")  # a bare pipe would split the Markdown cell
+            parts.append(
+                f"| {i} | `{spec.name}` | {'yes' if spec.required else 'no'} | {_type_text(spec)} | "
+                f"`{arrow_type(spec)}` | `{ice.find_field(spec.name).field_type}` | {meaning} |"
+            )
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    print(data_dictionary_markdown(), end="")

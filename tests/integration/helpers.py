@@ -1,0 +1,68 @@
+"""Helpers for integration tests: raw-file oracles and lake queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from k2.query.engine import QueryEngine
+
+from k2.config import Settings
+from k2.lake.catalog import open_catalog
+
+
+def raw_line_count(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def lake_query(settings: Settings, query: str, params: list | None = None) -> list[tuple]:
+    with QueryEngine(open_catalog(settings)) as engine:
+        table = engine.sql(query, params)
+    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    return list(zip(*columns, strict=True))
+
+
+def lake_count(settings: Settings, table: str, where: str = "", params: list | None = None) -> int:
+    return lake_query(settings, f"SELECT count(*) FROM market_data.{table} {where}", params)[0][0]
+
+
+def make_trade(n: int, symbol: str = "TST", price: str = "1.5", day: int = 10) -> dict:
+    """A valid trades_v2 record; `n` makes it unique."""
+    from decimal import Decimal
+
+    from k2.schema.codecs import message_id
+
+    ts = 1_394_409_600_000_000 + (day - 10) * 86_400_000_000 + n * 1_000  # 2014-03-10T00:00Z + n ms
+    return {
+        "message_id": message_id("test", "trades", symbol, str(n)),
+        "trade_id": str(n),
+        "symbol": symbol,
+        "exchange": "test",
+        "asset_class": "equities",
+        "timestamp": ts,
+        "price": Decimal(price),
+        "quantity": Decimal(n + 1),
+        "currency": "AUD",
+        "side": "UNKNOWN",
+        "trade_conditions": [],
+        "source_sequence": n,
+        "ingestion_timestamp": ts,
+        "platform_sequence": n,
+        "vendor_data": None,
+    }
+
+
+def committed_offsets(bootstrap: str, group: str, targets: dict[tuple[str, int], int]) -> dict:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = consumer.committed([TopicPartition(t, p) for t, p in targets], timeout=10)
+        return {(tp.topic, tp.partition): tp.offset for tp in tps}
+    finally:
+        consumer.close()
+
+
+def all_committed(bootstrap: str, group: str, targets: dict[tuple[str, int], int]) -> bool:
+    committed = committed_offsets(bootstrap, group, targets)
+    return all(committed.get(k, -1) >= end for k, end in targets.items())

@@ -1,0 +1,180 @@
+"""Exactly once under a killed sink; bad input dead-lettered with its reason, never taking its batch along."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+from k2.bus.registry_client import RegistryClient
+from k2.sources.asx import AsxSource
+from rich.console import Console
+
+from k2.bus.clients import ensure_topics, producer_config
+from k2.bus.producer import H_REASON, H_STAGE, RecordProducer
+from k2.bus.stack import Stack
+from k2.bus.topics import TopicName
+from k2.config import Settings
+from k2.lake.catalog import open_catalog
+from k2.lake.sink import IcebergSink
+from k2.pipeline import load, produce
+from k2.schema import TRADES_V2
+from k2.schema.avro import avro_schema
+from k2.schema.fields import AssetClass, DataType
+from k2.sources.base import SourceBatch
+from tests.integration.helpers import all_committed, lake_count, lake_query, make_trade
+
+pytestmark = pytest.mark.integration
+
+QUIET = Console(quiet=True)
+
+
+def _start_sink_worker(log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "k2.cli", "sink"], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _dlq_messages(bootstrap: str, topic: str, expected: int) -> list:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    got: list = []
+    deadline = time.monotonic() + 20
+    while len(got) < expected and time.monotonic() < deadline:
+        got.extend(m for m in consumer.consume(100, 0.5) if not m.error())
+    consumer.close()
+    return got
+
+
+def test_sink_killed_mid_load_loses_nothing_and_duplicates_nothing(
+    settings: Settings, asx_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("K2_SINK_COMMIT_ROWS", "20000")  # many small commits, so the kill lands between two
+    with Stack(settings) as endpoints:
+        recon, producer = produce(AsxSource(asx_sample), settings, endpoints, QUIET)
+        targets = dict(producer.stats.end_offsets)
+        worker = _start_sink_worker(tmp_path / "sink1.log")
+        _wait_for(
+            lambda: lake_count(settings, "quotes_v2") + lake_count(settings, "trades_v2") >= 40_000,
+            120,
+            "the first sink commits",
+        )
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        landed_before_restart = lake_count(settings, "quotes_v2") + lake_count(settings, "trades_v2")
+        assert 0 < landed_before_restart < recon.produced  # really killed mid-load
+
+        worker = _start_sink_worker(tmp_path / "sink2.log")
+        try:
+            _wait_for(
+                lambda: all_committed(endpoints.bootstrap, settings.sink_group, targets),
+                180,
+                "the restarted sink to commit everything",
+            )
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+
+    source_ids = {r["message_id"] for b in AsxSource(asx_sample).batches() for r in b.records}
+    lake_ids = [
+        row[0]
+        for t in ("trades_v2", "quotes_v2", "reference_data_v2")
+        for row in lake_query(settings, f"SELECT message_id FROM market_data.{t}")
+    ]
+    assert len(lake_ids) == len(source_ids) == recon.produced  # 0 duplicated
+    assert set(lake_ids) == source_ids  # 0 lost
+
+
+def test_invalid_rows_go_to_the_dlq_with_reason_and_original_bytes(
+    settings: Settings, asx_sample: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "asx"
+    (copy / "trades").mkdir(parents=True)
+    shutil.copytree(asx_sample / "reference-data", copy / "reference-data")
+    target = copy / "trades" / "7181.csv"
+    shutil.copy(asx_sample / "trades" / "7181.csv", target)
+    target.chmod(0o644)
+    bad_price = b"03/14/2014,10:00:00.000,abc,100,0,,"
+    short_row = b"03/14/2014,10:00:00.000,0.67"
+    with open(target, "ab") as fh:
+        fh.write(bad_price + b"\r\n" + short_row + b"\r\n")
+
+    with Stack(settings) as endpoints:
+        recon = load(AsxSource(copy), settings, QUIET)
+        dlq = _dlq_messages(endpoints.bootstrap, "dlq.market.equities.trades.asx", expected=2)
+
+    assert recon.ok
+    assert recon.read == 232 + 2 + 6
+    assert sum(recon.rejected.values()) == 2
+    assert lake_count(settings, "trades_v2") == 232
+    by_value = {m.value(): dict(m.headers()) for m in dlq}
+    assert set(by_value) == {bad_price, short_row}
+    assert by_value[bad_price][H_REASON] == b"bad_price"
+    assert all(h[H_STAGE] == b"source" for h in by_value.values())
+
+
+def test_undecodable_messages_are_dead_lettered_alone(settings: Settings) -> None:
+    topic = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
+    with Stack(settings) as endpoints:
+        registry = RegistryClient(endpoints.registry_url)
+        producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
+        ensure_topics(
+            AdminClient({"bootstrap.servers": endpoints.bootstrap}), settings, [str(topic), topic.dlq]
+        )
+        good = SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=[make_trade(i) for i in range(5)])
+        producer.send(good)
+        schema_id = registry.register(topic.subject, avro_schema(TRADES_V2))
+        garbage = {
+            b"not avro at all": "undecodable",
+            b"\x00" + schema_id.to_bytes(4, "big") + b"\x02": "undecodable",  # truncated body
+            b"\x00" + (999_999).to_bytes(4, "big") + b"\x00": "unknown_schema",
+        }
+        for value in garbage:
+            producer.produce_raw(str(topic), value, b"TST")
+        producer.send(
+            SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=[make_trade(i) for i in range(5, 8)])
+        )
+        producer.flush()
+        targets = dict(producer.stats.end_offsets)
+
+        sink = IcebergSink(
+            settings, endpoints.bootstrap, registry, open_catalog(settings), topics=[str(topic)]
+        )
+        stats = sink.run(until=lambda s: all(s.committed.get(k, -1) >= v for k, v in targets.items()))
+        dlq = _dlq_messages(endpoints.bootstrap, topic.dlq, expected=3)
+
+    assert dict(stats.written) == {"trades_v2": 8}
+    assert dict(stats.rejected) == {"undecodable": 2, "unknown_schema": 1}
+    assert {m.value(): dict(m.headers())[H_REASON].decode() for m in dlq} == garbage
+    assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 8
+
+
+def test_embedded_stack_leaves_no_process_behind(settings: Settings) -> None:
+    stack = Stack(settings)
+    with stack:
+        assert stack.broker is not None
+        broker_pid = stack.broker.pid
+        assert (settings.run_dir / "stack.json").exists()
+    assert broker_pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(broker_pid, 0)
+    assert not (settings.run_dir / "stack.json").exists()
