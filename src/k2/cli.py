@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from k2.config import Settings
 from k2.logs import configure_logging
@@ -66,7 +67,7 @@ def sql(
         with QueryEngine(open_catalog(Settings())) as engine:
             result = engine.sql(query)
     except QueryError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if fmt is OutputFormat.csv:
         write_csv(result, sys.stdout)

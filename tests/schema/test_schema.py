@@ -102,3 +102,13 @@ def test_data_dictionary_doc_matches_the_code() -> None:
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "data-dictionary.md"
     assert doc.read_text() == data_dictionary_markdown(), "regenerate: python -m k2.schema.docs > docs/data-dictionary.md"
+
+
+@pytest.mark.parametrize("source_id", ["20140310:1", "03/10/2014,07:57:14.754,36.667,20000,3,X,#0", "é"])
+def test_message_id_is_standard_uuid5(source_id: str) -> None:
+    import uuid
+
+    from k2.schema.codecs import MESSAGE_ID_NAMESPACE
+
+    expected = uuid.uuid5(MESSAGE_ID_NAMESPACE, f"asx|trades|BHP|{source_id}")
+    assert message_id("asx", "trades", "BHP", source_id) == str(expected)

@@ -196,9 +196,7 @@ def _union_pairs(reader: Schema, writer: Schema) -> list[tuple[Schema | None, Sc
     return pairs
 
 
-def _logical_changes(
-    reader: Schema, writer: Schema, path: tuple[str, ...], seen: set[tuple[int, int]]
-) -> list[str]:
+def _logical_changes(reader: Schema, writer: Schema, path: tuple[str, ...], seen: set[tuple[int, int]]) -> list[str]:
     pair = (id(reader), id(writer))
     if pair in seen:  # recursive types
         return []
@@ -214,7 +212,7 @@ def _logical_changes(
     if before != after:
         messages.append(
             f"{_where(path)}: {_describe(before)} became {_describe(after)}, which changes what the stored "
-            f"bytes mean; keep {_describe(before)} or publish the change under a new subject"
+            f"bytes mean; revert to {_describe(before)} or publish the change under a new subject"
         )
     if isinstance(reader, RecordSchema) and isinstance(writer, RecordSchema):
         for field in reader.fields:

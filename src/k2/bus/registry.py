@@ -7,7 +7,6 @@ several processes serve the same store: ids and version numbers are allocated in
 
 from __future__ import annotations
 
-import json
 import socket
 import sqlite3
 import threading
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import uvicorn
 from avro.schema import Schema
@@ -43,16 +42,13 @@ _GLOBAL = ""  # config row of the registry-wide level; no subject can be named "
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schemas (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: an id is never reused, even after deletes
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: an id is never handed out twice
     canonical TEXT NOT NULL UNIQUE,
     schema TEXT NOT NULL                   -- the text as first registered
 );
 CREATE TABLE IF NOT EXISTS versions (
-    subject TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    schema_id INTEGER NOT NULL REFERENCES schemas(id),
-    deleted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (subject, version)
+    subject TEXT NOT NULL, version INTEGER NOT NULL, schema_id INTEGER NOT NULL REFERENCES schemas(id),
+    deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (subject, version)
 );
 CREATE TABLE IF NOT EXISTS config (subject TEXT PRIMARY KEY, level TEXT NOT NULL);
 """
@@ -63,9 +59,7 @@ class RegistryError(Exception):
 
     def __init__(self, error_code: int, message: str, **extra: Any) -> None:
         super().__init__(message)
-        self.error_code = error_code
-        self.message = message
-        self.extra = extra
+        self.error_code, self.message, self.extra = error_code, message, extra
 
     @property
     def status(self) -> int:
@@ -88,6 +82,13 @@ def _no_schema(what: str) -> RegistryError:
 def _parsed(text: str) -> Schema:
     # Stored texts are re-parsed for every compatibility check; parsing costs milliseconds.
     return parse_schema(text)
+
+
+class _Version(NamedTuple):
+    version: int
+    id: int
+    text: str
+    canonical: str
 
 
 class SchemaStore:
@@ -123,12 +124,11 @@ class SchemaStore:
         schema = _parsed(text)
         key = canonical(schema)
         with self._db(write=True) as db:
-            found = self._find(db, subject, key, deleted=False)
-            if found is not None:  # idempotent: the same schema again is not a new version
-                return found
-            level = self._level(db, subject)
-            previous = {v: _parsed(t) for v, t in self._texts(db, subject)}
-            result = check_compatibility(schema, previous, level)
+            history = _history(db, subject, must_exist=False)
+            if same := _find(history, key):  # idempotent: the same schema again is not a new version
+                return same
+            level = _level(db, subject)
+            result = check_compatibility(schema, {h.version: _parsed(h.text) for h in history}, level)
             if not result.is_compatible:
                 raise RegistryError(
                     409,
@@ -140,51 +140,34 @@ class SchemaStore:
             # The same schema under another subject keeps its id, as Confluent does.
             db.execute("INSERT OR IGNORE INTO schemas (canonical, schema) VALUES (?, ?)", (key, text))
             (schema_id,) = db.execute("SELECT id FROM schemas WHERE canonical = ?", (key,)).fetchone()
+            # Numbering continues past soft-deleted versions, as Confluent's does.
             (version,) = db.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE subject = ?", (subject,)
             ).fetchone()
-            db.execute(
-                "INSERT INTO versions (subject, version, schema_id) VALUES (?, ?, ?)", (subject, version, schema_id)
-            )
+            db.execute("INSERT INTO versions VALUES (?, ?, ?, 0)", (subject, version, schema_id))
             return schema_id, version
 
     def lookup(self, subject: str, text: str, deleted: bool = False) -> tuple[int, int]:
         """(id, version) under which `subject` already holds `text`."""
         key = canonical(_parsed(text))
         with self._db() as db:
-            found = self._find(db, subject, key, deleted)
-            if found is None:
-                self._versions(db, subject, deleted=True)  # 40401 when the subject itself is unknown
-                raise _no_schema(f"subject '{subject}' holds no schema equal to the one given")
-            return found
+            found = _find(_history(db, subject, deleted), key)
+        if found is None:
+            raise _no_schema(f"subject '{subject}' holds no schema equal to the one given")
+        return found
 
     def versions(self, subject: str, deleted: bool = False) -> list[int]:
         with self._db() as db:
-            return self._versions(db, subject, deleted)
+            return [h.version for h in _history(db, subject, deleted)]
 
-    def version(self, subject: str, version: int, deleted: bool = False) -> tuple[int, int, str]:
-        """(id, version, schema text) of one version; LATEST = the newest live one."""
+    def version(self, subject: str, version: int, deleted: bool = False) -> _Version:
+        """One version of a subject; LATEST = the newest live one."""
         with self._db() as db:
-            known = self._versions(db, subject, deleted)
-            number = known[-1] if version == LATEST else version
-            if number not in known:
-                raise RegistryError(
-                    40402,
-                    f"Version {version} not found under subject '{subject}'. "
-                    f"GET /subjects/{subject}/versions lists its versions.",
-                )
-            schema_id, text = db.execute(
-                "SELECT s.id, s.schema FROM versions v JOIN schemas s ON s.id = v.schema_id "
-                "WHERE v.subject = ? AND v.version = ?",
-                (subject, number),
-            ).fetchone()
-            return schema_id, number, text
+            return _pick(_history(db, subject, deleted), subject, version)
 
     def subjects(self, deleted: bool = False) -> list[str]:
         with self._db() as db:
-            rows = db.execute(
-                "SELECT DISTINCT subject FROM versions WHERE deleted = 0 OR ? ORDER BY subject", (deleted,)
-            )
+            rows = db.execute("SELECT DISTINCT subject FROM versions WHERE deleted = 0 OR ? ORDER BY 1", (deleted,))
             return [subject for (subject,) in rows]
 
     def schema(self, schema_id: int) -> str:
@@ -198,110 +181,76 @@ class SchemaStore:
         """Every (subject, version) that holds the schema with this id."""
         self.schema(schema_id)  # 40403 for an unknown id
         with self._db() as db:
-            rows = db.execute(
-                "SELECT subject, version FROM versions WHERE schema_id = ? AND (deleted = 0 OR ?) "
-                "ORDER BY subject, version",
-                (schema_id, deleted),
-            )
-            return [(subject, version) for subject, version in rows]
+            sql = "SELECT subject, version FROM versions WHERE schema_id = ? AND (deleted = 0 OR ?) ORDER BY 1, 2"
+            return [(subject, version) for subject, version in db.execute(sql, (schema_id, deleted))]
 
     def delete_subject(self, subject: str, permanent: bool = False) -> list[int]:
-        """Soft-delete every version (ids and texts stay); `permanent` then forgets the versions."""
+        """Soft-delete every live version (ids and texts stay); `permanent` forgets all versions."""
         with self._db(write=True) as db:
-            if not permanent:
-                versions = self._versions(db, subject, deleted=False)
+            deleted = [h.version for h in _history(db, subject, deleted=permanent)]
+            if permanent:
+                db.execute("DELETE FROM versions WHERE subject = ?", (subject,))
+            else:
                 db.execute("UPDATE versions SET deleted = 1 WHERE subject = ?", (subject,))
-                return versions
-            versions = self._versions(db, subject, deleted=True)
-            if db.execute("SELECT 1 FROM versions WHERE subject = ? AND deleted = 0", (subject,)).fetchone():
-                raise RegistryError(
-                    40405,
-                    f"Subject '{subject}' must be soft-deleted first: DELETE /subjects/{subject}, "
-                    f"then DELETE /subjects/{subject}?permanent=true.",
-                )
-            db.execute("DELETE FROM versions WHERE subject = ?", (subject,))
-            return versions
+            return deleted
 
     def test(self, subject: str, text: str, version: int | None) -> CompatibilityResult:
         """Would `text` be accepted against `version` (LATEST, a number, or None = every live version)?"""
         schema = _parsed(text)
+        with self._db() as db:
+            history = _history(db, subject, must_exist=version is not None)
+            level = _level(db, subject)
         if version is not None:
-            _, number, old = self.version(subject, version)
-            with self._db() as db:
-                level = self._level(db, subject)
-            return check_compatibility(schema, {number: _parsed(old)}, level)
-        with self._db() as db:
-            level = self._level(db, subject)
-            previous = {v: _parsed(t) for v, t in self._texts(db, subject)}
-        if level is not Level.NONE and not level.endswith("_TRANSITIVE"):
+            history = [_pick(history, subject, version)]
+        elif level is not Level.NONE and not level.endswith("_TRANSITIVE"):
             level = Level(f"{level}_TRANSITIVE")  # "against all versions" is what was asked
-        return check_compatibility(schema, previous, level)
+        return check_compatibility(schema, {h.version: _parsed(h.text) for h in history}, level)
 
-    def level(self, subject: str | None, default_to_global: bool = True) -> Level:
-        """The level in force; for a subject without its own level, 40408 unless `default_to_global`."""
+    def level(self, subject: str | None) -> Level:
+        """The level in force: the subject's own, else the global one, else BACKWARD."""
         with self._db() as db:
-            if subject is None or default_to_global:
-                return self._level(db, subject)
-            row = db.execute("SELECT level FROM config WHERE subject = ?", (subject,)).fetchone()
-        if row is None:
-            raise RegistryError(
-                40408,
-                f"Subject '{subject}' has no compatibility level of its own; GET /config/{subject}"
-                f"?defaultToGlobal=true shows the level in force, PUT /config/{subject} sets one.",
-            )
-        return Level(row[0])
+            return _level(db, subject)
 
     def set_level(self, subject: str | None, level: Level) -> None:
         with self._db(write=True) as db:
             db.execute(
-                "INSERT INTO config (subject, level) VALUES (?, ?) "
-                "ON CONFLICT (subject) DO UPDATE SET level = excluded.level",
+                "INSERT INTO config VALUES (?, ?) ON CONFLICT (subject) DO UPDATE SET level = excluded.level",
                 (_GLOBAL if subject is None else subject, level.value),
             )
 
-    def delete_level(self, subject: str | None) -> Level:
-        """Drop a level (the subject then follows the global one; the global one returns to BACKWARD)."""
-        with self._db(write=True) as db:
-            level = self._level(db, subject)
-            db.execute("DELETE FROM config WHERE subject = ?", (_GLOBAL if subject is None else subject,))
-            return level
 
-    @staticmethod
-    def _find(db: sqlite3.Connection, subject: str, key: str, deleted: bool) -> tuple[int, int] | None:
-        row = db.execute(
-            "SELECT s.id, v.version FROM versions v JOIN schemas s ON s.id = v.schema_id "
-            "WHERE v.subject = ? AND s.canonical = ? AND (v.deleted = 0 OR ?) ORDER BY v.version DESC LIMIT 1",
-            (subject, key, deleted),
-        ).fetchone()
-        return None if row is None else (row[0], row[1])
+def _history(db: sqlite3.Connection, subject: str, deleted: bool = False, must_exist: bool = True) -> list[_Version]:
+    """The subject's versions, oldest first; 40401 when there are none and `must_exist`."""
+    rows = db.execute(
+        "SELECT v.version, s.id, s.schema, s.canonical FROM versions v JOIN schemas s ON s.id = v.schema_id "
+        "WHERE v.subject = ? AND (v.deleted = 0 OR ?) ORDER BY v.version",
+        (subject, deleted),
+    ).fetchall()
+    if not rows and must_exist:
+        raise _no_subject(subject)
+    return [_Version(*row) for row in rows]
 
-    @staticmethod
-    def _versions(db: sqlite3.Connection, subject: str, deleted: bool) -> list[int]:
-        rows = db.execute(
-            "SELECT version FROM versions WHERE subject = ? AND (deleted = 0 OR ?) ORDER BY version",
-            (subject, deleted),
-        ).fetchall()
-        if not rows:
-            raise _no_subject(subject)
-        return [version for (version,) in rows]
 
-    @staticmethod
-    def _texts(db: sqlite3.Connection, subject: str) -> list[tuple[int, str]]:
-        """(version, schema text) of every live version, oldest first."""
-        return db.execute(
-            "SELECT v.version, s.schema FROM versions v JOIN schemas s ON s.id = v.schema_id "
-            "WHERE v.subject = ? AND v.deleted = 0 ORDER BY v.version",
-            (subject,),
-        ).fetchall()
+def _find(history: list[_Version], key: str) -> tuple[int, int] | None:
+    same = [h for h in history if h.canonical == key]
+    return (same[-1].id, same[-1].version) if same else None
 
-    @staticmethod
-    def _level(db: sqlite3.Connection, subject: str | None) -> Level:
-        keys = [_GLOBAL] if subject is None else [subject, _GLOBAL]
-        for key in keys:
-            row = db.execute("SELECT level FROM config WHERE subject = ?", (key,)).fetchone()
-            if row is not None:
-                return Level(row[0])
-        return DEFAULT_LEVEL
+
+def _pick(history: list[_Version], subject: str, version: int) -> _Version:
+    for found in history:
+        if found.version == version or (version == LATEST and found is history[-1]):
+            return found
+    raise RegistryError(
+        40402, f"Version {version} not found under subject '{subject}'; GET /subjects/{subject}/versions lists them."
+    )
+
+
+def _level(db: sqlite3.Connection, subject: str | None) -> Level:
+    for key in [_GLOBAL] if subject is None else [subject, _GLOBAL]:
+        row = db.execute("SELECT level FROM config WHERE subject = ?", (key,)).fetchone()
+        if row is not None:
+            return Level(row[0])
+    return DEFAULT_LEVEL
 
 
 # --- HTTP --------------------------------------------------------------------------------------------------------
@@ -322,9 +271,7 @@ class SchemaRequest(BaseModel):
 
     def avro_text(self) -> str:
         if self.schema_type.upper() != "AVRO":
-            raise RegistryError(
-                42201, f"schemaType {self.schema_type} is not supported: K2's registry stores AVRO schemas only."
-            )
+            raise RegistryError(42201, f"schemaType {self.schema_type} is not supported: K2 stores AVRO only.")
         if self.references:
             raise RegistryError(42201, "Schema references are not supported: inline the referenced named types.")
         return self.schema_text
@@ -337,8 +284,8 @@ class ConfigRequest(BaseModel):
         try:
             return Level(self.compatibility.upper())
         except ValueError:
-            choices = ", ".join(level.value for level in Level)
-            raise RegistryError(42203, f"Invalid compatibility level {self.compatibility!r}; use one of {choices}.")
+            choices = ", ".join(Level)
+            raise RegistryError(42203, f"Invalid compatibility {self.compatibility!r}; use one of {choices}.") from None
 
 
 def _version_number(version: str) -> int:
@@ -351,13 +298,6 @@ def _version_number(version: str) -> int:
 
 def _error(status: int, error_code: int, message: str, **extra: Any) -> _Response:
     return _Response({"error_code": error_code, "message": message, **extra}, status_code=status)
-
-
-def _compatibility(result: CompatibilityResult, verbose: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"is_compatible": result.is_compatible}
-    if verbose:
-        body["messages"] = list(result.messages)
-    return body
 
 
 def create_registry_app(storage_dir: Path) -> FastAPI:
@@ -380,16 +320,12 @@ def create_registry_app(storage_dir: Path) -> FastAPI:
         return _error(422, 422, f'Malformed request ({problems}). Expected e.g. {{"schema": "<Avro JSON>"}}.')
 
     @app.exception_handler(HTTPException)
-    def http_error(_: Request, exc: HTTPException) -> _Response:
-        return _error(exc.status_code, exc.status_code, f"{exc.detail}: K2's registry has no such endpoint.")
+    def no_route(_: Request, exc: HTTPException) -> _Response:
+        return _error(exc.status_code, exc.status_code, f"{exc.detail}: K2's registry does not serve this endpoint.")
 
     @app.get("/")
     def root() -> dict[str, Any]:
         return {}
-
-    @app.get("/schemas/types")
-    def schema_types() -> list[str]:
-        return ["AVRO"]
 
     @app.get("/subjects")
     def subjects(deleted: bool = False) -> list[str]:
@@ -411,12 +347,8 @@ def create_registry_app(storage_dir: Path) -> FastAPI:
 
     @app.get("/subjects/{subject}/versions/{version}")
     def get_version(subject: str, version: str, deleted: bool = False) -> dict[str, Any]:
-        schema_id, number, text = store.version(subject, _version_number(version), deleted)
-        return {"subject": subject, "id": schema_id, "version": number, "schema": text}
-
-    @app.get("/subjects/{subject}/versions/{version}/schema")
-    def get_version_schema(subject: str, version: str) -> Any:
-        return json.loads(store.version(subject, _version_number(version))[2])
+        found = store.version(subject, _version_number(version), deleted)
+        return {"subject": subject, "id": found.id, "version": found.version, "schema": found.text}
 
     @app.delete("/subjects/{subject}")
     def delete_subject(subject: str, permanent: bool = False) -> list[int]:
@@ -431,39 +363,25 @@ def create_registry_app(storage_dir: Path) -> FastAPI:
     def schema_versions(schema_id: int, deleted: bool = False) -> list[dict[str, Any]]:
         return [{"subject": s, "version": v} for s, v in store.usages(schema_id, deleted)]
 
-    @app.get("/schemas/ids/{schema_id}/subjects")
-    def schema_subjects(schema_id: int, deleted: bool = False) -> list[str]:
-        return sorted({s for s, _ in store.usages(schema_id, deleted)})
-
-    @app.post("/compatibility/subjects/{subject}/versions/{version}")
-    def test_version(subject: str, version: str, body: SchemaRequest, verbose: bool = False) -> dict[str, Any]:
-        return _compatibility(store.test(subject, body.avro_text(), _version_number(version)), verbose)
-
+    # Stacked routes: one handler serves both the all-versions and the one-version (or global/subject) form.
     @app.post("/compatibility/subjects/{subject}/versions")
-    def test_all(subject: str, body: SchemaRequest, verbose: bool = False) -> dict[str, Any]:
-        return _compatibility(store.test(subject, body.avro_text(), None), verbose)
+    @app.post("/compatibility/subjects/{subject}/versions/{version}")
+    def test(subject: str, body: SchemaRequest, version: str | None = None, verbose: bool = False) -> dict[str, Any]:
+        number = None if version is None else _version_number(version)
+        result = store.test(subject, body.avro_text(), number)
+        return {"is_compatible": result.is_compatible} | ({"messages": list(result.messages)} if verbose else {})
 
     @app.get("/config")
-    def get_global_config() -> dict[str, str]:
-        return {"compatibilityLevel": store.level(None)}
+    @app.get("/config/{subject}")
+    def get_config(subject: str | None = None) -> dict[str, str]:
+        # A subject without a level of its own reports the level in force (Confluent's ?defaultToGlobal=true).
+        return {"compatibilityLevel": store.level(subject)}
 
     @app.put("/config")
-    def put_global_config(body: ConfigRequest) -> dict[str, str]:
-        store.set_level(None, body.level())
-        return {"compatibility": body.level()}
-
-    @app.get("/config/{subject}")
-    def get_config(subject: str, defaultToGlobal: bool = False) -> dict[str, str]:  # noqa: N803 (Confluent's name)
-        return {"compatibilityLevel": store.level(subject, defaultToGlobal)}
-
     @app.put("/config/{subject}")
-    def put_config(subject: str, body: ConfigRequest) -> dict[str, str]:
+    def put_config(body: ConfigRequest, subject: str | None = None) -> dict[str, str]:
         store.set_level(subject, body.level())
         return {"compatibility": body.level()}
-
-    @app.delete("/config/{subject}")
-    def delete_config(subject: str) -> dict[str, str]:
-        return {"compatibilityLevel": store.delete_level(subject)}
 
     @app.get("/associations/resources/{namespace}/{resource}")
     def associations(namespace: str, resource: str) -> _Response:
@@ -477,16 +395,14 @@ def create_registry_app(storage_dir: Path) -> FastAPI:
 
 
 class EmbeddedRegistry:
-    """The registry served by uvicorn on a background daemon thread; `with EmbeddedRegistry(dir) as reg: reg.url`.
+    """The registry served by uvicorn on a daemon thread: `with EmbeddedRegistry(dir) as registry: registry.url`.
 
     port=0 picks a free port at each start(), so a restarted registry may have a new url; ids and versions live
     in the store and survive restarts.
     """
 
     def __init__(self, storage_dir: Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.storage_dir = Path(storage_dir)
-        self.host = host
-        self.port = port
+        self.storage_dir, self.host, self.port = Path(storage_dir), host, port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -501,7 +417,7 @@ class EmbeddedRegistry:
         """Serve in the background; returns once connections are accepted."""
         if self._thread is not None:
             return self
-        # Binding here (not in uvicorn) makes port 0 resolvable and a busy port an error in the caller's thread.
+        # Binding here (not in uvicorn) resolves port 0 and turns a busy port into an error in the caller's thread.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -512,13 +428,9 @@ class EmbeddedRegistry:
                 f"schema registry cannot listen on {self.host}:{self.port} ({exc}); "
                 f"stop whatever holds the port or use port=0 for a free one"
             ) from exc
-        config = uvicorn.Config(
-            create_registry_app(self.storage_dir),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
+        app = create_registry_app(self.storage_dir)
+        # log_config=None: leave the host process's logging setup alone.
+        config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off", timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="k2-registry", daemon=True)
         self._server, self._thread, self._socket = server, thread, sock

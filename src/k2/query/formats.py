@@ -60,36 +60,37 @@ def _interval_text(value: Any) -> str:
     return f"P{value.months}M{value.days}DT{seconds}S"
 
 
+def _skip_null(convert: Converter) -> Converter:
+    return lambda v: None if v is None else convert(v)
+
+
 def _converter(t: pa.DataType) -> Converter:
     """A function from one Python value of Arrow type `t` (as to_pylist gives it) to its JSON-ready form."""
-    convert: Converter
     if pa.types.is_decimal(t):
         # format "f", not str(): str(Decimal("0E-8")) is "0E-8"; both keep every digit of the scale.
-        convert = lambda v: format(v, "f")  # noqa: E731
-    elif pa.types.is_timestamp(t):
-        convert = _datetime_text
-    elif pa.types.is_date(t) or pa.types.is_time(t):
-        convert = lambda v: v.isoformat()  # noqa: E731
-    elif pa.types.is_floating(t):
-        convert = _float
-    elif pa.types.is_interval(t):
-        convert = _interval_text
-    elif pa.types.is_duration(t):
-        convert = str
-    elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        convert = bytes.hex
-    elif pa.types.is_map(t):
+        return _skip_null(lambda v: format(v, "f"))
+    if pa.types.is_timestamp(t):
+        return _skip_null(_datetime_text)
+    if pa.types.is_date(t) or pa.types.is_time(t):
+        return _skip_null(lambda v: v.isoformat())
+    if pa.types.is_floating(t):
+        return _skip_null(_float)
+    if pa.types.is_interval(t):
+        return _skip_null(_interval_text)
+    if pa.types.is_duration(t):
+        return _skip_null(str)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return _skip_null(bytes.hex)
+    if pa.types.is_map(t):
         key, item = _converter(t.key_type), _converter(t.item_type)
-        convert = lambda v: {str(key(k)): item(x) for k, x in v}  # noqa: E731
-    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _skip_null(lambda v: {str(key(k)): item(x) for k, x in v})
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         element = _converter(t.value_type)
-        convert = lambda v: [element(x) for x in v]  # noqa: E731
-    elif pa.types.is_struct(t):
+        return _skip_null(lambda v: [element(x) for x in v])
+    if pa.types.is_struct(t):
         fields = [(f.name, _converter(f.type)) for f in t]
-        convert = lambda v: {name: c(v[name]) for name, c in fields}  # noqa: E731
-    else:  # strings, integers, booleans: already JSON-ready
-        return lambda v: v
-    return lambda v: None if v is None else convert(v)
+        return _skip_null(lambda v: {name: c(v[name]) for name, c in fields})
+    return lambda v: v  # strings, integers, booleans: already JSON-ready
 
 
 def column_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
@@ -161,14 +162,24 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 def print_table(table: pa.Table, console: Console, *, max_rows: int | None = None, title: str | None = None) -> None:
     """Print the result as a rich table (numbers right-aligned); `max_rows` caps the rows shown."""
+    rows = [
+        [Text("NULL", style="dim") if v is None else Text(cell_text(v)) for v in row] for row in _rows(table, max_rows)
+    ]
     view = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold")
-    for field in table.schema:
-        view.add_column(field.name, justify="right" if _is_numeric(field.type) else "left", overflow="fold")
-    for row in _rows(table, max_rows):
+    for i, field in enumerate(table.schema):
+        numeric = _is_numeric(field.type)
+        if numeric or pa.types.is_temporal(field.type):
+            # Never break a number or a timestamp across lines; free text and nested values fold instead.
+            width = max([len(field.name), *(len(row[i]) for row in rows)])
+            view.add_column(field.name, justify="right" if numeric else "left", no_wrap=True, min_width=width)
+        else:
+            view.add_column(field.name, overflow="fold")
+    for row in rows:
         # Text, not str: values like "[bold]" must print as written, not as rich markup.
-        view.add_row(*(Text("NULL", style="dim") if v is None else Text(cell_text(v)) for v in row))
+        view.add_row(*row)
     shown = table.num_rows if max_rows is None else min(max_rows, table.num_rows)
     noun = "row" if table.num_rows == 1 else "rows"
-    view.caption = f"{table.num_rows} {noun}" if shown == table.num_rows else f"first {shown} of {table.num_rows} rows"
+    count = f"{table.num_rows} {noun}" if shown == table.num_rows else f"first {shown} of {table.num_rows} rows"
     console.print(view)
-
+    # Below the table, not as its caption: a caption wraps to the width of a narrow table.
+    console.print(Text(count, style="dim"))

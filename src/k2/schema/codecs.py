@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from datetime import UTC, date, datetime
@@ -62,6 +63,17 @@ def now_micros() -> int:
     return time.time_ns() // 1_000
 
 
+_NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
+
+
 def message_id(exchange: str, data_type: str, symbol: str, source_id: str) -> str:
-    """Deterministic id: the same source record always gets the same id, so reloads and replays dedupe."""
-    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{exchange}|{data_type}|{symbol}|{source_id}"))
+    """Deterministic id: the same source record always gets the same id, so reloads and replays dedupe.
+
+    Exactly RFC 4122 UUIDv5 (`uuid.uuid5(MESSAGE_ID_NAMESPACE, name)`), computed inline: uuid.uuid5 costs
+    ~5 us a call and was 40% of ASX parse time; this is ~1.7 us (a test checks they agree).
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{exchange}|{data_type}|{symbol}|{source_id}".encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

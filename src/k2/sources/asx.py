@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,24 +41,30 @@ from k2.sources.base import SourceBatch
 CURRENCY = "AUD"  # ASX trades and quotes are in AUD; only dividends name another currency
 _UNKNOWN_SIDE = Side.UNKNOWN.value
 _DAY_MICROS = 86_400_000_000
-_TIME = re.compile(r"(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?", re.ASCII)
+_parse_time = time.fromisoformat
+_TIME = re.compile(r"\d\d:\d\d:\d\d(?:\.\d{1,6})?", re.ASCII)
 
-# Prices and volumes repeat heavily (BHP's 91,631 trades have ~1,800 distinct prices), so parsing each distinct
-# text once is a large share of the per-row cost. Decimal is immutable, so sharing the parsed values is safe.
+# Prices and volumes repeat heavily (BHP's 91,631 trades: 299 distinct prices, 3,442 distinct volumes), so each
+# distinct text is parsed once. Decimal is immutable, so sharing the parsed values is safe.
 _decimal = lru_cache(maxsize=1 << 16)(parse_decimal)
 
 
 def _time_of_day(text: str) -> int:
     """HH:MM:SS[.f…] → microseconds after local midnight."""
-    match = _TIME.fullmatch(text)
-    if match is None:
+    # The files always write HH:MM:SS.mmm. For exactly that shape the C parser is ~2.5x faster than a regex plus
+    # int() calls; the separator checks keep it from accepting the other ISO forms it knows (offsets, "T…").
+    if len(text) == 12 and text[2] == ":" and text[5] == ":" and text[8] == ".":
+        try:
+            t = _parse_time(text)
+        except ValueError:
+            raise RowError("bad_time", f"time {text!r} is not a valid HH:MM:SS.mmm") from None
+        return ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.microsecond
+    if _TIME.fullmatch(text) is None:
         raise RowError("bad_time", f"time {text!r} is not HH:MM:SS.mmm")
-    hh, mm, ss, frac = match.groups()
-    hours, minutes, seconds = int(hh), int(mm), int(ss)
+    hours, minutes, seconds = int(text[0:2]), int(text[3:5]), int(text[6:8])
     if hours > 23 or minutes > 59 or seconds > 59:
         raise RowError("bad_time", f"time {text!r} is out of range")
-    micros = int(frac.ljust(6, "0")) if frac else 0
-    return ((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + micros
+    return ((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + int(text[9:].ljust(6, "0"))
 
 
 def _constant_day_base(day: date) -> int | None:
@@ -108,7 +115,7 @@ class _Day:
         return micros_from_datetime(moment)
 
 
-def _price(text: str) -> Any:
+def _price(text: str) -> Decimal:
     try:
         value = _decimal(text)
     except DecimalError as exc:
@@ -118,7 +125,7 @@ def _price(text: str) -> Any:
     return value
 
 
-def _quantity(text: str) -> Any:
+def _quantity(text: str) -> Decimal:
     try:
         value = _decimal(text)
     except DecimalError as exc:
@@ -136,17 +143,15 @@ class _TickFile:
         self.symbol = company.symbol
         self.data_type = spec.data_type.value
         self._days: dict[str, _Day] = {}
-        self._sequence: dict[str, int] = {}  # trading day → rows so far (source_sequence)
+        self._sequence: dict[str, int] = {}  # trading day → records so far; a rejected row takes no number
         self._open_day = ""
         self._seen: dict[str, int] = {}  # row text → times seen, for the open day only
         self._closed: set[str] = set()
         self._reopened: dict[str, int] = {}
         self._suffix = ""
 
-    def _day(self, text: str) -> _Day:
-        day = self._days.get(text)
-        if day is None:
-            day = self._days[text] = _Day(text)
+    def _new_day(self, text: str) -> _Day:
+        day = self._days[text] = _Day(text)
         return day
 
     def _identify(self, day: _Day, text: str) -> tuple[int, str]:
@@ -190,7 +195,7 @@ class _TickFile:
                 f"expected 7 columns (date,time,price,volume,qualifier,venue,extra), found {len(cells)}",
             )
         date_text, time_text, price_text, volume_text, qualifier, venue, extra = cells
-        day = self._days.get(date_text) or self._day(date_text)
+        day = self._days.get(date_text) or self._new_day(date_text)
         timestamp = day.utc_micros(time_text)
         price = _price(price_text)
         if not price:
@@ -230,7 +235,7 @@ class _TickFile:
                 f"expected 6 columns (date,time,bid,ask,bid volume,ask volume), found {len(cells)}",
             )
         date_text, time_text, bid_text, ask_text, bid_volume, ask_volume = cells
-        day = self._days.get(date_text) or self._day(date_text)
+        day = self._days.get(date_text) or self._new_day(date_text)
         timestamp = day.utc_micros(time_text)
         bid, ask = _price(bid_text), _price(ask_text)
         bid_quantity, ask_quantity = _quantity(bid_volume), _quantity(ask_volume)
@@ -365,7 +370,7 @@ class AsxSource:
             # the same on every reload.
             for line_no, line in enumerate(f, 1):
                 raw = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
-                if not raw.strip():
+                if not raw or raw.isspace():
                     blanks.append((line_no, raw))
                     continue
                 if blanks:

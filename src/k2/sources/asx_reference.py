@@ -89,7 +89,7 @@ class CsvFile:
     path: Path
     header: list[str]  # normalised: lower case, spaces → "_"
     rows: list[tuple[int, bytes, list[str]]]  # (1-based line number, raw bytes, cells)
-    rejects: list[Reject]  # lines that are not even CSV text
+    rejects: list[Reject]  # blank lines between rows, and lines that are not UTF-8 text
     empty_marker: bool  # the file said NO RECORDS TO REPORT
 
 
@@ -151,9 +151,7 @@ def load_companies(path: Path, ingested: int) -> tuple[dict[str, Company], Sourc
             start = parse_asx_date(row["start_date"])
             end = parse_asx_date(row["end_date"]) if row["end_date"] else None
             if end is not None and end < start:
-                raise RowError(
-                    "bad_date", f"end date {row['end_date']} is before start date {row['start_date']}"
-                )
+                raise RowError("bad_date", f"end date {row['end_date']} is before start date {row['start_date']}")
         except RowError as exc:
             batch.rejects.append(reject(exc.reason, exc.detail, raw, path, line_no))
             continue
@@ -204,9 +202,7 @@ def load_events(path: Path, companies: dict[str, Company], ingested: int) -> tup
             row = _cells(file, cells, ("company_id", effective_column))
             company = companies.get(row["company_id"])
             if company is None:
-                raise RowError(
-                    "unknown_company", f"company id {row['company_id']!r} is not in company_info.csv"
-                )
+                raise RowError("unknown_company", f"company id {row['company_id']!r} is not in company_info.csv")
             vendor = {"record_type": record_type}
             for column, text in row.items():
                 if column == "company_id":
@@ -227,9 +223,7 @@ def load_events(path: Path, companies: dict[str, Company], ingested: int) -> tup
             continue
         # Every column is in the key: a vendor correction (say, a restated amount) is a new record, never
         # silently deduplicated against the old one.
-        key = f"{record_type}:{company.company_id}:" + ":".join(
-            v for k, v in vendor.items() if k != "record_type"
-        )
+        key = f"{record_type}:{company.company_id}:" + ":".join(v for k, v in vendor.items() if k != "record_type")
         listed = company.listing_date <= effective and (
             company.delisting_date is None or effective <= company.delisting_date
         )

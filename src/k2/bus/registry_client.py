@@ -1,0 +1,127 @@
+"""A small, cached, synchronous client for K2's (or any Confluent-compatible) schema registry.
+
+K2's producer registers one schema per subject and its sink resolves one writer schema per id; both happen per
+message in a hot loop, so every answer that cannot change is cached and the HTTP round-trip happens once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+
+CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+# GET .../versions/latest can change when someone registers; a short TTL keeps it cheap and nearly fresh.
+LATEST_TTL_SECONDS = 30.0
+
+
+class RegistryError(RuntimeError):
+    """The registry refused a request or could not be reached; `error_code` is Confluent's (e.g. 40401)."""
+
+    def __init__(self, message: str, status: int | None = None, error_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error_code = status, error_code
+
+
+class SchemaIncompatibleError(RegistryError):
+    """Registration refused (409): the schema breaks the subject's compatibility level; `messages` say where."""
+
+    def __init__(self, subject: str, message: str, messages: list[str]) -> None:
+        super().__init__(message, status=409, error_code=409)
+        self.subject, self.messages = subject, messages
+
+
+def _key(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+class RegistryClient:
+    """Register and fetch Avro schemas; thread-safe, with answers cached per process."""
+
+    def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, auth=auth, timeout=timeout, headers={"Accept": CONTENT_TYPE})
+        self._lock = threading.Lock()
+        self._ids: dict[tuple[str, str], int] = {}  # (subject, schema key) -> id
+        self._schemas: dict[int, dict[str, Any]] = {}  # id -> schema (ids are immutable)
+        self._latest: dict[str, tuple[float, tuple[int, int, dict[str, Any]]]] = {}
+
+    def register(self, subject: str, schema: dict[str, Any]) -> int:
+        """The id of `schema` under `subject`, registering it if new (idempotent).
+
+        Raises SchemaIncompatibleError when the subject's compatibility level refuses it.
+        """
+        key = (subject, _key(schema))
+        if (cached := self._ids.get(key)) is not None:
+            return cached
+        text = json.dumps(schema)
+        body = self._call("POST", f"/subjects/{subject}/versions", {"schema": text}, subject=subject)
+        schema_id = int(body["id"])
+        with self._lock:
+            self._ids[key] = schema_id
+            self._schemas.setdefault(schema_id, json.loads(text))  # a copy: callers may mutate theirs
+        return schema_id
+
+    def schema_by_id(self, schema_id: int) -> dict[str, Any]:
+        """The schema with this id (as a dict); fetched once per process, since an id never changes meaning."""
+        if (cached := self._schemas.get(schema_id)) is not None:
+            return cached
+        schema = json.loads(self._call("GET", f"/schemas/ids/{schema_id}")["schema"])
+        with self._lock:
+            return self._schemas.setdefault(schema_id, schema)
+
+    def latest(self, subject: str, max_age: float = LATEST_TTL_SECONDS) -> tuple[int, int, dict[str, Any]]:
+        """(id, version, schema) of the subject's newest version, at most `max_age` seconds old."""
+        now = time.monotonic()
+        cached = self._latest.get(subject)
+        if cached is not None and now - cached[0] < max_age:
+            return cached[1]
+        body = self._call("GET", f"/subjects/{subject}/versions/latest")
+        schema_id = int(body["id"])
+        with self._lock:
+            schema = self._schemas.setdefault(schema_id, json.loads(body["schema"]))
+            answer = (schema_id, int(body["version"]), schema)
+            self._latest[subject] = (now, answer)
+        return answer
+
+    def set_compatibility(self, subject: str | None, level: str) -> str:
+        """Set the compatibility level of `subject`, or the global default when `subject` is None."""
+        path = "/config" if subject is None else f"/config/{subject}"
+        return str(self._call("PUT", path, {"compatibility": level.upper()})["compatibility"])
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, subject: str = "") -> Any:
+        try:
+            response = self._http.request(
+                method, path, content=None if body is None else json.dumps(body), headers=_body_headers(body)
+            )
+        except httpx.TransportError as exc:
+            raise RegistryError(
+                f"schema registry at {self.url} is unreachable ({exc}); start it (K2 starts its own when "
+                f"K2_SCHEMA_REGISTRY_URL is unset) or fix K2_SCHEMA_REGISTRY_URL"
+            ) from exc
+        if response.is_success:
+            return response.json()
+        try:
+            error = response.json()
+        except ValueError:
+            error = {"message": response.text}
+        message = f"{method} {path} -> {response.status_code}: {error.get('message', response.text)}"
+        if response.status_code == 409:
+            raise SchemaIncompatibleError(subject, message, list(error.get("messages") or [error.get("message")]))
+        raise RegistryError(message, response.status_code, error.get("error_code"))
+
+
+def _body_headers(body: dict[str, Any] | None) -> dict[str, str]:
+    return {} if body is None else {"Content-Type": CONTENT_TYPE}
