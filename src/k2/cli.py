@@ -38,9 +38,7 @@ def main(
 
 @load_app.command("asx")
 def load_asx(
-    directory: Path = typer.Argument(
-        ..., exists=True, file_okay=False, help="Folder with trades/, quotes/, ..."
-    ),
+    directory: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder with trades/, quotes/, ..."),
 ) -> None:
     """Load ASX trades, quotes and reference data; print the reconciliation; exit 1 if anything is unaccounted."""
     from k2.pipeline import load
@@ -53,9 +51,7 @@ def load_asx(
 
 @app.command()
 def sql(
-    query: str = typer.Argument(
-        ..., help="DuckDB SQL over market_data.trades_v2, quotes_v2, reference_data_v2"
-    ),
+    query: str = typer.Argument(..., help="DuckDB SQL over market_data.trades_v2, quotes_v2, reference_data_v2"),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, csv or json"),
 ) -> None:
     """Run a SQL query over the Iceberg tables (decimals exact, timestamps in UTC)."""
@@ -102,9 +98,7 @@ def sink(
         signal.signal(sig, lambda *_: stop.set())
     worker = IcebergSink(settings, bootstrap, RegistryClient(registry_url), open_catalog(settings))
     stats = worker.run(stop=stop)
-    err.print(
-        f"sink stopped: consumed {stats.consumed:,}, written {dict(stats.written)}, commits {stats.commits}"
-    )
+    err.print(f"sink stopped: consumed {stats.consumed:,}, written {dict(stats.written)}, commits {stats.commits}")
 
 
 @app.command()

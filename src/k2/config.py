@@ -18,14 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="K2_", extra="ignore")
 
-    home: Path = Field(
-        default=Path(".k2"), description="All local state: broker, registry, catalog, warehouse"
-    )
+    home: Path = Field(default=Path(".k2"), description="All local state: broker, registry, catalog, warehouse")
 
     # --- Kafka -----------------------------------------------------------------------------------------------
-    kafka_bootstrap: str | None = Field(
-        default=None, description="Bootstrap servers; unset = embedded broker"
-    )
+    kafka_bootstrap: str | None = Field(default=None, description="Bootstrap servers; unset = embedded broker")
     kafka_extra: str = Field(
         default="{}",
         description="JSON object of extra librdkafka settings (SASL/SSL) applied to every client",
@@ -37,23 +33,22 @@ class Settings(BaseSettings):
     producer_linger_ms: int = 10
 
     # --- Schema registry -------------------------------------------------------------------------------------
-    schema_registry_url: str | None = Field(
-        default=None, description="Registry URL; unset = embedded registry"
-    )
+    schema_registry_url: str | None = Field(default=None, description="Registry URL; unset = embedded registry")
 
     # --- Iceberg ---------------------------------------------------------------------------------------------
     catalog_name: str = "k2"
     catalog_uri: str | None = Field(default=None, description="SQL catalog URI; unset = SQLite under home")
     catalog_properties: str = Field(default="{}", description="JSON of extra pyiceberg catalog properties")
-    warehouse: str | None = Field(
-        default=None, description="Warehouse location; unset = directory under home"
-    )
+    warehouse: str | None = Field(default=None, description="Warehouse location; unset = directory under home")
 
     # --- Sink ------------------------------------------------------------------------------------------------
     sink_group: str = "k2-sink"
     # 100k-row commits run ~4x faster than 10k-row ones and write 10x fewer files (STACK-NOTES.md)
     sink_commit_rows: int = 100_000
     sink_commit_seconds: float = 5.0
+    load_timeout_seconds: float = Field(
+        default=900.0, description="How long `k2 load` waits for the sink group to commit what it produced"
+    )
 
     @cached_property
     def home_dir(self) -> Path:

@@ -25,6 +25,10 @@ from k2.lake.sink import IcebergSink, SinkStats
 from k2.sources.base import Source
 
 
+class LoadTimeoutError(RuntimeError):
+    pass
+
+
 @dataclass
 class Reconciliation:
     source: str
@@ -43,9 +47,7 @@ class Reconciliation:
     @property
     def sink_balanced(self) -> bool:
         # Only checkable when this run's own sink consumed exactly what this run produced.
-        return (
-            self.sink is None or self.sink.consumed != self.produced or self.sink.accounted == self.produced
-        )
+        return self.sink is None or self.sink.consumed != self.produced or self.sink.accounted == self.produced
 
     @property
     def ok(self) -> bool:
@@ -53,14 +55,10 @@ class Reconciliation:
 
     def render(self, console: Console) -> None:
         rate = self.read / self.seconds if self.seconds else 0.0
-        console.print(
-            f"[bold]Reconciliation[/bold] — {self.source} ({self.seconds:.2f} s, {rate:,.0f} records/s)"
-        )
+        console.print(f"[bold]Reconciliation[/bold] — {self.source} ({self.seconds:.2f} s, {rate:,.0f} records/s)")
         rejected = sum(self.rejected.values())
         by_reason = ", ".join(f"{r}: {n:,}" for r, n in sorted(self.rejected.items())) or "none"
-        console.print(
-            f"  read {self.read:,} = produced {self.produced:,} + rejected {rejected:,} ({by_reason})"
-        )
+        console.print(f"  read {self.read:,} = produced {self.produced:,} + rejected {rejected:,} ({by_reason})")
         if self.sink is not None and self.sink.consumed == self.produced:
             s = self.sink
             sink_rejected = sum(s.rejected.values())
@@ -129,9 +127,18 @@ def load(source: Source, settings: Settings, console: Console | None = None) -> 
         topics = produced_topics if stack.broker is not None else None
         sink = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings), topics=topics)
 
+        deadline = time.monotonic() + settings.load_timeout_seconds
+
         def landed(s: IcebergSink) -> bool:
             committed = s.group_committed(list(targets))
-            return all(committed.get(k, -1) >= end for k, end in targets.items())
+            missing = {k: (committed.get(k, -1), end) for k, end in targets.items() if committed.get(k, -1) < end}
+            if missing and time.monotonic() > deadline:
+                raise LoadTimeoutError(
+                    f"the sink group has not committed everything after {settings.load_timeout_seconds:.0f}s; "
+                    f"(committed, produced) per partition: {missing}. Check the sink workers' logs, or raise "
+                    "K2_LOAD_TIMEOUT_SECONDS for very large loads."
+                )
+            return not missing
 
         with console.status("committing to the lake"):
             recon.sink = sink.run(until=landed)

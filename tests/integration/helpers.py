@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from k2.query.engine import QueryEngine
-
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
+from k2.query.engine import QueryEngine
 
 
 def raw_line_count(path: Path) -> int:

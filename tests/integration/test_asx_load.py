@@ -7,10 +7,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from k2.sources.asx import AsxSource
 
 from k2.config import Settings
 from k2.pipeline import load
+from k2.sources.asx import AsxSource
 from tests.integration.helpers import lake_count, lake_query, raw_line_count
 
 pytestmark = pytest.mark.integration
@@ -32,16 +32,12 @@ def test_sample_load_matches_raw_files_and_reloads_add_only_new_rows(
 ) -> None:
     first = load(AsxSource(asx_sample), settings)
     assert first.ok, first
-    assert (
-        first.read == first.produced == 370_174 + 6
-    )  # every trade and quote line + 4 companies + 2 dividends
+    assert first.read == first.produced == 370_174 + 6  # every trade and quote line + 4 companies + 2 dividends
     assert _counts_by_symbol(settings, "trades_v2") == _expected_counts(asx_sample, "trades")
     assert _counts_by_symbol(settings, "quotes_v2") == _expected_counts(asx_sample, "quotes")
     assert lake_count(settings, "reference_data_v2") == 6
     assert lake_count(settings, "trades_v2", "WHERE message_id IS NULL") == 0
-    assert lake_query(settings, "SELECT count(DISTINCT message_id) = count(*) FROM market_data.trades_v2")[0][
-        0
-    ]
+    assert lake_query(settings, "SELECT count(DISTINCT message_id) = count(*) FROM market_data.trades_v2")[0][0]
 
     # Prices equal the file text exactly; Sydney local time (AEDT, UTC+11 in March 2014) becomes UTC.
     row = lake_query(

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from k2.bus.registry_client import RegistryClient
-from k2.sources.asx import AsxSource
 from rich.console import Console
 
 from k2.bus.clients import ensure_topics, producer_config
 from k2.bus.producer import H_REASON, H_STAGE, RecordProducer
+from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
@@ -28,6 +27,7 @@ from k2.pipeline import load, produce
 from k2.schema import TRADES_V2
 from k2.schema.avro import avro_schema
 from k2.schema.fields import AssetClass, DataType
+from k2.sources.asx import AsxSource
 from k2.sources.base import SourceBatch
 from tests.integration.helpers import all_committed, lake_count, lake_query, make_trade
 
@@ -38,9 +38,7 @@ QUIET = Console(quiet=True)
 
 def _start_sink_worker(log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "k2.cli", "sink"], stdout=out, stderr=subprocess.STDOUT
-        )
+        return subprocess.Popen([sys.executable, "-m", "k2.cli", "sink"], stdout=out, stderr=subprocess.STDOUT)
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -53,10 +51,10 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def _dlq_messages(bootstrap: str, topic: str, expected: int) -> list:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "dlq-reader", "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([topic])
+    """Read a DLQ topic from the beginning of every partition (no group: nothing to join or commit)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dlq-reader", "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     got: list = []
     deadline = time.monotonic() + 20
     while len(got) < expected and time.monotonic() < deadline:
@@ -137,9 +135,7 @@ def test_undecodable_messages_are_dead_lettered_alone(settings: Settings) -> Non
     with Stack(settings) as endpoints:
         registry = RegistryClient(endpoints.registry_url)
         producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
-        ensure_topics(
-            AdminClient({"bootstrap.servers": endpoints.bootstrap}), settings, [str(topic), topic.dlq]
-        )
+        ensure_topics(AdminClient({"bootstrap.servers": endpoints.bootstrap}), settings, [str(topic), topic.dlq])
         good = SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=[make_trade(i) for i in range(5)])
         producer.send(good)
         schema_id = registry.register(topic.subject, avro_schema(TRADES_V2))
@@ -150,15 +146,11 @@ def test_undecodable_messages_are_dead_lettered_alone(settings: Settings) -> Non
         }
         for value in garbage:
             producer.produce_raw(str(topic), value, b"TST")
-        producer.send(
-            SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=[make_trade(i) for i in range(5, 8)])
-        )
+        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=[make_trade(i) for i in range(5, 8)]))
         producer.flush()
         targets = dict(producer.stats.end_offsets)
 
-        sink = IcebergSink(
-            settings, endpoints.bootstrap, registry, open_catalog(settings), topics=[str(topic)]
-        )
+        sink = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings), topics=[str(topic)])
         stats = sink.run(until=lambda s: all(s.committed.get(k, -1) >= v for k, v in targets.items()))
         dlq = _dlq_messages(endpoints.bootstrap, topic.dlq, expected=3)
 

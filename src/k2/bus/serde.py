@@ -25,9 +25,7 @@ def encode(record: dict[str, Any], parsed_schema: Any, schema_id: int) -> bytes:
 
 def schema_id_of(value: bytes | None) -> int:
     if value is None or len(value) < _HEADER.size:
-        raise DecodeError(
-            f"message of {0 if value is None else len(value)} bytes is shorter than the 5-byte header"
-        )
+        raise DecodeError(f"message of {0 if value is None else len(value)} bytes is shorter than the 5-byte header")
     magic, schema_id = _HEADER.unpack_from(value)
     if magic != 0:
         raise DecodeError(f"magic byte is {magic}, not 0: not Confluent wire format")

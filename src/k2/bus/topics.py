@@ -38,9 +38,7 @@ class TopicName:
     def parse(cls, topic: str) -> TopicName:
         parts = topic.split(".")
         if len(parts) != 4 or parts[0] != TOPIC_PREFIX.rstrip("."):
-            raise ValueError(
-                f"not a K2 market topic (market.<asset_class>.<data_type>.<exchange>): {topic!r}"
-            )
+            raise ValueError(f"not a K2 market topic (market.<asset_class>.<data_type>.<exchange>): {topic!r}")
         return cls(AssetClass(parts[1]), DataType(parts[2]), parts[3])
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import fastavro
 import pyarrow as pa
 import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, Message, TopicPartition
@@ -63,6 +64,7 @@ class SinkStats:
 class _TableBuffer:
     spec: RecordSpec
     rows: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # row i came from messages[i] (for the DLQ)
 
 
 def invalid_reason(spec: RecordSpec, record: dict[str, Any]) -> str | None:
@@ -71,9 +73,7 @@ def invalid_reason(spec: RecordSpec, record: dict[str, Any]) -> str | None:
         if f.kind is Kind.DECIMAL:
             value = record.get(f.name)
             if value is not None and (
-                not value.is_finite()
-                or value.as_tuple().exponent < -PRICE_SCALE
-                or abs(value) >= _MAX_DECIMAL
+                not value.is_finite() or value.as_tuple().exponent < -PRICE_SCALE or abs(value) >= _MAX_DECIMAL
             ):
                 return f"decimal_out_of_range:{f.name}"
     if not record.get("message_id"):
@@ -107,7 +107,8 @@ class IcebergSink:
         self._buffers: dict[str, _TableBuffer] = {}
         self._ranges: dict[tuple[str, int], tuple[int, int]] = {}
         self._topic_ids: dict[str, str] = {}
-        self._writer_schemas: dict[int, Any] = {}
+        self._decoders: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._specs: dict[str, RecordSpec] = {}
         self._buffered = 0
         self._last_commit = time.monotonic()
         self.committed: dict[tuple[str, int], int] = {}
@@ -147,9 +148,7 @@ class IcebergSink:
 
     def _start(self) -> None:
         if self._topics is None:
-            self._consumer.subscribe(
-                [MARKET_TOPIC_PATTERN], on_assign=self._on_assign, on_revoke=self._on_revoke
-            )
+            self._consumer.subscribe([MARKET_TOPIC_PATTERN], on_assign=self._on_assign, on_revoke=self._on_revoke)
             return
         metadata = self._admin.list_topics(timeout=10)
         partitions = [
@@ -161,18 +160,26 @@ class IcebergSink:
         self._consumer.assign(self._resume_positions(partitions))
 
     # --- consuming --------------------------------------------------------------------------------------------
-    def _writer_schema(self, schema_id: int) -> Any:
-        if schema_id not in self._writer_schemas:
-            import fastavro  # local: only needed on a cache miss
-
-            self._writer_schemas[schema_id] = fastavro.parse_schema(self._registry.schema_by_id(schema_id))
-        return self._writer_schemas[schema_id]
-
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         topic = msg.topic()
         reject = Reject(reason, detail, msg.value() or b"", f"{topic}/{msg.partition()}", msg.offset())
         self._dlq.send_reject(f"dlq.{topic}", reject, stage="sink", key=msg.key())
         self.stats.rejected[reason] += 1
+
+    def _spec_for(self, topic: str) -> RecordSpec:
+        spec = self._specs.get(topic)
+        if spec is None:
+            spec = self._specs[topic] = TopicName.parse(topic).spec
+        return spec
+
+    def _decoder_for(self, schema_id: int, spec: RecordSpec) -> tuple[Any, Any]:
+        """(writer, reader) schemas; reader None when the writer is the current schema (no resolution step)."""
+        key = (schema_id, spec.name)
+        if key not in self._decoders:
+            writer_dict = self._registry.schema_by_id(schema_id)
+            same = fastavro.parse_schema(writer_dict) == parsed_schema(spec)
+            self._decoders[key] = (fastavro.parse_schema(writer_dict), None if same else parsed_schema(spec))
+        return self._decoders[key]
 
     def _accept(self, msg: Message) -> None:
         topic = msg.topic()
@@ -181,25 +188,23 @@ class IcebergSink:
         self._ranges[key] = (first, msg.offset() + 1)
         self.stats.consumed += 1
         try:
-            spec = TopicName.parse(topic).spec
+            spec = self._spec_for(topic)
         except ValueError as exc:
             self._dead_letter(msg, "unknown_topic", str(exc))
             return
         value = msg.value()
         try:
-            writer = self._writer_schema(schema_id_of(value))
-            record = decode(value, writer, parsed_schema(spec))
+            writer, reader = self._decoder_for(schema_id_of(value), spec)
+            record = decode(value, writer, reader)
         except DecodeError as exc:
             self._dead_letter(msg, "undecodable", str(exc))
             return
         except Exception as exc:  # registry lookup failed for this id: the bytes are kept, with why
             self._dead_letter(msg, "unknown_schema", f"{type(exc).__name__}: {exc}")
             return
-        reason = invalid_reason(spec, record)
-        if reason:
-            self._dead_letter(msg, reason, f"record {record.get('message_id')} failed validation")
-            return
-        self._buffers.setdefault(spec.name, _TableBuffer(spec)).rows.append(record)
+        buffer = self._buffers.setdefault(spec.name, _TableBuffer(spec))
+        buffer.rows.append(record)
+        buffer.messages.append(msg)
         self._buffered += 1
 
     def poll_once(self, max_messages: int = 10_000, timeout: float = 0.2) -> int:
@@ -215,10 +220,33 @@ class IcebergSink:
         return len(messages)
 
     # --- committing ------------------------------------------------------------------------------------------
+    def _to_arrow(self, buffer: _TableBuffer) -> pa.Table:
+        """Arrow for the whole buffer; if any record does not fit (Avro cannot say decimal(18,8) overflowed),
+        find the culprits one by one and dead-letter only them: one bad record never takes its batch along."""
+        try:
+            return records_to_arrow(buffer.spec, buffer.rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError):
+            pass
+        good = []
+        for record, msg in zip(buffer.rows, buffer.messages, strict=True):
+            reason = invalid_reason(buffer.spec, record)
+            if reason is None:
+                try:
+                    records_to_arrow(buffer.spec, [record])
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError) as exc:
+                    reason = f"arrow_conversion:{type(exc).__name__}"
+            if reason:
+                self._dead_letter(msg, reason, f"record {record.get('message_id')} does not fit {buffer.spec.name}")
+            else:
+                good.append(record)
+        return records_to_arrow(buffer.spec, good)
+
     def _append(self, buffer: _TableBuffer, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
         spec = buffer.spec
         table = self._table(spec)
-        batch = records_to_arrow(spec, buffer.rows)
+        batch = self._to_arrow(buffer)
+        if batch.num_rows == 0:
+            return
         mask = self._indexes[spec.name].new_rows_mask(batch)
         fresh = batch.filter(pa.array(mask, type=pa.bool_()))
         self.stats.duplicates[spec.name] += batch.num_rows - fresh.num_rows

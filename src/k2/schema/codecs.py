@@ -72,7 +72,8 @@ def message_id(exchange: str, data_type: str, symbol: str, source_id: str) -> st
     Exactly RFC 4122 UUIDv5 (`uuid.uuid5(MESSAGE_ID_NAMESPACE, name)`), computed inline: uuid.uuid5 costs
     ~5 us a call and was 40% of ASX parse time; this is ~1.7 us (a test checks they agree).
     """
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{exchange}|{data_type}|{symbol}|{source_id}".encode()).digest())
+    name = f"{exchange}|{data_type}|{symbol}|{source_id}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest())
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest[:16].hex()

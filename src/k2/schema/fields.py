@@ -139,13 +139,9 @@ QUOTES_V2 = RecordSpec(
     fields=(
         *_core_head("quote_id", "The venue's update id, or K2's id for sources without one."),
         FieldSpec("bid_price", Kind.DECIMAL, "Best bid, decimal(18,8); null when no bid.", required=False),
-        FieldSpec(
-            "bid_quantity", Kind.DECIMAL, "Quantity at the best bid; null when no bid.", required=False
-        ),
+        FieldSpec("bid_quantity", Kind.DECIMAL, "Quantity at the best bid; null when no bid.", required=False),
         FieldSpec("ask_price", Kind.DECIMAL, "Best ask, decimal(18,8); null when no ask.", required=False),
-        FieldSpec(
-            "ask_quantity", Kind.DECIMAL, "Quantity at the best ask; null when no ask.", required=False
-        ),
+        FieldSpec("ask_quantity", Kind.DECIMAL, "Quantity at the best ask; null when no ask.", required=False),
         FieldSpec("currency", Kind.STRING, "ISO currency (or quote asset for crypto) of the prices."),
         *_core_tail(),
     ),

@@ -58,9 +58,7 @@ def iceberg_schema(record: RecordSpec) -> Schema:
         raise ValueError(f"no Iceberg type for {spec.kind}")
 
     fields = [
-        NestedField(
-            field_id=i, name=spec.name, field_type=iceberg_type(spec), required=spec.required, doc=spec.doc
-        )
+        NestedField(field_id=i, name=spec.name, field_type=iceberg_type(spec), required=spec.required, doc=spec.doc)
         for i, spec in enumerate(record.fields, start=1)
     ]
     return Schema(*fields)
@@ -78,6 +76,4 @@ def partition_spec(record: RecordSpec) -> PartitionSpec:
 
 def sort_order(record: RecordSpec) -> SortOrder:
     schema = iceberg_schema(record)
-    return SortOrder(
-        SortField(source_id=schema.find_field("timestamp").field_id, transform=IdentityTransform())
-    )
+    return SortOrder(SortField(source_id=schema.find_field("timestamp").field_id, transform=IdentityTransform()))
