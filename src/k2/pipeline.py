@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from k2.bus.clients import base_config, ensure_topics, producer_config
-from k2.bus.producer import RecordProducer
+from k2.bus.producer import ProduceStats, RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
@@ -80,7 +80,7 @@ class Reconciliation:
 
 def produce(
     source: Source, settings: Settings, endpoints: Endpoints, console: Console
-) -> tuple[Reconciliation, RecordProducer]:
+) -> tuple[Reconciliation, ProduceStats]:
     """Send every record of `source` to its topic (rejects to the DLQ) and wait for every acknowledgement."""
     recon = Reconciliation(source.describe())
     registry = RegistryClient(endpoints.registry_url)
@@ -111,7 +111,8 @@ def produce(
             recon.rejected.update(r.reason for r in batch.rejects)
         producer.flush()
     recon.empty_files = list(getattr(source, "empty_files", []))
-    return recon, producer
+    producer.close()
+    return recon, producer.stats
 
 
 def load(source: Source, settings: Settings, console: Console | None = None) -> Reconciliation:
@@ -119,8 +120,8 @@ def load(source: Source, settings: Settings, console: Console | None = None) -> 
     started = time.monotonic()
     stack = Stack(settings)
     with stack as endpoints:
-        recon, producer = produce(source, settings, endpoints, console)
-        targets = dict(producer.stats.end_offsets)
+        recon, produced = produce(source, settings, endpoints, console)
+        targets = dict(produced.end_offsets)
         registry = RegistryClient(endpoints.registry_url)
         produced_topics = sorted({t for t, _p in targets})
         # A broker this run started has no other sink: assign directly and skip the ~3 s group join.

@@ -68,8 +68,8 @@ def test_sink_killed_mid_load_loses_nothing_and_duplicates_nothing(
 ) -> None:
     monkeypatch.setenv("K2_SINK_COMMIT_ROWS", "20000")  # many small commits, so the kill lands between two
     with Stack(settings) as endpoints:
-        recon, producer = produce(AsxSource(asx_sample), settings, endpoints, QUIET)
-        targets = dict(producer.stats.end_offsets)
+        recon, produced = produce(AsxSource(asx_sample), settings, endpoints, QUIET)
+        targets = dict(produced.end_offsets)
         worker = _start_sink_worker(tmp_path / "sink1.log")
         _wait_for(
             lambda: lake_count(settings, "quotes_v2") + lake_count(settings, "trades_v2") >= 40_000,
@@ -149,6 +149,7 @@ def test_undecodable_messages_are_dead_lettered_alone(settings: Settings) -> Non
         producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=[make_trade(i) for i in range(5, 8)]))
         producer.flush()
         targets = dict(producer.stats.end_offsets)
+        producer.close()
 
         sink = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings), topics=[str(topic)])
         stats = sink.run(until=lambda s: all(s.committed.get(k, -1) >= v for k, v in targets.items()))

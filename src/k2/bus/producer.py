@@ -98,6 +98,13 @@ class RecordProducer:
         self.produce_raw(dlq, reject.raw, key, headers=reject_headers(reject, stage))
         self.stats.dead_lettered[reject.reason] += 1
 
+    def close(self, timeout: float = 60.0) -> None:
+        """Flush, then release the client: a broker stops at once only when no client is connected to it."""
+        try:
+            self.flush(timeout)
+        finally:
+            self._producer = None  # type: ignore[assignment]  # librdkafka handle destroyed with the object
+
     def flush(self, timeout: float = 60.0) -> None:
         """Wait for every delivery report; raise if any record was not acknowledged by the broker."""
         remaining = self._producer.flush(timeout)

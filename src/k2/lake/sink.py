@@ -316,7 +316,9 @@ class IcebergSink:
         return self.stats
 
     def close(self) -> None:
+        """Flush the DLQ and disconnect every client (the embedded broker then stops at once)."""
         try:
-            self._dlq.flush()
+            self._dlq.close()
         finally:
             self._consumer.close()
+            self._admin = None  # type: ignore[assignment]
