@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
+from k2.bus.batch_decode import AvroBatchDecoder, BatchDecodeError
 from k2.bus.clients import consumer_config, producer_config, topic_ids
 from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
@@ -63,8 +64,9 @@ class SinkStats:
 @dataclass
 class _TableBuffer:
     spec: RecordSpec
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)  # row i came from messages[i] (for the DLQ)
+    framed: list[Message] = field(default_factory=list)  # written with the current schema: batch-decoded
+    rows: list[dict[str, Any]] = field(default_factory=list)  # decoded one by one (older writer schemas)
+    messages: list[Message] = field(default_factory=list)  # rows[i] came from messages[i] (for the DLQ)
 
 
 def invalid_reason(spec: RecordSpec, record: dict[str, Any]) -> str | None:
@@ -108,6 +110,7 @@ class IcebergSink:
         self._ranges: dict[tuple[str, int], tuple[int, int]] = {}
         self._topic_ids: dict[str, str] = {}
         self._decoders: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._batch_decoder = AvroBatchDecoder()
         self._specs: dict[str, RecordSpec] = {}
         self._buffered = 0
         self._last_commit = time.monotonic()
@@ -195,7 +198,6 @@ class IcebergSink:
         value = msg.value()
         try:
             writer, reader = self._decoder_for(schema_id_of(value), spec)
-            record = decode(value, writer, reader)
         except DecodeError as exc:
             self._dead_letter(msg, "undecodable", str(exc))
             return
@@ -203,9 +205,20 @@ class IcebergSink:
             self._dead_letter(msg, "unknown_schema", f"{type(exc).__name__}: {exc}")
             return
         buffer = self._buffers.setdefault(spec.name, _TableBuffer(spec))
+        if reader is None:
+            buffer.framed.append(msg)  # decoded with the whole batch at commit time
+        else:
+            self._decode_one(buffer, msg, writer, reader)
+        self._buffered += 1
+
+    def _decode_one(self, buffer: _TableBuffer, msg: Message, writer: Any, reader: Any) -> None:
+        try:
+            record = decode(msg.value(), writer, reader)
+        except DecodeError as exc:
+            self._dead_letter(msg, "undecodable", str(exc))
+            return
         buffer.rows.append(record)
         buffer.messages.append(msg)
-        self._buffered += 1
 
     def poll_once(self, max_messages: int = 10_000, timeout: float = 0.2) -> int:
         messages = self._consumer.consume(max_messages, timeout)
@@ -221,8 +234,23 @@ class IcebergSink:
 
     # --- committing ------------------------------------------------------------------------------------------
     def _to_arrow(self, buffer: _TableBuffer) -> pa.Table:
-        """Arrow for the whole buffer; if any record does not fit (Avro cannot say decimal(18,8) overflowed),
-        find the culprits one by one and dead-letter only them: one bad record never takes its batch along."""
+        """Arrow for everything buffered for one table; bad records go to the DLQ alone."""
+        parts = []
+        if buffer.framed:
+            try:
+                parts.append(self._batch_decoder.decode(buffer.spec, [m.value() for m in buffer.framed]))
+            except BatchDecodeError as exc:
+                log.warning("sink.batch_decode_fallback", table=buffer.spec.name, reason=str(exc))
+                writer = reader = parsed_schema(buffer.spec)
+                for msg in buffer.framed:
+                    self._decode_one(buffer, msg, writer, reader)
+        if buffer.rows:
+            parts.append(self._rows_to_arrow(buffer))
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def _rows_to_arrow(self, buffer: _TableBuffer) -> pa.Table:
+        """If any record does not fit (Avro cannot say decimal(18,8) overflowed), find the culprits one by one
+        and dead-letter only them: one bad record never takes its batch along."""
         try:
             return records_to_arrow(buffer.spec, buffer.rows)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError):
@@ -266,7 +294,7 @@ class IcebergSink:
         for name, buffer in self._buffers.items():
             table_topics = {t for (t, _p) in self._ranges if TopicName.parse(t).spec.name == name}
             ranges = {k: v for k, v in self._ranges.items() if k[0] in table_topics}
-            if buffer.rows:
+            if buffer.framed or buffer.rows:
                 self._append(buffer, ranges)
         self._dlq.flush()
         offsets = [TopicPartition(t, p, end) for (t, p), (_first, end) in self._ranges.items()]
@@ -321,4 +349,5 @@ class IcebergSink:
             self._dlq.close()
         finally:
             self._consumer.close()
+            self._batch_decoder.close()
             self._admin = None  # type: ignore[assignment]

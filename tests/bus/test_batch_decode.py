@@ -1,0 +1,75 @@
+"""Batch decoding gives exactly what per-message decoding gives, and refuses blocks it cannot trust."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from k2.bus.batch_decode import AvroBatchDecoder, BatchDecodeError
+from k2.bus.serde import encode
+from k2.schema import QUOTES_V2, TRADES_V2
+from k2.schema.arrow import records_to_arrow
+from k2.schema.avro import parsed_schema
+from tests.integration.helpers import make_trade
+
+
+@pytest.fixture
+def decoder():
+    d = AvroBatchDecoder()
+    yield d
+    d.close()
+
+
+def _framed(spec, records):
+    return [encode(r, parsed_schema(spec), 7) for r in records]
+
+
+def test_batch_decode_equals_the_records_exactly(decoder: AvroBatchDecoder) -> None:
+    records = [make_trade(i) for i in range(1000)]
+    records[1]["price"] = Decimal("-0.00000001")
+    records[2]["price"] = Decimal("9999999999.99999999")
+    records[3]["price"] = Decimal("-9999999999.99999999")
+    records[4]["vendor_data"] = {"qualifier": "3", "venue": "X"}
+    records[5]["trade_conditions"] = ["25", "X"]
+    records[6]["source_sequence"] = None
+    table = decoder.decode(TRADES_V2, _framed(TRADES_V2, records))
+    assert table.equals(records_to_arrow(TRADES_V2, records))
+    assert table["price"][2].as_py() == Decimal("9999999999.99999999")
+
+
+def test_batch_decode_of_one_sided_quotes_keeps_nulls(decoder: AvroBatchDecoder) -> None:
+    quote = {
+        "message_id": "d00816fd-7f73-566e-9a6f-921245500258",
+        "quote_id": "q1",
+        "symbol": "BHP",
+        "exchange": "asx",
+        "asset_class": "equities",
+        "timestamp": 1_394_409_600_000_000,
+        "bid_price": Decimal("37.7"),
+        "bid_quantity": Decimal("300"),
+        "ask_price": None,
+        "ask_quantity": None,
+        "currency": "AUD",
+        "source_sequence": 1,
+        "ingestion_timestamp": 1_394_409_600_000_001,
+        "platform_sequence": 1,
+        "vendor_data": {"book_state": "one_sided"},
+    }
+    table = decoder.decode(QUOTES_V2, _framed(QUOTES_V2, [quote, quote]))
+    assert table.equals(records_to_arrow(QUOTES_V2, [quote, quote]))
+    assert table["ask_price"].null_count == 2
+
+
+def test_a_datum_that_does_not_match_its_schema_is_refused(decoder: AvroBatchDecoder) -> None:
+    values = _framed(TRADES_V2, [make_trade(i) for i in range(10)])
+    values[4] = values[4] + b"\x02\x41"  # trailing bytes shift every later datum
+    with pytest.raises(BatchDecodeError):
+        decoder.decode(TRADES_V2, values)
+
+
+def test_truncated_datum_is_refused(decoder: AvroBatchDecoder) -> None:
+    values = _framed(TRADES_V2, [make_trade(i) for i in range(10)])
+    values[9] = values[9][:20]
+    with pytest.raises(BatchDecodeError):
+        decoder.decode(TRADES_V2, values)
