@@ -45,7 +45,7 @@ def load_asx(
     from k2.sources.asx import AsxSource
 
     recon = load(AsxSource(directory), Settings(), err)
-    recon.render(out)
+    recon.render(Console(soft_wrap=True))
     raise typer.Exit(0 if recon.ok else 1)
 
 

@@ -173,7 +173,11 @@ def print_table(table: pa.Table, console: Console, *, max_rows: int | None = Non
             width = max([len(field.name), *(len(row[i]) for row in rows)])
             view.add_column(field.name, justify="right" if numeric else "left", no_wrap=True, min_width=width)
         else:
-            view.add_column(field.name, overflow="fold")
+            # A floor so a narrow terminal folds free text instead of squeezing the column away entirely.
+            view.add_column(field.name, overflow="fold", min_width=min(len(field.name), 12))
+    natural = sum(max([len(f.name), *(len(row[i]) for row in rows)]) + 3 for i, f in enumerate(table.schema))
+    if not console.is_terminal and natural > console.width:
+        console.width = natural  # piped output has no screen to fit: never fold or drop columns there
     for row in rows:
         # Text, not str: values like "[bold]" must print as written, not as rich markup.
         view.add_row(*row)
