@@ -18,6 +18,12 @@ from k2.logs import configure_logging
 app = typer.Typer(help="K2 market data platform: exchanges → Kafka → Iceberg → DuckDB.", no_args_is_help=True)
 load_app = typer.Typer(help="Load data from a source through Kafka into the lake.", no_args_is_help=True)
 app.add_typer(load_app, name="load")
+stream_app = typer.Typer(help="Stream live market data through Kafka into the lake.", no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
+emulate_app = typer.Typer(
+    help="Run a local exchange emulator (live venues are unreachable here).", no_args_is_help=True
+)
+app.add_typer(emulate_app, name="emulate")
 
 err = Console(stderr=True)
 out = Console()
@@ -47,6 +53,67 @@ def load_asx(
     recon = load(AsxSource(directory), Settings(), err)
     recon.render(Console(soft_wrap=True))
     raise typer.Exit(0 if recon.ok else 1)
+
+
+@load_app.command("binance-files")
+def load_binance_files(
+    paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="data.binance.vision CSV or zip files"),
+) -> None:
+    """Load Binance public-data files (trades, aggTrades, klines; .CHECKSUM verified when present)."""
+    from k2.pipeline import load
+    from k2.sources.binance.files import BinanceFileSource
+
+    recon = load(BinanceFileSource(paths), Settings(), err)
+    recon.render(Console(soft_wrap=True))
+    raise typer.Exit(0 if recon.ok else 1)
+
+
+@stream_app.command("binance")
+def stream_binance_cmd(
+    symbols: str = typer.Option("BTCUSDT,ETHUSDT", help="Comma-separated symbols"),
+    channels: str = typer.Option("trade,aggTrade,bookTicker", help="Comma-separated: trade, aggTrade, bookTicker"),
+    endpoint: str = typer.Option(None, help="WebSocket base, e.g. ws://127.0.0.1:9443 (default: Binance)"),
+    rest_endpoint: str = typer.Option(None, help="REST base, e.g. http://127.0.0.1:9444 (default: Binance)"),
+    duration: float = typer.Option(None, help="Stop after this many seconds (default: until SIGTERM/Ctrl-C)"),
+) -> None:
+    """Stream Binance spot trades/quotes; on stop, flush and return once everything produced is in the lake."""
+    from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
+    from k2.streaming import stream_binance
+
+    recon, live = stream_binance(
+        Settings(),
+        [s.strip().upper() for s in symbols.split(",") if s.strip()],
+        [c.strip() for c in channels.split(",") if c.strip()],
+        endpoint or DEFAULT_WS_ENDPOINT,
+        rest_endpoint or DEFAULT_REST_ENDPOINT,
+        duration,
+        console=err,
+    )
+    recon.render(Console(soft_wrap=True))
+    gaps = live.stats.gaps
+    filled = sum(1 for g in gaps if g.status == "filled")
+    out.print(f"  gaps: {len(gaps)} found, {filled} filled from REST, {len(gaps) - filled} not (fully) recoverable")
+    raise typer.Exit(0 if recon.ok else 1)
+
+
+@emulate_app.command("binance")
+def emulate_binance(
+    capture: list[Path] = typer.Option([], exists=True, dir_okay=False, help="Recorded capture file (repeatable)"),
+    speed: float = typer.Option(1.0, help="Replay speed factor; 0 = as fast as possible"),
+    port: int = typer.Option(9443, help="WebSocket port; REST listens on port + 1"),
+    synthetic: bool = typer.Option(False, help="Serve a synthetic market too"),
+    symbol_count: int = typer.Option(3, "--symbols", help="Synthetic symbols"),
+    rate: float = typer.Option(100.0, help="Synthetic frames per second"),
+) -> None:
+    """Serve the Binance spot WebSocket + REST API on 127.0.0.1 from captures or synthetic traffic."""
+    from k2.sources.binance.emulator.server import main as emulator_main
+
+    argv = ["--speed", str(speed), "--port", str(port), "--symbols", str(symbol_count), "--rate", str(rate)]
+    for path in capture:
+        argv += ["--capture", str(path)]
+    if synthetic:
+        argv.append("--synthetic")
+    raise typer.Exit(emulator_main(argv))
 
 
 @app.command()

@@ -7,8 +7,7 @@ reach the produced end offsets; the sink commits Kafka only after Iceberg, so th
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
@@ -21,61 +20,9 @@ from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
-from k2.lake.sink import IcebergSink, SinkStats
+from k2.lake.sink import IcebergSink
+from k2.reconcile import LoadTimeoutError, Reconciliation
 from k2.sources.base import Source
-
-
-class LoadTimeoutError(RuntimeError):
-    pass
-
-
-@dataclass
-class Reconciliation:
-    source: str
-    read: int = 0
-    produced: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)  # by the source, per reason (all in DLQ)
-    sink: SinkStats | None = None
-    landed: bool = False  # every produced offset committed by the sink group
-    seconds: float = 0.0
-    empty_files: list[str] = field(default_factory=list)
-
-    @property
-    def source_balanced(self) -> bool:
-        return self.read == self.produced + sum(self.rejected.values())
-
-    @property
-    def sink_balanced(self) -> bool:
-        # Only checkable when this run's own sink consumed exactly what this run produced.
-        return self.sink is None or self.sink.consumed != self.produced or self.sink.accounted == self.produced
-
-    @property
-    def ok(self) -> bool:
-        return self.landed and self.source_balanced and self.sink_balanced
-
-    def render(self, console: Console) -> None:
-        rate = self.read / self.seconds if self.seconds else 0.0
-        console.print(f"[bold]Reconciliation[/bold] — {self.source} ({self.seconds:.2f} s, {rate:,.0f} records/s)")
-        rejected = sum(self.rejected.values())
-        by_reason = ", ".join(f"{r}: {n:,}" for r, n in sorted(self.rejected.items())) or "none"
-        console.print(f"  read {self.read:,} = produced {self.produced:,} + rejected {rejected:,} ({by_reason})")
-        if self.sink is not None and self.sink.consumed == self.produced:
-            s = self.sink
-            sink_rejected = sum(s.rejected.values())
-            console.print(
-                f"  produced {self.produced:,} = written {sum(s.written.values()):,}"
-                f" + already in lake {sum(s.duplicates.values()):,} + rejected by sink {sink_rejected:,}"
-            )
-            for table in sorted(set(s.written) | set(s.duplicates)):
-                console.print(
-                    f"    market_data.{table}: written {s.written[table]:,}, already in lake {s.duplicates[table]:,}"
-                )
-            for reason, n in sorted(s.rejected.items()):
-                console.print(f"    rejected by sink, {reason}: {n:,} (kept in dlq.* topics)")
-        for name in self.empty_files:
-            console.print(f"  {name}: no records (the file says so)")
-        verdict = "[green]OK: every record accounted for[/green]" if self.ok else "[red]MISMATCH[/red]"
-        console.print(f"  {verdict}; landed in the lake: {'yes' if self.landed else 'NO'}")
 
 
 def produce(
@@ -115,6 +62,25 @@ def produce(
     return recon, producer.stats
 
 
+def landed_check(targets: dict[tuple[str, int], int], timeout: float) -> Callable[[IcebergSink], bool]:
+    """A sink `until` predicate: true once the sink group has committed every produced offset in `targets`
+    (the sink commits Kafka only after Iceberg, so that means "in the lake"); raises after `timeout`."""
+    deadline = time.monotonic() + timeout
+
+    def landed(sink: IcebergSink) -> bool:
+        committed = sink.group_committed(list(targets))
+        missing = {k: (committed.get(k, -1), end) for k, end in targets.items() if committed.get(k, -1) < end}
+        if missing and time.monotonic() > deadline:
+            raise LoadTimeoutError(
+                f"the sink group has not committed everything after {timeout:.0f}s; "
+                f"(committed, produced) per partition: {missing}. Check the sink workers' logs, or raise "
+                "K2_LOAD_TIMEOUT_SECONDS for very large loads."
+            )
+        return not missing
+
+    return landed
+
+
 def load(source: Source, settings: Settings, console: Console | None = None) -> Reconciliation:
     console = console or Console(stderr=True)
     started = time.monotonic()
@@ -128,18 +94,7 @@ def load(source: Source, settings: Settings, console: Console | None = None) -> 
         topics = produced_topics if stack.broker is not None else None
         sink = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings), topics=topics)
 
-        deadline = time.monotonic() + settings.load_timeout_seconds
-
-        def landed(s: IcebergSink) -> bool:
-            committed = s.group_committed(list(targets))
-            missing = {k: (committed.get(k, -1), end) for k, end in targets.items() if committed.get(k, -1) < end}
-            if missing and time.monotonic() > deadline:
-                raise LoadTimeoutError(
-                    f"the sink group has not committed everything after {settings.load_timeout_seconds:.0f}s; "
-                    f"(committed, produced) per partition: {missing}. Check the sink workers' logs, or raise "
-                    "K2_LOAD_TIMEOUT_SECONDS for very large loads."
-                )
-            return not missing
+        landed = landed_check(targets, settings.load_timeout_seconds)
 
         with console.status("committing to the lake"):
             recon.sink = sink.run(until=landed)

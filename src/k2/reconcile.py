@@ -1,0 +1,71 @@
+"""The reconciliation every ingestion run ends with: every record read is written, already stored, or rejected."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rich.console import Console
+
+from k2.lake.sink import SinkStats
+
+
+class LoadTimeoutError(RuntimeError):
+    pass
+
+
+@dataclass
+class Reconciliation:
+    source: str
+    read: int = 0
+    produced: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # by the source, per reason (all in DLQ)
+    sink: SinkStats | None = None
+    landed: bool = False  # every produced offset committed by the sink group
+    seconds: float = 0.0
+    empty_files: list[str] = field(default_factory=list)
+    # read but not records by design: duplicate frames of a reconnect overlap, subscription acks, depth events
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def source_balanced(self) -> bool:
+        return self.read == self.produced + sum(self.rejected.values()) + sum(self.skipped.values())
+
+    @property
+    def sink_balanced(self) -> bool:
+        # Only checkable when this run's own sink consumed exactly what this run produced.
+        return self.sink is None or self.sink.consumed != self.produced or self.sink.accounted == self.produced
+
+    @property
+    def ok(self) -> bool:
+        return self.landed and self.source_balanced and self.sink_balanced
+
+    def render(self, console: Console) -> None:
+        rate = self.read / self.seconds if self.seconds else 0.0
+        console.print(f"[bold]Reconciliation[/bold] — {self.source} ({self.seconds:.2f} s, {rate:,.0f} records/s)")
+        rejected = sum(self.rejected.values())
+        by_reason = ", ".join(f"{r}: {n:,}" for r, n in sorted(self.rejected.items())) or "none"
+        skipped = ""
+        if self.skipped:
+            parts = ", ".join(f"{r}: {n:,}" for r, n in sorted(self.skipped.items()))
+            skipped = f" + skipped {sum(self.skipped.values()):,} ({parts})"
+        console.print(
+            f"  read {self.read:,} = produced {self.produced:,} + rejected {rejected:,} ({by_reason}){skipped}"
+        )
+        if self.sink is not None and self.sink.consumed == self.produced:
+            s = self.sink
+            sink_rejected = sum(s.rejected.values())
+            console.print(
+                f"  produced {self.produced:,} = written {sum(s.written.values()):,}"
+                f" + already in lake {sum(s.duplicates.values()):,} + rejected by sink {sink_rejected:,}"
+            )
+            for table in sorted(set(s.written) | set(s.duplicates)):
+                console.print(
+                    f"    market_data.{table}: written {s.written[table]:,}, already in lake {s.duplicates[table]:,}"
+                )
+            for reason, n in sorted(s.rejected.items()):
+                console.print(f"    rejected by sink, {reason}: {n:,} (kept in dlq.* topics)")
+        for name in self.empty_files:
+            console.print(f"  {name}: no records (the file says so)")
+        verdict = "[green]OK: every record accounted for[/green]" if self.ok else "[red]MISMATCH[/red]"
+        console.print(f"  {verdict}; landed in the lake: {'yes' if self.landed else 'NO'}")
