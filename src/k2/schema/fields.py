@@ -36,6 +36,7 @@ class DataType(StrEnum):
     TRADES = "trades"
     QUOTES = "quotes"
     REFERENCE_DATA = "reference_data"
+    BARS = "bars"
 
 
 class Kind(StrEnum):
@@ -173,5 +174,40 @@ REFERENCE_DATA_V2 = RecordSpec(
     ),
 )
 
-ALL_RECORDS: tuple[RecordSpec, ...] = (TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2)
+BARS_V2 = RecordSpec(
+    name="bars_v2",
+    data_type=DataType.BARS,
+    doc="One OHLCV bar (candle) as the venue published it, e.g. a Binance kline; one row per symbol, interval, open.",
+    fields=(
+        FieldSpec(
+            "message_id",
+            Kind.STRING,
+            "Deterministic UUIDv5 over exchange, data type, symbol, interval and open time; the dedup key.",
+        ),
+        FieldSpec("symbol", Kind.STRING, "Instrument symbol as the venue lists it, e.g. BTCUSDT."),
+        FieldSpec("exchange", Kind.STRING, "Venue code, lower case, e.g. binance."),
+        FieldSpec("asset_class", Kind.STRING, "equities | crypto | futures | options.", enum=AssetClass),
+        FieldSpec("interval", Kind.STRING, "Bar length as the venue names it: 1s, 1m, 1h, 1d, 1w, 1mo, ..."),
+        FieldSpec("timestamp", Kind.TIMESTAMP, "Bar open time, microseconds UTC."),
+        FieldSpec("close_time", Kind.TIMESTAMP, "Bar close time (last microsecond inside the bar), UTC."),
+        FieldSpec("open", Kind.DECIMAL, "First trade price in the bar, decimal(18,8)."),
+        FieldSpec("high", Kind.DECIMAL, "Highest trade price in the bar."),
+        FieldSpec("low", Kind.DECIMAL, "Lowest trade price in the bar."),
+        FieldSpec("close", Kind.DECIMAL, "Last trade price in the bar."),
+        FieldSpec("volume", Kind.DECIMAL, "Traded quantity (base asset; contracts for coin-margined futures)."),
+        FieldSpec("quote_volume", Kind.DECIMAL, "Traded value (quote asset; base asset for coin-margined futures)."),
+        FieldSpec("trade_count", Kind.LONG, "Number of trades in the bar."),
+        FieldSpec("taker_buy_base_volume", Kind.DECIMAL, "Part of `volume` bought by takers.", required=False),
+        FieldSpec("taker_buy_quote_volume", Kind.DECIMAL, "Part of `quote_volume` bought by takers.", required=False),
+        FieldSpec("ingestion_timestamp", Kind.TIMESTAMP, "When K2 read the record, microseconds UTC."),
+        FieldSpec(
+            "vendor_data",
+            Kind.STRING_MAP,
+            "Source-specific fields kept verbatim as strings (currency, source file, ...).",
+            required=False,
+        ),
+    ),
+)
+
+ALL_RECORDS: tuple[RecordSpec, ...] = (TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2, BARS_V2)
 RECORDS_BY_TYPE: dict[DataType, RecordSpec] = {r.data_type: r for r in ALL_RECORDS}

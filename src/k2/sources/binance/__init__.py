@@ -1,0 +1,13 @@
+"""Binance spot (and public-data futures files) → V2 records.
+
+- `symbols`: exchangeInfo → quote asset per symbol (`SymbolDirectory`).
+- `normalize`: WebSocket / REST payloads → trades_v2 and quotes_v2 record dicts, or a `Reject`.
+- `capture`: reader for recorded cryptofeed sessions (`<time>: <frame>` lines), for the emulator and tests.
+- `files`: `BinanceFileSource` for data.binance.vision CSV/zip files (trades, aggTrades, klines → bars_v2).
+
+Nothing here knows about Kafka or Iceberg.
+"""
+
+from k2.sources.binance.symbols import SuffixQuotes, SymbolDirectory, SymbolInfo, UnknownSymbolError
+
+__all__ = ["SuffixQuotes", "SymbolDirectory", "SymbolInfo", "UnknownSymbolError"]

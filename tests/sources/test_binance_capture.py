@@ -1,0 +1,93 @@
+"""The cryptofeed capture reader, on the real recorded Binance sessions."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from k2.sources.binance.capture import (
+    CaptureFormatError,
+    RestResponse,
+    WsConnect,
+    WsFrame,
+    micros_from_text,
+    read_capture,
+    rest_responses,
+    ws_frames,
+)
+from tests.conftest import SHARED
+
+BINANCE = SHARED / "data" / "binance"
+CAPTURE_2021_04 = BINANCE / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0"
+CAPTURE_2021_10 = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0"
+HTTP_2021_10 = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.http.0.0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _data_present() -> None:
+    if not CAPTURE_2021_04.exists():
+        pytest.fail(f"Binance captures not found under {BINANCE}: set K2_SHARED_DIR to the folder holding data/")
+
+
+def test_capture_holds_one_connection_then_frames_and_rest_bodies_in_receipt_order() -> None:
+    entries = list(read_capture(CAPTURE_2021_04))
+    kinds = Counter(type(e).__name__ for e in entries)
+    assert kinds == {"WsFrame": 4716, "RestResponse": 3, "WsConnect": 1}
+    assert isinstance(entries[0], WsConnect)
+    assert entries[0].url.startswith("wss://stream.binance.com:9443/stream?streams=dotusdt@depth@100ms/")
+    assert entries[0].connect_us == 1617566590378895
+    receipts = [e.receipt_us for e in entries[1:] if isinstance(e, WsFrame | RestResponse)]
+    assert receipts == sorted(receipts)
+
+
+def test_stream_mix_matches_the_recorded_session() -> None:
+    streams = Counter(orjson.loads(f.raw)["stream"].partition("@")[2] for f in ws_frames(CAPTURE_2021_04))
+    assert streams == {"depth@100ms": 2688, "aggTrade": 1910, "kline_1m": 118}
+    streams = Counter(orjson.loads(f.raw)["stream"].partition("@")[2] for f in ws_frames(CAPTURE_2021_10))
+    assert streams == {"depth@100ms": 177, "bookTicker": 84, "aggTrade": 2, "kline_1m": 2}
+
+
+def test_frames_keep_the_exact_bytes_binance_sent() -> None:
+    first = next(ws_frames(CAPTURE_2021_04))
+    line = CAPTURE_2021_04.read_bytes().split(b"\n")[1]
+    assert line == b"1617566591.326123: " + first.raw
+    assert first.receipt_us == 1617566591326123
+    assert first.line_no == 2
+
+
+def test_receipt_times_are_exact_microseconds_from_the_text() -> None:
+    # Line 3 of the 2021-10-12 capture is stamped 1633998512.0633569: the 7th digit is dropped, no float rounding.
+    frames = list(ws_frames(CAPTURE_2021_10))
+    assert frames[0].receipt_us == 1633998512063356
+    assert micros_from_text("1617566592.1065369") == 1617566592106536
+    assert micros_from_text(b"1617566592") == 1617566592000000
+    assert micros_from_text("1617566592.5") == 1617566592500000
+    with pytest.raises(ValueError):
+        micros_from_text("1.6e9")
+
+
+def test_rest_responses_keep_url_and_body() -> None:
+    responses = list(rest_responses(CAPTURE_2021_04))
+    assert [r.params["symbol"] for r in responses] == ["DOTUSDT", "BTCUSDT", "ETHUSDT"]
+    assert {r.path for r in responses} == {"/api/v1/depth"}
+    btc = responses[1]
+    assert orjson.loads(btc.body)["lastUpdateId"] == 9893033066
+    assert btc.params["limit"] == "1000"
+
+
+def test_http_only_capture_reads_without_a_connection_line() -> None:
+    responses = list(read_capture(HTTP_2021_10))
+    assert all(isinstance(r, RestResponse) for r in responses)
+    snapshots = {r.params["symbol"]: orjson.loads(r.body)["lastUpdateId"] for r in responses}  # type: ignore[union-attr]
+    assert len(snapshots) == 4
+    assert snapshots["NKNUSDT"] == 499869752
+
+
+def test_a_line_of_no_known_kind_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.0"
+    path.write_bytes(b'1617566591.326123: {"a":1}\n\nnot a capture line\n')
+    with pytest.raises(CaptureFormatError, match=r"bad\.0: line 3"):
+        list(read_capture(path))

@@ -1,0 +1,45 @@
+"""Client-side rules that need no network: stream spreading, backoff, id tracking."""
+
+from __future__ import annotations
+
+import itertools
+
+from k2.sources.binance.client import BinanceStreamClient, ClientLimits, backoff_delays, stream_names
+from k2.sources.binance.gaps import SequenceTracker
+
+
+def test_more_than_1024_streams_are_spread_over_connections() -> None:
+    streams = stream_names([f"SYM{i}USDT" for i in range(700)], ["trade", "bookTicker"])
+    client = BinanceStreamClient(streams, lambda *_: None, "ws://127.0.0.1:1")
+    assert [len(g) for g in client.connection_groups] == [1024, 376]
+    assert sorted(itertools.chain.from_iterable(client.connection_groups)) == sorted(streams)
+
+
+def test_stream_names_are_lower_case_symbol_at_channel() -> None:
+    assert stream_names(["BTCUSDT"], ["aggTrade", "bookTicker"]) == ["btcusdt@aggTrade", "btcusdt@bookTicker"]
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    delays = list(itertools.islice(backoff_delays(0.5, 8.0), 40))
+    assert all(0 <= d <= 8.0 for d in delays)
+    assert all(d <= 0.5 * 2**i for i, d in enumerate(delays[:4]))
+    assert len(set(delays)) > 30  # jittered, not a fixed ladder
+
+
+def test_tracker_flags_duplicates_and_gaps_only_where_ids_are_contiguous() -> None:
+    tracker = SequenceTracker({("BTCUSDT", "aggTrade"): 100})
+    assert tracker.classify("BTCUSDT", "aggTrade", 100) == ("duplicate", None)
+    assert tracker.classify("BTCUSDT", "aggTrade", 101) == ("new", None)
+    tracker.advance("BTCUSDT", "aggTrade", 101)
+    assert tracker.classify("BTCUSDT", "aggTrade", 105) == ("gap", 102)
+    tracker.advance("BTCUSDT", "bookTicker", 10)
+    assert tracker.classify("BTCUSDT", "bookTicker", 50) == ("new", None)  # update ids skip by design
+    assert tracker.classify("BTCUSDT", "bookTicker", 10) == ("duplicate", None)
+    assert tracker.duplicates == 2
+
+
+def test_client_limits_default_to_binance_production_rules() -> None:
+    limits = ClientLimits()
+    assert limits.max_streams_per_connection == 1024
+    assert limits.max_requests_per_second < 5
+    assert limits.replace_before_seconds < limits.lifetime_seconds == 24 * 3600
