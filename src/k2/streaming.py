@@ -28,6 +28,7 @@ from k2.pipeline import landed_check
 from k2.query.engine import QueryEngine
 from k2.reconcile import Reconciliation
 from k2.schema import AssetClass, DataType
+from k2.schema.fields import STREAM_GAPS
 from k2.sources.base import SourceBatch
 from k2.sources.binance.client import ClientLimits
 from k2.sources.binance.live import EXCHANGE, BinanceLive
@@ -37,6 +38,7 @@ log = structlog.get_logger(__name__)
 BINANCE_TOPICS = [
     TopicName(AssetClass.CRYPTO, DataType.TRADES, EXCHANGE),
     TopicName(AssetClass.CRYPTO, DataType.QUOTES, EXCHANGE),
+    TopicName(AssetClass.CRYPTO, DataType.GAPS, EXCHANGE),
 ]
 
 
@@ -85,6 +87,9 @@ def stream_binance(
 
         def emit(batch: SourceBatch) -> None:
             producer.send(batch)
+            if batch.spec is STREAM_GAPS:
+                recon.gap_records += len(batch.records)
+                return
             recon.produced += len(batch.records)
             recon.rejected.update(r.reason for r in batch.rejects)
 

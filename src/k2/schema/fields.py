@@ -37,6 +37,7 @@ class DataType(StrEnum):
     QUOTES = "quotes"
     REFERENCE_DATA = "reference_data"
     BARS = "bars"
+    GAPS = "gaps"
 
 
 class Kind(StrEnum):
@@ -209,5 +210,25 @@ BARS_V2 = RecordSpec(
     ),
 )
 
-ALL_RECORDS: tuple[RecordSpec, ...] = (TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2, BARS_V2)
+STREAM_GAPS = RecordSpec(
+    name="stream_gaps",
+    data_type=DataType.GAPS,
+    doc="A hole found in a live stream's id sequence and what became of it; the audit trail of 'no gaps'.",
+    fields=(
+        FieldSpec("message_id", Kind.STRING, "UUIDv5 over exchange, symbol, channel and first missing id."),
+        FieldSpec("symbol", Kind.STRING, "Instrument symbol."),
+        FieldSpec("exchange", Kind.STRING, "Venue code, lower case."),
+        FieldSpec("asset_class", Kind.STRING, "equities | crypto | futures | options.", enum=AssetClass),
+        FieldSpec("channel", Kind.STRING, "The stream whose ids skipped, e.g. aggTrade, trade."),
+        FieldSpec("first_missing", Kind.LONG, "First id that did not arrive."),
+        FieldSpec("last_missing", Kind.LONG, "Last id that did not arrive."),
+        FieldSpec("missing_count", Kind.LONG, "last_missing - first_missing + 1."),
+        FieldSpec("filled_count", Kind.LONG, "How many of them were fetched from REST and landed."),
+        FieldSpec("status", Kind.STRING, "filled | partial | unrecoverable."),
+        FieldSpec("timestamp", Kind.TIMESTAMP, "When the gap was detected, microseconds UTC."),
+        FieldSpec("detail", Kind.STRING, "Why a gap could not be filled, when it could not.", required=False),
+    ),
+)
+
+ALL_RECORDS: tuple[RecordSpec, ...] = (TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2, BARS_V2, STREAM_GAPS)
 RECORDS_BY_TYPE: dict[DataType, RecordSpec] = {r.data_type: r for r in ALL_RECORDS}

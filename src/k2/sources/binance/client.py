@@ -47,6 +47,10 @@ class ClientLimits:
     backoff_initial_seconds: float = 0.25
     backoff_max_seconds: float = 30.0
     connect_timeout_seconds: float = 10.0
+    # Handover: after the successor delivers, read the old connection until it is quiet this long (or the grace
+    # runs out), so frames it sent just before the switch are not mistaken for a gap.
+    handover_quiet_seconds: float = 0.1
+    handover_grace_seconds: float = 2.0
 
 
 @dataclass
@@ -189,19 +193,33 @@ class BinanceStreamClient:
             return "closed"
 
     async def _drain_until_first_data(self, old: ClientConnection, new: ClientConnection) -> None:
-        """Keep reading the old connection until the new one delivers its first data frame (overlap)."""
-        first: asyncio.Task[bytes] = asyncio.ensure_future(new.recv(decode=False))
+        """Overlap: keep reading the old connection until the new one delivers data, then until the old one
+        has gone quiet (frames it sent before the handover may still be in flight), and only then let the new
+        connection's frames through. Ids stay in order; the overlap's duplicates are dropped downstream."""
+        first: asyncio.Task[bytes | str] = asyncio.ensure_future(new.recv(decode=False))
         try:
-            while not first.done():
+            quiet_since: float | None = None
+            grace_deadline = None
+            while True:
+                if first.done() and grace_deadline is None:
+                    grace_deadline = time.monotonic() + self.limits.handover_grace_seconds
+                if grace_deadline is not None and (
+                    time.monotonic() >= grace_deadline
+                    or (
+                        quiet_since is not None and time.monotonic() - quiet_since >= self.limits.handover_quiet_seconds
+                    )
+                ):
+                    break
                 try:
-                    frame = await asyncio.wait_for(old.recv(decode=False), 0.05)
+                    frame = await asyncio.wait_for(old.recv(decode=False), 0.02)
+                    quiet_since = None
                     await self._deliver(frame, id(old))
                 except TimeoutError:
+                    quiet_since = quiet_since or time.monotonic()
                     continue
                 except (WebSocketException, OSError):
                     break
-            frame = await first
-            await self._deliver(frame, id(new))
+            await self._deliver(await first, id(new))
         except (WebSocketException, OSError) as exc:
             self._note_error(f"successor failed during handover: {exc!r}")
 

@@ -18,10 +18,12 @@ import httpx
 import orjson
 import structlog
 
-from k2.schema import QUOTES_V2, TRADES_V2, AssetClass
+from k2.schema import QUOTES_V2, TRADES_V2, AssetClass, DataType, RecordSpec
+from k2.schema.codecs import message_id
+from k2.schema.fields import STREAM_GAPS
 from k2.sources.base import Reject, SourceBatch
 from k2.sources.binance.client import BinanceStreamClient, ClientLimits, stream_names
-from k2.sources.binance.gaps import Gap, RestBackfiller, SequenceTracker
+from k2.sources.binance.gaps import CONTIGUOUS_CHANNELS, REST_PAGE_LIMIT, Gap, RestBackfiller, SequenceTracker
 from k2.sources.binance.normalize import (
     PayloadError,
     TimeUnit,
@@ -53,6 +55,24 @@ async def fetch_symbols(rest_endpoint: str, symbols: list[str]) -> SymbolDirecto
         response = await client.get(rest_endpoint.rstrip("/") + "/api/v3/exchangeInfo")
         response.raise_for_status()
         return SymbolDirectory.from_json(response.content, source=f"{rest_endpoint}/api/v3/exchangeInfo")
+
+
+def gap_record(gap: Gap) -> dict[str, Any]:
+    """A gap as a stream_gaps record: the audit trail that every hole was seen and what became of it."""
+    return {
+        "message_id": message_id(EXCHANGE, DataType.GAPS.value, gap.symbol, f"{gap.channel}:{gap.first_missing}"),
+        "symbol": gap.symbol,
+        "exchange": EXCHANGE,
+        "asset_class": AssetClass.CRYPTO.value,
+        "channel": gap.channel,
+        "first_missing": gap.first_missing,
+        "last_missing": gap.last_missing,
+        "missing_count": gap.size,
+        "filled_count": gap.filled,
+        "status": gap.status,
+        "timestamp": gap.detected_us,
+        "detail": gap.detail or None,
+    }
 
 
 class BinanceLive:
@@ -106,10 +126,28 @@ class BinanceLive:
         flusher = asyncio.ensure_future(self._flush_periodically())
         try:
             await self._client.run()
+            await self._close_tails(time.time_ns() // 1000)
         finally:
             flusher.cancel()
             self.flush()
             await self._backfiller.close()
+
+    async def _close_tails(self, stop_us: int) -> None:
+        """A frame lost right before we stop has no successor to reveal it: ask REST, once, what followed the
+        last id of each contiguous stream up to the stop moment, and land it as a (tail) gap."""
+        for (symbol, channel), last in sorted(self._tracker.last.items()):
+            if channel not in CONTIGUOUS_CHANNELS:
+                continue
+            try:
+                items = await self._backfiller.fetch(symbol, channel, last + 1, last + REST_PAGE_LIMIT)
+            except Exception as exc:  # a stop must not hang on an unreachable REST API; say why
+                log.warning("binance.tail_check_failed", symbol=symbol, channel=channel, error=repr(exc))
+                continue
+            time_key = "T" if channel == "aggTrade" else "time"
+            tail = [item for item in items if int(item[time_key]) * 1000 <= stop_us]
+            if tail:
+                id_key = "a" if channel == "aggTrade" else "id"
+                await self._fill(symbol, channel, last + 1, int(tail[-1][id_key]), prefetched=tail)
 
     # --- per frame ------------------------------------------------------------------------------------------
     async def _on_frame(self, raw: bytes, receive_us: int, conn_id: int) -> None:
@@ -141,11 +179,13 @@ class BinanceLive:
         self._tracker.advance(symbol, channel, seq)
         self._add(record)
 
-    async def _fill(self, symbol: str, channel: str, first: int, last: int) -> None:
+    async def _fill(
+        self, symbol: str, channel: str, first: int, last: int, prefetched: list[dict[str, Any]] | None = None
+    ) -> None:
         gap = Gap(symbol, channel, first, last, detected_us=time.time_ns() // 1000)
         log.info("binance.gap", symbol=symbol, channel=channel, first=first, last=last)
         try:
-            items = await self._backfiller.fetch(symbol, channel, first, last)
+            items = prefetched if prefetched is not None else await self._backfiller.fetch(symbol, channel, first, last)
         except Exception as exc:  # the gap is then recorded as unrecoverable, with why
             items = []
             gap.detail = f"{type(exc).__name__}: {exc}"
@@ -153,10 +193,11 @@ class BinanceLive:
         now = time.time_ns() // 1000
         for item in items:
             try:
+                # REST answers in milliseconds: K2 sends no X-MBX-TIME-UNIT header (not every venue mirror honours it)
                 if channel == "aggTrade":
-                    record = normalize_agg_trade(item, self._directory, now, self._time_unit, symbol=symbol)
+                    record = normalize_agg_trade(item, self._directory, now, TimeUnit.MILLISECOND, symbol=symbol)
                 else:
-                    record = normalize_rest_trade(item, symbol, self._directory, now, self._time_unit)
+                    record = normalize_rest_trade(item, symbol, self._directory, now, TimeUnit.MILLISECOND)
             except PayloadError as exc:  # e.g. an aggTrade Binance has since invalidated: counted, kept in the DLQ
                 raw = orjson.dumps(item)
                 self._reject(Reject(exc.reason, exc.detail, raw, f"{self._rest_endpoint} {channel}", 0))
@@ -168,25 +209,26 @@ class BinanceLive:
         gap.status = "filled" if gap.filled == gap.size else ("partial" if gap.filled else "unrecoverable")
         self.stats.backfilled += gap.filled
         self.stats.gaps.append(gap)
+        self._add(gap_record(gap), STREAM_GAPS)
 
     def _reject(self, reject: Reject) -> None:
         self.stats.rejected[reject.reason] += 1
-        batch = self._buffer(TRADES_V2.name)
+        batch = self._buffer(TRADES_V2)
         batch.rejects.append(reject)
         batch.rows_read += 1
 
-    def _add(self, record: dict[str, Any]) -> None:
-        spec = QUOTES_V2 if "quote_id" in record else TRADES_V2
-        batch = self._buffer(spec.name)
+    def _add(self, record: dict[str, Any], spec: RecordSpec | None = None) -> None:
+        spec = spec or (QUOTES_V2 if "quote_id" in record else TRADES_V2)
+        batch = self._buffer(spec)
         batch.records.append(record)
-        batch.rows_read += 1
-        self.stats.records += 1
+        if spec is not STREAM_GAPS:  # gap records are K2's own findings, not frames read
+            batch.rows_read += 1
+            self.stats.records += 1
 
-    def _buffer(self, name: str) -> SourceBatch:
-        batch = self._buffers.get(name)
+    def _buffer(self, spec: RecordSpec) -> SourceBatch:
+        batch = self._buffers.get(spec.name)
         if batch is None:
-            spec = QUOTES_V2 if name == QUOTES_V2.name else TRADES_V2
-            batch = self._buffers[name] = SourceBatch(spec, AssetClass.CRYPTO, EXCHANGE)
+            batch = self._buffers[spec.name] = SourceBatch(spec, AssetClass.CRYPTO, EXCHANGE)
         return batch
 
     # --- batching ---------------------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Faults the emulator can inject: what real Binance connections suffer, reproducible on demand.
+
+Frame faults (drop, duplicate, reorder, malformed) are decided once per published frame, so every subscriber of a
+stream sees the same damage, as when the venue's gateway misbehaves. A dropped or malformed frame is still recorded in
+the REST store: a client that notices the gap can fill it with ``/api/v3/aggTrades?fromId=``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FrameFault(StrEnum):
+    """What happens to one published frame on its way to the sockets."""
+
+    NONE = "none"
+    DROP = "drop"
+    DUPLICATE = "duplicate"
+    REORDER = "reorder"  # held back and sent after the next frame of the same stream
+    MALFORMED = "malformed"  # the frame is cut in half: invalid JSON on the wire
+
+
+class ConnectionFault(StrEnum):
+    """Faults that act on connections rather than frames."""
+
+    DISCONNECT = "disconnect"  # abrupt TCP drop of every client, no close frame
+    STALL = "stall"  # stop writing to the connection(s) for ``seconds``; frames queue and then burst
+    SHUTDOWN = "shutdown"  # send the serverShutdown event, then close
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """Faults active from start-up. Probabilities apply per frame; periods are seconds (0 = off)."""
+
+    drop_probability: float = 0.0
+    duplicate_probability: float = 0.0
+    reorder_probability: float = 0.0
+    malformed_probability: float = 0.0
+    disconnect_every: float = 0.0
+    stall_every: float = 0.0
+    stall_seconds: float = 0.0
+    shutdown_after: float = 0.0
+    seed: int = 0
+    # Only frames of these stream suffixes (e.g. "aggTrade") are damaged; empty means every stream.
+    stream_kinds: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Pending:
+    fault: FrameFault
+    stream: str | None
+    remaining: int
+
+
+class FaultPlan:
+    """Runtime fault state: the spec's probabilities plus one-shot faults queued by ``inject``."""
+
+    def __init__(self, spec: FaultSpec) -> None:
+        self.spec = spec
+        self._random = random.Random(spec.seed)
+        self._pending: list[_Pending] = []
+
+    def queue(self, fault: FrameFault, stream: str | None, count: int) -> None:
+        """Damage the next ``count`` frames (of ``stream``, or of any stream when None)."""
+        self._pending.append(_Pending(fault, stream, count))
+
+    def decide(self, stream: str) -> FrameFault:
+        """The fault for the next frame of ``stream``; one-shot faults first, then the spec's probabilities."""
+        for entry in self._pending:
+            if entry.stream is None or entry.stream == stream:
+                entry.remaining -= 1
+                if entry.remaining <= 0:
+                    self._pending.remove(entry)
+                return entry.fault
+        spec = self.spec
+        if spec.stream_kinds and stream.rsplit("@", 1)[-1] not in spec.stream_kinds:
+            return FrameFault.NONE
+        roll = self._random.random()
+        for fault, probability in (
+            (FrameFault.DROP, spec.drop_probability),
+            (FrameFault.DUPLICATE, spec.duplicate_probability),
+            (FrameFault.REORDER, spec.reorder_probability),
+            (FrameFault.MALFORMED, spec.malformed_probability),
+        ):
+            if roll < probability:
+                return fault
+            roll -= probability
+        return FrameFault.NONE

@@ -1,0 +1,236 @@
+"""The shared, ordered per-stream feed: every connection gets the same frames, and REST answers from what was sent.
+
+``Hub.publish`` is the only way a frame reaches clients. It first records the frame (aggTrades, derived raw trades,
+last depth update id, last book ticker) so REST is consistent with the stream, then applies the fault plan, then fans
+the frame out to every subscribed connection's queue in publish order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+import orjson
+
+from k2.sources.binance.emulator.capture import Capture
+from k2.sources.binance.emulator.faults import FaultPlan, FrameFault
+
+# web-socket-streams: "All time and timestamp related fields are milliseconds by default. To receive the information
+# in microseconds, please add the parameter timeUnit=MICROSECOND". These are the time fields of the market streams.
+_TIME_FIELDS = ("E", "T", "O", "C")
+_KLINE_TIME_FIELDS = ("t", "T")
+
+
+def to_microseconds(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with every millisecond time field multiplied by 1000."""
+    out = dict(data)
+    for key in _TIME_FIELDS:
+        if isinstance(out.get(key), int):
+            out[key] = out[key] * 1000
+    kline = out.get("k")
+    if isinstance(kline, dict):
+        kline = dict(kline)
+        for key in _KLINE_TIME_FIELDS:
+            if isinstance(kline.get(key), int):
+                kline[key] = kline[key] * 1000
+        out["k"] = kline
+    return out
+
+
+class Outgoing:
+    """One frame on its way out; serialised at most once per (combined, timeUnit) variant for all connections."""
+
+    __slots__ = ("_cache", "data", "malformed", "stream")
+
+    def __init__(self, stream: str, data: dict[str, Any], malformed: bool = False) -> None:
+        self.stream = stream
+        self.data = data
+        self.malformed = malformed
+        self._cache: dict[tuple[bool, bool], str] = {}
+
+    def text(self, combined: bool, micro: bool) -> str:
+        """The text frame a connection with these properties receives."""
+        key = (combined, micro)
+        cached = self._cache.get(key)
+        if cached is None:
+            payload = orjson.dumps(to_microseconds(self.data) if micro else self.data)
+            if combined:
+                payload = b'{"stream":' + orjson.dumps(self.stream) + b',"data":' + payload + b"}"
+            cached = payload.decode()
+            if self.malformed:
+                cached = cached[: len(cached) // 2]
+            self._cache[key] = cached
+        return cached
+
+
+class Sink(Protocol):
+    """A connection as the hub sees it."""
+
+    def deliver(self, item: Outgoing) -> None: ...
+
+
+@dataclass(slots=True)
+class TradeBook:
+    """Rows in REST shape, ordered by id, with a parallel id list for ``fromId`` lookups."""
+
+    ids: list[int] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, ident: int, row: dict[str, Any]) -> None:
+        if self.ids and ident <= self.ids[-1]:
+            return  # a replayed duplicate; REST keeps one row per id
+        self.ids.append(ident)
+        self.rows.append(row)
+
+    def from_id(self, start: int, limit: int) -> list[dict[str, Any]]:
+        index = bisect.bisect_left(self.ids, start)
+        return self.rows[index : index + limit]
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        return self.rows[-limit:] if limit else []
+
+
+def derive_trades(agg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Raw trades (``/api/v3/trades`` shape) for one aggTrade: ids f..l, its price, time and side.
+
+    The capture holds aggregates only, so quantities of multi-trade aggregates are split evenly (the last trade takes
+    the rounding remainder); the sum always equals the aggregate's ``q``.
+    """
+    first, last = int(agg["f"]), int(agg["l"])
+    count = last - first + 1
+    total = Decimal(agg["q"])
+    exponent = total.as_tuple().exponent
+    places = Decimal(1).scaleb(exponent if isinstance(exponent, int) else -8)
+    share = (total / count).quantize(places) if count > 1 else total
+    price = Decimal(agg["p"])
+    rows = []
+    for offset in range(count):
+        qty = share if offset < count - 1 else total - share * (count - 1)
+        rows.append(
+            {
+                "id": first + offset,
+                "price": agg["p"],
+                "qty": f"{qty:f}",
+                "quoteQty": f"{(price * qty).quantize(places):f}",
+                "time": agg["T"],
+                "isBuyerMaker": agg["m"],
+                "isBestMatch": agg.get("M", True),
+            }
+        )
+    return rows
+
+
+class Hub:
+    """Subscriptions, the REST store and fan-out; lives on the emulator's event loop."""
+
+    def __init__(self, faults: FaultPlan) -> None:
+        self.faults = faults
+        self.subscribers: dict[str, set[Sink]] = {}
+        self.connections: set[Any] = set()
+        self.first_subscriber = asyncio.Event()
+        self.agg_trades: dict[str, TradeBook] = {}
+        self.trades: dict[str, TradeBook] = {}
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.last_update_id: dict[str, int] = {}
+        self.book_tickers: dict[str, dict[str, Any]] = {}
+        self.symbols: set[str] = set()
+        self.counts: dict[str, int] = {"published": 0, **{fault.value: 0 for fault in FrameFault}}
+        self._held: dict[str, Outgoing] = {}
+
+    def subscribe(self, sink: Sink, stream: str) -> None:
+        self.subscribers.setdefault(stream, set()).add(sink)
+        self.first_subscriber.set()
+
+    def unsubscribe(self, sink: Sink, stream: str) -> None:
+        sinks = self.subscribers.get(stream)
+        if sinks is not None:
+            sinks.discard(sink)
+
+    def drop_sink(self, sink: Sink) -> None:
+        for sinks in self.subscribers.values():
+            sinks.discard(sink)
+        self.connections.discard(sink)
+
+    def publish(self, stream: str, data: dict[str, Any]) -> None:
+        """Record ``data`` for REST, then send it (or its fault) to every subscriber of ``stream``."""
+        self._record(stream, data)
+        self.counts["published"] += 1
+        fault = self.faults.decide(stream)
+        if fault is FrameFault.REORDER and stream in self._held:
+            fault = FrameFault.NONE
+        self.counts[fault.value] += 1
+        if fault is FrameFault.DROP:
+            return
+        item = Outgoing(stream, data, malformed=fault is FrameFault.MALFORMED)
+        if fault is FrameFault.REORDER:
+            self._held[stream] = item
+            return
+        self._fan_out(item)
+        if fault is FrameFault.DUPLICATE:
+            self._fan_out(item)
+        held = self._held.pop(stream, None)
+        if held is not None:
+            self._fan_out(held)
+
+    def flush_held(self) -> None:
+        """Send frames a reorder fault still holds (the stream ended before a later frame overtook them)."""
+        while self._held:
+            self._fan_out(self._held.pop(next(iter(self._held))))
+
+    def _fan_out(self, item: Outgoing) -> None:
+        for sink in tuple(self.subscribers.get(item.stream, ())):
+            sink.deliver(item)
+
+    def _record(self, stream: str, data: dict[str, Any]) -> None:
+        symbol = data.get("s")
+        if not isinstance(symbol, str):
+            return
+        self.symbols.add(symbol)
+        kind = stream.split("@", 1)[1] if "@" in stream else stream
+        if kind == "aggTrade":
+            row = {key: data[key] for key in ("a", "p", "q", "f", "l", "T", "m", "M")}
+            self.agg_trades.setdefault(symbol, TradeBook()).add(int(data["a"]), row)
+            trades = self.trades.setdefault(symbol, TradeBook())
+            for trade in derive_trades(data):
+                trades.add(trade["id"], trade)
+        elif kind.startswith("depth") and "u" in data:
+            self.last_update_id[symbol] = int(data["u"])
+        elif kind == "bookTicker":
+            self.book_tickers[symbol] = data
+            self.last_update_id.setdefault(symbol, int(data["u"]))
+
+    def add_snapshot(self, symbol: str, body: dict[str, Any]) -> None:
+        self.symbols.add(symbol)
+        self.snapshots.setdefault(symbol, body)
+
+
+async def replay(hub: Hub, captures: Sequence[Capture], speed: float, wait_for_subscriber: bool) -> None:
+    """Publish every captured frame in receipt order; gaps between receipt times are divided by ``speed``.
+
+    Captures play one after another. ``speed`` 0 publishes as fast as the loop allows (yielding between frames so
+    connections drain). Frames are copied so faults and unit conversion never touch the parsed capture.
+    """
+    loop = asyncio.get_running_loop()
+    if wait_for_subscriber:
+        await hub.first_subscriber.wait()
+    for capture in captures:
+        if not capture.frames:
+            continue
+        origin = capture.frames[0].received
+        started = loop.time()
+        for frame in capture.frames:
+            if speed > 0:
+                delay = started + (frame.received - origin) / speed - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0)
+            hub.publish(frame.stream, copy.deepcopy(frame.data))
+    hub.flush_held()

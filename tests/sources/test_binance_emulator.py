@@ -1,0 +1,472 @@
+"""The Binance spot emulator, driven from the client side with `websockets` and httpx, as a real consumer would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+
+from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, SyntheticSpec
+from tests.conftest import SHARED
+
+BINANCE = SHARED / "data" / "binance"
+APRIL = BINANCE / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0"
+OCTOBER = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0"
+# README.md: BTCUSDT has 1,227 consecutive aggregate ids in the April capture.
+BTC_AGG_IDS = list(range(665076760, 665077987))
+
+pytestmark = pytest.mark.skipif(not APRIL.exists(), reason=f"Binance captures not found under {BINANCE}")
+
+
+def connect(url: str) -> ws_connect:
+    """A client that buffers without bound, so closing never waits behind unread market data."""
+    return ws_connect(url, max_queue=None, close_timeout=2)
+
+
+def run(scenario: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(scenario(), timeout)
+
+    return asyncio.run(bounded())
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., Endpoints]]:
+    """Start emulators for one test; all of them stop when it ends."""
+    stack: list[Any] = []
+
+    def _start(*args: Any, **kwargs: Any) -> Endpoints:
+        emulator = BinanceEmulator(*args, **kwargs)
+        context = emulator.run_in_thread()
+        endpoints = context.__enter__()
+        stack.append((emulator, context))
+        _start.emulator = emulator  # type: ignore[attr-defined]
+        return endpoints
+
+    yield _start
+    for _, context in reversed(stack):
+        context.__exit__(None, None, None)
+
+
+async def reply(ws: ClientConnection, request_id: Any) -> dict[str, Any]:
+    """The response to ``request_id``, skipping market data that arrives in between."""
+    while True:
+        message = json.loads(await ws.recv())
+        if "id" in message and ("result" in message or "error" in message) and message["id"] == request_id:
+            return message
+
+
+async def call(ws: ClientConnection, method: str, params: Any = None, request_id: Any = 1) -> dict[str, Any]:
+    body: dict[str, Any] = {"method": method, "id": request_id}
+    if params is not None:
+        body["params"] = params
+    await ws.send(json.dumps(body))
+    return await reply(ws, request_id)
+
+
+async def collect_agg_ids(ws: ClientConnection, last: int, combined: bool = True) -> list[int]:
+    ids: list[int] = []
+    while not ids or ids[-1] != last:
+        message = json.loads(await ws.recv())
+        data = message["data"] if combined else message
+        if data.get("e") == "aggTrade":
+            ids.append(data["a"])
+    return ids
+
+
+@pytest.mark.timeout(30)
+def test_capture_replay_delivers_every_btcusdt_agg_trade_in_id_order(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start([APRIL], speed=0)
+
+    async def scenario() -> list[int]:
+        async with connect(f"{ws_url}/stream?streams=btcusdt@aggTrade") as ws:
+            return await collect_agg_ids(ws, BTC_AGG_IDS[-1])
+
+    assert run(scenario) == BTC_AGG_IDS
+
+
+@pytest.mark.timeout(30)
+def test_combined_stream_wraps_and_raw_stream_does_not(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start([OCTOBER], speed=0)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with (
+            connect(f"{ws_url}/stream?streams=nknusdt@bookTicker/nknusdt@depth@100ms") as combined,
+            connect(f"{ws_url}/ws/nknusdt@bookTicker") as raw,
+        ):
+            return json.loads(await combined.recv()), json.loads(await raw.recv())
+
+    wrapped, plain = run(scenario)
+    assert set(wrapped) == {"stream", "data"}
+    assert wrapped["stream"] in ("nknusdt@bookTicker", "nknusdt@depth@100ms")
+    assert wrapped["data"]["s"] == "NKNUSDT"
+    assert set(plain) == {"u", "s", "b", "B", "a", "A"}  # a bookTicker payload, no wrapper
+
+
+@pytest.mark.timeout(30)
+def test_live_subscribe_unsubscribe_list_and_properties(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start(synthetic=SyntheticSpec(symbols=2, rate=50))
+
+    async def scenario() -> None:
+        async with connect(f"{ws_url}/ws") as ws:
+            assert await call(ws, "SUBSCRIBE", ["syn0usdt@aggTrade", "syn1usdt@bookTicker"], 1) == {
+                "result": None,
+                "id": 1,
+            }
+            assert await call(ws, "LIST_SUBSCRIPTIONS", None, 2) == {
+                "result": ["syn0usdt@aggTrade", "syn1usdt@bookTicker"],
+                "id": 2,
+            }
+            assert await call(ws, "UNSUBSCRIBE", ["syn0usdt@aggTrade"], "abc-3") == {"result": None, "id": "abc-3"}
+            await asyncio.sleep(1.1)  # stay under 5 messages/s
+            assert await call(ws, "LIST_SUBSCRIPTIONS", None, 4) == {"result": ["syn1usdt@bookTicker"], "id": 4}
+            assert await call(ws, "GET_PROPERTY", ["combined"], 5) == {"result": False, "id": 5}
+            assert await call(ws, "SET_PROPERTY", ["combined", True], 6) == {"result": None, "id": 6}
+            await asyncio.sleep(1.1)
+            assert await call(ws, "GET_PROPERTY", ["combined"], 7) == {"result": True, "id": 7}
+            while "stream" not in (message := json.loads(await ws.recv())):
+                pass
+            assert message["stream"] == "syn1usdt@bookTicker"
+
+    run(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_bad_requests_get_binance_error_envelopes(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start(synthetic=SyntheticSpec(symbols=1, rate=5))
+
+    async def scenario() -> list[dict[str, Any]]:
+        answers = []
+        async with connect(f"{ws_url}/ws") as ws:
+            answers.append(await call(ws, "SUBSCRIBED", ["btcusdt@trade"], 1))
+            answers.append(await call(ws, "SET_PROPERTY", ["combined", "yes"], 2))
+            answers.append(await call(ws, "GET_PROPERTY", ["colour"], 3))
+            answers.append(await call(ws, "SUBSCRIBE", "btcusdt@trade", 4))
+            await asyncio.sleep(1.1)
+            await ws.send("{not json")
+            answers.append(json.loads(await ws.recv()))
+            await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1.5}))
+            answers.append(json.loads(await ws.recv()))
+        return answers
+
+    unknown, not_bool, unknown_property, not_list, bad_json, bad_id = run(scenario)
+    assert unknown["id"] == 1 and unknown["error"]["code"] == 2
+    assert unknown["error"]["msg"].startswith("Invalid request: unknown variant `SUBSCRIBED`, expected one of")
+    assert not_bool == {"error": {"code": 1, "msg": "Invalid value type: expected Boolean"}, "id": 2}
+    assert unknown_property == {"error": {"code": 0, "msg": "Unknown property"}, "id": 3}
+    assert not_list["id"] == 4 and not_list["error"]["code"] == 2
+    assert bad_json["id"] is None and bad_json["error"]["code"] == 3
+    assert bad_json["error"]["msg"].startswith("Invalid JSON")
+    assert bad_id["id"] is None
+    assert bad_id["error"] == {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}
+
+
+@pytest.mark.timeout(30)
+def test_more_than_five_messages_a_second_disconnects(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start(synthetic=SyntheticSpec(symbols=1, rate=5))
+
+    async def scenario() -> tuple[int, int | None]:
+        answered = 0
+        async with connect(f"{ws_url}/ws") as ws:
+            for request_id in range(6):
+                await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": request_id}))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    if "result" in json.loads(await ws.recv()):
+                        answered += 1
+            return answered, ws.close_code
+
+    answered, code = run(scenario)
+    assert answered == 5
+    assert code == 1008
+
+
+@pytest.mark.timeout(30)
+def test_more_than_1024_streams_is_refused(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start(synthetic=SyntheticSpec(symbols=1, rate=5))
+    streams = [f"sym{index}usdt@aggTrade" for index in range(1025)]
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        async with connect(f"{ws_url}/ws") as ws:
+            too_many = await call(ws, "SUBSCRIBE", streams, 1)
+            exactly = await call(ws, "SUBSCRIBE", streams[:1024], 2)
+            one_more = await call(ws, "SUBSCRIBE", streams[1024:], 3)
+            return too_many, exactly, one_more
+
+    too_many, exactly, one_more = run(scenario)
+    assert too_many["error"]["code"] == 2 and "too many streams" in too_many["error"]["msg"]
+    assert exactly == {"result": None, "id": 2}
+    assert one_more["error"]["code"] == 2
+
+    with pytest.raises(InvalidStatus):  # the URL form is refused at the handshake
+        run(lambda: connect(f"{ws_url}/stream?streams={'/'.join(streams)}").__aenter__())
+
+
+def _intercept_pongs(ws: ClientConnection, answer: bool) -> list[bytes]:
+    """Record every pong the client would send (one per server ping); with ``answer=False`` never send them."""
+    pongs: list[bytes] = []
+    send_frame = ws.protocol.send_frame
+
+    def patched(frame: Frame) -> None:
+        if frame.opcode is Opcode.PONG:
+            pongs.append(frame.data)
+            if not answer:
+                return
+        send_frame(frame)
+
+    ws.protocol.send_frame = patched  # type: ignore[method-assign]
+    return pongs
+
+
+@pytest.mark.timeout(30)
+def test_server_pings_and_drops_a_client_that_never_pongs(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start(synthetic=SyntheticSpec(symbols=1, rate=5), limits=Limits(ping_interval=0.3, pong_timeout=0.9))
+
+    async def scenario() -> tuple[int, int | None, float, bool]:
+        async with connect(f"{ws_url}/ws") as polite, connect(f"{ws_url}/ws") as silent:
+            answered = _intercept_pongs(polite, answer=True)
+            _intercept_pongs(silent, answer=False)
+            began = time.monotonic()
+            await silent.wait_closed()
+            lasted = time.monotonic() - began
+            await asyncio.sleep(0.5)
+            return len(answered), silent.close_code, lasted, polite.state.name == "OPEN"
+
+    pings, code, lasted, polite_open = run(scenario)
+    assert pings >= 3
+    assert code == 1011
+    assert 0.9 <= lasted < 3.0
+    assert polite_open
+
+
+@pytest.mark.timeout(30)
+def test_connection_lifetime_expiry_closes_the_connection(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start(synthetic=SyntheticSpec(symbols=1, rate=20), limits=Limits(max_lifetime=0.5))
+
+    async def scenario() -> tuple[float, int | None]:
+        began = time.monotonic()
+        async with connect(f"{ws_url}/ws/syn0usdt@bookTicker") as ws:
+            await ws.wait_closed()
+            return time.monotonic() - began, ws.close_code
+
+    lasted, code = run(scenario)
+    assert 0.45 <= lasted < 3.0
+    assert code == 1000
+
+
+@pytest.mark.timeout(30)
+def test_server_shutdown_event_is_delivered_then_the_connection_closes(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start(synthetic=SyntheticSpec(symbols=1, rate=20))
+    emulator: BinanceEmulator = start.emulator  # type: ignore[attr-defined]
+
+    async def last_message(ws: ClientConnection) -> dict[str, Any]:
+        message: dict[str, Any] = {}
+        async for text in ws:
+            message = json.loads(text)
+        return message
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], int | None]:
+        async with (
+            connect(f"{ws_url}/ws/syn0usdt@bookTicker") as raw,
+            connect(f"{ws_url}/stream?streams=syn0usdt@bookTicker") as combined,
+        ):
+            await raw.recv()
+            await combined.recv()
+            await asyncio.to_thread(emulator.inject, "shutdown")
+            return await last_message(raw), await last_message(combined), raw.close_code
+
+    raw, combined, code = run(scenario)
+    assert raw["e"] == "serverShutdown" and isinstance(raw["E"], int)
+    assert combined == {"stream": "!serverShutdown", "data": {"e": "serverShutdown", "E": combined["data"]["E"]}}
+    assert code == 1001
+
+
+@pytest.mark.timeout(30)
+def test_time_unit_microsecond_scales_every_time_field(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start([APRIL], speed=0)
+    first: dict[str, dict[str, Any]] = {}
+    for line in APRIL.read_text().splitlines()[1:]:
+        if line.startswith("https://"):
+            continue
+        frame = json.loads(line.split(": ", 1)[1])
+        first.setdefault(frame["stream"], frame["data"])
+
+    async def scenario() -> dict[str, dict[str, Any]]:
+        got: dict[str, dict[str, Any]] = {}
+        url = f"{ws_url}/stream?streams=btcusdt@aggTrade/btcusdt@kline_1m&timeUnit=MICROSECOND"
+        async with connect(url) as ws:
+            while len(got) < 2:
+                message = json.loads(await ws.recv())
+                got.setdefault(message["stream"], message["data"])
+        return got
+
+    got = run(scenario)
+    agg, want_agg = got["btcusdt@aggTrade"], first["btcusdt@aggTrade"]
+    assert (agg["E"], agg["T"]) == (want_agg["E"] * 1000, want_agg["T"] * 1000)
+    assert agg["a"] == want_agg["a"]  # ids are not times
+    kline, want_kline = got["btcusdt@kline_1m"], first["btcusdt@kline_1m"]
+    assert (kline["E"], kline["k"]["t"], kline["k"]["T"]) == (
+        want_kline["E"] * 1000,
+        want_kline["k"]["t"] * 1000,
+        want_kline["k"]["T"] * 1000,
+    )
+
+
+@pytest.mark.timeout(30)
+def test_rest_agg_trades_from_id_is_inclusive_and_matches_the_stream(start: Callable[..., Endpoints]) -> None:
+    ws_url, rest_url = start([APRIL], speed=0)
+
+    async def scenario() -> dict[int, dict[str, Any]]:
+        streamed: dict[int, dict[str, Any]] = {}
+        async with connect(f"{ws_url}/ws/btcusdt@aggTrade") as ws:
+            while len(streamed) < len(BTC_AGG_IDS):
+                data = json.loads(await ws.recv())
+                streamed[data["a"]] = data
+        return streamed
+
+    streamed = run(scenario)
+    with httpx.Client(base_url=rest_url) as client:
+        response = client.get("/api/v3/aggTrades", params={"symbol": "BTCUSDT", "fromId": 665077000, "limit": 25})
+        rows = response.json()
+        assert response.status_code == 200
+        assert response.headers["X-MBX-USED-WEIGHT-1M"] == "4"
+        assert [row["a"] for row in rows] == list(range(665077000, 665077025))
+        for row in rows:
+            assert row == {key: streamed[row["a"]][key] for key in ("a", "p", "q", "f", "l", "T", "m", "M")}
+        assert len(client.get("/api/v3/aggTrades", params={"symbol": "BTCUSDT"}).json()) == 500
+        tail = client.get("/api/v3/aggTrades", params={"symbol": "BTCUSDT", "fromId": BTC_AGG_IDS[-1]}).json()
+        assert [row["a"] for row in tail] == [BTC_AGG_IDS[-1]]
+        raw = client.get("/api/v3/historicalTrades", params={"symbol": "BTCUSDT", "fromId": rows[0]["f"], "limit": 3})
+        assert [trade["id"] for trade in raw.json()] == [rows[0]["f"], rows[0]["f"] + 1, rows[0]["f"] + 2]
+        multi = next(agg for agg in streamed.values() if agg["l"] > agg["f"])  # raw trades derive from f..l
+        params = {"symbol": "BTCUSDT", "fromId": multi["f"], "limit": multi["l"] - multi["f"] + 1}
+        derived = client.get("/api/v3/historicalTrades", params=params).json()
+        assert [trade["id"] for trade in derived] == list(range(multi["f"], multi["l"] + 1))
+        assert sum(Decimal(trade["qty"]) for trade in derived) == Decimal(multi["q"])
+        assert {trade["price"] for trade in derived} == {multi["p"]}
+        depth = client.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 5}).json()
+        assert depth["lastUpdateId"] == 9893033066 and len(depth["bids"]) == 5  # the captured snapshot
+        assert client.get("/api/v3/aggTrades", params={"symbol": "NOPE"}).json() == {
+            "code": -1121,
+            "msg": "Invalid symbol.",
+        }
+        assert client.get("/api/v3/aggTrades").json()["code"] == -1102
+        assert client.get("/api/v3/aggTrades", params={"symbol": "BTCUSDT", "limit": 1001}).status_code == 400
+        info = client.get("/api/v3/exchangeInfo").json()
+        assert {"BTCUSDT", "ETHUSDT", "DOTUSDT"} <= {entry["symbol"] for entry in info["symbols"]}
+
+
+@pytest.mark.timeout(30)
+def test_exceeding_request_weight_returns_429_with_retry_after(start: Callable[..., Endpoints]) -> None:
+    _, rest_url = start(synthetic=SyntheticSpec(symbols=1, rate=5), limits=Limits(rest_weight_limit=10, rest_window=30))
+    with httpx.Client(base_url=rest_url) as client:
+        used = [client.get("/api/v3/aggTrades", params={"symbol": "SYN0USDT"}) for _ in range(2)]
+        assert [r.headers["X-MBX-USED-WEIGHT-1M"] for r in used] == ["4", "8"]
+        refused = client.get("/api/v3/aggTrades", params={"symbol": "SYN0USDT"})
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 30
+    assert refused.json()["code"] == -1003
+
+
+@pytest.mark.timeout(30)
+def test_dropped_frames_leave_gaps_that_rest_fills(start: Callable[..., Endpoints]) -> None:
+    faults = FaultSpec(drop_probability=0.05, stream_kinds=("aggTrade",), seed=7)
+    ws_url, rest_url = start([APRIL], speed=0, faults=faults)
+
+    async def scenario() -> list[int]:
+        ids: list[int] = []
+        async with connect(f"{ws_url}/ws/btcusdt@aggTrade") as ws:
+            with contextlib.suppress(TimeoutError):  # the replay is over once the stream goes quiet
+                while True:
+                    ids.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0))["a"])
+        return ids
+
+    received = run(scenario)
+    assert len(received) < len(BTC_AGG_IDS)  # the fault really dropped frames
+    filled = set(received)
+    # The client sees gaps in the ids; the capture's first and last ids (README.md) bound the ends.
+    edges = [BTC_AGG_IDS[0] - 1, *received, BTC_AGG_IDS[-1] + 1]
+    with httpx.Client(base_url=rest_url) as client:
+        for before, after in itertools.pairwise(edges):
+            if after != before + 1:
+                params = {"symbol": "BTCUSDT", "fromId": before + 1, "limit": after - before - 1}
+                filled.update(row["a"] for row in client.get("/api/v3/aggTrades", params=params).json())
+    assert sorted(filled) == BTC_AGG_IDS
+
+
+@pytest.mark.timeout(30)
+def test_injected_duplicate_reorder_and_malformed_frames(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start([APRIL], speed=0)
+    emulator: BinanceEmulator = start.emulator  # type: ignore[attr-defined]
+    for fault in ("duplicate", "reorder", "malformed"):
+        emulator.inject(fault, stream="btcusdt@aggTrade")
+
+    async def scenario() -> list[str]:
+        async with connect(f"{ws_url}/ws/btcusdt@aggTrade") as ws:
+            return [str(await ws.recv()) for _ in range(6)]
+
+    frames = run(scenario)
+    first = BTC_AGG_IDS[0]
+    assert [json.loads(text)["a"] for text in frames[:2]] == [first, first]
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(frames[2])  # frame first+2, cut in half
+    assert [json.loads(text)["a"] for text in frames[3:]] == [first + 1, first + 3, first + 4]
+
+
+@pytest.mark.timeout(30)
+def test_disconnect_and_stall_faults(start: Callable[..., Endpoints]) -> None:
+    ws_url, _ = start(synthetic=SyntheticSpec(symbols=1, rate=100))
+    emulator: BinanceEmulator = start.emulator  # type: ignore[attr-defined]
+
+    async def scenario() -> tuple[float, int | None]:
+        async with connect(f"{ws_url}/ws/syn0usdt@bookTicker") as ws:
+            await ws.recv()
+            await asyncio.to_thread(emulator.inject, "stall", seconds=0.6)
+            arrivals = [time.monotonic()]
+            while arrivals[-1] - arrivals[0] < 1.0:  # frames already in flight may still arrive first
+                await ws.recv()
+                arrivals.append(time.monotonic())
+            gap = max(b - a for a, b in itertools.pairwise(arrivals))
+            await asyncio.to_thread(emulator.inject, "disconnect")
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.recv()
+            return gap, ws.close_code
+
+    gap, code = run(scenario)
+    assert gap >= 0.4
+    assert code == 1006  # no close frame: an abrupt network drop
+
+
+@pytest.mark.timeout(30)
+def test_synthetic_market_ids_only_increase(start: Callable[..., Endpoints]) -> None:
+    ws_url, rest_url = start(synthetic=SyntheticSpec(symbols=2, rate=400, seed=3))
+
+    async def scenario() -> list[dict[str, Any]]:
+        streams = "syn1usdt@aggTrade/syn1usdt@trade/syn1usdt@bookTicker"
+        async with connect(f"{ws_url}/stream?streams={streams}") as ws:
+            return [json.loads(await ws.recv()) for _ in range(150)]
+
+    messages = run(scenario)
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for message in messages:
+        by_stream.setdefault(message["stream"], []).append(message["data"])
+    aggs, trades, books = by_stream["syn1usdt@aggTrade"], by_stream["syn1usdt@trade"], by_stream["syn1usdt@bookTicker"]
+    assert [a["a"] for a in aggs] == list(range(aggs[0]["a"], aggs[0]["a"] + len(aggs)))
+    assert all(b["f"] == a["l"] + 1 for a, b in itertools.pairwise(aggs))
+    assert [t["t"] for t in trades] == list(range(trades[0]["t"], trades[0]["t"] + len(trades)))
+    assert all(b["u"] > a["u"] for a, b in itertools.pairwise(books))
+    rest = httpx.get(f"{rest_url}/api/v3/aggTrades", params={"symbol": "SYN1USDT", "fromId": aggs[0]["a"], "limit": 3})
+    assert [row["a"] for row in rest.json()] == [aggs[0]["a"], aggs[0]["a"] + 1, aggs[0]["a"] + 2]
