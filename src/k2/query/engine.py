@@ -11,23 +11,34 @@ Measured here through this class (1 M trades in 10 files / 10 manifests, 2 cores
 refresh with nothing new 3 ms, one-day count 13 ms, 1-min OHLCV of a symbol-day 17 ms, last 1000 trades of a symbol
 36 ms. iceberg_scan re-reads the manifests on every query, ~0.4 ms each: at 100 manifests a one-day count takes
 ~47 ms where read_parquet over pre-planned files takes 9 ms. Fewer, larger commits and compaction keep it fast.
+
+Time travel: `engine.at(as_of)` returns a `PinnedView` whose `market_data.*` names read older snapshots (see
+k2.query.timetravel for what `as_of` pins). Each set of pins gets its own attached in-memory DuckDB catalog holding
+`market_data.<table>` views over `iceberg_scan(<metadata>, snapshot_from_id = <id>)`, and its own cursor with
+that catalog as default, so the same SQL text runs against either. The extension's `snapshot_from_id` prunes
+files like a current scan; its `snapshot_from_timestamp` is not used, because it silently reads nothing before the
+first snapshot and would resolve each table alone.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import duckdb
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
 
 from k2.lake.catalog import NAMESPACE
 from k2.lake.tables import table_identifier
+from k2.query.timetravel import AsOf, SnapshotNotFoundError, resolve_pins
 from k2.schema.arrow import arrow_schema
 from k2.schema.fields import ALL_RECORDS, RecordSpec
 
@@ -42,6 +53,13 @@ _TABLES_HINT = (
 )
 
 _PARAMS_HINT = "Pass one value per `?` or `$1` placeholder as a list, or a dict for `$name` placeholders."
+
+# Pinned catalogs kept attached (least recently used goes first); each is a few views, so the cap only bounds a
+# long-running API process that is asked for many different points in time.
+_MAX_PINNED = 16
+
+# table name -> (metadata location, snapshot id); None when the table is missing or had no snapshot then
+Pins = tuple[tuple[str, str | None, int | None], ...]
 
 
 class QueryError(Exception):
@@ -65,6 +83,52 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _create_empty(con: duckdb.DuckDBPyConnection, target: str, spec: RecordSpec) -> None:
+    """A typed empty table with the V2 columns, standing in for a table with no data, so queries still bind."""
+    con.register("_k2_arrow", arrow_schema(spec).empty_table())
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _k2_arrow")
+    finally:
+        con.unregister("_k2_arrow")
+
+
+def _run(con: duckdb.DuckDBPyConnection, query: str, params: list[Any] | dict[str, Any] | None) -> pa.Table:
+    try:
+        return con.execute(query, params).to_arrow_table()
+    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
+        raise QueryError(f"{exc}\n\n{_TABLES_HINT}") from exc
+    except duckdb.Error as exc:
+        if "parameter" in str(exc).lower():
+            raise QueryError(f"{exc}\n\n{_PARAMS_HINT}") from exc
+        raise QueryError(str(exc)) from exc
+
+
+class Reader(Protocol):
+    """What the query library needs: SQL over `market_data.*` and the snapshots those names read."""
+
+    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table: ...
+
+    @property
+    def snapshot_ids(self) -> dict[str, int | None]: ...
+
+
+class PinnedView:
+    """`market_data.*` fixed at older snapshots; made by `QueryEngine.at`. Stays valid while the engine is open."""
+
+    def __init__(self, engine: QueryEngine, pins: Pins) -> None:
+        self._engine = engine
+        self._pins = pins
+
+    @property
+    def snapshot_ids(self) -> dict[str, int | None]:
+        """Table name -> the snapshot read (None: the table had no data at that point)."""
+        return {name: snapshot for name, _location, snapshot in self._pins}
+
+    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
+        """As `QueryEngine.sql`, against the pinned snapshots."""
+        return self._engine._sql_pinned(self._pins, query, params)
+
+
 class QueryEngine:
     """A DuckDB session where `market_data.trades_v2`, `market_data.quotes_v2` and `market_data.reference_data_v2`
     are views over the tables' current Iceberg snapshots.
@@ -78,6 +142,8 @@ class QueryEngine:
         self._lock = threading.Lock()
         self._locations: dict[str, str | None] = {}
         self._snapshot_ids: dict[str, int | None] = {}
+        self._pinned: OrderedDict[Pins, tuple[str, duckdb.DuckDBPyConnection]] = OrderedDict()
+        self._pin_numbers = itertools.count(1)
         # No network ever: a missing extension must fail here, not hang on a download attempt.
         self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
         try:
@@ -109,6 +175,71 @@ class QueryEngine:
             for spec in ALL_RECORDS:
                 self._point_view(spec)
 
+    def table(self, name: str) -> Table | None:
+        """The pyiceberg table behind `market_data.<name>` as the catalog has it now (None: not created yet)."""
+        spec = next((s for s in ALL_RECORDS if name in (s.name, table_identifier(s))), None)
+        if spec is None:
+            raise QueryError(f"no table {name!r}. {_TABLES_HINT}")
+        try:
+            return self._catalog.load_table(table_identifier(spec))
+        except NoSuchTableError:
+            return None
+
+    def at(self, as_of: AsOf) -> QueryEngine | PinnedView:
+        """A reader of the lake as it was at `as_of` (a snapshot id or an aware datetime); None: this engine.
+
+        The catalog is read afresh, so snapshots committed after the engine opened can be named too. Raises
+        QueryError when no table has the snapshot id.
+        """
+        if as_of is None:
+            return self
+        tables = {spec.name: self.table(spec.name) for spec in ALL_RECORDS}
+        try:
+            pins = resolve_pins(tables, as_of)
+        except SnapshotNotFoundError as exc:
+            raise QueryError(str(exc)) from exc
+        return PinnedView(
+            self,
+            tuple(
+                (name, None if tables[name] is None else tables[name].metadata_location, pins[name]) for name in tables
+            ),
+        )
+
+    def _sql_pinned(self, pins: Pins, query: str, params: list[Any] | dict[str, Any] | None) -> pa.Table:
+        with self._lock:
+            return _run(self._pinned_cursor(pins), query, params)
+
+    def _pinned_cursor(self, pins: Pins) -> duckdb.DuckDBPyConnection:
+        """The cursor whose default catalog holds views at `pins`, made on first use (caller holds the lock)."""
+        if pins in self._pinned:
+            self._pinned.move_to_end(pins)
+            return self._pinned[pins][1]
+        while len(self._pinned) >= _MAX_PINNED:
+            alias, old = self._pinned.popitem(last=False)[1]
+            old.close()
+            self._con.execute(f"DETACH {alias}")
+        alias = f"_k2_pin_{next(self._pin_numbers)}"  # generated, never from a caller
+        self._con.execute(f"ATTACH ':memory:' AS {alias}")
+        cursor = self._con.cursor()
+        try:
+            cursor.execute(f"USE {alias}")
+            cursor.execute("SET TimeZone = 'UTC'")
+            cursor.execute(f"CREATE SCHEMA {NAMESPACE}")
+            for spec in ALL_RECORDS:
+                name, location, snapshot = next(p for p in pins if p[0] == spec.name)
+                view = f"{NAMESPACE}.{name}"
+                if location is None or snapshot is None:
+                    _create_empty(cursor, view, spec)
+                else:
+                    scan = f"iceberg_scan({_literal(location)}, snapshot_from_id = {int(snapshot)})"
+                    cursor.execute(f"CREATE VIEW {view} AS SELECT * FROM {scan}")
+        except duckdb.Error as exc:
+            cursor.close()
+            self._con.execute(f"DETACH {alias}")
+            raise QueryError(f"cannot pin the Iceberg snapshots {pins}: {exc}") from exc
+        self._pinned[pins] = (alias, cursor)
+        return cursor
+
     def _point_view(self, spec: RecordSpec) -> None:
         try:
             table = self._catalog.load_table(table_identifier(spec))
@@ -121,11 +252,7 @@ class QueryEngine:
         try:
             if location is None:
                 # Not created yet: an empty relation with the V2 columns, so queries still bind.
-                self._con.register("_k2_arrow", arrow_schema(spec).empty_table())
-                try:
-                    self._con.execute(f"CREATE OR REPLACE TABLE {_EMPTY_SCHEMA}.{spec.name} AS SELECT * FROM _k2_arrow")
-                finally:
-                    self._con.unregister("_k2_arrow")
+                _create_empty(self._con, f"{_EMPTY_SCHEMA}.{spec.name}", spec)
                 self._con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_EMPTY_SCHEMA}.{spec.name}")
             else:
                 # A table with no snapshot yet scans as empty with its schema's columns.
@@ -142,17 +269,13 @@ class QueryEngine:
         Decimals come back as decimal128(18, 8) and timestamps as timestamp[us, tz=UTC].
         """
         with self._lock:
-            try:
-                return self._con.execute(query, params).to_arrow_table()
-            except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
-                raise QueryError(f"{exc}\n\n{_TABLES_HINT}") from exc
-            except duckdb.Error as exc:
-                if "parameter" in str(exc).lower():
-                    raise QueryError(f"{exc}\n\n{_PARAMS_HINT}") from exc
-                raise QueryError(str(exc)) from exc
+            return _run(self._con, query, params)
 
     def close(self) -> None:
         with self._lock:
+            for _alias, cursor in self._pinned.values():
+                cursor.close()
+            self._pinned.clear()
             self._con.close()
 
     def __enter__(self) -> Self:

@@ -1,0 +1,189 @@
+"""Bars from trades in a real lake, checked against values worked out by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
+
+from k2.query.bars import Interval, bars, parse_interval
+from k2.query.engine import QueryEngine
+from k2.query.filters import InvalidQueryError
+from tests.query.records import append_trades, at, trade
+
+D = Decimal
+BAR_COLUMNS = [
+    "symbol",
+    "exchange",
+    "timestamp",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "vwap",
+    "quote_volume",
+    "trade_count",
+]
+
+
+def session() -> list[dict]:
+    """BHP on asx around 10:00 UTC, plus noise that must not leak in (CBA, BHP on chix)."""
+    return [
+        trade(at(9, 59, 59, 999_999), "36.00", "10", 0),
+        # Two ties, listed against sequence order so file order cannot pass for event order.
+        trade(at(10, 0, 5), "36.40", "200", 2),
+        trade(at(10, 0, 5), "36.50", "100", 1),
+        trade(at(10, 0, 30), "36.90", "50", 3),
+        trade(at(10, 0, 59, 999_999), "36.60", "1", 5),
+        trade(at(10, 0, 59, 999_999), "36.70", "150", 4),
+        trade(at(10, 1, 0), "36.80", "300", 6),
+        # nothing in 10:02
+        trade(at(10, 3, 10), "36.75", "0.12345678", 7),
+        trade(at(10, 3, 20), "36.85", "10", 8),
+        trade(at(10, 15, 0), "37.00", "5", 9),
+        trade(at(10, 0, 0, day=1), "38.00", "100", 1),
+        trade(at(10, 0, 10), "100", "1", 1, symbol="CBA"),
+        trade(at(10, 0, 20), "1", "1", 1, exchange="chix"),
+    ]
+
+
+def bar(minute: str, o: str, h: str, lo: str, c: str, vol: str, vwap: str | None, qv: str, n: int) -> dict:
+    return {
+        "minute": minute,
+        "open": D(o),
+        "high": D(h),
+        "low": D(lo),
+        "close": D(c),
+        "volume": D(vol),
+        "vwap": None if vwap is None else D(vwap),
+        "quote_volume": D(qv),
+        "trade_count": n,
+    }
+
+
+# 10:00 — open 36.50 (seq 1 beats seq 2 at 10:00:05), close 36.60 (seq 5 after seq 4 at 10:00:59.999999);
+# quote volume 36.50x100 + 36.40x200 + 36.90x50 + 36.70x150 + 36.60x1 = 18316.60 over 501 = 36.560079840...
+BAR_1000 = bar("10:00", "36.50", "36.90", "36.40", "36.60", "501", "36.56007984", "18316.60", 5)
+BAR_1001 = bar("10:01", "36.80", "36.80", "36.80", "36.80", "300", "36.80000000", "11040.00", 1)
+# 36.75x0.12345678 + 36.85x10 = 373.0370366650 over 10.12345678 = 36.848780487903... -> 36.84878049 (rounded up)
+BAR_1003 = bar("10:03", "36.75", "36.85", "36.75", "36.85", "10.12345678", "36.84878049", "373.0370366650", 2)
+
+
+def as_rows(table: pa.Table) -> list[dict]:
+    rows = table.to_pylist()
+    for row in rows:
+        row["minute"] = row.pop("timestamp").strftime("%H:%M")
+        assert (row.pop("symbol"), row.pop("exchange")) == ("BHP", "asx")
+    return rows
+
+
+@pytest.fixture
+def engine(catalog: Catalog, tables: dict[str, Table]) -> Iterator[QueryEngine]:
+    append_trades(tables["trades_v2"], session())
+    with QueryEngine(catalog) as engine:
+        yield engine
+
+
+def test_one_minute_bars_match_hand_computed_values(engine: QueryEngine) -> None:
+    result = bars(engine, "BHP", "1m", at(10, 0), at(10, 4), exchange="asx")
+
+    assert result.column_names == BAR_COLUMNS
+    assert as_rows(result) == [BAR_1000, BAR_1001, BAR_1003]
+    assert str(result.column("vwap")[1].as_py()) == "36.80000000"  # the scale is kept, not just the value
+
+
+def test_bar_types_are_exact_decimals_and_utc_timestamps(engine: QueryEngine) -> None:
+    schema = bars(engine, "BHP", "1m", at(10, 0), at(10, 4), exchange="asx").schema
+
+    assert schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
+    for name in ("open", "high", "low", "close", "vwap"):
+        assert schema.field(name).type == pa.decimal128(18, 8), name
+    assert schema.field("volume").type == pa.decimal128(38, 8)
+    assert schema.field("quote_volume").type == pa.decimal128(38, 16)
+    assert schema.field("trade_count").type == pa.int64()
+
+
+def test_fifteen_minute_bars(engine: QueryEngine) -> None:
+    result = bars(engine, ["BHP"], "15m", at(9, 45), at(10, 30), exchange="asx")
+
+    # 10:00 bucket: the 1-minute bars above merged; 29729.6370366650 / 811.12345678 = 36.652419293...
+    assert as_rows(result) == [
+        bar("09:45", "36.00", "36.00", "36.00", "36.00", "10", "36.00000000", "360.00", 1),
+        bar("10:00", "36.50", "36.90", "36.40", "36.85", "811.12345678", "36.65241929", "29729.6370366650", 8),
+        bar("10:15", "37.00", "37.00", "37.00", "37.00", "5", "37.00000000", "185.00", 1),
+    ]
+
+
+def test_daily_bars_per_symbol_and_exchange(engine: QueryEngine) -> None:
+    result = bars(engine, None, "1d", at(0, 0), at(0, 0, day=2))
+
+    days = [(r["symbol"], r["exchange"], r["timestamp"].date().isoformat()) for r in result.to_pylist()]
+    assert days == [
+        ("BHP", "asx", "2024-03-04"),
+        ("BHP", "asx", "2024-03-05"),
+        ("BHP", "chix", "2024-03-04"),
+        ("CBA", "asx", "2024-03-04"),
+    ]
+    monday = result.to_pylist()[0]
+    # 30274.6370366650 / 826.12345678 = 36.646625620...
+    assert (monday["open"], monday["high"], monday["low"], monday["close"]) == (
+        D("36.00"),
+        D("37.00"),
+        D("36.00"),
+        D("37.00"),
+    )
+    assert (monday["volume"], monday["vwap"], monday["trade_count"]) == (D("826.12345678"), D("36.64662562"), 10)
+    assert [r["trade_count"] for r in result.to_pylist()[1:]] == [1, 1, 1]
+
+
+def test_gap_fill_carries_the_previous_close_with_zero_volume(engine: QueryEngine) -> None:
+    result = bars(engine, "BHP", "1m", at(10, 0), at(10, 5), exchange="asx", gap_fill=True)
+
+    carried_1001 = bar("10:02", "36.80", "36.80", "36.80", "36.80", "0", None, "0", 0)
+    carried_1003 = bar("10:04", "36.85", "36.85", "36.85", "36.85", "0", None, "0", 0)
+    assert as_rows(result) == [BAR_1000, BAR_1001, carried_1001, BAR_1003, carried_1003]
+
+
+def test_gap_fill_without_gaps_changes_nothing(engine: QueryEngine) -> None:
+    plain = bars(engine, "BHP", "1m", at(10, 0), at(10, 2), exchange="asx")
+    filled = bars(engine, "BHP", "1m", at(10, 0), at(10, 2), exchange="asx", gap_fill=True)
+
+    assert filled.to_pylist() == plain.to_pylist()
+
+
+def test_bars_of_an_unknown_symbol_are_empty_with_the_same_columns(engine: QueryEngine) -> None:
+    result = bars(engine, "NOPE", "1m", at(10, 0), at(10, 5), gap_fill=True)
+
+    assert result.num_rows == 0
+    assert result.column_names == BAR_COLUMNS
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1), ("30s", 30), ("1m", 60), ("15m", 900), ("1h", 3600), ("4h", 14_400), ("1d", 86_400)],
+)
+def test_interval_parsing(text: str, seconds: int) -> None:
+    assert parse_interval(text) == Interval(text, seconds)
+
+
+@pytest.mark.parametrize("text", ["", "0m", "7m", "2d", "1w", "15 m", "1M", "m", "1.5m", "1m; DROP TABLE x", None])
+def test_invalid_interval_says_what_is_allowed(text: str) -> None:
+    with pytest.raises(InvalidQueryError, match=r"invalid bar interval .*e\.g\. 1s, .*15m.*1d"):
+        parse_interval(text)
+
+
+def test_invalid_interval_or_zone_fails_before_any_query(engine: QueryEngine) -> None:
+    with pytest.raises(InvalidQueryError, match="invalid bar interval"):
+        bars(engine, "BHP", "1 minute", at(10, 0), at(10, 5))
+    with pytest.raises(InvalidQueryError, match="unknown time zone"):
+        bars(engine, "BHP", "1m", at(10, 0), at(10, 5), tz="UTC'); DROP VIEW market_data.trades_v2; --")
+
+
+def test_gap_fill_refuses_an_absurd_number_of_bars(engine: QueryEngine) -> None:
+    with pytest.raises(InvalidQueryError, match="gap fill would make"):
+        bars(engine, "BHP", "1s", at(0, 0), at(0, 0, day=30), gap_fill=True)

@@ -1,0 +1,73 @@
+"""Range queries of the library let the Iceberg scan skip other days' files — also when time travelling."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import duckdb
+import pytest
+from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
+
+from k2.query import engine as engine_module
+from k2.query.asof import trades_with_quotes
+from k2.query.bars import bars
+from k2.query.engine import QueryEngine
+from k2.query.market import page, trades
+from k2.query.summary import daily_summary
+from tests.query.records import append_trades, at, trade
+
+DAYS = 5  # one data file per day (one exchange)
+
+
+@pytest.fixture
+def engine(catalog: Catalog, tables: dict[str, Table]) -> Iterator[QueryEngine]:
+    append_trades(tables["trades_v2"], [trade(at(10, day=d), "1", "1", d) for d in range(DAYS)])
+    with QueryEngine(catalog) as engine:
+        yield engine
+
+
+def trades_files_read(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) -> int:
+    """Run `call`, then EXPLAIN ANALYZE the last SQL it ran on the same connection; the trades scan's file count."""
+    ran: list[tuple] = []
+    real_run = engine_module._run
+
+    def spy(con: duckdb.DuckDBPyConnection, query: str, params: Any) -> Any:
+        ran.append((con, query, params))
+        return real_run(con, query, params)
+
+    monkeypatch.setattr(engine_module, "_run", spy)
+    call()
+    con, query, params = ran[-1]
+    plan = "\n".join(str(v) for row in con.execute(f"EXPLAIN ANALYZE {query}", params).fetchall() for v in row)
+    return max(int(n) for n in re.findall(r"Total Files Read: (\d+)", plan))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda e: trades(e, "BHP", at(0, day=2), at(0, day=3)),
+        lambda e: bars(e, "BHP", "1m", at(0, day=2), at(0, day=3), gap_fill=True),
+        lambda e: daily_summary(e, None, at(0, day=2), at(0, day=3)),
+        lambda e: trades_with_quotes(e, "BHP", at(0, day=2), at(0, day=3), quote_lookback=timedelta(0)),
+        lambda e: trades(e, "BHP", at(0, day=2), at(0, day=3), as_of=e.snapshot_ids["trades_v2"]),
+    ],
+    ids=["trades", "bars", "daily_summary", "asof_join", "time_travel"],
+)
+def test_one_day_range_reads_one_file(
+    engine: QueryEngine, monkeypatch: pytest.MonkeyPatch, call: Callable[[QueryEngine], object]
+) -> None:
+    assert trades_files_read(monkeypatch, lambda: call(engine)) == 1
+
+
+def test_a_cursor_skips_the_files_before_it(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = page(engine, "trades", "BHP", at(0), at(0, day=DAYS), limit=3)  # days 0, 1, 2
+
+    files = trades_files_read(
+        monkeypatch, lambda: page(engine, "trades", "BHP", at(0), at(0, day=DAYS), after=first.cursor)
+    )
+
+    assert files == DAYS - 2  # from the cursor's day on
