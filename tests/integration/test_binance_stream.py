@@ -163,3 +163,37 @@ def test_gaps_are_recorded_as_data_with_what_became_of_them(settings: Settings) 
     )[0]
     assert span[:2] == ("2021-04-04T20:03", "2021-04-04T20:04")
     assert span[2] == sum(g.filled for g in live.stats.gaps) > 0
+
+
+def test_k2_stream_binance_flushes_and_exits_cleanly_on_sigterm(settings: Settings, tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with BinanceEmulator([CAPTURE_2021_04_04], speed=0).run_in_thread() as endpoints:
+        cmd = [
+            sys.executable,
+            "-m",
+            "k2.cli",
+            "-v",
+            "stream",
+            "binance",
+            "--symbols",
+            "BTCUSDT",
+            "--channels",
+            "aggTrade",
+        ]
+        cmd += ["--endpoint", endpoints.ws_url, "--rest-endpoint", endpoints.rest_url]
+        log = tmp_path / "stream.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.monotonic() + 60
+        while b"binance.connected" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the emulator replays only once the client has subscribed
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    assert "OK: every record accounted for" in log.read_text()
+    assert _btc_agg_ids(settings) == list(range(BTC_FIRST, BTC_LAST + 1))

@@ -38,7 +38,8 @@ QUIET = Console(quiet=True)
 
 def _start_sink_worker(log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "k2.cli", "sink"], stdout=out, stderr=subprocess.STDOUT)
+        # -v: the worker's structured log is the first thing to read when this test fails
+        return subprocess.Popen([sys.executable, "-m", "k2.cli", "-v", "sink"], stdout=out, stderr=subprocess.STDOUT)
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -83,11 +84,15 @@ def test_sink_killed_mid_load_loses_nothing_and_duplicates_nothing(
 
         worker = _start_sink_worker(tmp_path / "sink2.log")
         try:
-            _wait_for(
-                lambda: all_committed(endpoints.bootstrap, settings.sink_group, targets),
-                180,
-                "the restarted sink to commit everything",
-            )
+            try:
+                _wait_for(
+                    lambda: all_committed(endpoints.bootstrap, settings.sink_group, targets),
+                    300,
+                    "the restarted sink to commit everything",
+                )
+            except AssertionError as exc:
+                tail = (tmp_path / "sink2.log").read_text()[-3000:]
+                raise AssertionError(f"{exc}\n--- restarted sink's log (tail) ---\n{tail}") from None
         finally:
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(30) == 0
