@@ -6,8 +6,10 @@ reach the produced end offsets; the sink commits Kafka only after Iceberg, so th
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
@@ -26,9 +28,14 @@ from k2.sources.base import Source
 
 
 def produce(
-    source: Source, settings: Settings, endpoints: Endpoints, console: Console
+    source: Source,
+    settings: Settings,
+    endpoints: Endpoints,
+    console: Console,
+    on_new_topic: Callable[[str], None] | None = None,
 ) -> tuple[Reconciliation, ProduceStats]:
-    """Send every record of `source` to its topic (rejects to the DLQ) and wait for every acknowledgement."""
+    """Send every record of `source` to its topic (rejects to the DLQ) and wait for every acknowledgement.
+    `on_new_topic(name)` is called once a topic exists, before its first record is sent."""
     recon = Reconciliation(source.describe())
     registry = RegistryClient(endpoints.registry_url)
     admin = AdminClient(base_config(settings, endpoints.bootstrap))
@@ -52,6 +59,8 @@ def produce(
             if str(topic) not in known_topics:
                 ensure_topics(admin, settings, [str(topic), topic.dlq])
                 known_topics.add(str(topic))
+                if on_new_topic is not None:
+                    on_new_topic(str(topic))
             producer.send(batch)
             recon.read += batch.rows_read
             recon.produced += len(batch.records)
@@ -82,22 +91,48 @@ def landed_check(targets: dict[tuple[str, int], int], timeout: float) -> Callabl
 
 
 def load(source: Source, settings: Settings, console: Console | None = None) -> Reconciliation:
+    """Produce `source` while a sink worker commits alongside (in a thread: its heavy parts — batch decoding,
+    Parquet writing — run outside the GIL); return once everything produced is in the lake."""
     console = console or Console(stderr=True)
     started = time.monotonic()
     stack = Stack(settings)
     with stack as endpoints:
-        recon, produced = produce(source, settings, endpoints, console)
-        targets = dict(produced.end_offsets)
         registry = RegistryClient(endpoints.registry_url)
-        produced_topics = sorted({t for t, _p in targets})
-        # A broker this run started has no other sink: assign directly and skip the ~3 s group join.
-        topics = produced_topics if stack.broker is not None else None
-        sink = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings), topics=topics)
-
+        # A broker this run started has no other sink: assign topics directly as they appear and skip the ~3 s
+        # group join; on a shared stack, join the group like any other worker.
+        own_broker = stack.broker is not None
+        sink = IcebergSink(
+            settings, endpoints.bootstrap, registry, open_catalog(settings), topics=[] if own_broker else None
+        )
+        targets: dict[tuple[str, int], int] = {}
+        done_producing = threading.Event()
         landed = landed_check(targets, settings.load_timeout_seconds)
+        outcome: dict[str, Any] = {}
 
-        with console.status("committing to the lake"):
-            recon.sink = sink.run(until=landed)
+        def run_sink() -> None:
+            try:
+                outcome["stats"] = sink.run(until=landed, finishing=done_producing.is_set)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run_sink, name="k2-sink")
+        worker.start()
+        try:
+            recon, produced = produce(
+                source,
+                settings,
+                endpoints,
+                console,
+                on_new_topic=(lambda t: sink.add_topics([t])) if own_broker else None,
+            )
+            targets.update(produced.end_offsets)
+        finally:
+            done_producing.set()
+            with console.status("committing to the lake"):
+                worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        recon.sink = outcome["stats"]
         recon.landed = True
     recon.seconds = time.monotonic() - started
     return recon

@@ -11,6 +11,7 @@ Kafka transactions are not used: the embedded broker shows aborted records to re
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import Counter
@@ -110,6 +111,8 @@ class IcebergSink:
         self._ranges: dict[tuple[str, int], tuple[int, int]] = {}
         self._topic_ids: dict[str, str] = {}
         self._decoders: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._pending_topics: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._assigned_topics: set[str] = set()
         self._batch_decoder = AvroBatchDecoder()
         self._specs: dict[str, RecordSpec] = {}
         self._buffered = 0
@@ -153,14 +156,23 @@ class IcebergSink:
         if self._topics is None:
             self._consumer.subscribe([MARKET_TOPIC_PATTERN], on_assign=self._on_assign, on_revoke=self._on_revoke)
             return
+        self._consumer.assign([])
+        self._assign_topics(self._topics)
+
+    def _assign_topics(self, topics: list[str]) -> None:
+        new = [t for t in dict.fromkeys(topics) if t not in self._assigned_topics]
+        if not new:
+            return
         metadata = self._admin.list_topics(timeout=10)
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in self._topics
-            if topic in metadata.topics
-            for p in metadata.topics[topic].partitions
-        ]
-        self._consumer.assign(self._resume_positions(partitions))
+        partitions = [TopicPartition(t, p) for t in new if t in metadata.topics for p in metadata.topics[t].partitions]
+        self._consumer.incremental_assign(self._resume_positions(partitions))
+        self._assigned_topics.update(new)
+
+    def add_topics(self, topics: list[str]) -> None:
+        """Thread-safe: assign more topics (all partitions) to a worker started with `topics=[...]`. The worker's
+        own loop picks them up, so a loader can start the sink before it knows every topic it will write."""
+        for topic in topics:
+            self._pending_topics.put(topic)
 
     # --- consuming --------------------------------------------------------------------------------------------
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
@@ -221,6 +233,11 @@ class IcebergSink:
         buffer.messages.append(msg)
 
     def poll_once(self, max_messages: int = 10_000, timeout: float = 0.2) -> int:
+        if self._topics is not None and not self._pending_topics.empty():
+            pending = []
+            while not self._pending_topics.empty():
+                pending.append(self._pending_topics.get())
+            self._assign_topics(pending)
         messages = self._consumer.consume(max_messages, timeout)
         for msg in messages:
             if msg.error():
@@ -326,15 +343,19 @@ class IcebergSink:
         stop: threading.Event | None = None,
         until: Callable[[IcebergSink], bool] | None = None,
         on_progress: Callable[[IcebergSink], None] | None = None,
+        finishing: Callable[[], bool] | None = None,
     ) -> SinkStats:
-        """Consume and commit until `stop` is set or `until(self)` holds; always ends with a commit."""
+        """Consume and commit until `stop` is set or `until(self)` holds; always ends with a commit.
+
+        `until` is tried when the worker has caught up and `finishing()` says no more input is coming (default:
+        always); until then an idle worker commits only by size or time, never in dribbles."""
         self._start()
         try:
             while not (stop and stop.is_set()):
                 got = self.poll_once()
                 if on_progress:
                     on_progress(self)
-                if until is not None and got == 0:
+                if until is not None and got == 0 and (finishing is None or finishing()):
                     self.commit()
                     if until(self):
                         break

@@ -1,0 +1,404 @@
+"""Fresh reads: the lake plus what Kafka holds beyond the lake's last commit, as one result.
+
+The sink commits every few seconds (or 100k rows), so a lake-only query lags the market by up to a commit. Here the
+lake's snapshot summaries say, per partition, the next offset the lake has not got (k2.lake.offsets); the records
+from there to the end of the log are read straight from Kafka — manual assignment, no group join, no commit, so
+the sink is not disturbed — decoded, filtered like the lake query, and merged with it.
+
+Consistency rules:
+- Offsets count only for the log's *current* topic id: a restarted broker renumbers from 0 under a new id, and old
+  offsets would skip its fresh records (STACK-NOTES.md). A log the lake knows nothing of is read from offset 0.
+- The sink group's committed offset is used when higher (a commit of rows that were all duplicates moves the group
+  but writes no snapshot). It is read *before* the table is loaded: the sink appends to Iceberg before it commits
+  to Kafka, so whatever the group had committed then is in the snapshot loaded after.
+- The lake part is read at the snapshot whose offsets were used (not the engine's possibly older view), so no
+  record falls between the two. While the engine's view lags the table, each query pins that newer snapshot (the
+  engine keeps 16 pins): a long-lived caller should `engine.refresh()` after commits.
+- A record in both the lake and the tail is returned once, as the lake has it; duplicates within the tail
+  (producer retries, reloads) once, the first read wins.
+- `limit` applies after the merge, in event order: timestamp, source_sequence (nulls last), message_id.
+
+"Caught up" is decided from the high watermark librdkafka caches from its own fetches — ListOffsets is wrong on the
+embedded broker (STACK-NOTES.md) — and bounded by a time budget: past it, what was read so far is returned and the
+Tail says `caught_up=False`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Self
+
+import duckdb
+import fastavro
+import pyarrow as pa
+import pyarrow.compute as pc
+import structlog
+from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from k2.bus.batch_decode import AvroBatchDecoder, BatchDecodeError
+from k2.bus.clients import consumer_config, topic_ids
+from k2.bus.registry_client import RegistryClient, RegistryError
+from k2.bus.serde import DecodeError, decode, schema_id_of
+from k2.bus.stack import Endpoints
+from k2.bus.topics import TopicName
+from k2.config import Settings
+from k2.lake.offsets import next_offsets
+from k2.query.engine import QueryEngine
+from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, symbol_list, utc, where
+from k2.query.market import Symbols, events, latest
+from k2.schema.arrow import arrow_schema, records_to_arrow
+from k2.schema.avro import parsed_schema
+from k2.schema.fields import RecordSpec
+
+log = structlog.get_logger(__name__)
+
+# Messages asked of librdkafka per consume() call; large enough that a 100k tail takes a handful of calls.
+_CONSUME_BATCH = 10_000
+
+# A Kafka broker holds a fetch at the end of a partition up to fetch.wait.max.ms (500 ms by default) waiting for data;
+# a query should not wait for data that is not there. On the embedded broker it made no measurable difference
+# (20k trades on 3 partitions: 0.2-0.3 s per tail with either value, with a FreshReader; most of it decoding).
+_FETCH_WAIT_MS = 10
+
+Partition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class FreshSource:
+    """Where the not-yet-committed tail lives: the Kafka log and the registry holding its writer schemas.
+
+    `poll_seconds` is how long one fetch may wait for records; `budget_seconds` bounds the whole tail read (what
+    was read by then is returned, marked not caught up). `group` is the sink's consumer group (settings default).
+    """
+
+    bootstrap: str
+    registry_url: str
+    settings: Settings
+    poll_seconds: float = 0.3
+    budget_seconds: float = 10.0
+    group: str | None = None
+
+    @classmethod
+    def from_endpoints(cls, endpoints: Endpoints, settings: Settings, **options: Any) -> FreshSource:
+        """The source for a running stack (`with Stack(settings) as endpoints:`)."""
+        return cls(endpoints.bootstrap, endpoints.registry_url, settings, **options)
+
+
+@dataclass
+class Tail:
+    """Records of one table that Kafka holds beyond the lake's snapshot `snapshot_id`.
+
+    `rows` are V2 columns (arrow_schema of the table), unfiltered, in log order per partition. `start`/`end` are the
+    offsets read per partition, [start, end). `skipped` counts messages that do not decode (the sink dead-letters
+    those, so the lake will not have them either).
+    """
+
+    rows: pa.Table
+    snapshot_id: int | None
+    start: dict[Partition, int] = field(default_factory=dict)
+    end: dict[Partition, int] = field(default_factory=dict)
+    topic_ids: dict[str, str] = field(default_factory=dict)
+    caught_up: bool = True
+    skipped: int = 0
+
+
+def feeding_topics(names: Sequence[str], spec: RecordSpec, exchange: str | None = None) -> list[str]:
+    """The market topics (market.<asset_class>.<data_type>.<exchange>) whose records land in `spec`'s table.
+
+    With `exchange`, only that venue's topics: topic names carry the records' exchange, lower-cased (k2.bus.topics).
+    """
+    chosen = []
+    for name in names:
+        try:
+            topic = TopicName.parse(name)
+        except ValueError:
+            continue  # DLQ and foreign topics
+        if topic.data_type is spec.data_type and (exchange is None or topic.exchange == exchange.lower()):
+            chosen.append(name)
+    return sorted(chosen)
+
+
+class FreshReader:
+    """The long-lived parts of fresh reads — registry client, batch decoder, admin client — kept across queries.
+
+    A reader per process (e.g. the API's) saves ~0.3 s per query over opening them each time (extension load, TLS
+    context); the functions below accept either a FreshSource (opened and closed per call) or a FreshReader.
+    Thread-safe; close it when done (or use `with`).
+    """
+
+    def __init__(self, source: FreshSource) -> None:
+        self.source = source
+        self._admin = AdminClient({"bootstrap.servers": source.bootstrap, **source.settings.kafka_extra_config})
+        self._registry = RegistryClient(source.registry_url)
+        self._decoder: AvroBatchDecoder | None = None
+        self._lock = threading.Lock()
+
+    def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None) -> Tail:
+        """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded.
+
+        Raises confluent_kafka.KafkaException when the broker cannot be reached (check `source.bootstrap`).
+        """
+        spec = record_spec(kind, EVENT_SPECS)
+        source, settings = self.source, self.source.settings
+        topics = feeding_topics(list(self._admin.list_topics(timeout=10).topics), spec, exchange)
+        ids = topic_ids(self._admin, topics)
+        config = consumer_config(settings, source.bootstrap, source.group or settings.sink_group)
+        consumer = Consumer({**config, "fetch.wait.max.ms": _FETCH_WAIT_MS})
+        try:
+            metadata = consumer.list_topics(timeout=10)
+            partitions = [TopicPartition(t, p) for t in topics for p in sorted(metadata.topics[t].partitions)]
+            # Group offsets first, the table second: anything the group had committed is in the snapshot loaded next.
+            group = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=10)}
+            table = engine.table(spec.name)
+            snapshot_id = table.metadata.current_snapshot_id if table is not None else None
+            lake_next = next_offsets(table, ids) if table is not None else {}
+            start = {key: max(lake_next.get(key, 0), group.get(key, -1), 0) for key in group}
+            messages, end, caught_up = _consume(consumer, start, source)
+        finally:
+            consumer.close()
+        rows, skipped = self._decode(spec, messages)
+        if not caught_up:
+            log.warning("fresh.budget_exhausted", table=spec.name, budget=source.budget_seconds, read=len(messages))
+        return Tail(rows, snapshot_id, start, end, ids, caught_up, skipped)
+
+    def _batch_decoder(self) -> AvroBatchDecoder:
+        with self._lock:
+            if self._decoder is None:
+                self._decoder = AvroBatchDecoder()
+            return self._decoder
+
+    def _decode(self, spec: RecordSpec, messages: list[Message]) -> tuple[pa.Table, int]:
+        """V2 rows from framed Avro messages (batch-decoded when written with the current schema); (rows, skipped)."""
+        by_schema: dict[int, list[bytes]] = {}
+        skipped = 0
+        for msg in messages:
+            value = msg.value()
+            try:
+                by_schema.setdefault(schema_id_of(value), []).append(value)
+            except DecodeError:
+                skipped += 1
+        current = parsed_schema(spec)
+        parts: list[pa.Table] = []
+        for schema_id, values in by_schema.items():
+            try:
+                writer = fastavro.parse_schema(self._registry.schema_by_id(schema_id))
+            except RegistryError as exc:
+                log.warning("fresh.unknown_schema", schema_id=schema_id, error=str(exc))
+                skipped += len(values)
+                continue
+            if writer == current:
+                try:
+                    parts.append(self._batch_decoder().decode(spec, values))
+                    continue
+                except BatchDecodeError as exc:
+                    log.info("fresh.batch_decode_fallback", table=spec.name, reason=str(exc))
+            table, bad = _decode_each(spec, values, writer, current)
+            parts.append(table)
+            skipped += bad
+        parts = [p for p in parts if p.num_rows]
+        if not parts:
+            return arrow_schema(spec).empty_table(), skipped
+        return pa.concat_tables(parts), skipped
+
+    def close(self) -> None:
+        """Release the clients: the embedded broker stops at once only when none is connected."""
+        self._registry.close()
+        self._admin = None  # type: ignore[assignment]  # librdkafka handle destroyed with the object
+        with self._lock:
+            if self._decoder is not None:
+                self._decoder.close()
+                self._decoder = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+Kafka = FreshSource | FreshReader
+"""Where fresh reads get the tail: a FreshSource (clients opened per call) or a long-lived FreshReader."""
+
+
+@contextmanager
+def _reader(kafka: Kafka) -> Iterator[FreshReader]:
+    if isinstance(kafka, FreshReader):
+        yield kafka
+        return
+    with FreshReader(kafka) as reader:
+        yield reader
+
+
+def read_tail(engine: QueryEngine, kafka: Kafka, kind: str, *, exchange: str | None = None) -> Tail:
+    """See FreshReader.tail."""
+    with _reader(kafka) as reader:
+        return reader.tail(engine, kind, exchange=exchange)
+
+
+def _consume(
+    consumer: Consumer, start: dict[Partition, int], source: FreshSource
+) -> tuple[list[Message], dict[Partition, int], bool]:
+    """Read from `start` to the end of every partition; (messages, next offset per partition, caught up)."""
+    if not start:
+        return [], {}, True
+    tps = [TopicPartition(t, p, offset) for (t, p), offset in start.items()]
+    consumer.assign(tps)
+    position = dict(start)
+    messages: list[Message] = []
+    deadline = time.monotonic() + source.budget_seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        for msg in consumer.consume(_CONSUME_BATCH, min(source.poll_seconds, remaining)):
+            if msg.error():
+                log.warning("fresh.consume_error", error=msg.error().str())
+                continue
+            messages.append(msg)
+            position[(msg.topic(), msg.partition())] = msg.offset() + 1
+        if all(position[(tp.topic, tp.partition)] >= _fetched_end(consumer, tp) for tp in tps):
+            return messages, position, True
+    return messages, position, False
+
+
+def _fetched_end(consumer: Consumer, tp: TopicPartition) -> float:
+    """The partition's end as of librdkafka's last fetch; infinite until a fetch has answered (nothing known yet).
+
+    cached=True is right on the embedded broker where a ListOffsets query is not (STACK-NOTES.md).
+    """
+    _low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+    return float("inf") if high is None or high < 0 else high
+
+
+def _decode_each(spec: RecordSpec, values: list[bytes], writer: Any, reader: Any) -> tuple[pa.Table, int]:
+    """Per-message decoding; a record that does not decode or fit the table is skipped alone."""
+    records = []
+    for value in values:
+        try:
+            records.append(decode(value, writer, reader))
+        except DecodeError:
+            continue
+    try:
+        return records_to_arrow(spec, records), len(values) - len(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError):
+        pass
+    good = []
+    for record in records:
+        try:
+            records_to_arrow(spec, [record])
+            good.append(record)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError):
+            continue
+    return records_to_arrow(spec, good), len(values) - len(good)
+
+
+def _select(
+    tail: pa.Table,
+    symbols: Symbols,
+    start: datetime | None,
+    end: datetime | None,
+    exchange: str | None,
+) -> pa.Table:
+    """The tail rows the lake query's WHERE would keep (same half-open [start, end) on timestamp)."""
+    mask = pa.array([True] * tail.num_rows, pa.bool_())
+    names = symbol_list(symbols)
+    if names is not None:
+        mask = pc.and_(mask, pc.is_in(tail["symbol"], pa.array(names, pa.string())))
+    if exchange is not None:
+        mask = pc.and_(mask, pc.equal(tail["exchange"], exchange))
+    ts_type = tail.schema.field("timestamp").type
+    if start is not None:
+        mask = pc.and_(mask, pc.greater_equal(tail["timestamp"], pa.scalar(utc(start, "start"), ts_type)))
+    if end is not None:
+        mask = pc.and_(mask, pc.less(tail["timestamp"], pa.scalar(utc(end, "end"), ts_type)))
+    return tail.filter(mask)
+
+
+def _merge(lake: pa.Table, tail: pa.Table, select: str, clauses: str, params: list[Any]) -> pa.Table:
+    """Lake rows plus tail rows whose message_id the lake (or an earlier tail row) has not got, then `clauses`."""
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("lake_rows", lake)
+        con.register("tail_rows", tail.select(lake.column_names).cast(lake.schema))
+        merged = (
+            "SELECT * FROM (SELECT *, 0 AS _k2_src, 0 AS _k2_pos FROM lake_rows "
+            "UNION ALL SELECT *, 1 AS _k2_src, row_number() OVER () AS _k2_pos FROM tail_rows) "
+            "QUALIFY row_number() OVER (PARTITION BY message_id ORDER BY _k2_src, _k2_pos) = 1"
+        )
+        query = f"SELECT {select} FROM ({merged}) {clauses}"
+        return con.execute(query, params).to_arrow_table()
+    finally:
+        con.close()
+
+
+def fresh_events(
+    engine: QueryEngine,
+    kafka: Kafka,
+    kind: str,
+    symbols: Symbols,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    exchange: str | None = None,
+    columns: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> pa.Table:
+    """As k2.query.market.events, plus the records Kafka holds that the lake has not committed yet.
+
+    Returns the table's V2 columns (or `columns`) in event order, each message_id once, at most `limit` rows
+    counted after the merge. Raises InvalidQueryError for bad arguments (same checks as `events`).
+    """
+    spec = record_spec(kind, EVENT_SPECS)
+    where(symbols, start, end, exchange)  # validate before touching Kafka
+    select = projection(spec, columns)
+    if limit is not None:
+        positive(limit, "limit")
+    tail = read_tail(engine, kafka, kind, exchange=exchange)
+    # Reading the lake with the same limit is enough: a tail row whose lake twin lies beyond the first `limit`
+    # lake rows sorts beyond them too (same key), so it cannot enter the result.
+    lake = events(engine, kind, symbols, start, end, exchange=exchange, limit=limit, as_of=_pin(engine, spec, tail))
+    rows = _select(tail.rows, symbols, start, end, exchange)
+    clauses, params = f"ORDER BY {event_order()}", []
+    if limit is not None:
+        clauses += " LIMIT ?"
+        params.append(limit)
+    return _merge(lake, rows, select, clauses, params)
+
+
+def fresh_latest(
+    engine: QueryEngine,
+    kafka: Kafka,
+    kind: str,
+    symbols: Symbols,
+    n: int = 1,
+    *,
+    exchange: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """As k2.query.market.latest, counting records Kafka holds beyond the lake: the newest `n` per
+    (symbol, exchange), ordered by symbol, exchange, then event order (oldest first)."""
+    spec = record_spec(kind, EVENT_SPECS)
+    where(symbols, start, end, exchange)
+    select = projection(spec, columns)
+    positive(n, "n")
+    tail = read_tail(engine, kafka, kind, exchange=exchange)
+    lake = latest(engine, kind, symbols, n, exchange=exchange, start=start, end=end, as_of=_pin(engine, spec, tail))
+    rows = _select(tail.rows, symbols, start, end, exchange)
+    clauses = (
+        f"QUALIFY row_number() OVER (PARTITION BY symbol, exchange ORDER BY {event_order(descending=True)}) <= ? "
+        f"ORDER BY symbol, exchange, {event_order()}"
+    )
+    return _merge(lake, rows, select, clauses, [n])
+
+
+def _pin(engine: QueryEngine, spec: RecordSpec, tail: Tail) -> int | None:
+    """The as_of that reads the lake at the snapshot the tail starts after (None: the engine's view is that one)."""
+    if tail.snapshot_id is None or engine.snapshot_ids.get(spec.name) == tail.snapshot_id:
+        return None
+    return tail.snapshot_id

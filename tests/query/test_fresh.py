@@ -1,0 +1,201 @@
+"""Fresh reads against a real embedded stack: what Kafka holds beyond the last Iceberg commit is visible, once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from k2.bus.clients import ensure_topics, producer_config
+from k2.bus.producer import RecordProducer
+from k2.bus.registry_client import RegistryClient
+from k2.bus.stack import Endpoints, Stack
+from k2.bus.topics import TopicName
+from k2.config import Settings
+from k2.lake.catalog import open_catalog
+from k2.lake.sink import IcebergSink
+from k2.query.engine import QueryEngine
+from k2.query.filters import InvalidQueryError
+from k2.query.fresh import FreshReader, FreshSource, feeding_topics, fresh_events, fresh_latest, read_tail
+from k2.query.market import events
+from k2.schema import TRADES_V2
+from k2.schema.fields import AssetClass, DataType
+from k2.sources.base import SourceBatch
+from tests.integration.helpers import make_trade
+
+pytestmark = pytest.mark.integration
+
+TOPIC = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
+DAY = datetime(2014, 3, 10, tzinfo=UTC)  # make_trade(n) is at DAY + n ms
+
+
+@dataclass
+class Live:
+    stack: Stack
+    endpoints: Endpoints
+    settings: Settings
+    registry: RegistryClient
+    unsunk: dict[tuple[str, int], int] = field(default_factory=dict)  # end offsets produced since the last sink run
+
+    @property
+    def source(self) -> FreshSource:
+        return FreshSource.from_endpoints(self.endpoints, self.settings, budget_seconds=20)
+
+    def produce(self, records: list[dict]) -> None:
+        """Send records to the trades topic and wait until the broker has acknowledged each of them."""
+        ensure_topics(AdminClient({"bootstrap.servers": self.endpoints.bootstrap}), self.settings, [str(TOPIC)])
+        producer = RecordProducer(producer_config(self.settings, self.endpoints.bootstrap), self.registry)
+        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
+        producer.close()
+        self.unsunk.update(producer.stats.end_offsets)
+
+    def sink_everything(self) -> None:
+        """Run the real sink on the trades topic until all it holds is committed to the lake."""
+        bootstrap = self.endpoints.bootstrap
+        sink = IcebergSink(self.settings, bootstrap, self.registry, open_catalog(self.settings), topics=[str(TOPIC)])
+        targets, self.unsunk = self.unsunk, {}
+        sink.run(until=lambda s: all(s.committed.get(k, -1) >= end for k, end in targets.items()))
+
+    def engine(self) -> QueryEngine:
+        return QueryEngine(open_catalog(self.settings))
+
+
+@pytest.fixture
+def live(settings: Settings) -> Iterator[Live]:
+    stack = Stack(settings)
+    with stack as endpoints, RegistryClient(endpoints.registry_url) as registry:
+        yield Live(stack, endpoints, settings, registry)
+
+
+def _seqs(table) -> list[int]:
+    return table["source_sequence"].to_pylist()
+
+
+def test_records_produced_but_not_yet_committed_are_visible(live: Live) -> None:
+    live.produce([make_trade(n) for n in range(10)])
+    with live.engine() as engine:
+        assert events(engine, "trades", "TST", None, None).num_rows == 0  # the lake has nothing yet
+        rows = fresh_events(engine, live.source, "trades", "TST", None, None)
+    assert _seqs(rows) == list(range(10))
+    assert rows.schema.field("price").type.scale == 8
+    assert str(rows.schema.field("timestamp").type.tz) == "UTC"
+
+
+def test_rows_in_both_lake_and_kafka_come_back_once_in_event_order(live: Live) -> None:
+    evens = [make_trade(n) for n in range(0, 20, 2)]
+    odds = [make_trade(n) for n in range(1, 20, 2)]
+    live.produce(evens)
+    with live.engine() as stale, FreshReader(live.source) as reader:  # the engine's view predates the commit
+        live.sink_everything()
+        live.produce([*odds, *evens[-3:]])  # the last evens again: in the lake and in the tail
+        tail = reader.tail(stale, "trades")
+        assert tail.caught_up and tail.snapshot_id is not None
+        assert tail.rows.num_rows == 13  # only what came after the commit is read from Kafka
+        rows = fresh_events(stale, reader, "trades", ["TST"], None, None)
+        first = fresh_events(stale, reader, "trades", "TST", None, None, limit=5)
+        window = fresh_events(
+            stale,
+            reader,
+            "trades",
+            "TST",
+            DAY + timedelta(milliseconds=7),
+            DAY + timedelta(milliseconds=12),
+            exchange="test",
+            columns=["message_id", "price"],
+        )
+    assert _seqs(rows) == list(range(20))
+    assert len(set(rows["message_id"].to_pylist())) == 20
+    assert _seqs(first) == [0, 1, 2, 3, 4]  # the limit counts lake and Kafka rows together, after ordering
+    assert window.column_names == ["message_id", "price"]
+    assert window["message_id"].to_pylist() == [make_trade(n)["message_id"] for n in range(7, 12)]
+
+
+def test_lake_copy_wins_over_the_kafka_copy(live: Live) -> None:
+    original = make_trade(1, price="2.5")
+    live.produce([original])
+    live.sink_everything()
+    live.produce([make_trade(1, price="9.5")])  # same message_id, other content (a corrected replay)
+    with live.engine() as engine:
+        rows = fresh_events(engine, live.source, "trades", "TST", None, None)
+    assert rows.num_rows == 1
+    assert str(rows["price"][0].as_py()) == "2.50000000"
+
+
+def test_filters_apply_to_the_kafka_part(live: Live) -> None:
+    live.produce([make_trade(n, symbol="AAA") for n in range(5)] + [make_trade(n, symbol="BBB") for n in range(5)])
+    with live.engine() as engine:
+        aaa = fresh_events(engine, live.source, "trades", "AAA", None, None)
+        other_venue = fresh_events(engine, live.source, "trades", None, None, None, exchange="elsewhere")
+        late = fresh_events(engine, live.source, "trades", None, DAY + timedelta(milliseconds=3), None)
+        with pytest.raises(InvalidQueryError):
+            fresh_events(engine, live.source, "trades", "AAA", DAY + timedelta(days=1), DAY)
+    assert set(aaa["symbol"].to_pylist()) == {"AAA"} and aaa.num_rows == 5
+    assert other_venue.num_rows == 0
+    assert _seqs(late) == [3, 3, 4, 4]
+
+
+def test_latest_counts_records_not_yet_in_the_lake(live: Live) -> None:
+    live.produce([make_trade(n, symbol="AAA") for n in range(5)] + [make_trade(n, symbol="BBB") for n in range(3)])
+    live.sink_everything()
+    live.produce([make_trade(n, symbol="AAA") for n in range(5, 8)])
+    with live.engine() as engine:
+        newest = fresh_latest(engine, live.source, "trades", ["AAA", "BBB"], n=2)
+    assert list(zip(newest["symbol"].to_pylist(), _seqs(newest), strict=True)) == [
+        ("AAA", 6),
+        ("AAA", 7),
+        ("BBB", 1),
+        ("BBB", 2),
+    ]
+
+
+def test_a_restarted_broker_does_not_inherit_old_offsets(live: Live) -> None:
+    live.produce([make_trade(n) for n in range(10)])
+    live.sink_everything()  # the lake now says "next offset 10" for the old log
+    with live.engine() as engine:
+        old_ids = read_tail(engine, live.source, "trades").topic_ids
+
+    live.stack.restart_broker()  # memory storage: a new, empty log numbered from 0 under a new topic id
+    live.produce([make_trade(n) for n in range(100, 104)])  # offsets 0..3 of the new log
+    with live.engine() as engine:
+        tail = read_tail(engine, live.source, "trades")
+        rows = fresh_events(engine, live.source, "trades", "TST", None, None)
+    assert tail.topic_ids != old_ids
+    assert set(tail.start.values()) == {0}
+    assert _seqs(rows) == [*range(10), *range(100, 104)]
+
+
+def test_undecodable_messages_are_skipped_not_fatal(live: Live) -> None:
+    live.produce([make_trade(0)])
+    producer = RecordProducer(producer_config(live.settings, live.endpoints.bootstrap), live.registry)
+    producer.produce_raw(str(TOPIC), b"not avro at all", b"TST")  # the sink dead-letters it: never in the lake
+    producer.close()
+    live.produce([make_trade(1)])
+    with live.engine() as engine, FreshReader(live.source) as reader:
+        tail = reader.tail(engine, "trades")
+        rows = fresh_events(engine, reader, "trades", "TST", None, None)
+    assert tail.skipped == 1
+    assert _seqs(rows) == [0, 1]
+
+
+def test_the_time_budget_bounds_the_kafka_read(live: Live) -> None:
+    live.produce([make_trade(n) for n in range(3)])
+    hurried = FreshSource.from_endpoints(live.endpoints, live.settings, budget_seconds=0.0)
+    with live.engine() as engine:
+        tail = read_tail(engine, hurried, "trades")
+    assert not tail.caught_up
+    assert tail.rows.num_rows == 0
+
+
+def test_only_topics_feeding_the_table_are_read() -> None:
+    names = [
+        "market.equities.trades.asx",
+        "market.crypto.trades.binance",
+        "market.equities.quotes.asx",
+        "dlq.market.equities.trades.asx",
+        "_schemas",
+    ]
+    assert feeding_topics(names, TRADES_V2) == ["market.crypto.trades.binance", "market.equities.trades.asx"]
+    assert feeding_topics(names, TRADES_V2, exchange="ASX") == ["market.equities.trades.asx"]
