@@ -5,8 +5,11 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -122,22 +125,118 @@ def sql(
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, csv or json"),
 ) -> None:
     """Run a SQL query over the Iceberg tables (decimals exact, timestamps in UTC)."""
-    from k2.lake.catalog import open_catalog
-    from k2.query.engine import QueryEngine, QueryError
+    _run_query(lambda engine: engine.sql(query), fmt)
+
+
+def _instant(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not ISO-8601, e.g. 2014-03-11T00:00:00Z", param_hint=name) from None
+    if moment.tzinfo is None:
+        raise typer.BadParameter(f"{text!r} has no zone: add one, e.g. Z or +11:00", param_hint=name)
+    return moment
+
+
+def _as_of(text: str | None) -> int | datetime | None:
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else _instant(text, "--as-of")
+
+
+def _print_result(result: Any, fmt: OutputFormat) -> None:
     from k2.query.formats import print_table, write_csv, write_json
 
-    try:
-        with QueryEngine(open_catalog(Settings())) as engine:
-            result = engine.sql(query)
-    except QueryError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
     if fmt is OutputFormat.csv:
         write_csv(result, sys.stdout)
     elif fmt is OutputFormat.json:
         write_json(result, sys.stdout)
     else:
         print_table(result, out)
+
+
+def _run_query(fn: Callable[[Any], Any], fmt: OutputFormat) -> None:
+    """Open the engine over this K2_HOME, run `fn(engine)`, print the table; bad input exits 2 with the reason."""
+    from k2.lake.catalog import open_catalog
+    from k2.query.engine import QueryEngine, QueryError
+    from k2.query.filters import InvalidQueryError
+
+    try:
+        with QueryEngine(open_catalog(Settings())) as engine:
+            result = fn(engine)
+    except (QueryError, InvalidQueryError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    _print_result(result, fmt)
+
+
+_START = typer.Option(None, "--start", help="ISO-8601 with zone, inclusive, e.g. 2014-03-11T00:00:00Z")
+_END = typer.Option(None, "--end", help="ISO-8601 with zone, exclusive")
+_FORMAT = typer.Option(OutputFormat.table, "--format", "-f", help="table, csv or json")
+_AS_OF = typer.Option(None, "--as-of", help="Snapshot id or ISO time: read the lake as it was then")
+
+
+def _events_command(kind: str) -> Callable[..., None]:
+    def command(
+        symbol: str = typer.Argument(..., help="Symbol, or a comma-separated list"),
+        start: str = _START,
+        end: str = _END,
+        exchange: str = typer.Option(None, help="Venue code, e.g. asx, binance"),
+        limit: int = typer.Option(100, help="At most this many rows (oldest first within the range)"),
+        latest: bool = typer.Option(False, "--latest", help="The newest LIMIT rows instead of the oldest"),
+        fmt: OutputFormat = _FORMAT,
+        as_of: str = _AS_OF,
+    ) -> None:
+        from k2.query import market
+
+        symbols = [s.strip() for s in symbol.split(",") if s.strip()]
+        begin, finish, pinned = _instant(start, "--start"), _instant(end, "--end"), _as_of(as_of)
+        if latest:
+            _run_query(
+                lambda e: market.latest(
+                    e, kind, symbols, limit, exchange=exchange, start=begin, end=finish, as_of=pinned
+                ),
+                fmt,
+            )
+        else:
+            _run_query(
+                lambda e: market.events(e, kind, symbols, begin, finish, exchange=exchange, limit=limit, as_of=pinned),
+                fmt,
+            )
+
+    command.__doc__ = f"{kind.capitalize()} of SYMBOL in [--start, --end), in event order."
+    return command
+
+
+app.command("trades")(_events_command("trades"))
+app.command("quotes")(_events_command("quotes"))
+
+
+@app.command()
+def bars(
+    symbol: str = typer.Argument(..., help="Symbol, or a comma-separated list"),
+    interval: str = typer.Option("1m", help="1s .. 1d, e.g. 1m, 15m, 1h, 1d"),
+    start: str = _START,
+    end: str = _END,
+    exchange: str = typer.Option(None, help="Venue code, e.g. asx"),
+    gap_fill: bool = typer.Option(False, "--gap-fill", help="Emit empty intervals carrying the previous close"),
+    tz: str = typer.Option("UTC", help="Zone that aligns daily bars, e.g. Australia/Sydney"),
+    fmt: OutputFormat = _FORMAT,
+    as_of: str = _AS_OF,
+) -> None:
+    """OHLCV bars with VWAP and trade count, computed from trades_v2."""
+    from k2.query.bars import bars as compute_bars
+
+    symbols = [s.strip() for s in symbol.split(",") if s.strip()]
+    begin, finish, pinned = _instant(start, "--start"), _instant(end, "--end"), _as_of(as_of)
+    _run_query(
+        lambda e: compute_bars(
+            e, symbols, interval, begin, finish, exchange=exchange, gap_fill=gap_fill, tz=tz, as_of=pinned
+        ),
+        fmt,
+    )
 
 
 @app.command()

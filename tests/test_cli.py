@@ -1,0 +1,88 @@
+"""The `k2` query commands print exact decimals and UTC times, in every format, and refuse bad input clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from k2.cli import app
+from k2.config import Settings
+from k2.lake.catalog import open_catalog
+from k2.lake.tables import ensure_tables
+from tests.query.records import append_trades, at, trade
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def lake(settings: Settings) -> Settings:
+    tables = ensure_tables(open_catalog(settings))
+    append_trades(
+        tables["trades_v2"],
+        [
+            trade(at(10, 0, 1), "36.667", "100", 1),
+            trade(at(10, 0, 30), "36.70", "50", 2),
+            trade(at(10, 1, 5), "36.60", "10", 3),
+            trade(at(10, 0, 2), "1.11", "7", 1, symbol="MWR"),
+        ],
+    )
+    return settings
+
+
+def test_k2_trades_csv_prints_exact_decimals_and_utc(lake: Settings) -> None:
+    result = runner.invoke(app, ["trades", "BHP", "--format", "csv", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    header = lines[0].split(",")
+    first = dict(zip(header, lines[1].split(","), strict=False))
+    assert len(lines) == 3
+    assert first["price"] == "36.66700000"
+    assert first["timestamp"] == "2024-03-04T10:00:01.000000Z"
+
+
+def test_k2_bars_one_minute_json(lake: Settings) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "bars",
+            "BHP",
+            "--interval",
+            "1m",
+            "--start",
+            "2024-03-04T10:00:00Z",
+            "--end",
+            "2024-03-04T10:02:00Z",
+            "-f",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [(r["open"], r["high"], r["low"], r["close"], r["trade_count"]) for r in rows] == [
+        ("36.66700000", "36.70000000", "36.66700000", "36.70000000", 2),
+        ("36.60000000", "36.60000000", "36.60000000", "36.60000000", 1),
+    ]
+
+
+def test_k2_sql_csv_has_a_header_then_rows(lake: Settings) -> None:
+    result = runner.invoke(
+        app, ["sql", "SELECT symbol, count(*) AS n FROM market_data.trades_v2 GROUP BY 1 ORDER BY 1", "-f", "csv"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["symbol,n", "BHP,3", "MWR,1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bars", "BHP", "--interval", "7m"], "invalid bar interval"),
+        (["trades", "BHP", "--start", "2024-03-04T10:00:00"], "no zone"),
+        (["sql", "SELECT * FROM market_data.nope"], "market_data.trades_v2"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_what_to_do(lake: Settings, args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
