@@ -176,3 +176,39 @@ def test_embedded_stack_leaves_no_process_behind(settings: Settings) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(broker_pid, 0)
     assert not (settings.run_dir / "stack.json").exists()
+
+
+def test_two_sink_workers_share_the_topics_exactly_once(
+    settings: Settings, asx_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("K2_SINK_COMMIT_ROWS", "30000")
+    with Stack(settings) as endpoints:
+        workers = [_start_sink_worker(tmp_path / f"worker{i}.log") for i in range(2)]
+        try:
+            # Both join the group before data arrives; partitions of every market topic are spread over them.
+            recon, produced = produce(AsxSource(asx_sample), settings, endpoints, QUIET)
+            targets = dict(produced.end_offsets)
+            _wait_for(
+                lambda: all_committed(endpoints.bootstrap, settings.sink_group, targets),
+                300,
+                "the two workers to commit everything",
+            )
+        finally:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            codes = [worker.wait(60) for worker in workers]
+    assert codes == [0, 0]
+    source_ids = {r["message_id"] for b in AsxSource(asx_sample).batches() for r in b.records}
+    lake_ids = [
+        row[0]
+        for t in ("trades_v2", "quotes_v2", "reference_data_v2")
+        for row in lake_query(settings, f"SELECT message_id FROM market_data.{t}")
+    ]
+    assert len(lake_ids) == len(source_ids) == recon.produced  # 0 duplicated
+    assert set(lake_ids) == source_ids  # 0 lost
+    # Both workers really wrote: snapshots name the worker that committed them.
+    table = open_catalog(settings).load_table("market_data.trades_v2")
+    writers = {snap.summary.additional_properties.get("k2.worker") for snap in table.metadata.snapshots}
+    quotes = open_catalog(settings).load_table("market_data.quotes_v2")
+    writers |= {snap.summary.additional_properties.get("k2.worker") for snap in quotes.metadata.snapshots}
+    assert len(writers - {None}) == 2, writers

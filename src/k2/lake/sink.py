@@ -11,7 +11,9 @@ Kafka transactions are not used: the embedded broker shows aborted records to re
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
 import threading
 import time
 from collections import Counter
@@ -46,6 +48,7 @@ from k2.sources.base import Reject
 log = structlog.get_logger(__name__)
 
 _MAX_DECIMAL = Decimal(10) ** (PRICE_PRECISION - PRICE_SCALE)
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -299,7 +302,11 @@ class IcebergSink:
             return  # nothing new; the Kafka commit still records the progress
         # Iceberg does not apply the table's sort order on write (STACK-NOTES.md): sort here.
         fresh = fresh.sort_by([("timestamp", "ascending")])
-        summary = {SUMMARY_KEY: encode_ranges(ranges, self._topic_ids), "k2.rows": str(fresh.num_rows)}
+        summary = {
+            SUMMARY_KEY: encode_ranges(ranges, self._topic_ids),
+            "k2.rows": str(fresh.num_rows),
+            "k2.worker": WORKER_ID,  # which sink process committed it: the audit trail of a multi-worker group
+        }
         table.append(fresh, snapshot_properties=summary)
         self._indexes[spec.name].add_committed(fresh)
         self.stats.written[spec.name] += fresh.num_rows
