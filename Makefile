@@ -26,6 +26,8 @@ lint: setup
 
 test: setup lint
 	$(BIN)/pytest -q -ra
+	# the integration suite again on a PostgreSQL SQL catalog (a throwaway server the tests start and stop)
+	K2_TEST_CATALOG=postgres $(BIN)/pytest -q -ra -m integration
 
 clean:
 	rm -rf $(VENV) .k2 .pytest_cache .ruff_cache

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from k2.config import Settings
+from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("K2_SHARED_DIR", REPO.parent / "shared"))
@@ -21,11 +24,29 @@ def asx_sample() -> Path:
     return ASX_SAMPLE
 
 
+# K2_TEST_CATALOG=postgres runs every test that uses `settings` on a PostgreSQL SQL catalog (a database per test)
+TEST_CATALOG = os.environ.get("K2_TEST_CATALOG", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    # Not under pytest's tmp dir: that is private to root, and the server runs as the `postgres` user.
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="k2-pg-"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """A fresh K2_HOME; also exported so subprocesses (`k2 sink`) see the same home."""
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Settings:
+    """A fresh K2_HOME; also exported so subprocesses (`k2 sink`) see the same home and catalog."""
     home = tmp_path / "k2home"
     monkeypatch.setenv("K2_HOME", str(home))
     for var in ("K2_KAFKA_BOOTSTRAP", "K2_SCHEMA_REGISTRY_URL", "K2_CATALOG_URI", "K2_WAREHOUSE"):
         monkeypatch.delenv(var, raising=False)
+    if TEST_CATALOG == "postgres":
+        uri = request.getfixturevalue("postgres").create_database()
+        monkeypatch.setenv("K2_CATALOG_URI", uri)
+        return Settings(home=home, catalog_uri=uri)
     return Settings(home=home)
