@@ -23,6 +23,8 @@ load_app = typer.Typer(help="Load data from a source through Kafka into the lake
 app.add_typer(load_app, name="load")
 stream_app = typer.Typer(help="Stream live market data through Kafka into the lake.", no_args_is_help=True)
 app.add_typer(stream_app, name="stream")
+keys_app = typer.Typer(help="API keys for `k2 serve` (stored hashed under K2_HOME).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 emulate_app = typer.Typer(
     help="Run a local exchange emulator (live venues are unreachable here).", no_args_is_help=True
 )
@@ -237,6 +239,52 @@ def bars(
         ),
         fmt,
     )
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Bind address; loopback unless you mean to expose it"),
+    port: int = typer.Option(8000, help="TCP port"),
+) -> None:
+    """Serve the HTTP API (/v1, docs at /docs) over this K2_HOME's lake until Ctrl-C."""
+    from k2.api import serve as serve_api
+
+    out.print(f"K2 API on http://{host}:{port}  (docs: /docs; every /v1 route needs an X-API-Key: `k2 keys create`)")
+    serve_api(Settings(), host=host, port=port)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="Who the key is for, e.g. research-notebook"),
+    rate_limit: int = typer.Option(None, "--rate-limit", help="Requests per minute for this key (default: K2_API_*)"),
+) -> None:
+    """Create an API key and print it once (only a salted hash is stored)."""
+    from k2.api import create_key
+
+    key = create_key(Settings(), name, rate_limit_per_minute=rate_limit)
+    err.print("Store this key now; it cannot be shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (ids and names; never the secrets)."""
+    from k2.api import list_keys
+
+    for key in list_keys(Settings()):
+        state = "active" if key.active else f"revoked {key.revoked_at}"
+        out.print(f"{key.key_id}  {key.name}  created {key.created_at}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key id from `k2 keys list`, or the key itself")) -> None:
+    """Revoke an API key at once."""
+    from k2.api import revoke_key
+
+    if not revoke_key(Settings(), key_id):
+        err.print(f"[red]error:[/red] no active key {escape(key_id)}: see `k2 keys list`")
+        raise typer.Exit(2)
+    out.print(f"revoked {key_id}")
 
 
 @app.command()

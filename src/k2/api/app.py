@@ -1,0 +1,67 @@
+"""The K2 HTTP API: `create_app(settings)` builds the FastAPI app; `k2.api.server.serve` runs it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from k2.api.auth import require_key
+from k2.api.errors import install_error_handlers
+from k2.api.keys import keys_path
+from k2.api.limits import RequestLimits
+from k2.api.ratelimit import RateLimiter
+from k2.api.routes import analytics, catalog, events, health, replay
+from k2.api.settings import ApiSettings
+from k2.api.state import ApiState
+from k2.config import Settings
+from k2.lake.catalog import open_catalog
+from k2.query.engine import QueryEngine
+
+_DESCRIPTION = """Market data from the K2 lake: trades, quotes, bars, as-of joins, summaries, snapshots and replay.
+
+Every /v1 route needs an API key in `X-API-Key` (or `Authorization: Bearer <key>`); `k2 keys create NAME` makes one.
+Responses are JSON by default (decimals and timestamps as exact strings); `format=` or Accept picks CSV, Parquet,
+Arrow IPC stream or NDJSON. Every read takes `as_of` (a snapshot id or an instant) to read the lake as it was.
+`GET /v1/replay` streams NDJSON; the WebSocket `/v1/replay/ws` takes the same query parameters and sends one JSON
+message per record, then the same `end_of_replay` trailer.
+Errors always look like `{"error": {"code", "message", "details"}}`."""
+
+
+def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: ApiSettings | None = None) -> FastAPI:
+    """The API over the lake `settings` names. Without `engine`, one is opened at startup and closed at shutdown;
+    a given engine stays the caller's to close. `api` defaults to `ApiSettings()` (environment `K2_API_*`).
+    """
+    options = api or ApiSettings()
+    state = ApiState(
+        settings=settings,
+        api=options,
+        keys_file=keys_path(settings),
+        limiter=RateLimiter(options.rate_limit_per_minute),
+        engine=engine,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        owned = state.engine is None
+        if owned:
+            state.engine = QueryEngine(open_catalog(settings))
+        try:
+            yield
+        finally:
+            state.executor.shutdown(wait=False, cancel_futures=True)
+            if owned and state.engine is not None:
+                state.engine.close()
+                state.engine = None
+
+    app = FastAPI(title="K2 market data API", version="1", description=_DESCRIPTION, lifespan=lifespan)
+    app.state.k2 = state
+    install_error_handlers(app)
+    app.add_middleware(RequestLimits, max_body_bytes=options.max_body_bytes, max_url_bytes=options.max_url_bytes)
+    app.include_router(health.router)
+    secured = [Depends(require_key)]
+    for module in (events, analytics, catalog, replay):
+        app.include_router(module.router, prefix="/v1", dependencies=secured)
+    app.include_router(replay.ws_router, prefix="/v1")
+    return app

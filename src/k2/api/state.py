@@ -1,0 +1,111 @@
+"""What every request shares: the engine, the worker threads that run queries under a time limit, the key file
+and the rate limiter. One `ApiState` lives on `app.state.k2`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pyarrow as pa
+from fastapi import Request
+from starlette.requests import HTTPConnection
+
+from k2.api.errors import ApiError
+from k2.api.ratelimit import RateLimiter
+from k2.api.settings import ApiSettings
+from k2.config import Settings
+from k2.query.engine import QueryEngine, QueryError
+from k2.query.timetravel import AsOf
+
+T = TypeVar("T")
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    api: ApiSettings
+    keys_file: Path
+    limiter: RateLimiter
+    engine: QueryEngine | None = None
+    executor: ThreadPoolExecutor = field(init=False)
+    _reading: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _refreshed_at: float = field(init=False, default=-math.inf)
+
+    def __post_init__(self) -> None:
+        self.executor = ThreadPoolExecutor(self.api.query_workers, thread_name_prefix="k2-api-query")
+
+    @contextmanager
+    def reading(self) -> Iterator[QueryEngine]:
+        """The engine, refreshed if the last refresh is older than `refresh_seconds`, held so no other request
+        refreshes it until the block ends: the snapshot ids read in the block are the ones its queries see. Costs
+        no concurrency, since the engine runs one query at a time anyway. Call from a query thread.
+        """
+        engine = self.require_engine()
+        with self._reading:
+            if time.monotonic() - self._refreshed_at >= self.api.refresh_seconds:
+                engine.refresh()
+                self._refreshed_at = time.monotonic()
+            yield engine
+
+    def require_engine(self) -> QueryEngine:
+        if self.engine is None:
+            raise ApiError(503, "the query engine is not open yet: retry in a moment")
+        return self.engine
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """`work()` in a query thread; 504 when it takes longer than the configured limit.
+
+        DuckDB offers no cancel through the engine, so a timed-out query finishes in its thread and its result is
+        dropped; the engine lock makes later queries wait for it.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self.executor, work), self.api.query_timeout_seconds)
+        except TimeoutError:
+            raise ApiError(
+                504,
+                f"the query ran longer than {self.api.query_timeout_seconds:g} s: narrow the symbols or the time"
+                " range, or page with a smaller limit",
+            ) from None
+
+    async def read(
+        self, table: str, as_of: AsOf, query: Callable[[QueryEngine, AsOf], pa.Table]
+    ) -> tuple[pa.Table, int | None]:
+        """Run `query(engine, as_of)` on the newest commits (or `as_of`'s); returns the result and the snapshot of
+        `table` it read. An unknown snapshot answers 404.
+        """
+
+        def work() -> tuple[pa.Table, int | None]:
+            with self.reading() as engine:
+                snapshot = snapshot_of(engine, table, as_of)  # first: an unknown snapshot is a 404
+                return query(engine, as_of), snapshot
+
+        return await self.run(work)
+
+
+def snapshot_of(engine: QueryEngine, table: str, as_of: AsOf) -> int | None:
+    """The snapshot id of `table` that `as_of` reads (None: no data then); 404 if the snapshot id is unknown."""
+    try:
+        return engine.at(as_of).snapshot_ids.get(table)
+    except QueryError as exc:
+        raise ApiError(
+            404, f"{exc}. GET /v1/snapshots?table=trades lists valid ids", code="snapshot_not_found"
+        ) from None
+
+
+def api_state(connection: HTTPConnection) -> ApiState:
+    state: ApiState = connection.app.state.k2
+    return state
+
+
+def request_state(request: Request) -> ApiState:
+    return api_state(request)

@@ -1,0 +1,100 @@
+"""Limits answer with the envelope: 429 + Retry-After, 413/414 for size, 504 for slow queries, 500 without a trace."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from k2.api import ApiSettings, create_key
+from tests.api.conftest import Lake, serving
+from tests.api.test_auth import assert_envelope
+
+
+def test_over_the_rate_limit_is_429_with_retry_after(lake: Lake) -> None:
+    key = create_key(lake.settings, "limited")
+    slow = create_key(lake.settings, "slower", rate_limit_per_minute=1)
+    with (
+        serving(lake.settings, ApiSettings(rate_limit_per_minute=3)) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
+        for _ in range(3):
+            assert http.get("/v1/stats", headers={"X-API-Key": key}).status_code == 200
+        limited = http.get("/v1/stats", headers={"X-API-Key": key})
+        assert_envelope(limited, 429, "rate_limited")
+        assert 1 <= int(limited.headers["Retry-After"]) <= 20
+        # Buckets are per key, and a key's own limit overrides the default.
+        assert http.get("/v1/stats", headers={"X-API-Key": slow}).status_code == 200
+        limited = http.get("/v1/stats", headers={"X-API-Key": slow})
+        assert_envelope(limited, 429, "rate_limited")
+        assert int(limited.headers["Retry-After"]) > 20
+        # Unlimited routes stay open.
+        assert http.get("/health").status_code == 200
+
+
+def test_oversized_body_is_413_and_long_url_414(client: httpx.Client) -> None:
+    body = b"x" * (1024 * 1024 + 1)
+    assert_envelope(client.request("GET", "/v1/trades", content=body), 413, "request_too_large")
+    assert_envelope(client.post("/v1/trades", content=body), 413, "request_too_large")
+
+    def chunks():
+        for _ in range(20):
+            yield b"y" * 65536
+
+    assert_envelope(client.post("/v1/trades", content=chunks()), 413, "request_too_large")
+    assert_envelope(client.get("/v1/trades", params={"symbols": "A" * 9000}), 414, "url_too_long")
+    assert client.post("/v1/trades", content=b"small").status_code == 405
+
+
+def test_slow_query_is_504(lake: Lake, api_key: str) -> None:
+    with (
+        serving(lake.settings, ApiSettings(query_timeout_seconds=0.0005)) as server,
+        httpx.Client(base_url=server.url, headers={"X-API-Key": api_key}) as http,
+    ):
+        error = assert_envelope(http.get("/v1/stats"), 504, "query_timeout")
+        assert "narrow" in error["message"]
+
+
+class BrokenEngine:
+    """Fails the way a bug would: the message must never reach the client."""
+
+    def refresh(self) -> None:
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+
+def test_unexpected_error_is_500_without_details(lake: Lake, api_key: str) -> None:
+    with (
+        serving(lake.settings, engine=BrokenEngine()) as server,  # type: ignore[arg-type]
+        httpx.Client(base_url=server.url, headers={"X-API-Key": api_key}) as http,
+    ):
+        response = http.get("/v1/trades")
+        assert_envelope(response, 500, "internal_error")
+        assert "secret" not in response.text
+
+
+def test_serve_runs_the_api_on_loopback(lake: Lake, api_key: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = (
+        "import sys; from k2.api import serve; from k2.config import Settings;"
+        " serve(Settings(home=sys.argv[1]), port=int(sys.argv[2]), log_level='warning')"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(lake.settings.home_dir), str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/v1/stats", headers={"X-API-Key": api_key})
+                break
+            except httpx.ConnectError:
+                assert process.poll() is None and time.monotonic() < deadline, "serve() did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert response.json()["data"][0]["table"] == "market_data.trades_v2"
+    finally:
+        process.terminate()
+        process.wait(15)
