@@ -43,7 +43,12 @@ def trades_with_quotes(
     if not isinstance(quote_lookback, timedelta) or quote_lookback < timedelta(0):
         raise InvalidQueryError(f"quote_lookback must be a non-negative timedelta, got {quote_lookback!r}")
     trade_condition, trade_params = where(symbols, start, end, exchange)
-    quote_condition, quote_params = where(symbols, utc(start, "start") - quote_lookback, end, exchange)
+    try:
+        quote_start = utc(start, "start") - quote_lookback
+    except OverflowError:  # e.g. start in year 1: no quote can precede it, and datetime cannot say so
+        message = f"start {start!r} minus the quote lookback is before year 1: use a later start"
+        raise InvalidQueryError(message) from None
+    quote_condition, quote_params = where(symbols, quote_start, end, exchange)
     latest_quote_first = f"{sequence_order()} DESC, message_id DESC"
     query = f"""
         WITH t AS (SELECT * FROM {table_identifier(TRADES_V2)} WHERE {trade_condition}),
