@@ -15,16 +15,19 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
-from k2.bus.clients import ensure_topics, producer_config
+from k2.bus.clients import ensure_topics, producer_config, topic_ids
 from k2.bus.producer import H_REASON, H_STAGE, RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
+from k2.lake.offsets import SUMMARY_KEY, encode_ranges
 from k2.lake.sink import IcebergSink
+from k2.lake.tables import ensure_table
 from k2.pipeline import load, produce
 from k2.schema import TRADES_V2
+from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import avro_schema
 from k2.schema.fields import AssetClass, DataType
 from k2.sources.asx import AsxSource
@@ -212,3 +215,29 @@ def test_two_sink_workers_share_the_topics_exactly_once(
     quotes = open_catalog(settings).load_table("market_data.quotes_v2")
     writers |= {snap.summary.additional_properties.get("k2.worker") for snap in quotes.metadata.snapshots}
     assert len(writers - {None}) == 2, writers
+
+
+def test_a_sink_that_died_between_its_iceberg_and_kafka_commits_resumes_from_the_lake(settings: Settings) -> None:
+    topic = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
+    records = [make_trade(i) for i in range(5)]
+    with Stack(settings) as endpoints:
+        admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
+        ensure_topics(admin, settings, [str(topic), topic.dlq])
+        registry = RegistryClient(endpoints.registry_url)
+        producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
+        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
+        producer.close()
+        targets = dict(producer.stats.end_offsets)
+        # The crash window: rows and their offsets are in an Iceberg snapshot; the group committed nothing.
+        table = ensure_table(open_catalog(settings), TRADES_V2)
+        ranges = {key: (0, end) for key, end in targets.items()}
+        summary = {SUMMARY_KEY: encode_ranges(ranges, topic_ids(admin, [str(topic)]))}
+        table.append(records_to_arrow(TRADES_V2, records).sort_by("timestamp"), snapshot_properties=summary)
+        del admin
+        assert not all_committed(endpoints.bootstrap, settings.sink_group, targets)
+
+        sink = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings), topics=[str(topic)])
+        stats = sink.run(until=lambda _s: all_committed(endpoints.bootstrap, settings.sink_group, targets))
+
+    assert stats.consumed == 0  # resumed after what the lake holds: nothing re-read
+    assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 5

@@ -116,6 +116,7 @@ class IcebergSink:
         self._decoders: dict[tuple[int, str], tuple[Any, Any]] = {}
         self._pending_topics: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._assigned_topics: set[str] = set()
+        self._group_behind_lake: dict[tuple[str, int], int] = {}
         self._batch_decoder = AvroBatchDecoder()
         self._specs: dict[str, RecordSpec] = {}
         self._buffered = 0
@@ -142,8 +143,14 @@ class IcebergSink:
         group = self._consumer.committed(partitions, timeout=10)
         positions = []
         for tp in group:
-            start = max(lake_next.get((tp.topic, tp.partition), -1), tp.offset if tp.offset >= 0 else -1)
+            lake = lake_next.get((tp.topic, tp.partition), -1)
+            start = max(lake, tp.offset if tp.offset >= 0 else -1)
             positions.append(TopicPartition(tp.topic, tp.partition, start if start >= 0 else OFFSET_INVALID))
+            if lake > tp.offset:
+                # A worker died between its Iceberg commit and its Kafka commit: the lake is ahead of the group.
+                # Bring the group up to the lake, or a partition with nothing new to read would never show as
+                # committed (and "is everything landed?" would wait forever).
+                self._group_behind_lake[(tp.topic, tp.partition)] = lake
         log.info("sink.assigned", positions={f"{p.topic}[{p.partition}]": p.offset for p in positions})
         return positions
 
@@ -236,6 +243,11 @@ class IcebergSink:
         buffer.messages.append(msg)
 
     def poll_once(self, max_messages: int = 10_000, timeout: float = 0.2) -> int:
+        if self._group_behind_lake:
+            behind, self._group_behind_lake = self._group_behind_lake, {}
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in behind.items()], asynchronous=False)
+            self.committed.update(behind)
+            log.info("sink.group_synced_to_lake", offsets={f"{t}[{p}]": o for (t, p), o in behind.items()})
         if self._topics is not None and not self._pending_topics.empty():
             pending = []
             while not self._pending_topics.empty():
