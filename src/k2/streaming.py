@@ -12,6 +12,8 @@ import signal
 import threading
 import time
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
@@ -19,13 +21,14 @@ from rich.console import Console
 from k2.bus.clients import base_config, ensure_topics, producer_config
 from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
-from k2.bus.stack import Stack
+from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
 from k2.pipeline import landed_check
 from k2.query.engine import QueryEngine
+from k2.query.fresh import FreshSource, read_tail
 from k2.reconcile import Reconciliation
 from k2.schema import AssetClass, DataType
 from k2.schema.fields import STREAM_GAPS
@@ -42,17 +45,30 @@ BINANCE_TOPICS = [
 ]
 
 
-def lake_resume_points(settings: Settings, symbols: list[str]) -> dict[tuple[str, str], int]:
-    """Last Binance id per (symbol, channel) already in the lake: a restarted stream resumes after it
-    (the first live id then reveals the hole, which is filled from REST)."""
-    placeholders = ", ".join("?" for _ in symbols)
-    query = (
-        "SELECT symbol, vendor_data['channel'] AS channel, max(source_sequence) "
-        f"FROM market_data.trades_v2 WHERE exchange = ? AND symbol IN ({placeholders}) GROUP BY 1, 2"
-    )  # only '?' placeholders are formatted in; every value is a bound parameter
+def _last_ids(symbol: pa.Array, channel: pa.Array, seq: pa.Array) -> dict[tuple[str, str], int]:
+    grouped = pa.table({"symbol": symbol, "channel": channel, "seq": seq}).group_by(["symbol", "channel"])
+    result = grouped.aggregate([("seq", "max")])
+    rows = zip(*(result[name].to_pylist() for name in ("symbol", "channel", "seq_max")), strict=True)
+    return {(s, c): int(m) for s, c, m in rows if c and m is not None}
+
+
+def resume_points(settings: Settings, endpoints: Endpoints, symbols: list[str]) -> dict[tuple[str, str], int]:
+    """Last Binance id per (symbol, channel) in the lake or in Kafka beyond the lake's last commit: a restarted
+    stream resumes after it (the first live id then reveals any hole, which is filled from REST)."""
+    wanted = {s.upper() for s in symbols}
     with QueryEngine(open_catalog(settings)) as engine:
-        table = engine.sql(query, [EXCHANGE, *[s.upper() for s in symbols]])
-    return {(s, c): int(m) for s, c, m in zip(*(table.column(i).to_pylist() for i in range(3)), strict=True) if c}
+        stored = engine.sql(
+            "SELECT symbol, vendor_data['channel'] AS channel, max(source_sequence) AS seq "
+            "FROM market_data.trades_v2 WHERE exchange = ? GROUP BY ALL",
+            [EXCHANGE],
+        )
+        tail = read_tail(engine, FreshSource.from_endpoints(endpoints, settings), "trades", exchange=EXCHANGE).rows
+    last = _last_ids(stored["symbol"], stored["channel"], stored["seq"])
+    if tail.num_rows:
+        channel = pc.list_element(pc.map_extract(tail["vendor_data"], "channel"), 0)
+        for key, seq in _last_ids(tail["symbol"], channel, tail["source_sequence"]).items():
+            last[key] = max(seq, last.get(key, -1))
+    return {key: seq for key, seq in last.items() if key[0] in wanted}
 
 
 def stream_binance(
@@ -99,7 +115,7 @@ def stream_binance(
             ws_endpoint,
             rest_endpoint,
             emit,
-            resume_from=lake_resume_points(settings, symbols),
+            resume_from=resume_points(settings, endpoints, symbols),
             limits=limits,
         )
         try:

@@ -146,7 +146,7 @@ class IcebergSink:
             lake = lake_next.get((tp.topic, tp.partition), -1)
             start = max(lake, tp.offset if tp.offset >= 0 else -1)
             positions.append(TopicPartition(tp.topic, tp.partition, start if start >= 0 else OFFSET_INVALID))
-            if lake > tp.offset:
+            if lake >= 0 and lake > tp.offset:
                 # A worker died between its Iceberg commit and its Kafka commit: the lake is ahead of the group.
                 # Bring the group up to the lake, or a partition with nothing new to read would never show as
                 # committed (and "is everything landed?" would wait forever).
