@@ -288,6 +288,34 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key id from `k2 keys
 
 
 @app.command()
+def maintain(
+    table: list[str] = typer.Option(None, "--table", help="Table(s) to maintain (default: all market_data tables)"),
+    target_file_mb: int = typer.Option(128, help="Compact partitions whose files are smaller than this"),
+    min_files: int = typer.Option(4, help="Compact a partition once it has at least this many small files"),
+    expire_days: float = typer.Option(7.0, help="Expire snapshots older than this many days"),
+    retain_last: int = typer.Option(10, help="Always keep this many newest snapshots"),
+    retention_days: int = typer.Option(None, help="Drop day partitions older than this (default: keep all)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would change; change nothing"),
+) -> None:
+    """Compact small files, expire snapshots, remove orphan files (safe while sinks commit); report before/after."""
+    from datetime import timedelta
+
+    from k2.lake.maintenance import maintain as run_maintenance
+
+    report = run_maintenance(
+        Settings(),
+        tables=table or None,
+        target_file_mb=target_file_mb,
+        min_files=min_files,
+        expire_older_than=timedelta(days=expire_days),
+        retain_last=retain_last,
+        retention_days=retention_days,
+        dry_run=dry_run,
+    )
+    report.render(out if out.is_terminal else Console(width=200))  # piped: no screen width to fit
+
+
+@app.command()
 def sink(
     group: str = typer.Option(None, help="Consumer group (default: K2_SINK_GROUP or k2-sink)"),
 ) -> None:

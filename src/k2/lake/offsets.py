@@ -9,9 +9,10 @@ must not be applied to it (STACK-NOTES.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
 SUMMARY_KEY = "k2.kafka.offsets"
 
@@ -44,3 +45,42 @@ def next_offsets(table: Table, topic_ids: Mapping[str, str]) -> dict[tuple[str, 
                 if end > result.get(key, -1):
                     result[key] = end
     return result
+
+
+def _latest_logs(snapshots: Iterable[Snapshot]) -> tuple[dict[str, str], dict[tuple[str, int], tuple[int, int]]]:
+    """(topic -> topic id of its newest log, (topic, partition) -> widest [first, end) seen for that log)."""
+    newest: dict[str, tuple[tuple[int, int], str]] = {}  # topic -> ((sequence, timestamp), topic id)
+    spans: dict[tuple[str, str, int], tuple[int, int]] = {}
+    for snapshot in snapshots:
+        raw = snapshot.summary.additional_properties.get(SUMMARY_KEY) if snapshot.summary else None
+        if not raw:
+            continue
+        order = (snapshot.sequence_number or 0, snapshot.timestamp_ms)
+        for topic, entry in json.loads(raw).items():
+            topic_id = entry.get("topic_id", "")
+            if topic not in newest or order > newest[topic][0]:
+                newest[topic] = (order, topic_id)
+            for partition, (first, end) in entry["ranges"].items():
+                key = (topic, topic_id, int(partition))
+                old = spans.get(key)
+                spans[key] = (first, end) if old is None else (min(old[0], first), max(old[1], end))
+    ids = {topic: topic_id for topic, (_order, topic_id) in newest.items()}
+    ranges = {(t, p): span for (t, tid, p), span in spans.items() if ids[t] == tid}
+    return ids, ranges
+
+
+def merged_offsets(snapshots: Iterable[Snapshot]) -> str | None:
+    """One `SUMMARY_KEY` value holding, per topic-partition, the widest range recorded by `snapshots` for the
+    topic's newest log (None: no snapshot records offsets).
+
+    Maintenance commits carry it, so expiring the snapshots that first recorded an offset never moves
+    `next_offsets` back. Earlier logs of a topic are left out: a renumbered log never comes back (STACK-NOTES.md).
+    """
+    ids, ranges = _latest_logs(snapshots)
+    return encode_ranges(ranges, ids) if ids else None
+
+
+def resume_points(snapshots: Iterable[Snapshot]) -> dict[tuple[str, str, int], int]:
+    """(topic, topic id, partition) -> next offset, for each topic's newest log among `snapshots`."""
+    ids, ranges = _latest_logs(snapshots)
+    return {(topic, ids[topic], partition): end for (topic, partition), (_first, end) in ranges.items()}

@@ -1,0 +1,229 @@
+"""`k2 maintain`: compaction, snapshot expiry, orphan removal and retention for the lake's tables.
+
+Order matters: compaction first (its snapshot carries the merged Kafka offsets forward), then retention, then
+expiry (which can only drop what is no longer current), then orphan removal (which deletes the files expiry
+left unreferenced). Every step is safe while sinks append: see k2.lake.maint_compact and k2.lake.maint_cleanup.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from pyiceberg.table import Table
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from k2.config import Settings
+from k2.lake.catalog import open_catalog
+from k2.lake.maint_cleanup import drop_old_partitions, expire, remove_orphans, stored_files
+from k2.lake.maint_compact import compact
+from k2.lake.tables import table_identifier
+from k2.schema.fields import ALL_RECORDS, RecordSpec
+
+if TYPE_CHECKING:
+    from k2.query.engine import QueryEngine
+
+# Latency is the median of this many runs: the first run after a commit also pays manifest reads.
+LATENCY_RUNS = 5
+
+
+@dataclass
+class Latency:
+    """Milliseconds for a full count and for a one-day count over the newest day holding data."""
+
+    count_ms: float
+    day_ms: float
+
+    def __str__(self) -> str:
+        return f"{self.count_ms:.1f} / {self.day_ms:.1f}"
+
+
+@dataclass
+class TableReport:
+    table: str
+    data_files_before: int = 0
+    data_files_after: int = 0
+    data_bytes_before: int = 0
+    data_bytes_after: int = 0
+    stored_files_before: int = 0  # everything under the table location: data, manifests, metadata
+    stored_files_after: int = 0
+    stored_bytes_before: int = 0
+    stored_bytes_after: int = 0
+    partitions_compacted: list[str] = field(default_factory=list)
+    partitions_busy: list[str] = field(default_factory=list)
+    files_rewritten: int = 0
+    files_written: int = 0
+    snapshots_expired: int = 0
+    orphans_removed: int = 0
+    orphan_bytes: int = 0
+    partitions_dropped: list[str] = field(default_factory=list)
+    latency_before: Latency | None = None
+    latency_after: Latency | None = None
+
+
+@dataclass
+class MaintenanceReport:
+    tables: list[TableReport]
+    dry_run: bool
+    seconds: float
+
+    def table(self, name: str) -> TableReport:
+        return next(t for t in self.tables if name in (t.table, t.table.split(".")[-1]))
+
+    def render(self, console: Console) -> None:
+        title = "k2 maintain" + (" (dry run: nothing changed, figures are what would be done)" if self.dry_run else "")
+        grid = RichTable(title=f"{title} — {self.seconds:.1f} s")
+        for column in (
+            "table",
+            "data files",
+            "data MB",
+            "stored files",
+            "stored MB",
+            "compacted",
+            "busy",
+            "expired",
+            "orphans",
+            "dropped",
+            "count / day ms",
+        ):
+            grid.add_column(column, justify="left" if column == "table" else "right")
+        for t in self.tables:
+            grid.add_row(
+                t.table,
+                f"{t.data_files_before} → {t.data_files_after}",
+                f"{_mb(t.data_bytes_before)} → {_mb(t.data_bytes_after)}",
+                f"{t.stored_files_before} → {t.stored_files_after}",
+                f"{_mb(t.stored_bytes_before)} → {_mb(t.stored_bytes_after)}",
+                str(len(t.partitions_compacted)),
+                str(len(t.partitions_busy)),
+                str(t.snapshots_expired),
+                f"{t.orphans_removed} ({_mb(t.orphan_bytes)} MB)",
+                str(len(t.partitions_dropped)),
+                f"{t.latency_before or '-'} → {t.latency_after or '-'}",
+            )
+        console.print(grid)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.2f}"
+
+
+def _live_files(table: Table) -> tuple[int, int]:
+    files = [task.file for task in table.scan().plan_files()]
+    return len(files), sum(f.file_size_in_bytes for f in files)
+
+
+def _stored(table: Table) -> tuple[int, int]:
+    files = list(stored_files(table))
+    return len(files), sum(f.size for f in files)
+
+
+def _measure(engine: QueryEngine, spec: RecordSpec, table: Table) -> Latency | None:
+    """Median latency of a full count and of a one-day count over the newest day in the table."""
+    files = [task.file for task in table.scan().plan_files()]
+    if not files:
+        return None
+    day = max(int(f.partition[0]) for f in files)
+    start = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)
+    view = table_identifier(spec)
+
+    def timed(query: str, params: list[object] | None = None) -> float:
+        runs = []
+        for _ in range(LATENCY_RUNS):
+            started = time.perf_counter()
+            engine.sql(query, params)
+            runs.append((time.perf_counter() - started) * 1000)
+        return statistics.median(runs)
+
+    return Latency(
+        count_ms=timed(f"SELECT count(*) FROM {view}"),
+        day_ms=timed(
+            f"SELECT count(*), min(timestamp), max(timestamp) FROM {view} WHERE timestamp >= ? AND timestamp < ?",
+            [start, start + timedelta(days=1)],
+        ),
+    )
+
+
+def _selected(tables: list[str] | None) -> list[RecordSpec]:
+    if tables is None:
+        return list(ALL_RECORDS)
+    by_name = {spec.name: spec for spec in ALL_RECORDS} | {table_identifier(s): s for s in ALL_RECORDS}
+    unknown = [name for name in tables if name not in by_name]
+    if unknown:
+        known = ", ".join(spec.name for spec in ALL_RECORDS)
+        raise ValueError(f"unknown table(s) {', '.join(unknown)}: choose among {known}")
+    return list(dict.fromkeys(by_name[name] for name in tables))
+
+
+def maintain(
+    settings: Settings,
+    *,
+    tables: list[str] | None = None,
+    target_file_mb: int = 128,
+    min_files: int = 4,
+    expire_older_than: timedelta = timedelta(days=7),
+    retain_last: int = 10,
+    retention_days: int | None = None,
+    orphan_min_age: timedelta = timedelta(hours=1),
+    dry_run: bool = False,
+    measure_latency: bool = True,
+    now: datetime | None = None,
+) -> MaintenanceReport:
+    """Compact, apply retention, expire snapshots and remove orphan files for each table; report what changed.
+
+    `tables`: names like `trades_v2` (default: every K2 table the catalog has). Partitions with at least
+    `min_files` data files under `target_file_mb` are rewritten into ~`target_file_mb` files. Snapshots older
+    than `expire_older_than` go, except the newest `retain_last` and the current one. Files no metadata names
+    and older than `orphan_min_age` are deleted. `retention_days` drops whole day partitions older than that.
+    `dry_run` commits and deletes nothing and reports what would be done.
+    """
+    started = time.monotonic()
+
+    def clock() -> datetime:  # read when each step runs: "older than" counts this run's own snapshots too
+        return now or datetime.now(UTC)
+
+    catalog = open_catalog(settings)
+    specs = [spec for spec in _selected(tables) if catalog.table_exists(table_identifier(spec))]
+    engine: QueryEngine | None = None
+    if measure_latency and specs:
+        # The one import of a higher room (query) from lake: latency is what compaction is for (STACK-NOTES.md),
+        # so it is measured through the engine users query with. Imported here so lake never needs DuckDB.
+        from k2.query.engine import QueryEngine
+
+        engine = QueryEngine(catalog)
+    reports = []
+    try:
+        for spec in specs:
+            table = catalog.load_table(table_identifier(spec))
+            report = TableReport(table_identifier(spec))
+            report.data_files_before, report.data_bytes_before = _live_files(table)
+            report.stored_files_before, report.stored_bytes_before = _stored(table)
+            if engine is not None:
+                report.latency_before = _measure(engine, spec, table)
+
+            compaction = compact(table, target_bytes=target_file_mb * 1024 * 1024, min_files=min_files, dry_run=dry_run)
+            report.partitions_compacted = compaction.compacted
+            report.partitions_busy = compaction.busy
+            report.files_rewritten, report.files_written = compaction.files_rewritten, compaction.files_written
+            if retention_days is not None:
+                report.partitions_dropped = drop_old_partitions(table, retention_days, clock(), dry_run=dry_run)
+            report.snapshots_expired = expire(table, clock() - expire_older_than, retain_last, dry_run=dry_run)
+            report.orphans_removed, report.orphan_bytes = remove_orphans(
+                table, orphan_min_age, clock(), dry_run=dry_run
+            )
+
+            table.refresh()
+            report.data_files_after, report.data_bytes_after = _live_files(table)
+            report.stored_files_after, report.stored_bytes_after = _stored(table)
+            if engine is not None:
+                engine.refresh()
+                report.latency_after = _measure(engine, spec, table)
+            reports.append(report)
+    finally:
+        if engine is not None:
+            engine.close()
+    return MaintenanceReport(reports, dry_run, time.monotonic() - started)
