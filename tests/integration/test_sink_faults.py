@@ -67,6 +67,18 @@ def _dlq_messages(bootstrap: str, topic: str, expected: int) -> list:
     return got
 
 
+def _assert_lake_holds_exactly(settings: Settings, sample: Path, produced: int) -> None:
+    """The exact set comparison: every message_id the source made is in the lake once (0 lost, 0 duplicated)."""
+    source_ids = {r["message_id"] for b in AsxSource(sample).batches() for r in b.records}
+    lake_ids = [
+        row[0]
+        for t in ("trades_v2", "quotes_v2", "reference_data_v2")
+        for row in lake_query(settings, f"SELECT message_id FROM market_data.{t}")
+    ]
+    assert len(lake_ids) == len(source_ids) == produced  # 0 duplicated
+    assert set(lake_ids) == source_ids  # 0 lost
+
+
 def test_sink_killed_mid_load_loses_nothing_and_duplicates_nothing(
     settings: Settings, asx_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,14 +112,7 @@ def test_sink_killed_mid_load_loses_nothing_and_duplicates_nothing(
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(30) == 0
 
-    source_ids = {r["message_id"] for b in AsxSource(asx_sample).batches() for r in b.records}
-    lake_ids = [
-        row[0]
-        for t in ("trades_v2", "quotes_v2", "reference_data_v2")
-        for row in lake_query(settings, f"SELECT message_id FROM market_data.{t}")
-    ]
-    assert len(lake_ids) == len(source_ids) == recon.produced  # 0 duplicated
-    assert set(lake_ids) == source_ids  # 0 lost
+    _assert_lake_holds_exactly(settings, asx_sample, recon.produced)
 
 
 def test_invalid_rows_go_to_the_dlq_with_reason_and_original_bytes(
@@ -201,14 +206,7 @@ def test_two_sink_workers_share_the_topics_exactly_once(
                 worker.send_signal(signal.SIGTERM)
             codes = [worker.wait(60) for worker in workers]
     assert codes == [0, 0]
-    source_ids = {r["message_id"] for b in AsxSource(asx_sample).batches() for r in b.records}
-    lake_ids = [
-        row[0]
-        for t in ("trades_v2", "quotes_v2", "reference_data_v2")
-        for row in lake_query(settings, f"SELECT message_id FROM market_data.{t}")
-    ]
-    assert len(lake_ids) == len(source_ids) == recon.produced  # 0 duplicated
-    assert set(lake_ids) == source_ids  # 0 lost
+    _assert_lake_holds_exactly(settings, asx_sample, recon.produced)
     # Both workers really wrote: snapshots name the worker that committed them.
     table = open_catalog(settings).load_table("market_data.trades_v2")
     writers = {snap.summary.additional_properties.get("k2.worker") for snap in table.metadata.snapshots}
