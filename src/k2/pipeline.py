@@ -22,7 +22,7 @@ from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
-from k2.lake.sink import IcebergSink
+from k2.lake.sink import IcebergSink, SinkStats
 from k2.reconcile import LoadTimeoutError, Reconciliation
 from k2.sources.base import Source
 
@@ -90,6 +90,42 @@ def landed_check(targets: dict[tuple[str, int], int], timeout: float) -> Callabl
     return landed
 
 
+class SinkAlongside:
+    """A sink worker running in a thread while this thread produces (its heavy parts — batch decoding, Parquet
+    writing — run outside the GIL). Fill `targets` with the produced end offsets, then `wait()`: it returns the
+    sink's stats once everything is in the lake, and raises whatever the sink raised. Leaving the block without
+    `wait()` (an error while producing) still stops the worker once what was produced has landed."""
+
+    def __init__(self, sink: IcebergSink, timeout: float) -> None:
+        self.sink = sink
+        self.targets: dict[tuple[str, int], int] = {}
+        self._done_producing = threading.Event()
+        self._landed = landed_check(self.targets, timeout)
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, name="k2-sink")
+
+    def _run(self) -> None:
+        try:
+            self._outcome["stats"] = self.sink.run(until=self._landed, finishing=self._done_producing.is_set)
+        except BaseException as exc:  # surfaced in the producing thread by wait()
+            self._outcome["error"] = exc
+
+    def __enter__(self) -> SinkAlongside:
+        self._thread.start()
+        return self
+
+    def wait(self) -> SinkStats:
+        self._done_producing.set()
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["stats"]
+
+    def __exit__(self, *exc: object) -> None:
+        self._done_producing.set()
+        self._thread.join()
+
+
 def load(source: Source, settings: Settings, console: Console | None = None) -> Reconciliation:
     """Produce `source` while a sink worker commits alongside (in a thread: its heavy parts — batch decoding,
     Parquet writing — run outside the GIL); return once everything produced is in the lake."""
@@ -104,35 +140,12 @@ def load(source: Source, settings: Settings, console: Console | None = None) -> 
         sink = IcebergSink(
             settings, endpoints.bootstrap, registry, open_catalog(settings), topics=[] if own_broker else None
         )
-        targets: dict[tuple[str, int], int] = {}
-        done_producing = threading.Event()
-        landed = landed_check(targets, settings.load_timeout_seconds)
-        outcome: dict[str, Any] = {}
-
-        def run_sink() -> None:
-            try:
-                outcome["stats"] = sink.run(until=landed, finishing=done_producing.is_set)
-            except BaseException as exc:  # surfaced in the caller's thread below
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=run_sink, name="k2-sink")
-        worker.start()
-        try:
-            recon, produced = produce(
-                source,
-                settings,
-                endpoints,
-                console,
-                on_new_topic=(lambda t: sink.add_topics([t])) if own_broker else None,
-            )
-            targets.update(produced.end_offsets)
-        finally:
-            done_producing.set()
+        with SinkAlongside(sink, settings.load_timeout_seconds) as alongside:
+            announce = (lambda topic: sink.add_topics([topic])) if own_broker else None
+            recon, produced = produce(source, settings, endpoints, console, on_new_topic=announce)
+            alongside.targets.update(produced.end_offsets)
             with console.status("committing to the lake"):
-                worker.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        recon.sink = outcome["stats"]
+                recon.sink = alongside.wait()
         recon.landed = True
     recon.seconds = time.monotonic() - started
     return recon

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import threading
 import time
 
 import pyarrow as pa
@@ -26,7 +25,7 @@ from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
-from k2.pipeline import landed_check
+from k2.pipeline import SinkAlongside
 from k2.query.engine import QueryEngine
 from k2.query.fresh import FreshSource, read_tail
 from k2.reconcile import Reconciliation
@@ -93,39 +92,31 @@ def stream_binance(
         producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
         topics = [str(t) for t in BINANCE_TOPICS] if stack.broker is not None else None
         sink = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings), topics=topics)
-        targets: dict[tuple[str, int], int] = {}
-        done_producing = threading.Event()
-        landed = landed_check(targets, settings.load_timeout_seconds)
-        sink_thread = threading.Thread(
-            target=sink.run, kwargs={"until": lambda s: done_producing.is_set() and landed(s)}, name="k2-sink"
-        )
-        sink_thread.start()
+        with SinkAlongside(sink, settings.load_timeout_seconds) as alongside:
 
-        def emit(batch: SourceBatch) -> None:
-            producer.send(batch)
-            if batch.spec is STREAM_GAPS:
-                recon.gap_records += len(batch.records)
-                return
-            recon.produced += len(batch.records)
-            recon.rejected.update(r.reason for r in batch.rejects)
+            def emit(batch: SourceBatch) -> None:
+                producer.send(batch)
+                if batch.spec is STREAM_GAPS:
+                    recon.gap_records += len(batch.records)
+                    return
+                recon.produced += len(batch.records)
+                recon.rejected.update(r.reason for r in batch.rejects)
 
-        live = BinanceLive(
-            symbols,
-            channels,
-            ws_endpoint,
-            rest_endpoint,
-            emit,
-            resume_from=resume_points(settings, endpoints, symbols),
-            limits=limits,
-        )
-        try:
-            asyncio.run(_run_live(live, duration))
-        finally:
-            producer.close()
-            targets.update(producer.stats.end_offsets)
-            done_producing.set()
-            sink_thread.join()
-        recon.sink = sink.stats
+            live = BinanceLive(
+                symbols,
+                channels,
+                ws_endpoint,
+                rest_endpoint,
+                emit,
+                resume_from=resume_points(settings, endpoints, symbols),
+                limits=limits,
+            )
+            try:
+                asyncio.run(_run_live(live, duration))
+            finally:
+                producer.close()
+                alongside.targets.update(producer.stats.end_offsets)
+            recon.sink = alongside.wait()
         recon.landed = True
     stats = live.stats
     recon.read = stats.frames + stats.backfilled

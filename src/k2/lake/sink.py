@@ -201,9 +201,9 @@ class IcebergSink:
         """(writer, reader) schemas; reader None when the writer is the current schema (no resolution step)."""
         key = (schema_id, spec.name)
         if key not in self._decoders:
-            writer_dict = self._registry.schema_by_id(schema_id)
-            same = fastavro.parse_schema(writer_dict) == parsed_schema(spec)
-            self._decoders[key] = (fastavro.parse_schema(writer_dict), None if same else parsed_schema(spec))
+            writer = fastavro.parse_schema(self._registry.schema_by_id(schema_id))
+            reader = parsed_schema(spec)
+            self._decoders[key] = (writer, None if writer == reader else reader)
         return self._decoders[key]
 
     def _accept(self, msg: Message) -> None:
@@ -334,8 +334,7 @@ class IcebergSink:
             return
         started = time.monotonic()
         for name, buffer in self._buffers.items():
-            table_topics = {t for (t, _p) in self._ranges if TopicName.parse(t).spec.name == name}
-            ranges = {k: v for k, v in self._ranges.items() if k[0] in table_topics}
+            ranges = {k: v for k, v in self._ranges.items() if self._spec_for(k[0]).name == name}
             if buffer.framed or buffer.rows:
                 self._append(buffer, ranges)
         self._dlq.flush()
