@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from pyiceberg.exceptions import CommitFailedException
 from rich.console import Console
 
 from k2.bus.clients import ensure_topics, producer_config, topic_ids
@@ -205,7 +206,8 @@ def test_two_sink_workers_share_the_topics_exactly_once(
             for worker in workers:
                 worker.send_signal(signal.SIGTERM)
             codes = [worker.wait(60) for worker in workers]
-    assert codes == [0, 0]
+    logs = "\n".join(f"--- worker{i}.log\n" + (tmp_path / f"worker{i}.log").read_text()[-4000:] for i in range(2))
+    assert codes == [0, 0], logs
     _assert_lake_holds_exactly(settings, asx_sample, recon.produced)
     # Both workers really wrote: snapshots name the worker that committed them.
     table = open_catalog(settings).load_table("market_data.trades_v2")
@@ -238,4 +240,36 @@ def test_a_sink_that_died_between_its_iceberg_and_kafka_commits_resumes_from_the
         stats = sink.run(until=lambda _s: all_committed(endpoints.bootstrap, settings.sink_group, targets))
 
     assert stats.consumed == 0  # resumed after what the lake holds: nothing re-read
+    assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 5
+
+
+def test_an_append_that_keeps_losing_commit_races_is_retried_and_lands_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
+    records = [make_trade(i) for i in range(5)]
+    with Stack(settings) as endpoints:
+        admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
+        ensure_topics(admin, settings, [str(topic), topic.dlq])
+        del admin
+        registry = RegistryClient(endpoints.registry_url)
+        producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
+        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
+        producer.close()
+        targets = dict(producer.stats.end_offsets)
+        catalog = open_catalog(settings)
+        ensure_table(catalog, TRADES_V2)
+        # More lost races than pyiceberg's own retries (4) absorb: as if other workers kept committing first.
+        real_commit, failures = catalog.commit_table, iter(range(6))
+
+        def losing_commit(*args, **kwargs):
+            if next(failures, None) is not None:
+                raise CommitFailedException("Table has been updated by another process (injected)")
+            return real_commit(*args, **kwargs)
+
+        monkeypatch.setattr(catalog, "commit_table", losing_commit)
+        sink = IcebergSink(settings, endpoints.bootstrap, registry, catalog, topics=[str(topic)])
+        stats = sink.run(until=lambda _s: all_committed(endpoints.bootstrap, settings.sink_group, targets))
+    assert next(failures, None) is None  # every injected failure was hit
+    assert stats.written["trades_v2"] == 5
     assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 5

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
 from k2.bus.batch_decode import AvroBatchDecoder, BatchDecodeError
@@ -48,6 +50,7 @@ from k2.sources.base import Reject
 log = structlog.get_logger(__name__)
 
 _MAX_DECIMAL = Decimal(10) ** (PRICE_PRECISION - PRICE_SCALE)
+_APPEND_ATTEMPTS = 4
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -325,7 +328,18 @@ class IcebergSink:
             "k2.rows": str(fresh.num_rows),
             "k2.worker": WORKER_ID,  # which sink process committed it: the audit trail of a multi-worker group
         }
-        table.append(fresh, snapshot_properties=summary)
+        for attempt in range(_APPEND_ATTEMPTS):
+            try:
+                table.append(fresh, snapshot_properties=summary)
+                break
+            except CommitFailedException as exc:
+                # pyiceberg already retried a few times; with several workers committing to one table under
+                # load that can still run out. It guarantees the append did not land, so trying again is safe.
+                if attempt == _APPEND_ATTEMPTS - 1:
+                    raise
+                log.warning("sink.append_raced", table=spec.name, attempt=attempt + 1, error=str(exc))
+                time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
+                table.refresh()
         self._indexes[spec.name].add_committed(fresh)
         self.stats.written[spec.name] += fresh.num_rows
 

@@ -8,7 +8,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.table import Table
 
-from k2.lake.catalog import NAMESPACE
+from k2.lake.catalog import CREATION_RACE_ERRORS, NAMESPACE
 from k2.schema.fields import ALL_RECORDS, RecordSpec
 from k2.schema.iceberg import iceberg_schema, partition_spec, sort_order
 
@@ -25,7 +25,7 @@ def table_identifier(spec: RecordSpec) -> str:
 
 def ensure_table(catalog: Catalog, spec: RecordSpec) -> Table:
     """Open the table for `spec`, creating namespace and table on first use (safe to race)."""
-    with contextlib.suppress(NamespaceAlreadyExistsError):
+    with contextlib.suppress(NamespaceAlreadyExistsError, *CREATION_RACE_ERRORS):
         catalog.create_namespace(NAMESPACE)
     ident = table_identifier(spec)
     if catalog.table_exists(ident):
