@@ -41,7 +41,12 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Settings:
     """A fresh K2_HOME; also exported so subprocesses (`k2 sink`) see the same home and catalog."""
-    home = tmp_path / "k2home"
+    return isolated_settings(tmp_path / "k2home", monkeypatch, request)
+
+
+def isolated_settings(home: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Settings:
+    """Settings for a fresh `home` on the catalog under test, exported to the environment through `monkeypatch`
+    (a fixture of any scope may pass `pytest.MonkeyPatch.context()`)."""
     monkeypatch.setenv("K2_HOME", str(home))
     for var in ("K2_KAFKA_BOOTSTRAP", "K2_SCHEMA_REGISTRY_URL", "K2_CATALOG_URI", "K2_WAREHOUSE"):
         monkeypatch.delenv(var, raising=False)

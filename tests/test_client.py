@@ -182,6 +182,7 @@ def test_parameters_are_sent_as_the_api_spells_them(client: Client, api: FakeApi
     client.latest("trades", "BHP", n=3, as_of=123)
     client.snapshots("quotes", as_of=START)
     client.symbols("quotes", exchange="asx")
+    client.trades("BHP", limit=50, fresh=True)
     sent = [(r.url.path, dict(r.url.params)) for r in api.requests]
     assert sent[0] == (
         "/v1/bars",
@@ -199,6 +200,7 @@ def test_parameters_are_sent_as_the_api_spells_them(client: Client, api: FakeApi
     assert sent[2] == ("/v1/trades/latest", {"symbols": "BHP", "n": "3", "as_of": "123", "format": "arrow"})
     assert sent[3][1] == {"table": "quotes", "as_of": "2024-03-04T10:00:00+00:00", "format": "arrow"}
     assert sent[4][1] == {"kind": "quotes", "exchange": "asx", "format": "arrow"}
+    assert sent[5] == ("/v1/trades", {"symbols": "BHP", "fresh": "true", "limit": "50", "format": "arrow"})
 
 
 def test_naive_datetimes_are_refused_before_any_request(client: Client, api: FakeApi) -> None:

@@ -321,24 +321,19 @@ def sink(
 ) -> None:
     """Run a sink worker: market.* topics → Iceberg, exactly once, until SIGTERM/Ctrl-C (then commit, exit)."""
     from k2.bus.registry_client import RegistryClient
-    from k2.bus.stack import running_stack
+    from k2.bus.stack import NO_KAFKA, existing_endpoints
     from k2.lake.catalog import open_catalog
     from k2.lake.sink import IcebergSink
 
     settings = Settings(sink_group=group) if group else Settings()
-    shared = running_stack(settings)
-    bootstrap = settings.kafka_bootstrap or (shared.bootstrap if shared else None)
-    registry_url = settings.schema_registry_url or (shared.registry_url if shared else None)
-    if not bootstrap or not registry_url:
-        err.print(
-            "[red]error:[/red] no Kafka/registry to read from: start the stack with `k2 stack` on this K2_HOME, "
-            "or set K2_KAFKA_BOOTSTRAP and K2_SCHEMA_REGISTRY_URL."
-        )
+    endpoints = existing_endpoints(settings)
+    if endpoints is None:
+        err.print(f"[red]error:[/red] {NO_KAFKA}.")
         raise typer.Exit(2)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    worker = IcebergSink(settings, bootstrap, RegistryClient(registry_url), open_catalog(settings))
+    worker = IcebergSink(settings, endpoints.bootstrap, RegistryClient(endpoints.registry_url), open_catalog(settings))
     stats = worker.run(stop=stop)
     err.print(f"sink stopped: consumed {stats.consumed:,}, written {dict(stats.written)}, commits {stats.commits}")
 

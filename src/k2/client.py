@@ -247,14 +247,17 @@ class Client:
         limit: int | None = None,
         as_of: AsOf = None,
         *,
+        fresh: bool = False,
         output: Output | None = None,
     ) -> Any:
         """Trades in [start, end) in event order (timestamp, source_sequence, message_id).
 
         `limit` None returns every row, following the API's pages (all read from one snapshot); otherwise at most
         `limit` rows. `symbols` None means every symbol. Returns a pyarrow.Table (or `output`'s DataFrame).
+        `fresh` adds what Kafka holds beyond the lake's last commit, in one page of at most `limit` (default and
+        maximum 10,000) rows; not with `as_of`.
         """
-        return self._rows("/v1/trades", symbols, start, end, exchange, limit, as_of, output)
+        return self._rows("/v1/trades", symbols, start, end, exchange, limit, as_of, output, fresh)
 
     def quotes(
         self,
@@ -265,10 +268,11 @@ class Client:
         limit: int | None = None,
         as_of: AsOf = None,
         *,
+        fresh: bool = False,
         output: Output | None = None,
     ) -> Any:
         """Quotes in [start, end) in event order; see `trades`."""
-        return self._rows("/v1/quotes", symbols, start, end, exchange, limit, as_of, output)
+        return self._rows("/v1/quotes", symbols, start, end, exchange, limit, as_of, output, fresh)
 
     def latest(
         self,
@@ -280,9 +284,11 @@ class Client:
         start: Moment = None,
         end: Moment = None,
         as_of: AsOf = None,
+        fresh: bool = False,
         output: Output | None = None,
     ) -> Any:
-        """The newest `n` trades or quotes per (symbol, exchange), oldest first within each."""
+        """The newest `n` trades or quotes per (symbol, exchange), oldest first within each; `fresh` counts what
+        Kafka holds beyond the lake's last commit too."""
         if kind not in ("trades", "quotes"):
             raise ValueError(f"kind must be 'trades' or 'quotes', not {kind!r}")
         params = _params(
@@ -292,6 +298,7 @@ class Client:
             start=_moment(start, "start"),
             end=_moment(end, "end"),
             as_of=_as_of(as_of),
+            fresh=fresh or None,
         )
         return self._table(f"/v1/{kind}/latest", params, output)
 
@@ -444,16 +451,21 @@ class Client:
         limit: int | None,
         as_of: AsOf,
         output: Output | None,
+        fresh: bool = False,
     ) -> Any:
-        """Follow `X-K2-Next-Cursor` until the rows run out or `limit` is reached; one Arrow table."""
+        """Follow `X-K2-Next-Cursor` until the rows run out or `limit` is reached; one Arrow table. A fresh read
+        is one page (the API issues no cursor for it)."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive integer or None (every row), got {limit!r}")
+        if fresh and as_of is not None:
+            raise ValueError("fresh reads the newest data: drop as_of, or fresh")
         base = _params(
             symbols=_symbols(symbols),
             start=_moment(start, "start"),
             end=_moment(end, "end"),
             exchange=exchange,
             as_of=_as_of(as_of),
+            fresh=fresh or None,
         )
         pages: list[pa.Table] = []
         got, cursor, snapshot = 0, None, None

@@ -143,6 +143,19 @@ def test_bad_arguments_answer_400_or_422_saying_what_to_do(client: httpx.Client)
         assert missing.json()["error"]["code"] == "snapshot_not_found"
 
 
+def test_fresh_reads_say_what_they_need(client: httpx.Client) -> None:
+    # This server's home has no Kafka (no `k2 stack`, no K2_KAFKA_BOOTSTRAP): fresh reads cannot see a tail.
+    for path in ("/v1/trades", "/v1/quotes/latest"):
+        response = client.get(path, params={"fresh": "true"})
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "kafka_unavailable"
+        assert "k2 stack" in response.json()["error"]["message"]
+    for params in ({"fresh": "true", "as_of": "123"}, {"fresh": "true", "cursor": "abc"}):
+        response = client.get("/v1/trades", params=params)
+        assert response.status_code == 400, params
+        assert "drop `cursor` and `as_of`" in response.json()["error"]["message"]
+
+
 def test_empty_result_is_an_empty_page(client: httpx.Client) -> None:
     body = client.get("/v1/trades", params={"symbols": "NOPE"}).json()
     assert body["data"] == []

@@ -51,6 +51,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
             yield
         finally:
             state.executor.shutdown(wait=False, cancel_futures=True)
+            state.close_fresh_reader()
             if owned and state.engine is not None:
                 state.engine.close()
                 state.engine = None

@@ -108,9 +108,11 @@ def render(
     *,
     next_cursor: str | None = None,
     snapshot_id: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    """The response for `table` in `fmt`; the JSON envelope holds `next_cursor` and `snapshot_id` too."""
-    headers = _headers(next_cursor, snapshot_id)
+    """The response for `table` in `fmt`; the JSON envelope holds `next_cursor` and `snapshot_id` too. `headers`
+    are added to the ones carrying those two."""
+    headers = {**_headers(next_cursor, snapshot_id), **(headers or {})}
     media = MEDIA_TYPES[fmt]
     if fmt is Format.JSON:
         envelope = {"data": records(table), "next_cursor": next_cursor, "snapshot_id": snapshot_id}

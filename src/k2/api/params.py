@@ -46,6 +46,14 @@ CursorParam = Annotated[
     str | None,
     Query(max_length=2048, description="`next_cursor` of the previous page, unchanged; omit for the first page"),
 ]
+FreshParam = Annotated[
+    bool,
+    Query(
+        description="Also return what Kafka holds that the sink has not committed to the lake yet, merged (each"
+        " message_id once) in event order. One page: not with `cursor` or `as_of`. Header X-K2-Fresh-Caught-Up"
+        " says whether the whole tail was read within the time budget.",
+    ),
+]
 AsOfParam = Annotated[
     str | None,
     Query(

@@ -29,4 +29,10 @@ class ApiSettings(BaseSettings):
         ge=0,
         description="Re-read the catalog for new commits at most this often (a refresh costs ~20 ms); 0: every read",
     )
+    fresh_budget_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a fresh=true read may spend on the Kafka tail; past it the rows read so far are used"
+        " and the response says X-K2-Fresh-Caught-Up: false",
+    )
     replay_batch_rows: int = Field(default=1000, ge=1, description="Rows read per replay query")

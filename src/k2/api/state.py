@@ -22,8 +22,10 @@ from starlette.requests import HTTPConnection
 from k2.api.errors import ApiError
 from k2.api.ratelimit import RateLimiter
 from k2.api.settings import ApiSettings
+from k2.bus.stack import NO_KAFKA, existing_endpoints
 from k2.config import Settings
 from k2.query.engine import QueryEngine, QueryError
+from k2.query.fresh import FreshReader, FreshSource
 from k2.query.timetravel import AsOf
 
 T = TypeVar("T")
@@ -39,6 +41,8 @@ class ApiState:
     executor: ThreadPoolExecutor = field(init=False)
     _reading: threading.Lock = field(init=False, default_factory=threading.Lock)
     _refreshed_at: float = field(init=False, default=-math.inf)
+    _fresh: FreshReader | None = field(init=False, default=None)
+    _fresh_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(self.api.query_workers, thread_name_prefix="k2-api-query")
@@ -55,6 +59,25 @@ class ApiState:
                 engine.refresh()
                 self._refreshed_at = time.monotonic()
             yield engine
+
+    def fresh_reader(self) -> FreshReader:
+        """The reader of what Kafka holds beyond the lake (opened on first use, kept); 503 when no Kafka is known."""
+        with self._fresh_lock:
+            if self._fresh is None:
+                endpoints = existing_endpoints(self.settings)
+                if endpoints is None:
+                    raise ApiError(503, f"fresh=true needs the Kafka log: {NO_KAFKA}", code="kafka_unavailable")
+                source = FreshSource.from_endpoints(
+                    endpoints, self.settings, budget_seconds=self.api.fresh_budget_seconds
+                )
+                self._fresh = FreshReader(source)
+            return self._fresh
+
+    def close_fresh_reader(self) -> None:
+        with self._fresh_lock:
+            if self._fresh is not None:
+                self._fresh.close()
+                self._fresh = None
 
     def require_engine(self) -> QueryEngine:
         if self.engine is None:

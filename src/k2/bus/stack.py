@@ -69,6 +69,23 @@ def running_stack(settings: Settings) -> Endpoints | None:
     return Endpoints(state["bootstrap"], state["registry_url"], embedded=True)
 
 
+NO_KAFKA = (
+    "no Kafka/registry to read from: start the stack with `k2 stack` on this K2_HOME, "
+    "or set K2_KAFKA_BOOTSTRAP and K2_SCHEMA_REGISTRY_URL"
+)
+
+
+def existing_endpoints(settings: Settings) -> Endpoints | None:
+    """The Kafka and registry a process should use without starting any: configured ones (K2_KAFKA_BOOTSTRAP and
+    K2_SCHEMA_REGISTRY_URL) first, else the stack another K2 process serves on this home; None when neither is."""
+    shared = None if (settings.kafka_bootstrap and settings.schema_registry_url) else running_stack(settings)
+    bootstrap = settings.kafka_bootstrap or (shared.bootstrap if shared else None)
+    registry_url = settings.schema_registry_url or (shared.registry_url if shared else None)
+    if bootstrap is None or registry_url is None:
+        return None
+    return Endpoints(bootstrap, registry_url, embedded=settings.kafka_bootstrap is None)
+
+
 class Stack:
     """Context manager yielding Endpoints; stops whatever it started (and only that) on exit."""
 

@@ -346,18 +346,21 @@ def fresh_events(
     exchange: str | None = None,
     columns: Sequence[str] | None = None,
     limit: int | None = None,
+    tail: Tail | None = None,
 ) -> pa.Table:
     """As k2.query.market.events, plus the records Kafka holds that the lake has not committed yet.
 
     Returns the table's V2 columns (or `columns`) in event order, each message_id once, at most `limit` rows
-    counted after the merge. Raises InvalidQueryError for bad arguments (same checks as `events`).
+    counted after the merge. Raises InvalidQueryError for bad arguments (same checks as `events`). `tail`: one
+    already read with `read_tail` for this kind and exchange (to report `caught_up`), else it is read here.
     """
     spec = record_spec(kind, EVENT_SPECS)
     where(symbols, start, end, exchange)  # validate before touching Kafka
     select = projection(spec, columns)
     if limit is not None:
         positive(limit, "limit")
-    tail = read_tail(engine, kafka, kind, exchange=exchange)
+    if tail is None:
+        tail = read_tail(engine, kafka, kind, exchange=exchange)
     # Reading the lake with the same limit is enough: a tail row whose lake twin lies beyond the first `limit`
     # lake rows sorts beyond them too (same key), so it cannot enter the result.
     lake = events(engine, kind, symbols, start, end, exchange=exchange, limit=limit, as_of=_pin(engine, spec, tail))
@@ -380,14 +383,16 @@ def fresh_latest(
     start: datetime | None = None,
     end: datetime | None = None,
     columns: Sequence[str] | None = None,
+    tail: Tail | None = None,
 ) -> pa.Table:
     """As k2.query.market.latest, counting records Kafka holds beyond the lake: the newest `n` per
-    (symbol, exchange), ordered by symbol, exchange, then event order (oldest first)."""
+    (symbol, exchange), ordered by symbol, exchange, then event order (oldest first). `tail` as in fresh_events."""
     spec = record_spec(kind, EVENT_SPECS)
     where(symbols, start, end, exchange)
     select = projection(spec, columns)
     positive(n, "n")
-    tail = read_tail(engine, kafka, kind, exchange=exchange)
+    if tail is None:
+        tail = read_tail(engine, kafka, kind, exchange=exchange)
     lake = latest(engine, kind, symbols, n, exchange=exchange, start=start, end=end, as_of=_pin(engine, spec, tail))
     rows = _select(tail.rows, symbols, start, end, exchange)
     clauses = (

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated
 
+import pyarrow as pa
+from confluent_kafka import KafkaException
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
-from k2.api.errors import documented
+from k2.api.errors import ApiError, documented
 from k2.api.formats import Format, content_docs, negotiate, render
 from k2.api.models import QuotesEnvelope, RowsEnvelope, TradesEnvelope
 from k2.api.params import (
@@ -17,6 +20,7 @@ from k2.api.params import (
     End,
     Exchange,
     FormatParam,
+    FreshParam,
     Instant,
     Limit,
     Start,
@@ -29,14 +33,50 @@ from k2.api.params import (
 from k2.api.state import request_state, snapshot_of
 from k2.query import market
 from k2.query.asof import DEFAULT_QUOTE_LOOKBACK, trades_with_quotes
+from k2.query.engine import QueryEngine
 from k2.query.filters import record_spec
+from k2.query.fresh import FreshReader, Tail, fresh_events, fresh_latest
 from k2.schema.fields import TRADES_V2
 
 router = APIRouter(tags=["market data"])
 
 Accept = Annotated[str | None, Header(include_in_schema=False)]
 Symbols = Annotated[list[str] | None, Depends(symbols_param)]
-_ERRORS = documented(400, 401, 404, 406, 413, 414, 422, 429, 500, 504)
+_ERRORS = documented(400, 401, 404, 406, 413, 414, 422, 429, 500, 503, 504)
+FRESH_HEADER = "X-K2-Fresh-Caught-Up"
+
+FreshQuery = Callable[[QueryEngine, FreshReader, Tail], pa.Table]
+
+
+async def _fresh(
+    request: Request,
+    kind: str,
+    exchange: str | None,
+    cursor: str | None,
+    as_of: str | None,
+    chosen: Format,
+    query: FreshQuery,
+) -> Response:
+    """`query` over the lake plus the Kafka tail beyond it (k2.query.fresh), as one page."""
+    if cursor is not None or as_of is not None:
+        raise ApiError(400, "fresh=true reads the newest data as one page: drop `cursor` and `as_of`, or `fresh`")
+    state = request_state(request)
+
+    def work() -> tuple[pa.Table, Tail]:
+        with state.reading() as engine:
+            reader = state.fresh_reader()
+            try:
+                tail = reader.tail(engine, kind, exchange=exchange)
+            except KafkaException as exc:
+                raise ApiError(
+                    503,
+                    f"the Kafka log did not answer ({exc.args[0]}): check the broker at {reader.source.bootstrap}",
+                    code="kafka_unavailable",
+                ) from None
+            return query(engine, reader, tail), tail
+
+    rows, tail = await state.run(work)
+    return render(rows, chosen, snapshot_id=tail.snapshot_id, headers={FRESH_HEADER: str(tail.caught_up).lower()})
 
 
 async def _page(
@@ -51,9 +91,22 @@ async def _page(
     as_of: str | None,
     fmt: Format | None,
     accept: str | None,
+    fresh: bool,
 ) -> Response:
     state = request_state(request)
     chosen = negotiate(fmt, accept)
+    if fresh:
+        return await _fresh(
+            request,
+            kind,
+            exchange,
+            cursor,
+            as_of,
+            chosen,
+            lambda engine, reader, tail: fresh_events(
+                engine, reader, kind, symbols, start, end, exchange=exchange, limit=limit, tail=tail
+            ),
+        )
     cursor_snapshot, position = decode_cursor(cursor)
     wanted = paging_as_of(parse_as_of(as_of), cursor_snapshot)
     table = record_spec(kind).name
@@ -97,10 +150,11 @@ async def get_trades(
     limit: Limit = 1000,
     cursor: CursorParam = None,
     as_of: AsOfParam = None,
+    fresh: FreshParam = False,
     fmt: FormatParam = None,
     accept: Accept = None,
 ) -> Response:
-    return await _page(request, "trades", symbols, exchange, start, end, limit, cursor, as_of, fmt, accept)
+    return await _page(request, "trades", symbols, exchange, start, end, limit, cursor, as_of, fmt, accept, fresh)
 
 
 @router.get(
@@ -119,10 +173,11 @@ async def get_quotes(
     limit: Limit = 1000,
     cursor: CursorParam = None,
     as_of: AsOfParam = None,
+    fresh: FreshParam = False,
     fmt: FormatParam = None,
     accept: Accept = None,
 ) -> Response:
-    return await _page(request, "quotes", symbols, exchange, start, end, limit, cursor, as_of, fmt, accept)
+    return await _page(request, "quotes", symbols, exchange, start, end, limit, cursor, as_of, fmt, accept, fresh)
 
 
 async def _latest(
@@ -136,9 +191,22 @@ async def _latest(
     as_of: str | None,
     fmt: Format | None,
     accept: str | None,
+    fresh: bool,
 ) -> Response:
     state = request_state(request)
     chosen = negotiate(fmt, accept)
+    if fresh:
+        return await _fresh(
+            request,
+            kind,
+            exchange,
+            None,
+            as_of,
+            chosen,
+            lambda engine, reader, tail: fresh_latest(
+                engine, reader, kind, symbols, n, exchange=exchange, start=start, end=end, tail=tail
+            ),
+        )
     table, snapshot = await state.read(
         record_spec(kind).name,
         parse_as_of(as_of),
@@ -171,10 +239,11 @@ async def get_latest_trades(
     start: Start = None,
     end: End = None,
     as_of: AsOfParam = None,
+    fresh: FreshParam = False,
     fmt: FormatParam = None,
     accept: Accept = None,
 ) -> Response:
-    return await _latest(request, "trades", symbols, n, exchange, start, end, as_of, fmt, accept)
+    return await _latest(request, "trades", symbols, n, exchange, start, end, as_of, fmt, accept, fresh)
 
 
 @router.get(
@@ -192,10 +261,11 @@ async def get_latest_quotes(
     start: Start = None,
     end: End = None,
     as_of: AsOfParam = None,
+    fresh: FreshParam = False,
     fmt: FormatParam = None,
     accept: Accept = None,
 ) -> Response:
-    return await _latest(request, "quotes", symbols, n, exchange, start, end, as_of, fmt, accept)
+    return await _latest(request, "quotes", symbols, n, exchange, start, end, as_of, fmt, accept, fresh)
 
 
 @router.get(
