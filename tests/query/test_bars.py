@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
+import duckdb
 import pyarrow as pa
 import pytest
 from pyiceberg.catalog import Catalog
@@ -187,3 +191,67 @@ def test_invalid_interval_or_zone_fails_before_any_query(engine: QueryEngine) ->
 def test_gap_fill_refuses_an_absurd_number_of_bars(engine: QueryEngine) -> None:
     with pytest.raises(InvalidQueryError, match="gap fill would make"):
         bars(engine, "BHP", "1s", at(0, 0), at(0, 0, day=30), gap_fill=True)
+
+
+ZONES = ("Australia/Sydney", "Australia/Lord_Howe", "Asia/Kolkata", "America/New_York", "UTC")
+
+
+def time_bucket_oracle(moments: list[datetime], width: timedelta, tz: str) -> list[tuple[datetime, int]]:
+    """(bar open, trades) by DuckDB's own time_bucket(width, ts, tz), which bars reproduce without its per-row cost."""
+    oracle = duckdb.connect()
+    oracle.execute("SET TimeZone = 'UTC'")
+    return oracle.execute(
+        "SELECT time_bucket(?, m, ?) AS b, count(*) FROM unnest(?::TIMESTAMPTZ[]) AS u(m) GROUP BY b ORDER BY b",
+        [width, tz, moments],
+    ).fetchall()
+
+
+def _moments_through_dst_changes() -> list[datetime]:
+    """Every 7 minutes for 3 days from just before each change in 2014 of Sydney (April, October) and New York
+    (March, November); Lord Howe shifts by 30 minutes on Sydney's dates."""
+    firsts = [datetime(2014, month, day, tzinfo=UTC) for month, day in ((3, 7), (4, 4), (10, 3), (11, 1))]
+    return [first + timedelta(minutes=7 * i) for first in firsts for i in range(3 * 24 * 60 // 7)]
+
+
+@pytest.mark.parametrize("interval", ["1m", "15m", "1h", "4h", "1d"])
+def test_zone_bars_equal_duckdb_time_bucket_across_dst_changes(
+    catalog: Catalog, tables: dict[str, Table], interval: str
+) -> None:
+    moments = _moments_through_dst_changes()
+    append_trades(tables["trades_v2"], [trade(m, "10", "1", i) for i, m in enumerate(moments)])
+    width = parse_interval(interval).width
+    with QueryEngine(catalog) as engine:
+        for tz in ZONES:
+            got = bars(engine, "BHP", interval, None, None, tz=tz)
+            pairs = list(zip(got["timestamp"].to_pylist(), got["trade_count"].to_pylist(), strict=True))
+            assert pairs == time_bucket_oracle(moments, width, tz), tz
+
+
+def test_daily_bars_are_local_days_of_23_and_25_hours(catalog: Catalog, tables: dict[str, Table]) -> None:
+    moments = _moments_through_dst_changes()
+    append_trades(tables["trades_v2"], [trade(m, "10", "1", i) for i, m in enumerate(moments)])
+    sydney = ZoneInfo("Australia/Sydney")
+    with QueryEngine(catalog) as engine:
+        got = bars(engine, "BHP", "1d", None, None, tz="Australia/Sydney")
+    opens = [moment.astimezone(sydney) for moment in got["timestamp"].to_pylist()]
+    assert all((o.hour, o.minute) == (0, 0) for o in opens)
+    expected = Counter(m.astimezone(sydney).date() for m in moments)
+    assert dict(zip([o.date() for o in opens], got["trade_count"].to_pylist(), strict=True)) == expected
+
+
+def test_gap_filled_bars_across_a_dst_change_are_the_time_bucket_grid(
+    catalog: Catalog, tables: dict[str, Table]
+) -> None:
+    # One trade at 10:00 Sydney on each side of the April 2014 change (AEDT +11, then AEST +10).
+    before, after = datetime(2014, 4, 4, 23, tzinfo=UTC), datetime(2014, 4, 7, 0, tzinfo=UTC)
+    append_trades(tables["trades_v2"], [trade(before, "10", "1", 1), trade(after, "11", "1", 2)])
+    with QueryEngine(catalog) as engine:
+        for interval, expected_bars in (("4h", 13), ("1d", 3), ("1h", 50)):
+            got = bars(engine, "BHP", interval, None, None, tz="Australia/Sydney", gap_fill=True)
+            width = parse_interval(interval).width
+            step = [before + timedelta(minutes=15 * i) for i in range((after - before) // timedelta(minutes=15) + 1)]
+            grid = [opened for opened, _ in time_bucket_oracle(step, width, "Australia/Sydney")]
+            assert got["timestamp"].to_pylist() == grid, interval
+            assert len(grid) == expected_bars, interval
+            assert got["trade_count"].to_pylist() == [1] + [0] * (len(grid) - 2) + [1]
+            assert got["close"].to_pylist() == [D("10")] * (len(grid) - 1) + [D("11")]
