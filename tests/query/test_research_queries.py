@@ -101,6 +101,21 @@ def test_latest_n_per_symbol(engine: QueryEngine) -> None:
     assert newest.column("source_sequence").to_pylist() == [5]
 
 
+def test_latest_keeps_every_tie_at_the_cutoff_instant_and_reads_one_snapshot(
+    catalog: Catalog, tables: dict[str, Table]
+) -> None:
+    # Five trades share the newest microsecond, two more are older: the 3 newest come from the tie, by sequence.
+    rows = [trade(at(9, 0), "1", "1", 1), trade(at(9, 1), "2", "1", 2)]
+    rows += [trade(at(9, 2), str(10 + seq), "1", seq) for seq in (7, 3, 5, 4, 6)]
+    first = append_trades(tables["trades_v2"], rows)
+    append_trades(tables["trades_v2"], [trade(at(9, 3), "99", "1", 8)])
+    with QueryEngine(catalog) as engine:
+        assert latest(engine, "trades", "BHP", n=3).column("source_sequence").to_pylist() == [6, 7, 8]
+        then = latest(engine, "trades", "BHP", n=3, as_of=first)
+        assert then.column("source_sequence").to_pylist() == [5, 6, 7]
+        assert latest(engine, "trades", "BHP", n=50, as_of=first).num_rows == 7
+
+
 def test_keyset_pages_visit_every_row_once_in_order(engine: QueryEngine) -> None:
     everything = events(engine, "trades", None, at(9), at(11))
     seen: list[tuple] = []
