@@ -26,7 +26,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from k2.bus.compatibility import Level, canonical, check_compatibility, parse_schema, reader_problems
 from k2.bus.registry import CONTENT_TYPE, EmbeddedRegistry
 from k2.bus.registry_client import RegistryClient, RegistryError, SchemaIncompatibleError
-from k2.bus.serde import encode
+from k2.bus.serde import encode, encoder
 from k2.bus.topics import TopicName
 from k2.schema.avro import avro_schema, parsed_schema
 from k2.schema.fields import TRADES_V2, AssetClass, DataType
@@ -139,6 +139,11 @@ def test_trade_round_trips_through_confluent_serializers_with_exact_decimal(
     schema_id = confluent.get_latest_version(SUBJECT).schema_id
     assert framed[0] == 0 and struct.unpack(">I", framed[1:5])[0] == schema_id
     assert framed == encode(record, parsed_schema(TRADES_V2), schema_id)  # K2's own codec: byte-identical
+    assert framed == encoder(TRADES_V2, schema_id)(record)  # and the producer's compiled one
+    # K2's own records carry integer micros: the compiled encoder's fast path, against Confluent's serializer
+    micros = {**record, "timestamp": 1_793_588_645_123_456, "ingestion_timestamp": 1_793_588_645_200_000}
+    serialize = AvroSerializer(confluent, json.dumps(avro_schema(TRADES_V2)))
+    assert serialize(micros, ctx) == encoder(TRADES_V2, schema_id)(micros)
     decoded = AvroDeserializer(confluent)(framed, ctx)
     assert str(decoded["price"]) == "36.66700000"
     assert decoded == record

@@ -10,9 +10,9 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from k2.bus.registry_client import RegistryClient
-from k2.bus.serde import encode
+from k2.bus.serde import encoder
 from k2.bus.topics import DLQ_PREFIX, TopicName
-from k2.schema.avro import avro_schema, parsed_schema
+from k2.schema.avro import avro_schema
 from k2.sources.base import Reject, SourceBatch
 
 log = structlog.get_logger(__name__)
@@ -85,10 +85,14 @@ class RecordProducer:
     def send(self, batch: SourceBatch) -> None:
         topic = TopicName(batch.asset_class, batch.spec.data_type, batch.exchange)
         name = str(topic)
-        schema = parsed_schema(batch.spec)
-        schema_id = self._schema_id(topic)
+        encode = encoder(batch.spec, self._schema_id(topic))
+        produce, on_delivery = self._producer.produce, self._on_delivery
         for record in batch.records:
-            self.produce_raw(name, encode(record, schema, schema_id), record["symbol"].encode())
+            value, key = encode(record), record["symbol"].encode()
+            try:  # produce_raw inlined: this loop runs once per record
+                produce(name, value, key, on_delivery=on_delivery)
+            except BufferError:
+                self.produce_raw(name, value, key)
         self.stats.produced[name] += len(batch.records)
         for reject in batch.rejects:
             self.send_reject(topic.dlq, reject, stage="source")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import struct
+from functools import cache
 from typing import Any
 
 import fastavro
+
+from k2.schema.avro_encoder import Encoder, compile_encoder
+from k2.schema.fields import RecordSpec
 
 MAGIC = b"\x00"
 _HEADER = struct.Struct(">bI")
@@ -16,7 +20,14 @@ class DecodeError(ValueError):
     """A message that is not a Confluent-framed Avro record K2 can read."""
 
 
+@cache
+def encoder(spec: RecordSpec, schema_id: int) -> Encoder:
+    """The producer's encoder: V2 record → framed message, fastavro's bytes at 3-5x its speed (see avro_encoder)."""
+    return compile_encoder(spec, prefix=_HEADER.pack(0, schema_id))
+
+
 def encode(record: dict[str, Any], parsed_schema: Any, schema_id: int) -> bytes:
+    """Frame one record of any Avro schema with fastavro (tools, tests; V2 records on the hot path use `encoder`)."""
     buf = io.BytesIO()
     buf.write(_HEADER.pack(0, schema_id))
     fastavro.schemaless_writer(buf, parsed_schema, record)

@@ -17,7 +17,6 @@ import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,11 @@ _parse_time = time.fromisoformat
 _TIME = re.compile(r"\d\d:\d\d:\d\d(?:\.\d{1,6})?", re.ASCII)
 
 # Prices and volumes repeat heavily (BHP's 91,631 trades: 299 distinct prices, 3,442 distinct volumes), so each
-# distinct text is parsed once. Decimal is immutable, so sharing the parsed values is safe.
-_decimal = lru_cache(maxsize=1 << 16)(parse_decimal)
+# distinct text is parsed and checked once; rows look the value up (`_PRICES.get(text) or _price(text)`: a miss, or
+# a zero, takes the checking path). Decimal is immutable, so sharing the parsed values is safe.
+_PRICES: dict[str, Decimal] = {}
+_QUANTITIES: dict[str, Decimal] = {}
+_CACHE_LIMIT = 1 << 16  # distinct texts kept per kind; later ones are parsed each time
 
 
 def _time_of_day(text: str) -> int:
@@ -117,21 +119,25 @@ class _Day:
 
 def _price(text: str) -> Decimal:
     try:
-        value = _decimal(text)
+        value = parse_decimal(text)
     except DecimalError as exc:
         raise RowError("bad_price", f"price {exc}") from None
     if value < 0:
         raise RowError("bad_price", f"price {text!r} is negative")
+    if len(_PRICES) < _CACHE_LIMIT:
+        _PRICES[text] = value
     return value
 
 
 def _quantity(text: str) -> Decimal:
     try:
-        value = _decimal(text)
+        value = parse_decimal(text)
     except DecimalError as exc:
         raise RowError("bad_quantity", f"volume {exc}") from None
     if value < 0:
         raise RowError("negative_quantity", f"volume {text!r} is negative")
+    if len(_QUANTITIES) < _CACHE_LIMIT:
+        _QUANTITIES[text] = value
     return value
 
 
@@ -197,10 +203,10 @@ class _TickFile:
         date_text, time_text, price_text, volume_text, qualifier, venue, extra = cells
         day = self._days.get(date_text) or self._new_day(date_text)
         timestamp = day.utc_micros(time_text)
-        price = _price(price_text)
+        price = _PRICES.get(price_text) or _price(price_text)
         if not price:
             raise RowError("bad_price", f"price {price_text!r} is zero: a trade needs a price")
-        quantity = _quantity(volume_text)
+        quantity = _QUANTITIES.get(volume_text) or _quantity(volume_text)
         if not quantity:
             raise RowError("bad_quantity", f"volume {volume_text!r} is zero: a trade needs a quantity")
         sequence, mid = self._identify(day, text)
@@ -237,8 +243,10 @@ class _TickFile:
         date_text, time_text, bid_text, ask_text, bid_volume, ask_volume = cells
         day = self._days.get(date_text) or self._new_day(date_text)
         timestamp = day.utc_micros(time_text)
-        bid, ask = _price(bid_text), _price(ask_text)
-        bid_quantity, ask_quantity = _quantity(bid_volume), _quantity(ask_volume)
+        bid = _PRICES.get(bid_text) or _price(bid_text)
+        ask = _PRICES.get(ask_text) or _price(ask_text)
+        bid_quantity = _QUANTITIES.get(bid_volume) or _quantity(bid_volume)
+        ask_quantity = _QUANTITIES.get(ask_volume) or _quantity(ask_volume)
         # A price of 0 ("0.0") is how the files say a side has no order: null, not a zero-priced quote.
         if not bid:
             bid = bid_quantity = None
