@@ -20,7 +20,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from k2.schema.codecs import DecimalError, days_from_date, message_id, micros_from_datetime, now_micros, parse_decimal
+from k2.schema.codecs import (
+    DecimalError,
+    days_from_date,
+    message_ids_for,
+    micros_from_datetime,
+    now_micros,
+    parse_decimal,
+)
 from k2.schema.fields import QUOTES_V2, TRADES_V2, AssetClass, RecordSpec, Side
 from k2.sources.asx_reference import (
     EQUITIES,
@@ -148,6 +155,7 @@ class _TickFile:
         self.company_id = company.company_id
         self.symbol = company.symbol
         self.data_type = spec.data_type.value
+        self._message_id = message_ids_for(EXCHANGE, self.data_type, self.symbol)
         self._days: dict[str, _Day] = {}
         self._sequence: dict[str, int] = {}  # trading day → records so far; a rejected row takes no number
         self._open_day = ""
@@ -177,7 +185,7 @@ class _TickFile:
         sequence = self._sequence.get(day.compact, 0) + 1
         self._sequence[day.compact] = sequence
         source_id = f"{day.compact}|{text}#{ordinal}{self._suffix}"
-        return sequence, message_id(EXCHANGE, self.data_type, self.symbol, source_id)
+        return sequence, self._message_id(source_id)
 
     def _switch_day(self, compact: str) -> None:
         # Ordinals are counted for the open day only (identical rows share their date), so memory is one day's
