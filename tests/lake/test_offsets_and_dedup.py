@@ -38,8 +38,8 @@ def test_lake_index_flags_rows_already_stored_and_repeats_within_a_batch(setting
     index = LakeIdIndex(table)
 
     batch = records_to_arrow(TRADES_V2, [make_trade(2), make_trade(3), make_trade(3), make_trade(4, day=11)])
-    assert index.new_rows_mask(batch) == [False, True, False, True]
+    assert index.new_rows_mask(batch).to_pylist() == [False, True, False, True]
 
     index.add_committed(batch)
     again = records_to_arrow(TRADES_V2, [make_trade(3), make_trade(4, day=11), make_trade(5)])
-    assert index.new_rows_mask(again) == [False, False, True]
+    assert index.new_rows_mask(again).to_pylist() == [False, False, True]

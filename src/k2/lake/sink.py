@@ -123,6 +123,7 @@ class IcebergSink:
         self._batch_decoder = AvroBatchDecoder()
         self._specs: dict[str, RecordSpec] = {}
         self._buffered = 0
+        self._fast_routes: dict[tuple[str, bytes], list[Message]] = {}  # (topic, header) → the frames list
         self._last_commit = time.monotonic()
         self.committed: dict[tuple[str, int], int] = {}
         self.stats = SinkStats()
@@ -209,41 +210,64 @@ class IcebergSink:
             self._decoders[key] = (writer, None if writer == reader else reader)
         return self._decoders[key]
 
-    def _accept(self, msg: Message) -> None:
-        topic = msg.topic()
-        key = (topic, msg.partition())
-        first, _ = self._ranges.get(key, (msg.offset(), 0))
-        self._ranges[key] = (first, msg.offset() + 1)
-        self.stats.consumed += 1
+    def _accept_all(self, messages: list[Message]) -> None:
+        """Record each message's offset and buffer it for its table. Per-message Python is the sink's ceiling, so
+        a message whose (topic, 5-byte header) was seen since the last commit takes a fast route: straight onto
+        the list of frames its table batch-decodes; anything else (a new schema id, a bad header, an older
+        writer schema) goes through `_accept`."""
+        ranges, fast = self._ranges, self._fast_routes
+        buffered = 0
+        for msg in messages:
+            if msg.error():
+                log.warning("sink.consume_error", error=msg.error().str())
+                continue
+            topic, offset = msg.topic(), msg.offset()
+            key = (topic, msg.partition())
+            seen = ranges.get(key)
+            ranges[key] = (offset if seen is None else seen[0], offset + 1)
+            self.stats.consumed += 1
+            value = msg.value()
+            frames = fast.get((topic, value[:5])) if value is not None else None
+            if frames is not None:
+                frames.append(msg)
+                buffered += 1
+            elif self._accept(msg, topic, value):
+                buffered += 1
+        self._buffered += buffered
+
+    def _accept(self, msg: Message, topic: str, value: bytes | None) -> bool:
+        """Buffer one message for its table, or dead-letter it; True when buffered."""
         try:
             spec = self._spec_for(topic)
         except ValueError as exc:
             self._dead_letter(msg, "unknown_topic", str(exc))
-            return
-        value = msg.value()
+            return False
         try:
             writer, reader = self._decoder_for(schema_id_of(value), spec)
         except DecodeError as exc:
             self._dead_letter(msg, "undecodable", str(exc))
-            return
+            return False
         except Exception as exc:  # registry lookup failed for this id: the bytes are kept, with why
             self._dead_letter(msg, "unknown_schema", f"{type(exc).__name__}: {exc}")
-            return
-        buffer = self._buffers.setdefault(spec.name, _TableBuffer(spec))
+            return False
+        buffer = self._buffers.get(spec.name)
+        if buffer is None:
+            buffer = self._buffers[spec.name] = _TableBuffer(spec)
         if reader is None:
             buffer.framed.append(msg)  # decoded with the whole batch at commit time
-        else:
-            self._decode_one(buffer, msg, writer, reader)
-        self._buffered += 1
+            self._fast_routes[(topic, value[:5])] = buffer.framed  # type: ignore[index]
+            return True
+        return self._decode_one(buffer, msg, writer, reader)
 
-    def _decode_one(self, buffer: _TableBuffer, msg: Message, writer: Any, reader: Any) -> None:
+    def _decode_one(self, buffer: _TableBuffer, msg: Message, writer: Any, reader: Any) -> bool:
         try:
             record = decode(msg.value(), writer, reader)
         except DecodeError as exc:
             self._dead_letter(msg, "undecodable", str(exc))
-            return
+            return False
         buffer.rows.append(record)
         buffer.messages.append(msg)
+        return True
 
     def poll_once(self, max_messages: int = 10_000, timeout: float = 0.2) -> int:
         if self._group_behind_lake:
@@ -263,11 +287,7 @@ class IcebergSink:
                 pending.append(self._pending_topics.get())
             self._assign_topics(pending)
         messages = self._consumer.consume(max_messages, timeout)
-        for msg in messages:
-            if msg.error():
-                log.warning("sink.consume_error", error=msg.error().str())
-                continue
-            self._accept(msg)
+        self._accept_all(messages)
         due = time.monotonic() - self._last_commit >= self._settings.sink_commit_seconds
         if self._buffered >= self._settings.sink_commit_rows or (due and self._ranges):
             self.commit()
@@ -317,7 +337,7 @@ class IcebergSink:
         if batch.num_rows == 0:
             return
         mask = self._indexes[spec.name].new_rows_mask(batch)
-        fresh = batch.filter(pa.array(mask, type=pa.bool_()))
+        fresh = batch.filter(mask)
         self.stats.duplicates[spec.name] += batch.num_rows - fresh.num_rows
         if fresh.num_rows == 0:
             return  # nothing new; the Kafka commit still records the progress
@@ -374,6 +394,7 @@ class IcebergSink:
             written=dict(self.stats.written),
         )
         self._buffers.clear()
+        self._fast_routes.clear()  # they point into the buffers just cleared
         self._ranges.clear()
         self._buffered = 0
         self._last_commit = time.monotonic()
