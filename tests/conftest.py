@@ -24,6 +24,12 @@ def asx_sample() -> Path:
     return ASX_SAMPLE
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "faults: kill -9 drills over a million messages (minutes; `make test` runs them once, on SQLite)"
+    )
+
+
 # K2_TEST_CATALOG=postgres runs every test that uses `settings` on a PostgreSQL SQL catalog (a database per test)
 TEST_CATALOG = os.environ.get("K2_TEST_CATALOG", "sqlite")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -336,6 +337,43 @@ def sink(
     worker = IcebergSink(settings, endpoints.bootstrap, RegistryClient(endpoints.registry_url), open_catalog(settings))
     stats = worker.run(stop=stop)
     err.print(f"sink stopped: consumed {stats.consumed:,}, written {dict(stats.written)}, commits {stats.commits}")
+
+
+@app.command()
+def up(
+    port: int = typer.Option(8000, help="API and dashboard port on 127.0.0.1"),
+    asx: Path = typer.Option(None, help="ASX sample folder (default: K2_ASX_SAMPLE or ../shared/data/asx-sample)"),
+    no_asx: bool = typer.Option(False, "--no-asx", help="Do not load the ASX sample"),
+    binance: str = typer.Option("auto", help="auto (live when reachable, else emulator), emulator, live or off"),
+    symbols: str = typer.Option(None, help="Binance symbols (default: the captures' symbols, or BTCUSDT,ETHUSDT live)"),
+    capture: list[Path] = typer.Option([], exists=True, dir_okay=False, help="Capture file(s) for the emulator"),
+    replay_speed: float = typer.Option(1.0, help="Emulator replay speed; 0 = as fast as possible"),
+) -> None:
+    """Start broker, registry, sink, API and dashboard; load the ASX sample; stream Binance. Ctrl-C stops it all."""
+    from k2.up import BinanceMode, UpOptions, default_asx_dir
+    from k2.up import up as run_up
+
+    try:
+        mode = BinanceMode(binance)
+    except ValueError:
+        raise typer.BadParameter("one of auto, emulator, live, off", param_hint="--binance") from None
+    options = UpOptions(port=port, asx=None if no_asx else (asx or default_asx_dir()), binance=mode)
+    if symbols:
+        options.symbols = [s.strip().upper() for s in symbols.split(",") if s.strip()]
+    if capture:
+        options.captures = tuple(capture)
+    options.replay_speed = replay_speed
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set():  # a second Ctrl-C: no more waiting (the broker dies with this process)
+            err.print("stopping now")
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    raise typer.Exit(run_up(Settings(), options, Console(soft_wrap=True, highlight=False), stop))
 
 
 @app.command()

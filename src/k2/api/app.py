@@ -12,7 +12,7 @@ from k2.api.errors import install_error_handlers
 from k2.api.keys import keys_path
 from k2.api.limits import RequestLimits
 from k2.api.ratelimit import RateLimiter
-from k2.api.routes import analytics, catalog, events, health, replay
+from k2.api.routes import analytics, catalog, dashboard, events, health, pipeline, replay
 from k2.api.settings import ApiSettings
 from k2.api.state import ApiState
 from k2.config import Settings
@@ -65,4 +65,6 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
     for module in (events, analytics, catalog, replay):
         app.include_router(module.router, prefix="/v1", dependencies=secured)
     app.include_router(replay.ws_router, prefix="/v1")
+    app.include_router(pipeline.router, prefix="/v1", dependencies=secured)
+    dashboard.install(app)  # static pages, no key: they ask /v1 with the key the user gives them
     return app

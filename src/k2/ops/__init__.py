@@ -1,0 +1,1 @@
+"""Operations: how the running pipeline is doing (lake growth, sink lag, dead letters, stream gaps, degradation)."""

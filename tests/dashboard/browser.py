@@ -1,0 +1,180 @@
+"""Headless Debian Chromium driven over the DevTools protocol (a WebSocket; `websockets` is already a dependency).
+
+No WebDriver and no browser download: `apt-get install -y chromium` is all it needs. The browser runs in its own
+process group on 127.0.0.1 with a throwaway profile, and is killed with that group when the block ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.sync.client import ClientConnection, connect
+
+CHROMIUM = os.environ.get("K2_CHROMIUM", "/usr/bin/chromium")
+
+
+class BrowserError(RuntimeError):
+    pass
+
+
+def chromium_path() -> str | None:
+    return CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+
+
+class Browser:
+    """One headless Chromium with one page. `evaluate()` runs JavaScript in it (awaiting promises)."""
+
+    def __init__(self, width: int = 1600, height: int = 1000) -> None:
+        self.width, self.height = width, height
+        self._profile = Path(tempfile.mkdtemp(prefix="k2-chromium-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ws: ClientConnection | None = None
+        self._ids = itertools.count(1)
+        self.console: list[str] = []  # console messages and uncaught exceptions of the page
+
+    def __enter__(self) -> Browser:
+        binary = chromium_path()
+        if binary is None:
+            raise BrowserError("chromium not found: apt-get install -y chromium (or set K2_CHROMIUM)")
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "--headless=new",
+                "--no-sandbox",  # tests run as root, where Chromium's sandbox refuses to start
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={self._profile}",
+                f"--window-size={self.width},{self.height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: renderer and GPU helpers go with it
+        )
+        try:
+            port = self._devtools_port()
+            pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+            page = next(p for p in pages if p.get("type") == "page")
+            self._ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=10)
+            self.call("Runtime.enable")
+            self.call("Page.enable")
+            # Overlay-free screenshots: a classic scrollbar would take 15 px off the layout and clip the right edge.
+            self.call("Emulation.setScrollbarsHidden", {"hidden": True})
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+            )
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _devtools_port(self, timeout: float = 30) -> int:
+        marker = self._profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise BrowserError(f"chromium exited with code {self._proc.returncode} at start")
+            if marker.exists() and marker.read_text().strip():
+                return int(marker.read_text().split()[0])
+            time.sleep(0.05)
+        raise BrowserError(f"chromium did not open its DevTools port within {timeout}s")
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+                self._proc.wait(10)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(10)
+            self._proc = None
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30) -> dict[str, Any]:
+        """Send one DevTools command and return its result (events met meanwhile are kept in `console`)."""
+        assert self._ws is not None
+        ident = next(self._ids)
+        self._ws.send(json.dumps({"id": ident, "method": method, "params": params or {}}))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrowserError(f"{method}: no answer within {timeout}s")
+            message = json.loads(self._ws.recv(timeout=remaining))
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise BrowserError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self._note_event(message)
+
+    def _note_event(self, message: dict[str, Any]) -> None:
+        method, params = message.get("method"), message.get("params", {})
+        if method == "Runtime.consoleAPICalled":
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            self.console.append(f"console.{params.get('type')}: {text}")
+        elif method == "Runtime.exceptionThrown":
+            details = params.get("exceptionDetails", {})
+            self.console.append(f"exception: {details.get('exception', {}).get('description') or details.get('text')}")
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", {"url": url})
+
+    def evaluate(self, expression: str, timeout: float = 30) -> Any:
+        """The value of a JavaScript expression (a promise is awaited); page exceptions raise BrowserError."""
+        result = self.call(
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            timeout=timeout,
+        )
+        if "exceptionDetails" in result:
+            raise BrowserError(f"{expression[:80]}…: {result['exceptionDetails']}")
+        return result.get("result", {}).get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60, interval: float = 0.25) -> Any:
+        """Poll `expression` until it is truthy; its value, or BrowserError with the last value after `timeout`."""
+        deadline = time.monotonic() + timeout
+        value: Any = None
+        while time.monotonic() < deadline:
+            try:
+                value = self.evaluate(expression)
+            except BrowserError:
+                value = None
+            if value:
+                return value
+            time.sleep(interval)
+        raise BrowserError(f"still false after {timeout}s: {expression} (last value {value!r}); page: {self.console}")
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, timeout=60)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data["data"]))
+        return path

@@ -1,0 +1,140 @@
+"""The dashboard in headless Chromium against a real `k2 up`: the charts show the lake's data, and a screenshot.
+
+Set K2_SCREENSHOT_DIR (e.g. docs/img) to keep the screenshots; otherwise they go to the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from k2.config import Settings
+from tests.dashboard.browser import Browser, chromium_path
+from tests.dashboard.k2up import k2_up, wait_for_exchanges
+
+pytestmark = pytest.mark.integration
+
+# Pixels drawn in the candle colours (style.css / app.js): up #26a69a, down #ef5350.
+COUNT_CANDLE_PIXELS = """
+(() => {
+  const colours = [[0x26, 0xa6, 0x9a], [0xef, 0x53, 0x50]];
+  let hits = 0;
+  for (const canvas of document.querySelectorAll('#candles canvas')) {
+    if (!canvas.width || !canvas.height) continue;
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 0; i < data.length; i += 4) {
+      if (data[i + 3] < 200) continue;
+      const near = ([r, g, b]) => Math.abs(data[i] - r) < 8 && Math.abs(data[i + 1] - g) < 8
+        && Math.abs(data[i + 2] - b) < 8;
+      if (colours.some(near)) hits++;
+    }
+  }
+  return hits;
+})()
+"""
+
+DRAWN = "window.k2dash && window.k2dash.drawn()"
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    return Path(os.environ["K2_SCREENSHOT_DIR"]) if os.environ.get("K2_SCREENSHOT_DIR") else tmp_path
+
+
+def bars_as_the_page_asked(client: httpx.Client, browser: Browser) -> list[dict]:
+    """The /v1/bars answer for the symbol, interval and range the page drew."""
+    asked = browser.evaluate(
+        "(() => { const s = window.k2dash.state; return {symbol: s.selected.symbol, exchange: s.selected.exchange,"
+        " interval: s.barsInterval, start: s.selected.first_seen,"
+        " end: new Date(Date.parse(s.selected.last_seen) + 1).toISOString()}; })()"
+    )
+    response = client.get(
+        "/v1/bars",
+        params={
+            "symbols": asked["symbol"],
+            "exchange": asked["exchange"],
+            "interval": asked["interval"],
+            "start": asked["start"],
+            "end": asked["end"],
+        },
+    )
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+def check_symbol(client: httpx.Client, browser: Browser, symbol: str, exchange: str) -> dict:
+    """The page drew `symbol`: one candle per bar the API returns, with the same prices; the tape shows the latest
+    trades the API has, price for price. Returns what was drawn."""
+    browser.evaluate(f"window.k2dash.select({symbol!r}, {exchange!r})")
+    drawn = browser.wait_for(
+        f"(() => {{ const d = {DRAWN}; return d && d.symbol === {symbol!r} && d.candles > 0 && d.tape > 0 && d; }})()"
+    )
+    bars = bars_as_the_page_asked(client, browser)
+    assert drawn["candles"] == drawn["volume"] == len(bars) > 0
+    candles = browser.evaluate("window.k2dash.charts.candles.data().map(c => [c.open, c.high, c.low, c.close])")
+    expected = [[float(b[k]) for k in ("open", "high", "low", "close")] for b in bars]
+    assert candles == expected
+    assert browser.evaluate(COUNT_CANDLE_PIXELS) > 200, "the candle canvas holds (almost) no candle-coloured pixels"
+
+    latest = client.get("/v1/trades/latest", params={"symbols": symbol, "exchange": exchange, "n": 30}).json()["data"]
+    tape = browser.evaluate("[...document.querySelectorAll('#tape tbody tr')].map(r => r.dataset.price)")
+    shown = browser.evaluate(
+        "[...document.querySelectorAll('#tape tbody tr td:nth-child(2)')].map(td => td.textContent)"
+    )
+    assert tape == [t["price"] for t in reversed(latest)]
+    assert [Decimal(text) for text in shown] == [Decimal(t["price"]) for t in reversed(latest)]
+    return drawn
+
+
+def test_dashboard_draws_the_lake_in_headless_chromium(settings: Settings, asx_sample: Path, tmp_path: Path) -> None:
+    if chromium_path() is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium (the Makefile's test target does this)")
+    with k2_up(settings.home_dir, "--binance", "emulator", "--asx", str(asx_sample)) as up, up.client() as client:
+        wait_for_exchanges(client, {"asx", "binance"}, timeout=90)
+        up.wait_for_line(r"ASX: all [\d,]+ records are in the lake", 120)
+        with Browser() as browser:
+            browser.goto(f"{up.url}/dashboard#key={up.key}")
+            browser.wait_for(f"{DRAWN} && window.k2dash.state.refreshes > 0")
+            # The key left the address bar (it stays in the tab's sessionStorage).
+            assert "key=" not in browser.evaluate("location.href")
+
+            drawn = check_symbol(client, browser, "BHP", "asx")
+            assert drawn["interval"] == "5m" and drawn["quotes"] > 0
+            last_quote = [
+                q
+                for q in client.get("/v1/quotes/latest", params={"symbols": "BHP", "exchange": "asx", "n": 300}).json()[
+                    "data"
+                ]
+                if Decimal(q["bid_price"] or 0) > 0 and Decimal(q["ask_price"] or 0) > 0
+            ][-1]
+            quote_text = browser.evaluate("document.getElementById('quote-now').textContent")
+            assert f"bid {Decimal(last_quote['bid_price']).normalize():f}" in quote_text.replace("×", " ")
+
+            # Pipeline health shows the real log end of the ASX trade topic and the NORMAL level.
+            browser.wait_for("document.querySelector('#health-topics tbody tr td') !== null")
+            topics = browser.evaluate(
+                "Object.fromEntries([...document.querySelectorAll('#health-topics tbody tr')]"
+                ".map(r => [r.cells[0].textContent, r.cells[1].textContent]))"
+            )
+            trades = sum(
+                row["count"]
+                for row in client.get("/v1/symbols", params={"kind": "trades", "exchange": "asx"}).json()["data"]
+            )
+            assert topics["market.equities.trades.asx"] == f"{trades:,}"
+            assert browser.evaluate("document.getElementById('degradation').textContent") == "NORMAL"
+
+            shots = screenshot_dir(tmp_path)
+            browser.evaluate("window.scrollTo(0, 0)")
+            asx_shot = browser.screenshot(shots / "dashboard.png")
+
+            drawn = check_symbol(client, browser, "BTCUSDT", "binance")
+            assert drawn["interval"] == "1s"  # 92 s of recorded trades
+            binance_shot = browser.screenshot(shots / "dashboard-binance.png")
+
+            errors = [line for line in browser.console if line.startswith(("exception", "console.error"))]
+            assert not errors, errors
+    assert asx_shot.stat().st_size > 50_000 and binance_shot.stat().st_size > 50_000
+    print(f"screenshots: {asx_shot} {binance_shot}")
