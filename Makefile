@@ -25,8 +25,9 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench
 
 test: setup lint
-	# the dashboard's browser test drives headless Chromium (Debian package)
-	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	# Debian packages the tests drive: headless Chromium (dashboard), Prometheus and promtool (alerts, scrape)
+	command -v chromium >/dev/null && command -v promtool >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus)
 	$(BIN)/pytest -q -ra -m "not faults"
 	# kill -9 drills over a million messages (tests/faults): once, on the SQLite catalog
 	$(BIN)/pytest -q -ra -m faults

@@ -74,6 +74,17 @@ def load_binance_files(
     raise typer.Exit(0 if recon.ok else 1)
 
 
+_METRICS_PORT = typer.Option(None, help="Serve Prometheus /metrics of this process on 127.0.0.1:PORT")
+
+
+def _serve_metrics(port: int | None) -> None:
+    if port is not None:
+        from k2.ops.metrics import serve_metrics
+
+        serve_metrics(port)
+        err.print(f"metrics: http://127.0.0.1:{port}/metrics")
+
+
 @stream_app.command("binance")
 def stream_binance_cmd(
     symbols: str = typer.Option("BTCUSDT,ETHUSDT", help="Comma-separated symbols"),
@@ -81,8 +92,10 @@ def stream_binance_cmd(
     endpoint: str = typer.Option(None, help="WebSocket base, e.g. ws://127.0.0.1:9443 (default: Binance)"),
     rest_endpoint: str = typer.Option(None, help="REST base, e.g. http://127.0.0.1:9444 (default: Binance)"),
     duration: float = typer.Option(None, help="Stop after this many seconds (default: until SIGTERM/Ctrl-C)"),
+    metrics_port: int = _METRICS_PORT,
 ) -> None:
     """Stream Binance spot trades/quotes; on stop, flush and return once everything produced is in the lake."""
+    _serve_metrics(metrics_port)
     from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
     from k2.streaming import stream_binance
 
@@ -319,8 +332,10 @@ def maintain(
 @app.command()
 def sink(
     group: str = typer.Option(None, help="Consumer group (default: K2_SINK_GROUP or k2-sink)"),
+    metrics_port: int = _METRICS_PORT,
 ) -> None:
     """Run a sink worker: market.* topics → Iceberg, exactly once, until SIGTERM/Ctrl-C (then commit, exit)."""
+    _serve_metrics(metrics_port)
     from k2.bus.registry_client import RegistryClient
     from k2.bus.stack import NO_KAFKA, existing_endpoints
     from k2.lake.catalog import open_catalog

@@ -23,6 +23,7 @@ from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink, SinkStats
+from k2.ops import metrics
 from k2.reconcile import LoadTimeoutError, Reconciliation
 from k2.sources.base import Source
 
@@ -63,6 +64,7 @@ def produce(
                     on_new_topic(str(topic))
             producer.send(batch)
             recon.read += batch.rows_read
+            metrics.RECORDS_IN.labels(type(source).__name__).inc(batch.rows_read)
             recon.produced += len(batch.records)
             recon.rejected.update(r.reason for r in batch.rejects)
         producer.flush()

@@ -26,6 +26,7 @@ from k2.lake.catalog import open_catalog
 from k2.lake.offsets import SUMMARY_KEY, encode_ranges
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_table
+from k2.ops.metrics import REGISTRY
 from k2.pipeline import load, produce
 from k2.schema import TRADES_V2
 from k2.schema.arrow import records_to_arrow
@@ -144,8 +145,17 @@ def test_invalid_rows_go_to_the_dlq_with_reason_and_original_bytes(
     assert all(h[H_STAGE] == b"source" for h in by_value.values())
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_undecodable_messages_are_dead_lettered_alone(settings: Settings) -> None:
     topic = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
+    before = {
+        "undecodable": _sample("k2_rejected_records_total", stage="sink", reason="undecodable"),
+        "written": _sample("k2_sink_written_rows_total", table="trades_v2"),
+        "commits": _sample("k2_sink_commit_seconds_count"),
+    }
     with Stack(settings) as endpoints:
         registry = RegistryClient(endpoints.registry_url)
         producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
@@ -171,6 +181,10 @@ def test_undecodable_messages_are_dead_lettered_alone(settings: Settings) -> Non
 
     assert dict(stats.written) == {"trades_v2": 8}
     assert dict(stats.rejected) == {"undecodable": 2, "unknown_schema": 1}
+    # The same figures in the Prometheus metrics this process exports.
+    assert _sample("k2_rejected_records_total", stage="sink", reason="undecodable") - before["undecodable"] == 2
+    assert _sample("k2_sink_written_rows_total", table="trades_v2") - before["written"] == 8
+    assert _sample("k2_sink_commit_seconds_count") - before["commits"] == stats.commits
     assert {m.value(): dict(m.headers())[H_REASON].decode() for m in dlq} == garbage
     assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 8
 

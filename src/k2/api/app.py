@@ -12,7 +12,7 @@ from k2.api.errors import install_error_handlers
 from k2.api.keys import keys_path
 from k2.api.limits import RequestLimits
 from k2.api.ratelimit import RateLimiter
-from k2.api.routes import analytics, catalog, dashboard, events, health, pipeline, replay
+from k2.api.routes import analytics, catalog, dashboard, events, health, metrics, pipeline, replay
 from k2.api.settings import ApiSettings
 from k2.api.state import ApiState
 from k2.config import Settings
@@ -60,7 +60,9 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
     app.state.k2 = state
     install_error_handlers(app)
     app.add_middleware(RequestLimits, max_body_bytes=options.max_body_bytes, max_url_bytes=options.max_url_bytes)
+    app.add_middleware(metrics.RequestTimer)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     secured = [Depends(require_key)]
     for module in (events, analytics, catalog, replay):
         app.include_router(module.router, prefix="/v1", dependencies=secured)

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.serde import encoder
 from k2.bus.topics import DLQ_PREFIX, TopicName
+from k2.ops import metrics
 from k2.schema.avro import avro_schema
 from k2.sources.base import Reject, SourceBatch
 
@@ -64,6 +65,7 @@ class RecordProducer:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.stats.failures.append(f"{msg.topic()}: {err.str()}")
+            metrics.PRODUCE_FAILURES.labels(msg.topic()).inc()
             return
         if msg.topic().startswith(DLQ_PREFIX):
             return  # no sink consumes the DLQ: its offsets are not part of "all landed"
@@ -94,6 +96,7 @@ class RecordProducer:
             except BufferError:
                 self.produce_raw(name, value, key)
         self.stats.produced[name] += len(batch.records)
+        metrics.RECORDS_PRODUCED.labels(name).inc(len(batch.records))
         for reject in batch.rejects:
             self.send_reject(topic.dlq, reject, stage="source")
         self._producer.poll(0)
@@ -101,6 +104,7 @@ class RecordProducer:
     def send_reject(self, dlq: str, reject: Reject, stage: str, key: bytes | None = None) -> None:
         self.produce_raw(dlq, reject.raw, key, headers=reject_headers(reject, stage))
         self.stats.dead_lettered[reject.reason] += 1
+        metrics.RECORDS_REJECTED.labels(stage, reject.reason).inc()
 
     def close(self, timeout: float = 60.0) -> None:
         """Flush, then release the client: a broker stops at once only when no client is connected to it."""

@@ -42,6 +42,7 @@ from k2.config import Settings
 from k2.lake.dedup import LakeIdIndex
 from k2.lake.offsets import SUMMARY_KEY, encode_ranges, next_offsets
 from k2.lake.tables import ensure_table
+from k2.ops import metrics
 from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import parsed_schema
 from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE, Kind, RecordSpec
@@ -193,7 +194,7 @@ class IcebergSink:
         topic = msg.topic()
         reject = Reject(reason, detail, msg.value() or b"", f"{topic}/{msg.partition()}", msg.offset())
         self._dlq.send_reject(f"dlq.{topic}", reject, stage="sink", key=msg.key())
-        self.stats.rejected[reason] += 1
+        self.stats.rejected[reason] += 1  # k2_rejected_records_total: counted by send_reject
 
     def _spec_for(self, topic: str) -> RecordSpec:
         spec = self._specs.get(topic)
@@ -234,6 +235,7 @@ class IcebergSink:
             elif self._accept(msg, topic, value):
                 buffered += 1
         self._buffered += buffered
+        metrics.SINK_CONSUMED.inc(len(messages))
 
     def _accept(self, msg: Message, topic: str, value: bytes | None) -> bool:
         """Buffer one message for its table, or dead-letter it; True when buffered."""
@@ -367,10 +369,15 @@ class IcebergSink:
         if not self._ranges:
             return
         started = time.monotonic()
-        for name, buffer in self._buffers.items():
-            ranges = {k: v for k, v in self._ranges.items() if self._spec_for(k[0]).name == name}
-            if buffer.framed or buffer.rows:
-                self._append(buffer, ranges)
+        written, duplicates = Counter(self.stats.written), Counter(self.stats.duplicates)
+        try:
+            for name, buffer in self._buffers.items():
+                ranges = {k: v for k, v in self._ranges.items() if self._spec_for(k[0]).name == name}
+                if buffer.framed or buffer.rows:
+                    self._append(buffer, ranges)
+        except Exception:
+            metrics.SINK_COMMIT_FAILURES.labels("iceberg").inc()
+            raise
         self._dlq.flush()
         offsets = [TopicPartition(t, p, end) for (t, p), (_first, end) in self._ranges.items()]
         try:
@@ -380,10 +387,12 @@ class IcebergSink:
             # partitions next resumes from the lake (and brings the group up to it). Typical cause: a rebalance
             # while workers stop together.
             log.warning("sink.kafka_commit_failed", error=str(exc), note="offsets are safe in the lake")
+            metrics.SINK_COMMIT_FAILURES.labels("kafka").inc()
         else:
             for (t, p), (_first, end) in self._ranges.items():
                 self.committed[(t, p)] = end
         elapsed = time.monotonic() - started
+        self._export(elapsed, self.stats.written - written, self.stats.duplicates - duplicates)
         self.stats.commits += 1
         self.stats.commit_seconds.append(elapsed)
         log.info(
@@ -398,6 +407,20 @@ class IcebergSink:
         self._ranges.clear()
         self._buffered = 0
         self._last_commit = time.monotonic()
+
+    def _export(self, elapsed: float, written: Counter[str], duplicates: Counter[str]) -> None:
+        """Metrics of one commit, and the lag of every partition this worker holds: the log end librdkafka saw
+        in its own fetches (ListOffsets is wrong on the embedded broker) minus what the group committed."""
+        metrics.SINK_COMMIT_SECONDS.observe(elapsed)
+        metrics.SINK_LAST_COMMIT.set_to_current_time()
+        for table, rows in written.items():
+            metrics.SINK_WRITTEN.labels(table).inc(rows)
+        for table, rows in duplicates.items():
+            metrics.SINK_DUPLICATES.labels(table).inc(rows)
+        for (topic, partition), end in self.committed.items():
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            if high is not None and high >= 0:
+                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(high - end, 0))
 
     def group_committed(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Offsets the whole consumer group has committed (any worker), for "is it all in the lake?"."""

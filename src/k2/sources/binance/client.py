@@ -26,6 +26,8 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from k2.ops import metrics
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_WS_ENDPOINT = "wss://stream.binance.com:9443"
@@ -158,9 +160,11 @@ class BinanceStreamClient:
                 await conn.close()
                 if reason == "closed":
                     self.stats.disconnects += 1
+                    metrics.STREAM_RECONNECTS.labels("disconnect").inc()
                 return
             # lifetime or serverShutdown: open the successor first, then drop the old one (overlap, no gap)
             self.stats.replacements += 1
+            metrics.STREAM_RECONNECTS.labels(reason).inc()
             log.info("binance.replacing_connection", reason=reason)
             try:
                 successor = await self._open(streams)

@@ -18,6 +18,7 @@ import httpx
 import orjson
 import structlog
 
+from k2.ops import metrics
 from k2.schema import QUOTES_V2, TRADES_V2, AssetClass, DataType, RecordSpec
 from k2.schema.codecs import message_id
 from k2.schema.fields import STREAM_GAPS
@@ -209,6 +210,7 @@ class BinanceLive:
         gap.status = "filled" if gap.filled == gap.size else ("partial" if gap.filled else "unrecoverable")
         self.stats.backfilled += gap.filled
         self.stats.gaps.append(gap)
+        metrics.STREAM_GAPS.labels(gap.symbol, gap.channel, gap.status).inc()
         self._add(gap_record(gap), STREAM_GAPS)
 
     def _reject(self, reject: Reject) -> None:
