@@ -330,6 +330,28 @@ def maintain(
 
 
 @app.command()
+def cost(
+    price_per_gb_month: float = typer.Option(None, help="Storage price per GB-month (default: S3 Standard list, USD)"),
+    currency: str = typer.Option(None, help="Currency of --price-per-gb-month (default: USD)"),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table or json"),
+) -> None:
+    """Stored bytes and CPU seconds per million records, compression ratio, monthly storage: measured, not guessed."""
+    import json
+
+    from k2.lake.catalog import open_catalog
+    from k2.ops.cost import cost_report, render
+
+    if fmt is OutputFormat.csv:
+        raise typer.BadParameter("table or json", param_hint="--format")
+    given = {"price_per_gb_month": price_per_gb_month, "currency": currency}
+    report = cost_report(open_catalog(Settings()), **{k: v for k, v in given.items() if v is not None})
+    if fmt is OutputFormat.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        render(report, out if out.is_terminal else Console(width=200))
+
+
+@app.command()
 def sink(
     group: str = typer.Option(None, help="Consumer group (default: K2_SINK_GROUP or k2-sink)"),
     metrics_port: int = _METRICS_PORT,

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         default=900.0, description="How long `k2 load` waits for the sink group to commit what it produced"
     )
 
+    # --- Degradation (k2.ops.degradation) --------------------------------------------------------------------
+    shed_priorities: str = Field(
+        default="{}",
+        description='JSON {"asset_class/exchange": 0|1|2}: under load, priority 2 is spilled to disk first, 0 last',
+    )
+
     @cached_property
     def home_dir(self) -> Path:
         path = self.home.expanduser().resolve()

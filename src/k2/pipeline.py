@@ -24,8 +24,9 @@ from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink, SinkStats
 from k2.ops import metrics
+from k2.ops.degradation import CircuitBreaker, Controller, Governor, Spill, parse_priorities
 from k2.reconcile import LoadTimeoutError, Reconciliation
-from k2.sources.base import Source
+from k2.sources.base import Source, SourceBatch
 
 
 def produce(
@@ -34,14 +35,31 @@ def produce(
     endpoints: Endpoints,
     console: Console,
     on_new_topic: Callable[[str], None] | None = None,
+    governor: Governor | None = None,
 ) -> tuple[Reconciliation, ProduceStats]:
     """Send every record of `source` to its topic (rejects to the DLQ) and wait for every acknowledgement.
-    `on_new_topic(name)` is called once a topic exists, before its first record is sent."""
+    `on_new_topic(name)` is called once a topic exists, before its first record is sent. Every batch passes the
+    `governor` (k2.ops.degradation; default: memory-driven, spilling under $K2_HOME/spill), which may slow the
+    source or set batches aside on disk; whatever it set aside is sent before this returns."""
     recon = Reconciliation(source.describe())
     registry = RegistryClient(endpoints.registry_url)
     admin = AdminClient(base_config(settings, endpoints.bootstrap))
     producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
+    governor = governor or default_governor(settings)
+    producer.breaker = governor.controller.breaker
     known_topics: set[str] = set()
+
+    def send(batch: SourceBatch) -> None:
+        topic = TopicName(batch.asset_class, batch.spec.data_type, batch.exchange)
+        if str(topic) not in known_topics:
+            ensure_topics(admin, settings, [str(topic), topic.dlq])
+            known_topics.add(str(topic))
+            if on_new_topic is not None:
+                on_new_topic(str(topic))
+        producer.send(batch)
+        recon.produced += len(batch.records)
+        recon.rejected.update(r.reason for r in batch.rejects)
+
     total = getattr(source, "total_bytes", lambda: None)()
     with Progress(
         TextColumn("[bold]producing[/bold]"),
@@ -55,22 +73,25 @@ def produce(
         task = progress.add_task("produce", total=total)
         if hasattr(source, "progress"):
             source.progress = lambda n: progress.advance(task, n)  # type: ignore[attr-defined]
-        for batch in source.batches():
-            topic = TopicName(batch.asset_class, batch.spec.data_type, batch.exchange)
-            if str(topic) not in known_topics:
-                ensure_topics(admin, settings, [str(topic), topic.dlq])
-                known_topics.add(str(topic))
-                if on_new_topic is not None:
-                    on_new_topic(str(topic))
-            producer.send(batch)
-            recon.read += batch.rows_read
-            metrics.RECORDS_IN.labels(type(source).__name__).inc(batch.rows_read)
-            recon.produced += len(batch.records)
-            recon.rejected.update(r.reason for r in batch.rejects)
+        with governor.running():
+            for batch in source.batches():
+                recon.read += batch.rows_read
+                metrics.RECORDS_IN.labels(type(source).__name__).inc(batch.rows_read)
+                governor.admit(batch, send)
+            governor.drain(send)  # the source has ended: what was set aside goes now
         producer.flush()
     recon.empty_files = list(getattr(source, "empty_files", []))
     producer.close()
     return recon, producer.stats
+
+
+def default_governor(settings: Settings) -> Governor:
+    """Degradation for a producing process: thresholds and priorities from settings, a breaker on produce failures,
+    spill files under $K2_HOME/spill."""
+    controller = Controller(breaker=CircuitBreaker("produce"))
+    return Governor(
+        controller, Spill(settings.home_dir / "spill"), priorities=parse_priorities(settings.shed_priorities)
+    )
 
 
 def landed_check(targets: dict[tuple[str, int], int], timeout: float) -> Callable[[IcebergSink], bool]:
@@ -144,7 +165,10 @@ def load(source: Source, settings: Settings, console: Console | None = None) -> 
         )
         with SinkAlongside(sink, settings.load_timeout_seconds) as alongside:
             announce = (lambda topic: sink.add_topics([topic])) if own_broker else None
-            recon, produced = produce(source, settings, endpoints, console, on_new_topic=announce)
+            governor = default_governor(settings)
+            # Lag the governor watches: records sent that this run's sink has not read yet.
+            governor.lag = lambda: governor.sent - sink.stats.consumed
+            recon, produced = produce(source, settings, endpoints, console, on_new_topic=announce, governor=governor)
             alongside.targets.update(produced.end_offsets)
             with console.status("committing to the lake"):
                 recon.sink = alongside.wait()

@@ -129,5 +129,5 @@ def test_prometheus_stores_what_k2_reports_and_the_rules_evaluate(prometheus: st
         return rules if rules and all(rule.get("lastEvaluation", "").startswith("20") for rule in rules) else None
 
     rules = _wait(evaluated, 30, "every rule to be evaluated")
-    assert len(rules) == 10
+    assert len(rules) == 11
     assert {rule["name"]: rule["health"] for rule in rules} == {rule["name"]: "ok" for rule in rules}

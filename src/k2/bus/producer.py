@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
@@ -13,6 +13,9 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.serde import encoder
 from k2.bus.topics import DLQ_PREFIX, TopicName
 from k2.ops import metrics
+
+if TYPE_CHECKING:
+    from k2.ops.degradation import CircuitBreaker
 from k2.schema.avro import avro_schema
 from k2.sources.base import Reject, SourceBatch
 
@@ -55,6 +58,7 @@ class RecordProducer:
         self._registry = registry
         self._schema_ids: dict[str, int] = {}
         self.stats = ProduceStats()
+        self.breaker: CircuitBreaker | None = None  # told of every delivery failure (k2.ops.degradation)
 
     def _schema_id(self, topic: TopicName) -> int:
         subject = topic.subject
@@ -66,7 +70,11 @@ class RecordProducer:
         if err is not None:
             self.stats.failures.append(f"{msg.topic()}: {err.str()}")
             metrics.PRODUCE_FAILURES.labels(msg.topic()).inc()
+            if self.breaker is not None:
+                self.breaker.record_failure()
             return
+        if self.breaker is not None and self.breaker.failing:
+            self.breaker.record_success()
         if msg.topic().startswith(DLQ_PREFIX):
             return  # no sink consumes the DLQ: its offsets are not part of "all landed"
         key = (msg.topic(), msg.partition())

@@ -15,6 +15,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
 SUMMARY_KEY = "k2.kafka.offsets"
+CPU_KEY = "k2.cpu-seconds"  # process CPU a sink worker spent since its previous append (read by k2 cost)
 
 # (topic, partition) -> [first, end)
 Ranges = Mapping[tuple[str, int], tuple[int, int]]

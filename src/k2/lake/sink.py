@@ -40,7 +40,7 @@ from k2.bus.serde import DecodeError, decode, schema_id_of
 from k2.bus.topics import MARKET_TOPIC_PATTERN, TopicName
 from k2.config import Settings
 from k2.lake.dedup import LakeIdIndex
-from k2.lake.offsets import SUMMARY_KEY, encode_ranges, next_offsets
+from k2.lake.offsets import CPU_KEY, SUMMARY_KEY, encode_ranges, next_offsets
 from k2.lake.tables import ensure_table
 from k2.ops import metrics
 from k2.schema.arrow import records_to_arrow
@@ -126,6 +126,7 @@ class IcebergSink:
         self._buffered = 0
         self._fast_routes: dict[tuple[str, bytes], list[Message]] = {}  # (topic, header) → the frames list
         self._last_commit = time.monotonic()
+        self._cpu_mark = time.process_time()  # process CPU at this worker's previous append (or start)
         self.committed: dict[tuple[str, int], int] = {}
         self.stats = SinkStats()
 
@@ -345,7 +346,11 @@ class IcebergSink:
             return  # nothing new; the Kafka commit still records the progress
         # Iceberg does not apply the table's sort order on write (STACK-NOTES.md): sort here.
         fresh = fresh.sort_by([("timestamp", "ascending")])
+        # CPU of this process since its previous append (k2 cost): decoding and dedup of this batch, the previous
+        # Parquet write, and whatever else the process did meanwhile (e.g. the producer under `k2 load`).
+        cpu, self._cpu_mark = time.process_time() - self._cpu_mark, time.process_time()
         summary = {
+            CPU_KEY: f"{cpu:.6f}",
             SUMMARY_KEY: encode_ranges(ranges, self._topic_ids),
             "k2.rows": str(fresh.num_rows),
             "k2.worker": WORKER_ID,  # which sink process committed it: the audit trail of a multi-worker group

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from k2.bus.stack import existing_endpoints
 from k2.config import Settings
 from k2.lake.tables import table_identifier
+from k2.ops.degradation import active_controller
 from k2.ops.lag import log_report
 from k2.query.engine import QueryEngine
 from k2.query.summary import table_stats
@@ -27,10 +28,11 @@ THROUGHPUT_WINDOW_SECONDS = 60
 # Commits listed for the throughput chart.
 HISTORY_SECONDS = 600
 
-DEGRADATION_NOTE = (
-    "K2 has no degradation control yet (issue #5 lists it as later work): nothing sheds load or switches modes, so "
-    "the level is always NORMAL. This field will carry the controller's level once it lands."
+IDLE_NOTE = (
+    "No source is producing in this process now, so nothing is being slowed, spilled or shed; `k2 load` and the "
+    "loads of `k2 up` run under a degradation controller (k2.ops.degradation) while they produce."
 )
+ACTIVE_NOTE = "The level of the controller governing the source producing in this process now (k2.ops.degradation)."
 
 
 class TableHealth(BaseModel):
@@ -83,8 +85,15 @@ class GapHealth(BaseModel):
 
 class Degradation(BaseModel):
     level: str = "NORMAL"
-    controlled: bool = Field(default=False, description="False: no degradation controller exists yet")
-    note: str = DEGRADATION_NOTE
+    controlled: bool = Field(default=False, description="True while a source produces under a controller here")
+    note: str = IDLE_NOTE
+
+
+def degradation_now() -> Degradation:
+    controller = active_controller()
+    if controller is None:
+        return Degradation()
+    return Degradation(level=controller.level.name, controlled=True, note=ACTIVE_NOTE)
 
 
 class PipelineHealth(BaseModel):
@@ -96,7 +105,7 @@ class PipelineHealth(BaseModel):
     kafka: KafkaHealth
     dlq: DlqHealth
     gaps: GapHealth
-    degradation: Degradation = Degradation()
+    degradation: Degradation = Field(default_factory=degradation_now)
     seconds: float = Field(description="How long computing this took")
 
 

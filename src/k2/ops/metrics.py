@@ -102,6 +102,19 @@ DEGRADATION_LEVEL = Gauge(
 )
 
 
+DEGRADATION_TRANSITIONS = Counter(
+    "k2_degradation_transitions_total", "Level changes, from and to", ["frm", "to"], registry=REGISTRY
+)
+SPILLED = Counter(
+    "k2_spilled_records_total",
+    "Records set aside on local disk by degradation, by priority",
+    ["priority"],
+    registry=REGISTRY,
+)
+REPLAYED = Counter("k2_replayed_records_total", "Spilled records sent on once the level allowed", registry=REGISTRY)
+BREAKER_OPEN = Gauge("k2_breaker_open", "1 while a circuit breaker is open", ["breaker"], registry=REGISTRY)
+
+
 def exposition() -> tuple[bytes, str]:
     """The registry in Prometheus' text format, and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

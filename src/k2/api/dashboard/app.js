@@ -275,7 +275,7 @@
       card("sink lag (records)", kafka.available ? count(kafka.total_lag) : "n/a"),
       card("dead letters", p.dlq.available ? count(p.dlq.total) : "n/a", p.dlq.total > 0),
       card("stream gaps (filled)", `${count(p.gaps.total)} (${count(p.gaps.filled)}/${count(p.gaps.missing)} ids)`, p.gaps.missing > p.gaps.filled),
-      card("degradation", p.degradation.controlled ? p.degradation.level : `${p.degradation.level} (no controller yet)`),
+      card("degradation", p.degradation.controlled ? p.degradation.level : `${p.degradation.level} (idle: nothing producing)`),
     );
     $("health-tables").querySelector("tbody").replaceChildren(
       ...p.tables.map((t) =>

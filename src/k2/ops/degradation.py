@@ -1,0 +1,270 @@
+"""Protection that acts: five degradation levels driven by consumer lag and this process's memory, a circuit
+breaker on produce failures, and what each level does to the records a source hands over — never silent loss.
+
+| level         | entered when (either)        | action on a source batch                                  |
+|---------------|------------------------------|-----------------------------------------------------------|
+| NORMAL        | —                            | sent; spilled records are replayed                        |
+| SOFT          | lag ≥ 100k or RSS ≥ 512 MiB  | backpressure: the source waits `pace` before each batch   |
+| GRACEFUL      | lag ≥ 500k or RSS ≥ 768 MiB  | + records of priority ≥ 2 (least important) spilled       |
+| AGGRESSIVE    | lag ≥ 2M   or RSS ≥ 1 GiB    | + records of priority ≥ 1 spilled                         |
+| CIRCUIT_BREAK | lag ≥ 5M   or RSS ≥ 1.5 GiB, | everything spilled                                        |
+|               | or the produce breaker open  |                                                           |
+
+Priority is configured per `asset_class/exchange` (K2_SHED_PRIORITIES, JSON; 0 = most important, default 1). A
+spilled record is not dropped: it is written to a spill file under $K2_HOME/spill and sent when the level is back
+to NORMAL (or when the load ends), and counted both ways (k2_spilled_records_total, k2_replayed_records_total),
+so read = produced + rejected still holds. Levels rise at once and fall one step at a time, only when both signals
+are below `recover` x the current level's thresholds (no flapping). Every transition is logged and exported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+import structlog
+
+from k2.ops import metrics
+from k2.sources.base import SourceBatch
+
+log = structlog.get_logger(__name__)
+
+
+class Level(IntEnum):
+    NORMAL = 0
+    SOFT = 1
+    GRACEFUL = 2
+    AGGRESSIVE = 3
+    CIRCUIT_BREAK = 4
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where SOFT, GRACEFUL, AGGRESSIVE and CIRCUIT_BREAK begin, for each signal."""
+
+    lag: tuple[int, int, int, int] = (100_000, 500_000, 2_000_000, 5_000_000)
+    memory: tuple[int, int, int, int] = (512 * MIB, 768 * MIB, 1024 * MIB, 1536 * MIB)
+    recover: float = 0.8
+
+    def level_for(self, lag: int, memory: int) -> Level:
+        by_lag = sum(lag >= t for t in self.lag)
+        by_memory = sum(memory >= t for t in self.memory)
+        return Level(max(by_lag, by_memory))
+
+    def calm_below(self, level: Level, lag: int, memory: int) -> bool:
+        """Both signals under `recover` x the thresholds of `level`: safe to step down from it."""
+        if level is Level.NORMAL:
+            return True
+        i = level - 1
+        return lag < self.recover * self.lag[i] and memory < self.recover * self.memory[i]
+
+
+def process_memory() -> int:
+    """This process's resident set size in bytes (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class CircuitBreaker:
+    """Closed → open after `threshold` consecutive failures; half-open after `reset_seconds` (the next call is a
+    trial); a success closes it. Thread-safe: failures arrive from librdkafka's delivery callbacks."""
+
+    def __init__(self, name: str, threshold: int = 5, reset_seconds: float = 10.0, clock=time.monotonic) -> None:
+        self.name, self.threshold, self.reset_seconds, self._clock = name, threshold, reset_seconds, clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def failing(self) -> bool:
+        """Failures recorded since the last success (cheap: no lock; for the hot delivery path)."""
+        return self._failures > 0
+
+    @property
+    def open(self) -> bool:
+        with self._lock:
+            return self._opened_at is not None and self._clock() - self._opened_at < self.reset_seconds
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.threshold and self._opened_at is None:
+                self._opened_at = self._clock()
+                metrics.BREAKER_OPEN.labels(self.name).set(1)
+                log.warning("breaker.opened", breaker=self.name, failures=self._failures)
+            elif self._opened_at is not None and self._clock() - self._opened_at >= self.reset_seconds:
+                self._opened_at = self._clock()  # the half-open trial failed: open again
+
+    def record_success(self) -> None:
+        with self._lock:
+            if self._opened_at is not None:
+                log.info("breaker.closed", breaker=self.name)
+                metrics.BREAKER_OPEN.labels(self.name).set(0)
+            self._failures, self._opened_at = 0, None
+
+
+class Controller:
+    """The current level from the latest lag and memory readings (and an optional breaker)."""
+
+    def __init__(self, thresholds: Thresholds | None = None, breaker: CircuitBreaker | None = None) -> None:
+        self.thresholds = thresholds or Thresholds()
+        self.breaker = breaker
+        self.level = Level.NORMAL
+        metrics.DEGRADATION_LEVEL.set(0)
+
+    def observe(self, lag: int, memory: int) -> Level:
+        target = self.thresholds.level_for(lag, memory)
+        if self.breaker is not None and self.breaker.open:
+            target = Level.CIRCUIT_BREAK
+        if target > self.level:
+            self._move(target, lag, memory)
+        elif target < self.level and self.thresholds.calm_below(self.level, lag, memory):
+            self._move(Level(self.level - 1), lag, memory)  # one step at a time
+        return self.level
+
+    def _move(self, to: Level, lag: int, memory: int) -> None:
+        log.warning("degradation.level", frm=self.level.name, to=to.name, lag=lag, memory_mib=memory // MIB)
+        metrics.DEGRADATION_TRANSITIONS.labels(self.level.name, to.name).inc()
+        metrics.DEGRADATION_LEVEL.set(int(to))
+        self.level = to
+
+
+@dataclass
+class Spill:
+    """Batches set aside on local disk, replayed in the order they were spilled. One file per batch, written to a
+    temporary name and renamed, so a crash never leaves half a batch that looks whole."""
+
+    directory: Path
+    records: int = 0  # spilled and not yet replayed (this process)
+    _names: Iterator[int] = field(default_factory=lambda: itertools.count())
+
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def put(self, batch: SourceBatch) -> None:
+        path = self.directory / f"{time.time_ns():020d}-{next(self._names):06d}.batch"
+        tmp = path.with_suffix(".tmp")
+        # pickle: written and read only by this program, on this machine (decimals and dicts as they are)
+        tmp.write_bytes(pickle.dumps(batch, protocol=5))
+        tmp.rename(path)
+        self.records += len(batch.records)
+
+    def pending(self) -> list[Path]:
+        return sorted(self.directory.glob("*.batch"))
+
+    def replay(self, send: Callable[[SourceBatch], None]) -> int:
+        """Send every spilled batch, oldest first, deleting each file once `send` returned; records sent."""
+        sent = 0
+        for path in self.pending():
+            batch: SourceBatch = pickle.loads(path.read_bytes())
+            send(batch)
+            path.unlink()
+            sent += len(batch.records)
+            self.records = max(self.records - len(batch.records), 0)
+        return sent
+
+
+def parse_priorities(text: str) -> dict[str, int]:
+    """K2_SHED_PRIORITIES: JSON {"asset_class/exchange": priority}, e.g. {"crypto/binance": 2}."""
+    import json
+
+    raw = json.loads(text or "{}")
+    if not isinstance(raw, dict) or not all(isinstance(v, int) and 0 <= v <= 2 for v in raw.values()):
+        raise ValueError('K2_SHED_PRIORITIES must map "asset_class/exchange" to 0, 1 or 2, e.g. {"crypto/binance": 2}')
+    return {str(k).lower(): v for k, v in raw.items()}
+
+
+# Records of priority ≥ this are spilled at each level (3: none).
+_SPILL_FROM = {
+    Level.NORMAL: 3,
+    Level.SOFT: 3,
+    Level.GRACEFUL: 2,
+    Level.AGGRESSIVE: 1,
+    Level.CIRCUIT_BREAK: 0,
+}
+
+
+_ACTIVE: list[Controller] = []  # controllers of governors producing in this process now, innermost last
+
+
+def active_controller() -> Controller | None:
+    """The controller governing a source in this process right now (None when nothing is producing)."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+class Governor:
+    """Stands between a source and the producer: reads the signals, applies the level's action to each batch."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        spill: Spill,
+        *,
+        lag: Callable[[], int] = lambda: 0,
+        memory: Callable[[], int] = process_memory,
+        priorities: dict[str, int] | None = None,
+        default_priority: int = 1,
+        pace_seconds: float = 0.05,
+    ) -> None:
+        self.controller, self.spill = controller, spill
+        self.lag, self._memory = lag, memory
+        self.priorities = priorities or {}
+        self.default_priority = default_priority
+        self.pace_seconds = pace_seconds
+        self.sent = 0  # records passed on to `send` (replays included)
+        self.spilled = 0
+        self.replayed = 0
+        self.paced = 0
+
+    @contextmanager
+    def running(self) -> Iterator[Governor]:
+        """Marks this governor's controller as the process's active one (GET /v1/pipeline reports its level)."""
+        _ACTIVE.append(self.controller)
+        try:
+            yield self
+        finally:
+            _ACTIVE.remove(self.controller)
+
+    def priority(self, batch: SourceBatch) -> int:
+        return self.priorities.get(f"{batch.asset_class.value}/{batch.exchange}".lower(), self.default_priority)
+
+    def admit(self, batch: SourceBatch, send: Callable[[SourceBatch], None]) -> None:
+        """Apply the current level to `batch`: send it, slow down first, or spill it whole."""
+        level = self.controller.observe(self.lag(), self._memory())
+        if level >= Level.SOFT:
+            self.paced += 1
+            time.sleep(self.pace_seconds * level)  # backpressure: the source's own thread waits
+        priority = self.priority(batch)
+        if priority >= _SPILL_FROM[level]:
+            self.spill.put(batch)
+            self.spilled += len(batch.records)
+            metrics.SPILLED.labels(str(priority)).inc(len(batch.records))
+            return
+        if level is Level.NORMAL and self.spill.pending():
+            self.drain(send)
+        send(batch)
+        self.sent += len(batch.records)
+
+    def drain(self, send: Callable[[SourceBatch], None]) -> int:
+        """Replay everything spilled (at NORMAL, or when the source has ended and the load must finish)."""
+        sent = self.spill.replay(send)
+        self.sent += sent
+        self.replayed += sent
+        metrics.REPLAYED.inc(sent)
+        if sent:
+            log.info("degradation.replayed", records=sent)
+        return sent
