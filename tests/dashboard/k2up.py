@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from k2.bus.stack import reachable
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -24,13 +26,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def port_open(hostport: str) -> bool:
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
+port_open = reachable
 
 
 def children_of(pid: int) -> list[int]:

@@ -13,24 +13,12 @@ from pyiceberg.table import Table
 from typer.testing import CliRunner
 
 from k2.cli import app
-from k2.config import Settings
-from k2.lake.catalog import open_catalog
-from k2.lake.tables import ensure_tables, table_identifier
+from k2.lake.tables import table_identifier
 from k2.ops.cost import CPU_KEY, GB, NOT_MEASURED, cost_report
 from k2.schema.fields import QUOTES_V2, TRADES_V2
 from tests.query.records import append, append_quotes, append_trades, at, quote, trade
 
 TRADES = table_identifier(TRADES_V2)
-
-
-@pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
-    return open_catalog(Settings(home=tmp_path))
-
-
-@pytest.fixture
-def tables(catalog: Catalog) -> dict[str, Table]:
-    return ensure_tables(catalog)
 
 
 def _trades(first: int, count: int) -> list[dict]:

@@ -42,7 +42,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _reachable(hostport: str) -> bool:
+def reachable(hostport: str) -> bool:
+    """Something accepts TCP connections at host:port (within half a second)."""
     host, _, port = hostport.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=0.5):
@@ -64,7 +65,7 @@ def running_stack(settings: Settings) -> Endpoints | None:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not _alive(int(state["pid"])) or not _reachable(state["bootstrap"]):
+    if not _alive(int(state["pid"])) or not reachable(state["bootstrap"]):
         return None
     return Endpoints(state["bootstrap"], state["registry_url"], embedded=True)
 
