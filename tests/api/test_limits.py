@@ -58,6 +58,23 @@ def test_slow_query_is_504(lake: Lake, api_key: str) -> None:
         assert "narrow" in error["message"]
 
 
+def test_repeated_timeouts_open_the_query_breaker_then_a_trial_runs(lake: Lake, api_key: str) -> None:
+    settings = ApiSettings(query_timeout_seconds=0.0005, breaker_timeouts=2, breaker_reset_seconds=1.5)
+    with (
+        serving(lake.settings, settings) as server,
+        httpx.Client(base_url=server.url, headers={"X-API-Key": api_key}) as http,
+    ):
+        for _ in range(2):
+            assert_envelope(http.get("/v1/stats"), 504, "query_timeout")
+        refused = http.get("/v1/trades")  # any query now, not only the slow one: the engine is still busy
+        error = assert_envelope(refused, 503, "query_breaker_open")
+        assert refused.headers["Retry-After"] == "2" and "retry later" in error["message"]
+        assert http.get("/health").status_code == 200  # liveness is not a query
+        time.sleep(1.6)
+        assert_envelope(http.get("/v1/stats"), 504, "query_timeout")  # half-open: one trial ran (and failed)
+        assert_envelope(http.get("/v1/stats"), 503, "query_breaker_open")  # so it is open again
+
+
 class BrokenEngine:
     """Fails the way a bug would: the message must never reach the client."""
 

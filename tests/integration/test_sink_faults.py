@@ -26,6 +26,7 @@ from k2.lake.catalog import open_catalog
 from k2.lake.offsets import SUMMARY_KEY, encode_ranges
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_table
+from k2.ops.degradation import CircuitBreaker
 from k2.ops.metrics import REGISTRY
 from k2.pipeline import load, produce
 from k2.schema import TRADES_V2
@@ -287,3 +288,39 @@ def test_an_append_that_keeps_losing_commit_races_is_retried_and_lands_once(
     assert next(failures, None) is None  # every injected failure was hit
     assert stats.written["trades_v2"] == 5
     assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 5
+
+
+def test_a_failing_catalog_opens_the_breaker_the_sink_waits_and_lands_everything_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
+    records = [make_trade(i) for i in range(7)]
+    failures_before = _sample("k2_sink_commit_failures_total", part="iceberg")
+    with Stack(settings) as endpoints:
+        admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
+        ensure_topics(admin, settings, [str(topic), topic.dlq])
+        del admin
+        registry = RegistryClient(endpoints.registry_url)
+        producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
+        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
+        producer.close()
+        targets = dict(producer.stats.end_offsets)
+        catalog = open_catalog(settings)
+        ensure_table(catalog, TRADES_V2)
+        # More failures than pyiceberg's retries (5 tries) times the sink's own (4 appends) absorb in one commit.
+        real_commit, failures = catalog.commit_table, iter(range(25))
+
+        def failing_commit(*args, **kwargs):
+            if next(failures, None) is not None:
+                raise CommitFailedException("catalog unavailable (injected)")
+            return real_commit(*args, **kwargs)
+
+        monkeypatch.setattr(catalog, "commit_table", failing_commit)
+        sink = IcebergSink(settings, endpoints.bootstrap, registry, catalog, topics=[str(topic)])
+        sink.breaker = CircuitBreaker("catalog", threshold=1, reset_seconds=0.3)
+        stats = sink.run(until=lambda s: all_committed(endpoints.bootstrap, settings.sink_group, targets))
+    assert next(failures, None) is None  # every injected failure was hit
+    assert _sample("k2_sink_commit_failures_total", part="iceberg") - failures_before == 1  # one commit deferred
+    assert not sink.breaker.open and not sink.breaker.failing  # closed again by the successful retry
+    assert stats.written["trades_v2"] == 7
+    assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 7

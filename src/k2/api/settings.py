@@ -29,6 +29,13 @@ class ApiSettings(BaseSettings):
         ge=0,
         description="Re-read the catalog for new commits at most this often (a refresh costs ~20 ms); 0: every read",
     )
+    breaker_timeouts: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive query timeouts after which new queries are refused (503) for breaker_reset_seconds:"
+        " a timed-out query keeps the engine busy, so more would only queue behind it",
+    )
+    breaker_reset_seconds: float = Field(default=30.0, gt=0, description="How long the query breaker stays open")
     fresh_budget_seconds: float = Field(
         default=5.0,
         gt=0,

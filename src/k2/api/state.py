@@ -24,6 +24,7 @@ from k2.api.ratelimit import RateLimiter
 from k2.api.settings import ApiSettings
 from k2.bus.stack import NO_KAFKA, existing_endpoints
 from k2.config import Settings
+from k2.ops.degradation import CircuitBreaker
 from k2.query.engine import QueryEngine, QueryError
 from k2.query.fresh import FreshReader, FreshSource
 from k2.query.timetravel import AsOf
@@ -44,8 +45,11 @@ class ApiState:
     _fresh: FreshReader | None = field(init=False, default=None)
     _fresh_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
+    breaker: CircuitBreaker = field(init=False)
+
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(self.api.query_workers, thread_name_prefix="k2-api-query")
+        self.breaker = CircuitBreaker("query", self.api.breaker_timeouts, self.api.breaker_reset_seconds)
 
     @contextmanager
     def reading(self) -> Iterator[QueryEngine]:
@@ -90,15 +94,28 @@ class ApiState:
         DuckDB offers no cancel through the engine, so a timed-out query finishes in its thread and its result is
         dropped; the engine lock makes later queries wait for it.
         """
+        if self.breaker.open:
+            reset = f"{self.api.breaker_reset_seconds:g}"
+            raise ApiError(
+                503,
+                f"queries keep timing out, so new ones are refused for up to {reset} s while the engine catches up:"
+                " retry later with a narrower query",
+                code="query_breaker_open",
+                headers={"Retry-After": str(round(self.api.breaker_reset_seconds))},
+            )
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.executor, work), self.api.query_timeout_seconds)
+            result = await asyncio.wait_for(loop.run_in_executor(self.executor, work), self.api.query_timeout_seconds)
         except TimeoutError:
+            self.breaker.record_failure()
             raise ApiError(
                 504,
                 f"the query ran longer than {self.api.query_timeout_seconds:g} s: narrow the symbols or the time"
                 " range, or page with a smaller limit",
             ) from None
+        if self.breaker.failing:
+            self.breaker.record_success()
+        return result
 
     async def read(
         self, table: str, as_of: AsOf, query: Callable[[QueryEngine, AsOf], pa.Table]

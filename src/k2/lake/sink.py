@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from k2.bus.batch_decode import AvroBatchDecoder, BatchDecodeError
 from k2.bus.clients import consumer_config, producer_config, topic_ids
@@ -43,6 +44,7 @@ from k2.lake.dedup import LakeIdIndex
 from k2.lake.offsets import CPU_KEY, SUMMARY_KEY, encode_ranges, next_offsets
 from k2.lake.tables import ensure_table
 from k2.ops import metrics
+from k2.ops.degradation import CircuitBreaker
 from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import parsed_schema
 from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE, Kind, RecordSpec
@@ -52,6 +54,9 @@ log = structlog.get_logger(__name__)
 
 _MAX_DECIMAL = Decimal(10) ** (PRICE_PRECISION - PRICE_SCALE)
 _APPEND_ATTEMPTS = 4
+_MAX_DEFERRED_COMMITS = 30  # ~5 minutes of a failing catalog (10 s apart) before the worker gives up
+# Failures of the catalog or the warehouse, as opposed to bugs: worth waiting out
+_CATALOG_FAILURES = (CommitFailedException, OSError, SQLAlchemyError)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -75,6 +80,7 @@ class _TableBuffer:
     framed: list[Message] = field(default_factory=list)  # written with the current schema: batch-decoded
     rows: list[dict[str, Any]] = field(default_factory=list)  # decoded one by one (older writer schemas)
     messages: list[Message] = field(default_factory=list)  # rows[i] came from messages[i] (for the DLQ)
+    arrow: pa.Table | None = None  # the buffer decoded (bad records already dead-lettered), kept for a retry
 
 
 def invalid_reason(spec: RecordSpec, record: dict[str, Any]) -> str | None:
@@ -127,6 +133,8 @@ class IcebergSink:
         self._fast_routes: dict[tuple[str, bytes], list[Message]] = {}  # (topic, header) → the frames list
         self._last_commit = time.monotonic()
         self._cpu_mark = time.process_time()  # process CPU at this worker's previous append (or start)
+        self.breaker = CircuitBreaker("catalog", threshold=1, reset_seconds=10.0)
+        self._deferred_commits = 0
         self.committed: dict[tuple[str, int], int] = {}
         self.stats = SinkStats()
 
@@ -164,8 +172,9 @@ class IcebergSink:
         consumer.assign(self._resume_positions(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Commit what we hold before another worker takes these partitions: no duplicate, no loss.
-        self.commit()
+        # Commit what we hold before another worker takes these partitions: no duplicate, no loss. Never deferred:
+        # buffers of partitions that are no longer ours must not be committed later.
+        self.commit(final=True)
         consumer.unassign()
 
     def _start(self) -> None:
@@ -336,7 +345,9 @@ class IcebergSink:
     def _append(self, buffer: _TableBuffer, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
         spec = buffer.spec
         table = self._table(spec)
-        batch = self._to_arrow(buffer)
+        if buffer.arrow is None:
+            buffer.arrow = self._to_arrow(buffer)
+        batch = buffer.arrow
         if batch.num_rows == 0:
             return
         mask = self._indexes[spec.name].new_rows_mask(batch)
@@ -370,7 +381,13 @@ class IcebergSink:
         self._indexes[spec.name].add_committed(fresh)
         self.stats.written[spec.name] += fresh.num_rows
 
-    def commit(self) -> None:
+    def commit(self, *, final: bool = False) -> None:
+        """Append every buffer to its table, flush the DLQ, then commit the offsets to Kafka.
+
+        When the catalog or warehouse fails (after pyiceberg's and the sink's own retries), the buffers are kept,
+        the catalog breaker opens and `run` stops consuming until it half-opens, then tries again — up to
+        _MAX_DEFERRED_COMMITS times in a row; a `final` commit (stopping, or partitions being revoked) raises at once.
+        """
         if not self._ranges:
             return
         started = time.monotonic()
@@ -380,9 +397,28 @@ class IcebergSink:
                 ranges = {k: v for k, v in self._ranges.items() if self._spec_for(k[0]).name == name}
                 if buffer.framed or buffer.rows:
                     self._append(buffer, ranges)
+        except _CATALOG_FAILURES as exc:
+            metrics.SINK_COMMIT_FAILURES.labels("iceberg").inc()
+            for index in self._indexes.values():
+                index.clear()  # an append may have landed anyway: the retry re-reads the lake before deduplicating
+            self._deferred_commits += 1
+            if final or self._deferred_commits >= _MAX_DEFERRED_COMMITS:
+                raise
+            self.breaker.record_failure()
+            log.error(
+                "sink.commit_deferred",
+                error=f"{type(exc).__name__}: {exc}",
+                attempt=self._deferred_commits,
+                retry_in_seconds=self.breaker.reset_seconds,
+                note="nothing is lost: the records stay buffered and their offsets uncommitted",
+            )
+            return
         except Exception:
             metrics.SINK_COMMIT_FAILURES.labels("iceberg").inc()
             raise
+        self._deferred_commits = 0
+        if self.breaker.failing:
+            self.breaker.record_success()
         self._dlq.flush()
         offsets = [TopicPartition(t, p, end) for (t, p), (_first, end) in self._ranges.items()]
         try:
@@ -446,6 +482,12 @@ class IcebergSink:
         self._start()
         try:
             while not (stop and stop.is_set()):
+                if self.breaker.open:  # the catalog is failing: consume nothing more until the next trial
+                    if stop is not None:
+                        stop.wait(0.2)
+                    else:
+                        time.sleep(0.2)
+                    continue
                 got = self.poll_once()
                 if on_progress:
                     on_progress(self)
@@ -453,7 +495,7 @@ class IcebergSink:
                     self.commit()
                     if until(self):
                         break
-            self.commit()
+            self.commit(final=True)
         finally:
             self.close()
         return self.stats
