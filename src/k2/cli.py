@@ -123,11 +123,14 @@ def emulate_binance(
     synthetic: bool = typer.Option(False, help="Serve a synthetic market too"),
     symbol_count: int = typer.Option(3, "--symbols", help="Synthetic symbols"),
     rate: float = typer.Option(100.0, help="Synthetic frames per second"),
+    metrics_port: int = _METRICS_PORT,
 ) -> None:
     """Serve the Binance spot WebSocket + REST API on 127.0.0.1 from captures or synthetic traffic."""
     from k2.sources.binance.emulator.server import main as emulator_main
 
     argv = ["--speed", str(speed), "--port", str(port), "--symbols", str(symbol_count), "--rate", str(rate)]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
     for path in capture:
         argv += ["--capture", str(path)]
     if synthetic:

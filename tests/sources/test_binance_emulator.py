@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
+from k2.ops.metrics import REGISTRY
 from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, SyntheticSpec
 from tests.conftest import SHARED
 
@@ -188,9 +189,15 @@ def test_more_than_five_messages_a_second_disconnects(start: Callable[..., Endpo
                         answered += 1
             return answered, ws.close_code
 
+    closes_before = REGISTRY.get_sample_value("k2_emulator_closes_total", {"reason": "too many incoming messages"})
+    frames_before = REGISTRY.get_sample_value("k2_emulator_frames_total") or 0
     answered, code = run(scenario)
     assert answered == 5
     assert code == 1008
+    # ...and its metrics say so: one close for that reason, at least the five answers sent.
+    closes = REGISTRY.get_sample_value("k2_emulator_closes_total", {"reason": "too many incoming messages"})
+    assert closes - (closes_before or 0) == 1
+    assert REGISTRY.get_sample_value("k2_emulator_frames_total") - frames_before >= 5
 
 
 @pytest.mark.timeout(30)

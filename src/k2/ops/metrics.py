@@ -84,6 +84,16 @@ STREAM_RECONNECTS = Counter(
     registry=REGISTRY,
 )
 
+# --- Binance emulator ----------------------------------------------------------------------------------------
+EMULATOR_FRAMES = Counter("k2_emulator_frames_total", "Frames the emulator sent to clients", registry=REGISTRY)
+EMULATOR_CONNECTIONS = Gauge("k2_emulator_connections", "Client connections open on the emulator", registry=REGISTRY)
+EMULATOR_CLOSES = Counter(
+    "k2_emulator_closes_total",
+    "Connections the emulator closed, by reason (faults, limits, lifetime)",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 # --- lake and queries -----------------------------------------------------------------------------------------
 LAKE_DATA_FILES = Gauge("k2_lake_data_files", "Data files in a table's current snapshot", ["table"], registry=REGISTRY)
 API_REQUEST_SECONDS = Histogram(

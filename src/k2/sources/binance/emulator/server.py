@@ -15,6 +15,7 @@ from typing import NamedTuple
 import uvicorn
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from k2.ops.metrics import serve_metrics
 from k2.sources.binance.emulator.capture import Capture, read_capture
 from k2.sources.binance.emulator.faults import ConnectionFault, FaultPlan, FaultSpec, FrameFault
 from k2.sources.binance.emulator.feed import Hub, replay
@@ -264,7 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--symbols", type=int, default=3, help="synthetic symbols (SYN0USDT, ...)")
     parser.add_argument("--rate", type=float, default=100.0, help="synthetic frames per second")
     parser.add_argument("--no-wait", action="store_true", help="start replay at once, not on the first subscriber")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on 127.0.0.1:PORT")
     args = parser.parse_args(argv)
+    if args.metrics_port is not None:
+        serve_metrics(args.metrics_port)
     if not args.capture and not args.synthetic:
         parser.error("give at least one --capture FILE or --synthetic")
     rest_port = args.rest_port if args.rest_port is not None else (args.port + 1 if args.port else 0)

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
+from k2.ops import metrics
 from k2.sources.binance.emulator.feed import Hub, Outgoing
 from k2.sources.binance.emulator.limits import Limits
 
@@ -141,6 +142,7 @@ class StreamConnection:
     # -- the connection's life -----------------------------------------------------------------------------
     async def serve(self) -> None:
         self.hub.connections.add(self)
+        metrics.EMULATOR_CONNECTIONS.inc()
         self._count_control_frames()
         tasks = [
             asyncio.create_task(self._writer()),
@@ -158,6 +160,7 @@ class StreamConnection:
         except ConnectionClosed:
             pass
         finally:
+            metrics.EMULATOR_CONNECTIONS.dec()
             self.hub.drop_sink(self)
             for task in tasks:
                 task.cancel()
@@ -197,9 +200,11 @@ class StreamConnection:
             try:
                 if isinstance(item, _Close):
                     self.closed_reason = self.closed_reason or item.reason
+                    metrics.EMULATOR_CLOSES.labels(self.closed_reason).inc()
                     await self.ws.close(item.code, item.reason)
                     return
                 await self.ws.send(item if isinstance(item, str) else item.text(self.combined, self.micro))
+                metrics.EMULATOR_FRAMES.inc()
             except ConnectionClosed:
                 return
 
