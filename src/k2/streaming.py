@@ -25,7 +25,7 @@ from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
-from k2.pipeline import SinkAlongside
+from k2.pipeline import SinkAlongside, default_governor
 from k2.query.engine import QueryEngine
 from k2.query.fresh import FreshSource, read_tail
 from k2.reconcile import Reconciliation
@@ -92,15 +92,21 @@ def stream_binance(
         producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
         topics = [str(t) for t in BINANCE_TOPICS] if stack.broker is not None else None
         sink = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings), topics=topics)
-        with SinkAlongside(sink, settings.load_timeout_seconds) as alongside:
+        governor = default_governor(settings)
+        producer.breaker = governor.controller.breaker
+        governor.lag = lambda: governor.sent - sink.stats.consumed  # sent, not yet read by this run's sink
+        with SinkAlongside(sink, settings.load_timeout_seconds) as alongside, governor.running():
 
-            def emit(batch: SourceBatch) -> None:
+            def send(batch: SourceBatch) -> None:
                 producer.send(batch)
                 if batch.spec is STREAM_GAPS:
                     recon.gap_records += len(batch.records)
                     return
                 recon.produced += len(batch.records)
                 recon.rejected.update(r.reason for r in batch.rejects)
+
+            def emit(batch: SourceBatch) -> None:
+                governor.admit(batch, send)  # may slow the stream's loop a little, or spill the batch to disk
 
             live = BinanceLive(
                 symbols,
@@ -114,6 +120,7 @@ def stream_binance(
             try:
                 asyncio.run(_run_live(live, duration))
             finally:
+                governor.drain(send)  # what was spilled goes before the stream reports done
                 producer.close()
                 alongside.targets.update(producer.stats.end_offsets)
             recon.sink = alongside.wait()
