@@ -36,3 +36,17 @@ test: setup lint
 
 clean:
 	rm -rf $(VENV) .k2 .pytest_cache .ruff_cache
+
+# Benchmarks (bench/README.md): the `bench` extra adds the baselines (cryptofeed, ArcticDB) and psutil.
+.PHONY: bench-quick
+$(VENV)/.bench-deps: pyproject.toml | setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# full suite, one table (~15 min; the first run also writes a 10 M-trade lake and its ArcticDB copy under /tmp)
+bench: $(VENV)/.bench-deps
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# the same rows on smaller sizes with single runs: about a minute
+bench-quick: $(VENV)/.bench-deps
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)

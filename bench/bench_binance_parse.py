@@ -5,21 +5,30 @@ Frames are the real ones in shared/data/binance (2021-04-04 and 2021-10-12 crypt
 
 - k2: `normalize_frame` (orjson parse, exact decimals, UUIDv5 message id, vendor_data) → V2 record dict
 - baseline: `json.loads` + a dict of the same fields left as JSON gave them (price strings, no ids, no checks)
+- cryptofeed (PyPI `cryptofeed`, when installed): its Binance feed's `message_handler` on the same frames (JSON with
+  Decimal floats, symbol mapping, Trade/Ticker objects with Decimal price and size, delivered to an async callback),
+  one event-loop run per pass; symbols loaded from the same exchangeInfo file, so nothing touches the network
+
+Suite row (issue #6): k2 against cryptofeed, goal ≥ 3x cryptofeed and ≥ 600k frames/s.
 
 The decimal cache is cleared before every pass, so each pass pays what one fresh session would.
-Run: `python bench/bench_binance_parse.py [--seconds S] [--repeats R]`.
+Run: `python bench/bench_binance_parse.py [--seconds S] [--repeats R] [--quick] [--json]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from common import JSON_MARK, Row
 
 from k2.sources.binance import normalize
 from k2.sources.binance.capture import ws_frames
@@ -82,13 +91,92 @@ def _rate(one_pass: Callable[[], None], passes: int, frames: int) -> float:
     return frames * passes / (time.perf_counter() - started)
 
 
+def cryptofeed_pass(frames: list[tuple[bytes, int]]) -> Callable[[], None]:
+    """One pass of cryptofeed's Binance parser over `frames`; raises ImportError when cryptofeed is missing."""
+    from cryptofeed.defines import TICKER, TRADES
+    from cryptofeed.exchanges import Binance
+    from cryptofeed.symbols import Symbols
+
+    Symbols.set(Binance.id, *Binance._parse_symbol_data(json.loads(EXCHANGE_INFO.read_text())))
+    delivered: list[object] = []
+
+    async def callback(obj: object, receipt: float) -> None:
+        delivered.append(obj)
+
+    feed = Binance(
+        symbols=list(Symbols.get(Binance.id)[0]),
+        channels=[TRADES, TICKER],
+        callbacks={TRADES: callback, TICKER: callback},
+    )
+    texts = [(raw.decode(), receipt / 1e6) for raw, receipt in frames]
+    loop = asyncio.new_event_loop()
+
+    async def run() -> None:
+        handler = feed.message_handler
+        for text, receipt in texts:
+            await handler(text, None, receipt)
+
+    def one_pass() -> None:
+        delivered.clear()
+        loop.run_until_complete(run())
+
+    one_pass()
+    if len(delivered) != len(frames):
+        raise RuntimeError(f"cryptofeed delivered {len(delivered)} objects for {len(frames)} frames")
+    return one_pass
+
+
+def suite_rows(quick: bool) -> list[Row]:
+    """The suite's row: k2 normalize_frame against cryptofeed, interleaved rounds, medians."""
+    goal = "≥ 3x cryptofeed, ≥ 600k/s"
+    symbols = SymbolDirectory.from_file(EXCHANGE_INFO)
+    frames = _frames()
+
+    def k2_pass() -> None:
+        normalize._decimal.cache_clear()
+        for raw, receipt in frames:
+            normalize_frame(raw, symbols, receipt)
+
+    try:
+        cf_pass = cryptofeed_pass(frames)
+    except ImportError as exc:
+        note = f"cryptofeed not installed ({exc}): pip install -e '.[bench]'"
+        return [Row("4 Binance parse+normalize", "skipped", "cryptofeed", "-", None, goal, None, note)]
+    seconds, repeats = (0.3, 3) if quick else (1.0, 7)
+    k2_passes, cf_passes = _passes(k2_pass, seconds), _passes(cf_pass, seconds)
+    rounds = [(_rate(cf_pass, cf_passes, len(frames)), _rate(k2_pass, k2_passes, len(frames))) for _ in range(repeats)]
+    cf = statistics.median(c for c, _ in rounds)
+    k2 = statistics.median(k for _, k in rounds)
+    ratio = statistics.median(k / c for c, k in rounds)
+    return [
+        Row(
+            "4 Binance parse+normalize",
+            f"{k2 / 1e3:.0f}k/s",
+            "cryptofeed 2.4 Binance",
+            f"{cf / 1e3:.0f}k/s",
+            ratio,
+            goal,
+            ratio >= 3 and k2 >= 600_000,
+            f"{len(frames):,} real frames (aggTrade + bookTicker), median of {repeats} rounds of ~{seconds:g} s",
+        )
+    ]
+
+
+rows = suite_rows  # the name bench/run.py calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0, help="work per measurement (default 1 s)")
     parser.add_argument("--repeats", type=int, default=5, help="measurements; the median is reported (default 5)")
+    parser.add_argument("--quick", action="store_true", help="suite row only, shorter rounds")
+    parser.add_argument("--json", action="store_true", help="print the suite row as JSON (for run.py)")
     args = parser.parse_args()
     if not EXCHANGE_INFO.exists():
         raise SystemExit(f"Binance data not found under {BINANCE}: set K2_SHARED_DIR to the folder holding data/")
+    if args.json:
+        print(JSON_MARK + json.dumps([asdict(r) for r in suite_rows(args.quick)]), flush=True)
+        return
     symbols = SymbolDirectory.from_file(EXCHANGE_INFO)
     frames = _frames()
     results = [normalize_frame(raw, symbols, receipt) for raw, receipt in frames]
@@ -122,6 +210,8 @@ def main() -> None:
     ):
         print(f"{name:<44} {rate:>12,.0f} {1e6 / rate:>9.2f}")
     print(f"\nk2 / baseline, median of per-round ratios: {ratio:.2f}x")
+    for row in suite_rows(args.quick):
+        print(f"\nvs {row.baseline_name}: k2 {row.k2}, cryptofeed {row.baseline}, ratio {row.ratio or 0:.2f}x")
 
 
 if __name__ == "__main__":
