@@ -63,7 +63,8 @@ def test_a_taken_port_stops_k2_up_before_anything_starts(settings: Settings) -> 
 def test_k2_up_shows_asx_and_binance_data_within_a_minute_and_ctrl_c_leaves_nothing_behind(
     settings: Settings, asx_sample: Path
 ) -> None:
-    with k2_up(settings.home_dir, "--binance", "emulator") as up:
+    # Maintenance every 3 s: it runs while the ASX load and the stream commit, and every count below must still hold.
+    with k2_up(settings.home_dir, "--binance", "emulator", "--maintain-every", "3") as up:
         bootstrap, registry = up.printed("Kafka"), up.printed("registry")
         emulator_ws = up.wait_for_line(r"Binance\s+emulator .* at ws://(127\.0\.0\.1:\d+)", 30).group(1)
         children = children_of(up.proc.pid)
@@ -95,6 +96,7 @@ def test_k2_up_shows_asx_and_binance_data_within_a_minute_and_ctrl_c_leaves_noth
             assert (health["degradation"]["level"], health["degradation"]["controlled"]) == ("NORMAL", False)
             assert health["dlq"]["total"] == 0
 
+        up.wait_for_line(r"maintenance: \d+ partitions compacted", 60)
         ports = [f"127.0.0.1:{up.port}", bootstrap, registry.removeprefix("http://"), emulator_ws]
         assert all(port_open(p) for p in ports)
         stopping = time.monotonic()

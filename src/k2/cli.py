@@ -388,6 +388,7 @@ def up(
     symbols: str = typer.Option(None, help="Binance symbols (default: the captures' symbols, or BTCUSDT,ETHUSDT live)"),
     capture: list[Path] = typer.Option([], exists=True, dir_okay=False, help="Capture file(s) for the emulator"),
     replay_speed: float = typer.Option(1.0, help="Emulator replay speed; 0 = as fast as possible"),
+    maintain_every: float = typer.Option(600.0, help="Seconds between maintenance runs (compaction...); 0: never"),
 ) -> None:
     """Start broker, registry, sink, API and dashboard; load the ASX sample; stream Binance. Ctrl-C stops it all."""
     from k2.up import BinanceMode, UpOptions, default_asx_dir
@@ -403,6 +404,7 @@ def up(
     if capture:
         options.captures = tuple(capture)
     options.replay_speed = replay_speed
+    options.maintain_every = maintain_every
     stop = threading.Event()
 
     def on_signal(*_: object) -> None:

@@ -35,6 +35,7 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack, running_stack
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
+from k2.lake.maintenance import maintain
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_tables
 from k2.pipeline import produce
@@ -88,6 +89,7 @@ class UpOptions:
     captures: tuple[Path, ...] = DEFAULT_CAPTURES
     replay_speed: float = 1.0
     probe_timeout: float = 2.0
+    maintain_every: float = 600.0  # seconds between `k2 maintain` runs (compaction, expiry, orphans); 0: never
 
 
 def endpoint_reachable(url: str, timeout: float) -> bool:
@@ -227,6 +229,7 @@ class Platform:
         self._exit = ExitStack()
         self._stop_sources = threading.Event()
         self._stop_sink = threading.Event()
+        self._stop_maintenance = threading.Event()
         self._binance_loop: asyncio.AbstractEventLoop | None = None
         self._binance_live: Any = None
         self._asx_result: dict[str, Any] = {}
@@ -283,6 +286,18 @@ class Platform:
             self._start_binance(registry)
         if options.asx is not None:
             self._start_worker(Worker("asx", lambda: self._load_asx(options.asx), self._stop_sources.set))
+        if options.maintain_every > 0:
+            self._start_worker(Worker("maintenance", self._maintain_periodically, self._stop_maintenance.set))
+
+    def _maintain_periodically(self) -> None:
+        """`k2 maintain` every `maintain_every` seconds while the sink commits (it is safe alongside): a long-running
+        stream writes a small file per commit, which would slow every query by the hour."""
+        while not self._stop_maintenance.wait(self.options.maintain_every):
+            report = maintain(self.settings, measure_latency=False)
+            files = {t.table: (t.data_files_before, t.data_files_after) for t in report.tables}
+            log.info("up.maintained", seconds=round(report.seconds, 1), data_files=files)
+            compacted = sum(len(t.partitions_compacted) for t in report.tables)
+            self.console.print(f"maintenance: {compacted} partitions compacted in {report.seconds:.1f} s")
 
     def _start_worker(self, worker: Worker) -> None:
         self.workers.append(worker.start())
