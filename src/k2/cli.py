@@ -422,12 +422,13 @@ def up(
 def stack() -> None:
     """Run the embedded broker and registry for this K2_HOME in the foreground until Ctrl-C/SIGTERM."""
     from k2.bus.stack import Stack
+    from k2.redact import redact
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     with Stack(Settings()) as endpoints:
-        out.print(f"Kafka bootstrap: {endpoints.bootstrap}\nSchema registry: {endpoints.registry_url}")
+        out.print(f"Kafka bootstrap: {endpoints.bootstrap}\nSchema registry: {redact(endpoints.registry_url)}")
         out.print("Ctrl-C stops both.")
         while not stop.wait(0.5):
             pass

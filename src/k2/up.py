@@ -39,6 +39,7 @@ from k2.lake.maintenance import maintain
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_tables
 from k2.pipeline import produce
+from k2.redact import redact
 from k2.sources.base import Source, SourceBatch
 from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
 
@@ -416,7 +417,7 @@ class Platform:
         c.print(f"  API docs    {self.api_url}/docs")
         c.print(f"  API key     {self.key}  (X-API-Key; revoked when k2 up stops)")
         c.print(f"  Kafka       {self.endpoints.bootstrap}")
-        c.print(f"  registry    {self.endpoints.registry_url}")
+        c.print(f"  registry    {redact(self.endpoints.registry_url)}")
         if self.binance_mode is BinanceMode.OFF:
             c.print("  Binance     off")
         else:

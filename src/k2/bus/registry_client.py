@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from k2.redact import redact
+
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 # GET .../versions/latest can change when someone registers; a short TTL keeps it cheap and nearly fresh.
 LATEST_TTL_SECONDS = 30.0
@@ -108,7 +110,7 @@ class RegistryClient:
             )
         except httpx.TransportError as exc:
             raise RegistryError(
-                f"schema registry at {self.url} is unreachable ({exc}); start it (K2 starts its own when "
+                f"schema registry at {redact(self.url)} is unreachable ({exc}); start it (K2 starts its own when "
                 f"K2_SCHEMA_REGISTRY_URL is unset) or fix K2_SCHEMA_REGISTRY_URL"
             ) from exc
         if response.is_success:

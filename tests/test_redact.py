@@ -1,0 +1,35 @@
+"""Credentials given to K2 never show in what it prints or logs."""
+
+from __future__ import annotations
+
+import pytest
+
+from k2.redact import redact, redact_mapping
+
+SECRETS = ["s3cr3t", "hunter2", "pw0rd", "AKIAXXXX", "sk-live-123"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql+psycopg2://k2:s3cr3t@db:5432/k2", "postgresql+psycopg2://k2:***@db:5432/k2"),
+        ("https://user:pw0rd@registry.example/path", "https://user:***@registry.example/path"),
+        ('{"sasl.password": "hunter2", "sasl.username": "k2"}', '{"sasl.password": "***", "sasl.username": "k2"}'),
+        ("sasl.password=hunter2 security.protocol=SASL_SSL", "sasl.password=*** security.protocol=SASL_SSL"),
+        (
+            '{"s3.secret-access-key": "sk-live-123", "s3.endpoint": "http://127.0.0.1:9000"}',
+            '{"s3.secret-access-key": "***", "s3.endpoint": "http://127.0.0.1:9000"}',
+        ),
+        ("no secrets here: http://127.0.0.1:8000/v1/trades", "no secrets here: http://127.0.0.1:8000/v1/trades"),
+    ],
+)
+def test_redact_masks_passwords_and_secret_values_only(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_redact_mapping_masks_secret_keys_and_urls() -> None:
+    masked = redact_mapping(
+        {"s3.access-key-id": "AKIAXXXX", "uri": "postgresql://a:s3cr3t@h/d", "type": "sql", "port": 5}
+    )
+    assert masked == {"s3.access-key-id": "***", "uri": "postgresql://a:***@h/d", "type": "sql", "port": 5}
+    assert not any(secret in str(masked) for secret in SECRETS)
