@@ -13,6 +13,11 @@ $(BIN)/k2: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/k2
 
+# s3rver (npm) is the local S3 endpoint of the object-storage tests (tests/s3.py)
+S3RVER := .k2-tools/node_modules/s3rver/package.json
+$(S3RVER):
+	npm install --prefix .k2-tools --no-save --no-audit --no-fund s3rver@3.7.1
+
 setup: $(BIN)/k2
 
 run: setup
@@ -24,18 +29,18 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: setup lint
+test: setup lint $(S3RVER)
 	# Debian packages the tests drive: headless Chromium (dashboard), Prometheus and promtool (alerts, scrape)
 	command -v chromium >/dev/null && command -v promtool >/dev/null || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus)
 	$(BIN)/pytest -q -ra -m "not faults"
 	# kill -9 drills over a million messages (tests/faults): once, on the SQLite catalog
 	$(BIN)/pytest -q -ra -m faults
-	# the integration suite again on a PostgreSQL SQL catalog (a throwaway server the tests start and stop)
-	K2_TEST_CATALOG=postgres $(BIN)/pytest -q -ra -m integration
+	# the integration suite again on a PostgreSQL SQL catalog and an S3 warehouse (s3rver on 127.0.0.1), both throwaway
+	K2_TEST_CATALOG=postgres K2_TEST_WAREHOUSE=s3 $(BIN)/pytest -q -ra -m integration
 
 clean:
-	rm -rf $(VENV) .k2 .pytest_cache .ruff_cache
+	rm -rf $(VENV) .k2 .k2-tools .pytest_cache .ruff_cache
 
 # Benchmarks (bench/README.md): the `bench` extra adds the baselines (cryptofeed, ArcticDB) and psutil.
 .PHONY: bench-quick

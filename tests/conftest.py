@@ -11,6 +11,7 @@ import pytest
 
 from k2.config import Settings
 from tests.postgres import PostgresServer
+from tests.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("K2_SHARED_DIR", REPO.parent / "shared"))
@@ -44,6 +45,37 @@ def postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
+# K2_TEST_WAREHOUSE=s3 puts the warehouse of every test that uses `settings` on a local S3 endpoint (s3rver, a bucket
+# per test); it combines with K2_TEST_CATALOG.
+TEST_WAREHOUSE = os.environ.get("K2_TEST_WAREHOUSE", "file")
+S3_VARS = (
+    "K2_S3_ENDPOINT",
+    "K2_S3_ACCESS_KEY_ID",
+    "K2_S3_SECRET_ACCESS_KEY",
+    "K2_S3_SESSION_TOKEN",
+    "K2_S3_REGION",
+    "K2_S3_PATH_STYLE",
+    "K2_BROKER_STORAGE",
+    # the AWS_* fallbacks of the K2_S3_* settings: the machine's own must not leak into a test
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    server = S3Server(Path(tempfile.mkdtemp(prefix="k2-s3-"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Settings:
     """A fresh K2_HOME; also exported so subprocesses (`k2 sink`) see the same home and catalog."""
@@ -54,10 +86,15 @@ def isolated_settings(home: Path, monkeypatch: pytest.MonkeyPatch, request: pyte
     """Settings for a fresh `home` on the catalog under test, exported to the environment through `monkeypatch`
     (a fixture of any scope may pass `pytest.MonkeyPatch.context()`)."""
     monkeypatch.setenv("K2_HOME", str(home))
-    for var in ("K2_KAFKA_BOOTSTRAP", "K2_SCHEMA_REGISTRY_URL", "K2_CATALOG_URI", "K2_WAREHOUSE"):
+    for var in ("K2_KAFKA_BOOTSTRAP", "K2_SCHEMA_REGISTRY_URL", "K2_CATALOG_URI", "K2_WAREHOUSE", *S3_VARS):
         monkeypatch.delenv(var, raising=False)
     if TEST_CATALOG == "postgres":
         uri = request.getfixturevalue("postgres").create_database()
         monkeypatch.setenv("K2_CATALOG_URI", uri)
-        return Settings(home=home, catalog_uri=uri)
+    if TEST_WAREHOUSE == "s3":
+        s3: S3Server = request.getfixturevalue("s3")
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("K2_WAREHOUSE", f"s3://{s3.create_bucket()}/warehouse")
+    # Built from the environment just exported, as a `k2` subprocess will build its own.
     return Settings(home=home)

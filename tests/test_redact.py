@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from k2.config import Settings
 from k2.redact import redact, redact_mapping
 
 SECRETS = ["s3cr3t", "hunter2", "pw0rd", "AKIAXXXX", "sk-live-123"]
@@ -33,3 +34,15 @@ def test_redact_mapping_masks_secret_keys_and_urls() -> None:
     )
     assert masked == {"s3.access-key-id": "***", "uri": "postgresql://a:***@h/d", "type": "sql", "port": 5}
     assert not any(secret in str(masked) for secret in SECRETS)
+
+
+def test_settings_repr_shows_no_credentials() -> None:
+    settings = Settings(
+        catalog_uri="postgresql+psycopg2://k2:s3cr3t@db:5432/k2",
+        kafka_extra='{"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}',
+        schema_registry_url="https://k2:pw0rd@registry.example",
+    )
+    shown = repr(settings)
+    assert not any(secret in shown for secret in SECRETS), shown
+    assert "postgresql+psycopg2://k2:***@db:5432/k2" in shown and "SASL_SSL" in shown
+    assert settings.catalog_config["uri"] == "postgresql+psycopg2://k2:s3cr3t@db:5432/k2"  # the real value is kept

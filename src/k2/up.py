@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -172,29 +171,6 @@ class Worker:
             log.warning("up.worker_still_running", worker=self.name, timeout=timeout)
 
 
-@contextmanager
-def _own_process_group() -> Iterator[None]:
-    """Child processes started in the block get their own process group.
-
-    Ctrl-C in a terminal signals the whole foreground process group, and Tansu exits on SIGINT at once — before the
-    sink's last commit and the producers' flush, which then fail. In its own group the broker hears only K2, which
-    stops it last (and the kernel stops it if K2 dies: k2.bus.broker sets a parent-death signal).
-    TODO: remove once k2.bus.broker.EmbeddedBroker.start passes process_group=0 to Popen itself.
-    """
-    original = subprocess.Popen
-
-    class Popen(original):  # type: ignore[valid-type,misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("process_group", 0)
-            super().__init__(*args, **kwargs)
-
-    subprocess.Popen = Popen  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        subprocess.Popen = original  # type: ignore[misc]
-
-
 def _bind(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP (else Nagle adds ~40 ms a request).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -257,9 +233,8 @@ class Platform:
         self._exit.callback(api_socket.close)
 
         stack = Stack(settings)
-        with _own_process_group():
-            # Started by this (main) thread: the broker's parent-death signal follows the thread that forked it.
-            self.endpoints = endpoints = self._exit.enter_context(stack)
+        # Started by this (main) thread: the broker's parent-death signal follows the thread that forked it.
+        self.endpoints = endpoints = self._exit.enter_context(stack)
         registry = RegistryClient(endpoints.registry_url)
         catalog = open_catalog(settings)
         ensure_tables(catalog)  # /ready and the dashboard see every table from the first second

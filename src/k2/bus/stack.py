@@ -105,7 +105,7 @@ class Stack:
         try:
             bootstrap = s.kafka_bootstrap or (shared.bootstrap if shared else None)
             if bootstrap is None:
-                self.broker = EmbeddedBroker(s.home_dir / "logs" / "broker.log", port=self._broker_port)
+                self.broker = EmbeddedBroker.for_settings(s, port=self._broker_port)
                 self._exit.enter_context(self.broker)
                 bootstrap = self.broker.bootstrap
             registry_url = s.schema_registry_url or (shared.registry_url if shared else None)
