@@ -26,9 +26,7 @@ def asx_sample() -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "faults: kill -9 drills over a million messages (minutes; `make test` runs them once, on SQLite)"
-    )
+    config.addinivalue_line("markers", "faults: kill -9 drills over a million messages (minutes; run by `make faults`)")
 
 
 # K2_TEST_CATALOG=postgres runs every test that uses `settings` on a PostgreSQL SQL catalog (a database per test)
