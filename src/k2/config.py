@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     )
 
     # --- Degradation (k2.ops.degradation) --------------------------------------------------------------------
+    memory_limit_mb: int | None = Field(
+        default=None, ge=64, description="Memory a producing process may use; degradation levels rise from 50 % of it"
+    )
     shed_priorities: str = Field(
         default="{}",
         description='JSON {"asset_class/exchange": 0|1|2}: under load, priority 2 is spilled to disk first, 0 last',

@@ -6,6 +6,7 @@ reach the produced end offsets; the sink commits Kafka only after Iceberg, so th
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink, SinkStats
 from k2.ops import metrics
-from k2.ops.degradation import CircuitBreaker, Controller, Governor, Spill, parse_priorities
+from k2.ops.degradation import CircuitBreaker, Controller, Governor, Spill, Thresholds, parse_priorities
 from k2.reconcile import LoadTimeoutError, Reconciliation
 from k2.sources.base import Source, SourceBatch
 
@@ -88,10 +89,12 @@ def produce(
 def default_governor(settings: Settings) -> Governor:
     """Degradation for a producing process: thresholds and priorities from settings, a breaker on produce failures,
     spill files under $K2_HOME/spill."""
-    controller = Controller(breaker=CircuitBreaker("produce"))
-    return Governor(
-        controller, Spill(settings.home_dir / "spill"), priorities=parse_priorities(settings.shed_priorities)
-    )
+    limit = settings.memory_limit_mb * 1024 * 1024 if settings.memory_limit_mb else None
+    controller = Controller(Thresholds.for_memory_limit(limit), breaker=CircuitBreaker("produce"))
+    # One folder per process: a process killed with batches set aside must not have another replay them (its
+    # source is re-read instead: the runbook's "run the load again").
+    spill = Spill(settings.home_dir / "spill" / str(os.getpid()))
+    return Governor(controller, spill, priorities=parse_priorities(settings.shed_priorities))
 
 
 def landed_check(targets: dict[tuple[str, int], int], timeout: float) -> Callable[[IcebergSink], bool]:

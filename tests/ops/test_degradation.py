@@ -167,3 +167,10 @@ def test_a_load_driven_through_every_level_lands_every_record_once(
     ]
     assert len(lake_ids) == len(source_ids) == recon.produced
     assert set(lake_ids) == source_ids
+
+
+def test_memory_is_a_signal_only_against_a_configured_limit() -> None:
+    assert Controller(Thresholds()).observe(0, 10 << 30) is Level.NORMAL  # no limit: a 10 GiB process is not "load"
+    limited = Thresholds.for_memory_limit(1000 << 20)
+    assert limited.memory == (500 << 20, 650 << 20, 800 << 20, 950 << 20)
+    assert Controller(limited).observe(0, 700 << 20) is Level.GRACEFUL

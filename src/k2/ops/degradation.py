@@ -4,14 +4,16 @@ breaker on produce failures, and what each level does to the records a source ha
 | level         | entered when (either)        | action on a source batch                                  |
 |---------------|------------------------------|-----------------------------------------------------------|
 | NORMAL        | —                            | sent; spilled records are replayed                        |
-| SOFT          | lag ≥ 100k or RSS ≥ 512 MiB  | backpressure: the source waits `pace` before each batch   |
-| GRACEFUL      | lag ≥ 500k or RSS ≥ 768 MiB  | + records of priority ≥ 2 (least important) spilled       |
-| AGGRESSIVE    | lag ≥ 2M   or RSS ≥ 1 GiB    | + records of priority ≥ 1 spilled                         |
-| CIRCUIT_BREAK | lag ≥ 5M   or RSS ≥ 1.5 GiB, | everything spilled                                        |
+| SOFT          | lag ≥ 100k or RSS ≥ 50 %     | backpressure: the source waits `pace` before each batch   |
+| GRACEFUL      | lag ≥ 500k or RSS ≥ 65 %     | + records of priority ≥ 2 (least important) spilled       |
+| AGGRESSIVE    | lag ≥ 2M   or RSS ≥ 80 %     | + records of priority ≥ 1 spilled                         |
+| CIRCUIT_BREAK | lag ≥ 5M   or RSS ≥ 95 %,    | everything spilled                                        |
 |               | or the produce breaker open  |                                                           |
 
+RSS percentages are of K2_MEMORY_LIMIT_MB; without a limit, memory is not a signal.
+
 Priority is configured per `asset_class/exchange` (K2_SHED_PRIORITIES, JSON; 0 = most important, default 1). A
-spilled record is not dropped: it is written to a spill file under $K2_HOME/spill and sent when the level is back
+spilled record is not dropped: it is written to a spill file under $K2_HOME/spill/<pid> and sent when the level is back
 to NORMAL (or when the load ends), and counted both ways (k2_spilled_records_total, k2_replayed_records_total),
 so read = produced + rejected still holds. Levels rise at once and fall one step at a time, only when both signals
 are below `recover` x the current level's thresholds (no flapping). Every transition is logged and exported.
@@ -54,12 +56,22 @@ class Thresholds:
     """Where SOFT, GRACEFUL, AGGRESSIVE and CIRCUIT_BREAK begin, for each signal."""
 
     lag: tuple[int, int, int, int] = (100_000, 500_000, 2_000_000, 5_000_000)
-    memory: tuple[int, int, int, int] = (512 * MIB, 768 * MIB, 1024 * MIB, 1536 * MIB)
+    memory: tuple[int, int, int, int] | None = None  # None: memory is not a signal (no limit configured)
     recover: float = 0.8
+
+    @classmethod
+    def for_memory_limit(cls, limit_bytes: int | None) -> Thresholds:
+        """Memory levels at 50 / 65 / 80 / 95 % of the process's memory limit (K2_MEMORY_LIMIT_MB); none without one.
+        An absolute default would be wrong: a Python process with Arrow, DuckDB and pyiceberg loaded idles at
+        several hundred MiB, a test runner at about a GiB."""
+        if limit_bytes is None:
+            return cls()
+        share = (0.5, 0.65, 0.8, 0.95)
+        return cls(memory=tuple(int(limit_bytes * f) for f in share))  # type: ignore[arg-type]
 
     def level_for(self, lag: int, memory: int) -> Level:
         by_lag = sum(lag >= t for t in self.lag)
-        by_memory = sum(memory >= t for t in self.memory)
+        by_memory = sum(memory >= t for t in self.memory) if self.memory is not None else 0
         return Level(max(by_lag, by_memory))
 
     def calm_below(self, level: Level, lag: int, memory: int) -> bool:
@@ -67,7 +79,8 @@ class Thresholds:
         if level is Level.NORMAL:
             return True
         i = level - 1
-        return lag < self.recover * self.lag[i] and memory < self.recover * self.memory[i]
+        calm_memory = self.memory is None or memory < self.recover * self.memory[i]
+        return lag < self.recover * self.lag[i] and calm_memory
 
 
 def process_memory() -> int:
