@@ -37,8 +37,9 @@ test: setup lint $(S3RVER)
 	# the integration suite again on a PostgreSQL SQL catalog and an S3 warehouse (s3rver on 127.0.0.1), both throwaway
 	K2_TEST_CATALOG=postgres K2_TEST_WAREHOUSE=s3 $(BIN)/pytest -q -ra -m integration
 
-# kill -9 drills over a million messages (tests/faults), on the SQLite catalog. Not part of `make test` for now: in
-# one CI run the broker drill found 26,590 of 1,000,000 records missing after a full re-send (issue #7, open).
+# kill -9 drills over a million messages (tests/faults), on the SQLite catalog. Not part of `make test` for now: the
+# broker and whole-stack drills lost records in 2 of about 10 runs, after a restarted broker got a full re-send
+# (26,590 and 50,000 of 1,000,000; issue #7, open).
 faults: setup
 	$(BIN)/pytest -q -ra -s -m faults
 
