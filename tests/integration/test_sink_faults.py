@@ -258,32 +258,48 @@ def test_a_sink_that_died_between_its_iceberg_and_kafka_commits_resumes_from_the
     assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 5
 
 
+TEST_TOPIC = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
+
+
+def _produce_test_trades(settings: Settings, endpoints, count: int) -> tuple[RegistryClient, dict]:
+    """`count` trades on the test topic, acknowledged; the registry client and the end offsets to land."""
+    admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
+    ensure_topics(admin, settings, [str(TEST_TOPIC), TEST_TOPIC.dlq])
+    del admin
+    registry = RegistryClient(endpoints.registry_url)
+    producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
+    records = [make_trade(i) for i in range(count)]
+    producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
+    producer.close()
+    return registry, dict(producer.stats.end_offsets)
+
+
+def _catalog_failing_commits(settings: Settings, monkeypatch: pytest.MonkeyPatch, failures: int, why: str):
+    """The catalog, with trades_v2 created, whose next `failures` commits raise CommitFailedException(`why`);
+    and an iterator that is exhausted once every injected failure was hit."""
+    catalog = open_catalog(settings)
+    ensure_table(catalog, TRADES_V2)
+    real_commit, remaining = catalog.commit_table, iter(range(failures))
+
+    def failing_commit(*args, **kwargs):
+        if next(remaining, None) is not None:
+            raise CommitFailedException(why)
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "commit_table", failing_commit)
+    return catalog, remaining
+
+
 def test_an_append_that_keeps_losing_commit_races_is_retried_and_lands_once(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    topic = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
-    records = [make_trade(i) for i in range(5)]
     with Stack(settings) as endpoints:
-        admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
-        ensure_topics(admin, settings, [str(topic), topic.dlq])
-        del admin
-        registry = RegistryClient(endpoints.registry_url)
-        producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
-        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
-        producer.close()
-        targets = dict(producer.stats.end_offsets)
-        catalog = open_catalog(settings)
-        ensure_table(catalog, TRADES_V2)
+        registry, targets = _produce_test_trades(settings, endpoints, 5)
         # More lost races than pyiceberg's own retries (4) absorb: as if other workers kept committing first.
-        real_commit, failures = catalog.commit_table, iter(range(6))
-
-        def losing_commit(*args, **kwargs):
-            if next(failures, None) is not None:
-                raise CommitFailedException("Table has been updated by another process (injected)")
-            return real_commit(*args, **kwargs)
-
-        monkeypatch.setattr(catalog, "commit_table", losing_commit)
-        sink = IcebergSink(settings, endpoints.bootstrap, registry, catalog, topics=[str(topic)])
+        catalog, failures = _catalog_failing_commits(
+            settings, monkeypatch, 6, "Table has been updated by another process (injected)"
+        )
+        sink = IcebergSink(settings, endpoints.bootstrap, registry, catalog, topics=[str(TEST_TOPIC)])
         stats = sink.run(until=lambda _s: all_committed(endpoints.bootstrap, settings.sink_group, targets))
     assert next(failures, None) is None  # every injected failure was hit
     assert stats.written["trades_v2"] == 5
@@ -293,30 +309,12 @@ def test_an_append_that_keeps_losing_commit_races_is_retried_and_lands_once(
 def test_a_failing_catalog_opens_the_breaker_the_sink_waits_and_lands_everything_once(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    topic = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
-    records = [make_trade(i) for i in range(7)]
     failures_before = _sample("k2_sink_commit_failures_total", part="iceberg")
     with Stack(settings) as endpoints:
-        admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
-        ensure_topics(admin, settings, [str(topic), topic.dlq])
-        del admin
-        registry = RegistryClient(endpoints.registry_url)
-        producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
-        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
-        producer.close()
-        targets = dict(producer.stats.end_offsets)
-        catalog = open_catalog(settings)
-        ensure_table(catalog, TRADES_V2)
+        registry, targets = _produce_test_trades(settings, endpoints, 7)
         # More failures than pyiceberg's retries (5 tries) times the sink's own (4 appends) absorb in one commit.
-        real_commit, failures = catalog.commit_table, iter(range(25))
-
-        def failing_commit(*args, **kwargs):
-            if next(failures, None) is not None:
-                raise CommitFailedException("catalog unavailable (injected)")
-            return real_commit(*args, **kwargs)
-
-        monkeypatch.setattr(catalog, "commit_table", failing_commit)
-        sink = IcebergSink(settings, endpoints.bootstrap, registry, catalog, topics=[str(topic)])
+        catalog, failures = _catalog_failing_commits(settings, monkeypatch, 25, "catalog unavailable (injected)")
+        sink = IcebergSink(settings, endpoints.bootstrap, registry, catalog, topics=[str(TEST_TOPIC)])
         sink.breaker = CircuitBreaker("catalog", threshold=1, reset_seconds=0.3)
         stats = sink.run(until=lambda s: all_committed(endpoints.bootstrap, settings.sink_group, targets))
     assert next(failures, None) is None  # every injected failure was hit
