@@ -5,13 +5,19 @@ Per-message fastavro decoding tops out near 50-85k msgs/s on one core and was mo
 5-byte headers are stripped; DuckDB reads such a block at ~0.4 M msgs/s straight into Arrow.
 
 Trust, but verify: a datum that does not match its schema would shift every later datum of the block. So each
-block ends with a sentinel record written by K2 itself; if the sentinel does not come back intact (or the row count
-or the message ids look wrong), the caller falls back to per-message decoding and dead-letters the culprits.
+block ends with a sentinel record written by K2 itself; if the sentinel does not come back intact, the row count is
+off, or the decoded message ids differ from the ids in the frames' own bytes, the caller falls back to per-message
+decoding and dead-letters the culprits.
+
+Each block gets a file name of its own, and DuckDB's external file cache is off: with one reused name, DuckDB
+served the previous block again whenever the new one had the same size within the file-time granularity, and the
+sink dropped a whole commit of records as "duplicates" of the batch before (found by the kill -9 fault drills).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import tempfile
 import threading
@@ -112,6 +118,17 @@ def _decimal_from_avro_bytes(column: pa.Array, scale: int) -> pa.Array:
     return pc.if_else(nulls, pa.scalar(None, out.type), out) if nulls is not None else out
 
 
+_ID_PREFIX = _zigzag(36)  # message_id is every V2 record's first field: a 36-character string right after the header
+
+
+def _ids_match_frames(decoded: pa.ChunkedArray, values: list[bytes]) -> bool:
+    """True when row i's message_id is the id at the start of frame i's datum (read from the bytes, not decoded)."""
+    if any(v[5:6] != _ID_PREFIX for v in values):
+        return False
+    framed = pa.array([v[6:42] for v in values], pa.binary())
+    return bool(pc.all(pc.equal(decoded.cast(pa.binary()), framed)).as_py())
+
+
 class AvroBatchDecoder:
     """One DuckDB connection and a spool folder in memory (/dev/shm when there is one). Thread-safe."""
 
@@ -121,9 +138,11 @@ class AvroBatchDecoder:
         extension = next(Path(duckdb_extension_avro.__file__).parent.rglob("avro.duckdb_extension"))
         self._con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         self._con.execute(f"LOAD '{extension}'")  # our own package file, not user input
+        self._con.execute("SET enable_external_file_cache = false")  # every block is read once: nothing to reuse
         shm = Path("/dev/shm")
         self._dir = Path(tempfile.mkdtemp(prefix="k2-avro-", dir=shm if shm.is_dir() else None))
         self._lock = threading.Lock()
+        self._blocks = itertools.count()
 
     def decode(self, spec: RecordSpec, values: list[bytes]) -> pa.Table:
         """Decode framed messages written with `spec`'s current schema into a V2 Arrow table, in order."""
@@ -131,16 +150,21 @@ class AvroBatchDecoder:
         body = b"".join(v[5:] for v in values) + sentinel
         block = b"".join((header, _zigzag(len(values) + 1), _zigzag(len(body)), body, sync))
         with self._lock:
-            path = self._dir / "block.avro"
+            path = self._dir / f"block-{next(self._blocks)}.avro"
             path.write_bytes(block)
             try:
                 raw = self._con.execute("SELECT * FROM read_avro(?)", [str(path)]).arrow()
+                raw = raw.read_all() if isinstance(raw, pa.RecordBatchReader) else raw
             except duckdb.Error as exc:
                 raise BatchDecodeError(f"DuckDB could not read the block: {exc}") from exc
-            raw = raw.read_all() if isinstance(raw, pa.RecordBatchReader) else raw
+            finally:
+                path.unlink(missing_ok=True)
         if raw.num_rows != len(values) + 1 or raw["message_id"][-1].as_py() != SENTINEL_ID:
             raise BatchDecodeError("block misaligned: the sentinel record did not come back intact")
-        return self._to_v2(spec, raw.slice(0, len(values)))
+        decoded = self._to_v2(spec, raw.slice(0, len(values)))
+        if not _ids_match_frames(decoded["message_id"], values):
+            raise BatchDecodeError("the decoded message ids are not the ids in these frames")
+        return decoded
 
     @staticmethod
     def _to_v2(spec: RecordSpec, raw: pa.Table) -> pa.Table:
