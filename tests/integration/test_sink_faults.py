@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -261,28 +262,37 @@ def test_a_sink_that_died_between_its_iceberg_and_kafka_commits_resumes_from_the
 TEST_TOPIC = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
 
 
-def _produce_test_trades(settings: Settings, endpoints, count: int) -> tuple[RegistryClient, dict]:
-    """`count` trades on the test topic, acknowledged; the registry client and the end offsets to land."""
+def _produce_test_trades(settings: Settings, endpoints, count: int, first: int = 0) -> tuple[RegistryClient, dict]:
+    """Trades `first`..`first + count - 1` on the test topic, acknowledged; the registry client and the end offsets
+    to land."""
     admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
     ensure_topics(admin, settings, [str(TEST_TOPIC), TEST_TOPIC.dlq])
     del admin
     registry = RegistryClient(endpoints.registry_url)
     producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
-    records = [make_trade(i) for i in range(count)]
+    records = [make_trade(i) for i in range(first, first + count)]
     producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
     producer.close()
     return registry, dict(producer.stats.end_offsets)
 
 
-def _catalog_failing_commits(settings: Settings, monkeypatch: pytest.MonkeyPatch, failures: int, why: str):
-    """The catalog, with trades_v2 created, whose next `failures` commits raise CommitFailedException(`why`);
-    and an iterator that is exhausted once every injected failure was hit."""
+def _catalog_failing_commits(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    failures: int,
+    why: str,
+    on_failure: Callable[[], None] | None = None,
+):
+    """The catalog, with trades_v2 created, whose next `failures` commits raise CommitFailedException(`why`)
+    (calling `on_failure` first); and an iterator that is exhausted once every injected failure was hit."""
     catalog = open_catalog(settings)
     ensure_table(catalog, TRADES_V2)
     real_commit, remaining = catalog.commit_table, iter(range(failures))
 
     def failing_commit(*args, **kwargs):
         if next(remaining, None) is not None:
+            if on_failure is not None:
+                on_failure()
             raise CommitFailedException(why)
         return real_commit(*args, **kwargs)
 
@@ -322,3 +332,30 @@ def test_a_failing_catalog_opens_the_breaker_the_sink_waits_and_lands_everything
     assert not sink.breaker.open and not sink.breaker.failing  # closed again by the successful retry
     assert stats.written["trades_v2"] == 7
     assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 7
+
+
+def test_records_that_arrive_while_a_commit_is_deferred_land_too(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deferred commit keeps the Arrow it decoded for the retry; records consumed after it must never have their
+    # offsets committed on the strength of that older Arrow.
+    with Stack(settings) as endpoints:
+        registry, _ = _produce_test_trades(settings, endpoints, 7)
+        later: dict = {}
+
+        def produce_more_on_first_failure() -> None:
+            if not later:  # while the sink is inside its failing commit: the next poll would consume these
+                later.update(_produce_test_trades(settings, endpoints, 5, first=7)[1])
+
+        catalog, failures = _catalog_failing_commits(
+            settings, monkeypatch, 25, "catalog unavailable (injected)", on_failure=produce_more_on_first_failure
+        )
+        sink = IcebergSink(settings, endpoints.bootstrap, registry, catalog, topics=[str(TEST_TOPIC)])
+        sink.breaker = CircuitBreaker("catalog", threshold=1, reset_seconds=0.3)
+        stats = sink.run(
+            until=lambda _s: bool(later) and all_committed(endpoints.bootstrap, settings.sink_group, later)
+        )
+    assert next(failures, None) is None
+    assert stats.written["trades_v2"] == 12
+    rows = lake_query(settings, "SELECT trade_id FROM market_data.trades_v2 WHERE exchange = 'test'")
+    assert sorted(int(row[0]) for row in rows) == list(range(12))

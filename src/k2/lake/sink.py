@@ -282,6 +282,13 @@ class IcebergSink:
         return True
 
     def poll_once(self, max_messages: int = 10_000, timeout: float = 0.2) -> int:
+        if self._deferred_commits:
+            # Retry a deferred commit before consuming anything more: its buffers, and the Arrow decoded from them
+            # and kept for the retry, must be exactly what failed, or later records would ride on stale Arrow and
+            # have their offsets committed unwritten.
+            self.commit()
+            if self._deferred_commits:
+                return 0
         if self._group_behind_lake:
             behind, self._group_behind_lake = self._group_behind_lake, {}
             try:
@@ -390,6 +397,8 @@ class IcebergSink:
         """
         if not self._ranges:
             return
+        if self._deferred_commits and not final and self.breaker.open:
+            return  # the deferred commit is retried once the breaker lets a trial through
         started = time.monotonic()
         written, duplicates = Counter(self.stats.written), Counter(self.stats.duplicates)
         try:
