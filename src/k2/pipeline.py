@@ -58,8 +58,7 @@ def produce(
             if on_new_topic is not None:
                 on_new_topic(str(topic))
         producer.send(batch)
-        recon.produced += len(batch.records)
-        recon.rejected.update(r.reason for r in batch.rejects)
+        recon.count_sent(batch)
 
     total = getattr(source, "total_bytes", lambda: None)()
     with Progress(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from k2.lake.sink import SinkStats
+from k2.schema.fields import STREAM_GAPS
+from k2.sources.base import SourceBatch
 
 
 class LoadTimeoutError(RuntimeError):
@@ -28,6 +30,14 @@ class Reconciliation:
     skipped: Counter[str] = field(default_factory=Counter)
     # records K2 derives itself and sends alongside (stream_gaps audit rows): not read, but landed like the rest
     gap_records: int = 0
+
+    def count_sent(self, batch: SourceBatch) -> None:
+        """Account for a batch handed to the producer: its records (K2's own gap rows apart) and its rejects."""
+        if batch.spec is STREAM_GAPS:
+            self.gap_records += len(batch.records)
+            return
+        self.produced += len(batch.records)
+        self.rejected.update(r.reason for r in batch.rejects)
 
     @property
     def sent(self) -> int:

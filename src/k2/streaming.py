@@ -30,7 +30,6 @@ from k2.query.engine import QueryEngine
 from k2.query.fresh import FreshSource, read_tail
 from k2.reconcile import Reconciliation
 from k2.schema import AssetClass, DataType
-from k2.schema.fields import STREAM_GAPS
 from k2.sources.base import SourceBatch
 from k2.sources.binance.client import ClientLimits
 from k2.sources.binance.live import EXCHANGE, BinanceLive
@@ -99,11 +98,7 @@ def stream_binance(
 
             def send(batch: SourceBatch) -> None:
                 producer.send(batch)
-                if batch.spec is STREAM_GAPS:
-                    recon.gap_records += len(batch.records)
-                    return
-                recon.produced += len(batch.records)
-                recon.rejected.update(r.reason for r in batch.rejects)
+                recon.count_sent(batch)
 
             def emit(batch: SourceBatch) -> None:
                 governor.admit(batch, send)  # may slow the stream's loop a little, or spill the batch to disk
