@@ -227,7 +227,7 @@ class IcebergSink:
         the list of frames its table batch-decodes; anything else (a new schema id, a bad header, an older
         writer schema) goes through `_accept`."""
         ranges, fast = self._ranges, self._fast_routes
-        buffered = 0
+        buffered = consumed = 0
         for msg in messages:
             if msg.error():
                 log.warning("sink.consume_error", error=msg.error().str())
@@ -236,7 +236,7 @@ class IcebergSink:
             key = (topic, msg.partition())
             seen = ranges.get(key)
             ranges[key] = (offset if seen is None else seen[0], offset + 1)
-            self.stats.consumed += 1
+            consumed += 1
             value = msg.value()
             frames = fast.get((topic, value[:5])) if value is not None else None
             if frames is not None:
@@ -245,7 +245,8 @@ class IcebergSink:
             elif self._accept(msg, topic, value):
                 buffered += 1
         self._buffered += buffered
-        metrics.SINK_CONSUMED.inc(len(messages))
+        self.stats.consumed += consumed
+        metrics.SINK_CONSUMED.inc(consumed)  # messages, not consume errors: the same count as stats.consumed
 
     def _accept(self, msg: Message, topic: str, value: bytes | None) -> bool:
         """Buffer one message for its table, or dead-letter it; True when buffered."""
