@@ -270,6 +270,22 @@ def serve(
     serve_api(Settings(), host=host, port=port)
 
 
+@app.command("catalog-serve")
+def catalog_serve(
+    host: str = typer.Option("127.0.0.1", help="Bind address; loopback unless you mean to expose it (no auth)"),
+    port: int = typer.Option(8181, help="TCP port"),
+) -> None:
+    """Serve this K2_HOME's Iceberg catalog as an Iceberg REST catalog until Ctrl-C."""
+    import json
+
+    from k2.lake.rest_catalog import serve_rest_catalog
+
+    uri = f"http://{host}:{port}"
+    out.print(f"Iceberg REST catalog on {uri}")
+    out.print(f"clients: K2_CATALOG_PROPERTIES='{json.dumps({'type': 'rest', 'uri': uri})}'", soft_wrap=True)
+    serve_rest_catalog(Settings(), host=host, port=port)
+
+
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Argument(..., help="Who the key is for, e.g. research-notebook"),
