@@ -29,7 +29,12 @@ import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    CommitStateUnknownException,
+    ServerError,
+    ServiceUnavailableError,
+)
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -56,7 +61,16 @@ _MAX_DECIMAL = Decimal(10) ** (PRICE_PRECISION - PRICE_SCALE)
 _APPEND_ATTEMPTS = 4
 _MAX_DEFERRED_COMMITS = 30  # ~5 minutes of a failing catalog (10 s apart) before the worker gives up
 # Failures of the catalog or the warehouse, as opposed to bugs: worth waiting out
-_CATALOG_FAILURES = (CommitFailedException, OSError, SQLAlchemyError)
+# A failed commit the sink defers and retries: SQL catalog and warehouse errors, and a REST catalog that is down or
+# failed mid-commit (its "state unknown" is safe here: the retry re-reads the lake before deduplicating).
+_CATALOG_FAILURES = (
+    CommitFailedException,
+    CommitStateUnknownException,
+    ServerError,
+    ServiceUnavailableError,
+    OSError,
+    SQLAlchemyError,
+)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
