@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from k2.bus.clients import ensure_topics, producer_config
+from k2.bus.producer import RecordProducer
+from k2.bus.registry_client import RegistryClient
+from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.query.engine import QueryEngine
+from k2.schema import TRADES_V2
+from k2.schema.fields import AssetClass, DataType
+from k2.sources.base import SourceBatch
+
+TEST_TOPIC = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
 
 
 def raw_line_count(path: Path) -> int:
@@ -65,3 +74,19 @@ def committed_offsets(bootstrap: str, group: str, targets: dict[tuple[str, int],
 def all_committed(bootstrap: str, group: str, targets: dict[tuple[str, int], int]) -> bool:
     committed = committed_offsets(bootstrap, group, targets)
     return all(committed.get(k, -1) >= end for k, end in targets.items())
+
+
+def produce_test_trades(settings: Settings, endpoints, count: int, first: int = 0) -> tuple[RegistryClient, dict]:
+    """Trades `first`..`first + count - 1` (make_trade) on TEST_TOPIC, acknowledged; the registry client and the
+    end offsets to land."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
+    ensure_topics(admin, settings, [str(TEST_TOPIC), TEST_TOPIC.dlq])
+    del admin
+    registry = RegistryClient(endpoints.registry_url)
+    producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
+    records = [make_trade(i) for i in range(first, first + count)]
+    producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
+    producer.close()
+    return registry, dict(producer.stats.end_offsets)

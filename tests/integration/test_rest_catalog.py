@@ -7,28 +7,41 @@ import json
 import logging
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
 from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.table.update import AssertRefSnapshotId
 from rich.console import Console
 
+from k2.bus.stack import Stack
 from k2.config import Settings
 from k2.lake.catalog import NAMESPACE, open_catalog
 from k2.lake.rest_catalog import backend_settings, rest_catalog_app
+from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_table, table_identifier
+from k2.ops.degradation import CircuitBreaker
 from k2.pipeline import load
 from k2.schema import TRADES_V2
 from k2.schema.arrow import records_to_arrow
 from k2.sources.asx import AsxSource
 from tests.api.conftest import Server
-from tests.integration.helpers import lake_count, lake_query, make_trade, raw_line_count
+from tests.integration.helpers import (
+    TEST_TOPIC,
+    all_committed,
+    lake_count,
+    lake_query,
+    make_trade,
+    produce_test_trades,
+    raw_line_count,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +229,32 @@ def test_missing_and_existing_tables_answer_404_and_409_in_the_error_model(rest_
     with pytest.raises(TableAlreadyExistsError):
         client.create_table(table_identifier(TRADES_V2), schema=client.load_table(table_identifier(TRADES_V2)).schema())
     assert client.list_tables(NAMESPACE) == [(NAMESPACE, "trades_v2")]
+
+
+def test_sink_defers_commits_a_rest_catalog_refuses_as_unavailable_and_lands_everything_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = rest_catalog_app(open_catalog(settings))
+    refusals = iter(range(3))
+
+    @app.middleware("http")
+    async def unavailable_for_three_commits(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
+        is_commit = request.method == "POST" and request.url.path == TRADES
+        if is_commit and next(refusals, None) is not None:
+            body = {"error": {"message": "down for maintenance (injected)", "type": "ServiceUnavailable", "code": 503}}
+            return JSONResponse(body, status_code=503)
+        return await call_next(request)
+
+    with Server(app) as server:
+        monkeypatch.setenv("K2_CATALOG_PROPERTIES", json.dumps({"type": "rest", "uri": server.url}))
+        client_settings = Settings(home=settings.home)
+        with Stack(client_settings) as endpoints:
+            registry, targets = produce_test_trades(client_settings, endpoints, 7)
+            catalog = open_catalog(client_settings)
+            sink = IcebergSink(client_settings, endpoints.bootstrap, registry, catalog, topics=[str(TEST_TOPIC)])
+            sink.breaker = CircuitBreaker("catalog", threshold=1, reset_seconds=0.3)
+            stats = sink.run(until=lambda _s: all_committed(endpoints.bootstrap, settings.sink_group, targets))
+    assert next(refusals, None) is None  # all three refusals were met, so commits really were deferred
+    assert stats.written["trades_v2"] == 7 and stats.duplicates["trades_v2"] == 0
+    rows = lake_query(settings, "SELECT trade_id FROM market_data.trades_v2 WHERE exchange = 'test' ORDER BY 1")
+    assert [row[0] for row in rows] == [str(n) for n in range(7)]

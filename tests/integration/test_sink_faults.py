@@ -36,7 +36,7 @@ from k2.schema.avro import avro_schema
 from k2.schema.fields import AssetClass, DataType
 from k2.sources.asx import AsxSource
 from k2.sources.base import SourceBatch
-from tests.integration.helpers import all_committed, lake_count, lake_query, make_trade
+from tests.integration.helpers import TEST_TOPIC, all_committed, lake_count, lake_query, make_trade, produce_test_trades
 
 pytestmark = pytest.mark.integration
 
@@ -259,23 +259,6 @@ def test_a_sink_that_died_between_its_iceberg_and_kafka_commits_resumes_from_the
     assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 5
 
 
-TEST_TOPIC = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
-
-
-def _produce_test_trades(settings: Settings, endpoints, count: int, first: int = 0) -> tuple[RegistryClient, dict]:
-    """Trades `first`..`first + count - 1` on the test topic, acknowledged; the registry client and the end offsets
-    to land."""
-    admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
-    ensure_topics(admin, settings, [str(TEST_TOPIC), TEST_TOPIC.dlq])
-    del admin
-    registry = RegistryClient(endpoints.registry_url)
-    producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
-    records = [make_trade(i) for i in range(first, first + count)]
-    producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
-    producer.close()
-    return registry, dict(producer.stats.end_offsets)
-
-
 def _catalog_failing_commits(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
@@ -304,7 +287,7 @@ def test_an_append_that_keeps_losing_commit_races_is_retried_and_lands_once(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Stack(settings) as endpoints:
-        registry, targets = _produce_test_trades(settings, endpoints, 5)
+        registry, targets = produce_test_trades(settings, endpoints, 5)
         # More lost races than pyiceberg's own retries (4) absorb: as if other workers kept committing first.
         catalog, failures = _catalog_failing_commits(
             settings, monkeypatch, 6, "Table has been updated by another process (injected)"
@@ -321,7 +304,7 @@ def test_a_failing_catalog_opens_the_breaker_the_sink_waits_and_lands_everything
 ) -> None:
     failures_before = _sample("k2_sink_commit_failures_total", part="iceberg")
     with Stack(settings) as endpoints:
-        registry, targets = _produce_test_trades(settings, endpoints, 7)
+        registry, targets = produce_test_trades(settings, endpoints, 7)
         # More failures than pyiceberg's retries (5 tries) times the sink's own (4 appends) absorb in one commit.
         catalog, failures = _catalog_failing_commits(settings, monkeypatch, 25, "catalog unavailable (injected)")
         sink = IcebergSink(settings, endpoints.bootstrap, registry, catalog, topics=[str(TEST_TOPIC)])
@@ -340,12 +323,12 @@ def test_records_that_arrive_while_a_commit_is_deferred_land_too(
     # A deferred commit keeps the Arrow it decoded for the retry; records consumed after it must never have their
     # offsets committed on the strength of that older Arrow.
     with Stack(settings) as endpoints:
-        registry, _ = _produce_test_trades(settings, endpoints, 7)
+        registry, _ = produce_test_trades(settings, endpoints, 7)
         later: dict = {}
 
         def produce_more_on_first_failure() -> None:
             if not later:  # while the sink is inside its failing commit: the next poll would consume these
-                later.update(_produce_test_trades(settings, endpoints, 5, first=7)[1])
+                later.update(produce_test_trades(settings, endpoints, 5, first=7)[1])
 
         catalog, failures = _catalog_failing_commits(
             settings, monkeypatch, 25, "catalog unavailable (injected)", on_failure=produce_more_on_first_failure
