@@ -8,6 +8,7 @@ reconciliation: frames read = records emitted + rejected + duplicates dropped + 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +38,12 @@ from k2.sources.binance.symbols import SymbolDirectory
 log = structlog.get_logger(__name__)
 
 EXCHANGE = "binance"
+
+
+def _traded_by(items: list[dict[str, Any]], time_key: str, stop_us: int) -> list[dict[str, Any]]:
+    """The REST items (in id order) up to the first one traded after `stop_us`: a contiguous run of ids, never a
+    later id kept past an earlier one whose time says "after" (that would leave a hole behind a partial fill)."""
+    return list(itertools.takewhile(lambda item: int(item[time_key]) * 1000 <= stop_us, items))
 
 
 @dataclass
@@ -144,8 +151,7 @@ class BinanceLive:
             except Exception as exc:  # a stop must not hang on an unreachable REST API; say why
                 log.warning("binance.tail_check_failed", symbol=symbol, channel=channel, error=repr(exc))
                 continue
-            time_key = "T" if channel == "aggTrade" else "time"
-            tail = [item for item in items if int(item[time_key]) * 1000 <= stop_us]
+            tail = _traded_by(items, "T" if channel == "aggTrade" else "time", stop_us)
             if tail:
                 id_key = "a" if channel == "aggTrade" else "id"
                 await self._fill(symbol, channel, last + 1, int(tail[-1][id_key]), prefetched=tail)

@@ -35,6 +35,7 @@ class _Market:
     agg_id: int
     trade_id: int
     update_id: int
+    trade_ms: int = 0  # the last trade time: Binance's trade times never go back as ids go up
 
 
 def _money(value: Decimal) -> str:
@@ -58,6 +59,7 @@ def _agg_trade(market: _Market, rng: random.Random) -> dict[str, Any]:
     market.price = max(Decimal("1"), market.price + Decimal("0.01") * rng.randint(-20, 20))
     count = rng.choice((1, 1, 1, 2, 3))
     event_ms = int(time.time() * 1000)
+    market.trade_ms = max(market.trade_ms, event_ms - rng.randint(0, 5))
     frame = {
         "e": "aggTrade",
         "E": event_ms,
@@ -67,7 +69,7 @@ def _agg_trade(market: _Market, rng: random.Random) -> dict[str, Any]:
         "q": f"{Decimal(rng.randint(1, 100000) * count) / 100000:.8f}",
         "f": market.trade_id,
         "l": market.trade_id + count - 1,
-        "T": event_ms - rng.randint(0, 5),
+        "T": market.trade_ms,
         "m": rng.random() < 0.5,
         "M": True,
     }
