@@ -151,11 +151,6 @@ def published_ids(emulator: BinanceEmulator) -> dict[tuple[str, str], list[int]]
     return {(symbol, channel): book.ids for channel, by_symbol in books.items() for symbol, book in by_symbol.items()}
 
 
-def published_count(emulator: BinanceEmulator) -> int:
-    assert emulator.hub is not None
-    return sum(len(book.ids) for book in (*emulator.hub.agg_trades.values(), *emulator.hub.trades.values()))
-
-
 def lake_ids(settings: Settings) -> dict[tuple[str, str], list[int]]:
     rows = lake_query(
         settings,
@@ -244,7 +239,8 @@ def test_binance_disconnects_and_dropped_frames_leave_no_id_gap(settings: Settin
     recon = reconciliation(out)
 
     landed = lake_ids(settings)
-    ids = id_check(landed, published_ids(emulator))
+    published = published_ids(emulator)
+    ids = id_check(landed, published)
     gaps, missing, filled, open_gaps = lake_query(
         settings,
         "SELECT count(*), coalesce(sum(missing_count), 0), coalesce(sum(filled_count), 0), "
@@ -279,7 +275,7 @@ def test_binance_disconnects_and_dropped_frames_leave_no_id_gap(settings: Settin
         "lost": ids["lost"],
         "duplicated": ids["duplicated"],
         "unexpected": ids["unexpected"],
-        "published": published_count(emulator),
+        "published": sum(len(source) for source in published.values()),
         "seconds": round(time.monotonic() - started, 1),
         "seed": SEED,
     }

@@ -1,8 +1,10 @@
-"""Helpers for integration tests: raw-file oracles and lake queries."""
+"""Helpers for integration tests: raw-file oracles, lake queries, test trades on Kafka."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
 
 from k2.bus.clients import ensure_topics, producer_config
 from k2.bus.producer import RecordProducer
@@ -79,8 +81,6 @@ def all_committed(bootstrap: str, group: str, targets: dict[tuple[str, int], int
 def produce_test_trades(settings: Settings, endpoints, count: int, first: int = 0) -> tuple[RegistryClient, dict]:
     """Trades `first`..`first + count - 1` (make_trade) on TEST_TOPIC, acknowledged; the registry client and the
     end offsets to land."""
-    from confluent_kafka.admin import AdminClient
-
     admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
     ensure_topics(admin, settings, [str(TEST_TOPIC), TEST_TOPIC.dlq])
     del admin
