@@ -136,7 +136,7 @@ def rows(quick: bool) -> list[Row]:
     home = Path(f"/tmp/k2-bench-{n_trades // 1_000_000}m")
     runs, budget = (5, 1.0) if quick else (30, 30.0)
     progress(f"queries: lake {home} ({n_trades:,} trades)")
-    build_lake(home, n_trades, n_trades // 3)
+    build_lake(home, n_trades, n_trades // 3, replace_stale=True)
     engine = QueryEngine(open_catalog(Settings(home=home)))
     try:
         from arcticdb import Arctic  # noqa: F401

@@ -375,7 +375,7 @@ def main() -> None:
     budget = args.budget or (3.0 if args.quick else 40.0)
     n_trades = args.trades or (1_000_000 if args.quick else 10_000_000)
 
-    build_lake(home, n_trades, n_trades // 3)
+    build_lake(home, n_trades, n_trades // 3, replace_stale=True)
     settings = Settings(home=home)
     catalog = open_catalog(settings)
     tables = {spec.name: catalog.load_table(table_identifier(spec)) for spec in (TRADES_V2, QUOTES_V2)}

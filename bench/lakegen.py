@@ -17,6 +17,7 @@ Run: `python bench/lakegen.py --home /tmp/k2-bench --trades 10000000` (quotes de
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -30,9 +31,10 @@ import pyarrow.compute as pc
 
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
-from k2.lake.tables import ensure_tables
+from k2.lake.tables import ensure_tables, in_write_order
 from k2.schema.arrow import arrow_schema
 from k2.schema.fields import PRICE_SCALE, QUOTES_V2, TRADES_V2
+from k2.schema.iceberg import sort_order
 
 UNITS_PER_ONE = 10**PRICE_SCALE  # a decimal(18,8) value as an integer count of 1e-8
 US_PER_SECOND = 1_000_000
@@ -272,7 +274,7 @@ def _quotes_table(rng: np.random.Generator, walker: Walker, c: dict[str, np.ndar
 
 
 class Committer:
-    """Buffers generated rows and appends them in commits of `commit_rows`, each sorted by timestamp."""
+    """Buffers generated rows and appends them in commits of `commit_rows`, each in the product's write order."""
 
     def __init__(self, table: object, commit_rows: int) -> None:
         self.table = table
@@ -296,7 +298,7 @@ class Committer:
             self.pending = []
 
     def _commit(self, part: pa.Table) -> None:
-        part = part.take(pc.sort_indices(part, [("timestamp", "ascending")]))
+        part = in_write_order(part)
         started = time.perf_counter()
         self.table.append(part)  # type: ignore[attr-defined]
         self.write_seconds += time.perf_counter() - started
@@ -316,10 +318,27 @@ def total_records(table: object) -> int:
     return int(snapshot.summary["total-records"]) if snapshot is not None else 0
 
 
-def build_lake(home: Path, trades: int, quotes: int, *, seed: int = 42, commit_rows: int = 1_000_000) -> bool:
-    """Write the lake under `home`; False (and nothing written) when it already holds >= `trades` trades."""
+def build_lake(
+    home: Path,
+    trades: int,
+    quotes: int,
+    *,
+    seed: int = 42,
+    commit_rows: int = 1_000_000,
+    replace_stale: bool = False,
+) -> bool:
+    """Write the lake under `home`; False (and nothing written) when it already holds >= `trades` trades.
+
+    A lake written in an older layout (another sort order) is deleted and written again when `replace_stale`
+    (for the bench's own /tmp lakes), else refused."""
     catalog = open_catalog(Settings(home=home))
     tables = ensure_tables(catalog)
+    if tables[TRADES_V2.name].sort_order() != sort_order(TRADES_V2):
+        if not replace_stale:
+            sys.exit(f"lake at {home} has another sort order than the product writes: delete it or pick another --home")
+        print(f"lake at {home} was written in an older layout (sort order): writing it again")
+        shutil.rmtree(home)
+        return build_lake(home, trades, quotes, seed=seed, commit_rows=commit_rows)
     trades_table, quotes_table = tables[TRADES_V2.name], tables[QUOTES_V2.name]
     have_trades, have_quotes = total_records(trades_table), total_records(quotes_table)
     if have_trades >= trades:

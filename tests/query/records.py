@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from pyiceberg.table import Table
 
+from k2.lake.tables import in_write_order
 from k2.schema.arrow import records_to_arrow
 from k2.schema.codecs import micros_from_datetime
 from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec
@@ -76,8 +77,8 @@ def quote(
 
 
 def append(table: Table, spec: RecordSpec, rows: list[dict], summary: dict[str, str] | None = None) -> int:
-    """Append like the sink (sorted by timestamp only: ties keep list order) and return the new snapshot id."""
-    arrow = records_to_arrow(spec, sorted(rows, key=lambda r: r["timestamp"]))
+    """Append like the sink (in the tables' write order) and return the new snapshot id."""
+    arrow = in_write_order(records_to_arrow(spec, rows))
     table.append(arrow, snapshot_properties=summary or {})
     snapshot = table.current_snapshot()
     assert snapshot is not None

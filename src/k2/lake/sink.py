@@ -47,7 +47,7 @@ from k2.bus.topics import MARKET_TOPIC_PATTERN, TopicName
 from k2.config import Settings
 from k2.lake.dedup import LakeIdIndex
 from k2.lake.offsets import CPU_KEY, SUMMARY_KEY, encode_ranges, next_offsets
-from k2.lake.tables import ensure_table
+from k2.lake.tables import ensure_table, in_write_order
 from k2.ops import metrics
 from k2.ops.degradation import CircuitBreaker
 from k2.schema.arrow import records_to_arrow
@@ -377,8 +377,7 @@ class IcebergSink:
         self.stats.duplicates[spec.name] += batch.num_rows - fresh.num_rows
         if fresh.num_rows == 0:
             return  # nothing new; the Kafka commit still records the progress
-        # Iceberg does not apply the table's sort order on write (STACK-NOTES.md): sort here.
-        fresh = fresh.sort_by([("timestamp", "ascending")])
+        fresh = in_write_order(fresh)
         # CPU of this process since its previous append (k2 cost): decoding and dedup of this batch, the previous
         # Parquet write, and whatever else the process did meanwhile (e.g. the producer under `k2 load`).
         cpu, self._cpu_mark = time.process_time() - self._cpu_mark, time.process_time()

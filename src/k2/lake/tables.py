@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import contextlib
 
+import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.table import Table
 
 from k2.lake.catalog import CREATION_RACE_ERRORS, NAMESPACE
 from k2.schema.fields import ALL_RECORDS, RecordSpec
-from k2.schema.iceberg import iceberg_schema, partition_spec, sort_order
+from k2.schema.iceberg import ROW_GROUP_ROWS, SORT_KEYS, iceberg_schema, partition_spec, sort_order
 
 TABLE_PROPERTIES = {
     "write.format.default": "parquet",
     "write.parquet.compression-codec": "zstd",
     "format-version": "2",
+    "write.parquet.row-group-limit": str(ROW_GROUP_ROWS),
 }
+
+
+def in_write_order(rows: pa.Table) -> pa.Table:
+    """`rows` in the tables' sort order (k2.schema.iceberg.SORT_KEYS; nulls last), as every writer must append
+    them: Iceberg does not apply the table's sort order on write (STACK-NOTES.md)."""
+    return rows.sort_by([(name, "ascending") for name in SORT_KEYS if name in rows.column_names])
 
 
 def table_identifier(spec: RecordSpec) -> str:

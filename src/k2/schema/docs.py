@@ -25,7 +25,9 @@ Conventions:
   the same id and is stored once. For ASX files, which carry no ids, the source id is the trading date, the row's
   text and its ordinal among identical rows of that symbol-day: appending or inserting a row changes no other id.
 - Enums travel as Avro enums and are stored as strings in Iceberg.
-- Tables `market_data.<name>` are partitioned by `day(timestamp)` and `exchange`, sorted by `timestamp`, Parquet + zstd.
+- Tables `market_data.<name>` are partitioned by `day(timestamp)` and `exchange`. Inside each file rows are sorted
+  by `symbol`, then event time (`timestamp`, `source_sequence`, `message_id`), in row groups of 131,072 rows, so a
+  query for one symbol reads only that symbol's row groups. Parquet + zstd.
 - `reference_data_v2.vendor_data.record_type` tells what a reference row is: `company` (listing), `dividend`,
   `merger`, `stock_split`; a dividend keeps its dates, exact amounts and its own currency in `vendor_data`.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.table.sorting import NullOrder, SortField, SortOrder
 from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import (
     BooleanType,
@@ -74,6 +74,24 @@ def partition_spec(record: RecordSpec) -> PartitionSpec:
     )
 
 
+# Row order inside every data file: each symbol's rows together, in event order (time, then the venue's
+# sequence, then the id) — the layout kdb+ calls "parted by sym". With row groups of ROW_GROUP_ROWS, a query for
+# one symbol reads only that symbol's row groups, and a time range of it only the groups whose timestamp bounds
+# overlap the range; time-sorted files held every symbol in every row group, so each such query read whole files.
+SORT_KEYS = ("symbol", "timestamp", "source_sequence", "message_id")
+ROW_GROUP_ROWS = 131_072
+
+
 def sort_order(record: RecordSpec) -> SortOrder:
     schema = iceberg_schema(record)
-    return SortOrder(SortField(source_id=schema.find_field("timestamp").field_id, transform=IdentityTransform()))
+    return SortOrder(
+        *(
+            SortField(
+                source_id=schema.find_field(name).field_id,
+                transform=IdentityTransform(),
+                null_order=NullOrder.NULLS_LAST,  # as pyarrow's sort_by and the queries' event order put them
+            )
+            for name in SORT_KEYS
+            if name in schema.column_names
+        )
+    )
