@@ -16,7 +16,7 @@ from k2.query import engine as engine_module
 from k2.query.asof import trades_with_quotes
 from k2.query.bars import bars
 from k2.query.engine import QueryEngine
-from k2.query.market import page, trades
+from k2.query.market import latest, page, trades
 from k2.query.summary import daily_summary
 from tests.query.records import append_trades, at, trade
 
@@ -30,8 +30,8 @@ def engine(catalog: Catalog, tables: dict[str, Table]) -> Iterator[QueryEngine]:
         yield engine
 
 
-def trades_files_read(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) -> int:
-    """Run `call`, then EXPLAIN ANALYZE the last SQL it ran on the same connection; the trades scan's file count."""
+def files_read_by_each(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) -> list[int]:
+    """Run `call`, then EXPLAIN ANALYZE each SQL it ran on the same connection; each one's largest scan file count."""
     ran: list[tuple] = []
     real_run = engine_module._run
 
@@ -41,9 +41,16 @@ def trades_files_read(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) 
 
     monkeypatch.setattr(engine_module, "_run", spy)
     call()
-    con, query, params = ran[-1]
-    plan = "\n".join(str(v) for row in con.execute(f"EXPLAIN ANALYZE {query}", params).fetchall() for v in row)
-    return max(int(n) for n in re.findall(r"Total Files Read: (\d+)", plan))
+    counts = []
+    for con, query, params in ran:
+        plan = "\n".join(str(v) for row in con.execute(f"EXPLAIN ANALYZE {query}", params).fetchall() for v in row)
+        counts.append(max(int(n) for n in re.findall(r"Total Files Read: (\d+)", plan)))
+    return counts
+
+
+def trades_files_read(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) -> int:
+    """The trades scan's file count in the last SQL `call` ran."""
+    return files_read_by_each(monkeypatch, call)[-1]
 
 
 @pytest.mark.parametrize(
@@ -71,3 +78,12 @@ def test_a_cursor_skips_the_files_before_it(engine: QueryEngine, monkeypatch: py
     )
 
     assert files == DAYS - 2  # from the cursor's day on
+
+
+def test_latest_reads_only_the_newest_day(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    newest: list[Any] = []
+
+    counts = files_read_by_each(monkeypatch, lambda: newest.append(latest(engine, "trades", "BHP", n=1)))
+
+    assert newest[0].column("source_sequence").to_pylist() == [DAYS - 1]
+    assert counts == [1, 1]  # the newest day's window, then its rows; no other day's file is opened

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pyarrow as pa
@@ -16,6 +16,7 @@ from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError
 from k2.query.market import events, latest, page, quotes, trades
 from k2.query.summary import daily_summary, symbols
+from k2.schema.codecs import micros_from_datetime
 from tests.query.records import append_quotes, append_trades, at, quote, trade
 
 D = Decimal
@@ -114,6 +115,78 @@ def test_latest_keeps_every_tie_at_the_cutoff_instant_and_reads_one_snapshot(
         then = latest(engine, "trades", "BHP", n=3, as_of=first)
         assert then.column("source_sequence").to_pylist() == [5, 6, 7]
         assert latest(engine, "trades", "BHP", n=50, as_of=first).num_rows == 7
+
+
+def test_latest_reads_the_newest_day_first_and_still_finds_older_rows_on_other_exchanges(
+    catalog: Catalog, tables: dict[str, Table]
+) -> None:
+    # Five days, one commit each. BHP trades 3 times a day on asx; on chix only on day 0. CBA trades once a day.
+    for day in range(5):
+        rows = [trade(at(10, minute, day=day), f"{day}.{minute}", "1", 10 * day + minute) for minute in range(3)]
+        rows.append(trade(at(11, day=day), f"9{day}", "1", 100 + day, symbol="CBA"))
+        if day == 0:
+            rows.append(trade(at(12), "36.55", "7", 1, exchange="chix"))
+        append_trades(tables["trades_v2"], rows)
+
+    with QueryEngine(catalog) as engine:
+        files = engine.layout("trades_v2").files
+        assert [(f.day, f.exchange, engine.symbols_in(f.path)) for f in files] == [
+            (date(2024, 3, 8), "asx", {"BHP", "CBA"}),
+            (date(2024, 3, 7), "asx", {"BHP", "CBA"}),
+            (date(2024, 3, 6), "asx", {"BHP", "CBA"}),
+            (date(2024, 3, 5), "asx", {"BHP", "CBA"}),
+            (date(2024, 3, 4), "chix", {"BHP"}),  # its newest trade (12:00) is newer than asx's (11:00)
+            (date(2024, 3, 4), "asx", {"BHP", "CBA"}),
+        ]
+        assert files[0].newest == micros_from_datetime(at(11, day=4))
+        # The newest day holds BHP's 2 newest asx trades; its only chix trade is 4 days older and still comes back.
+        newest = latest(engine, "trades", "BHP", n=2)
+        assert [(r["exchange"], r["source_sequence"]) for r in newest.to_pylist()] == [
+            ("asx", 41),
+            ("asx", 42),
+            ("chix", 1),
+        ]
+        # 5 newest asx trades span two days; CBA's 4 span four; an exchange filter leaves chix out.
+        five = latest(engine, "trades", "BHP", n=5, exchange="asx")
+        assert five.column("source_sequence").to_pylist() == [31, 32, 40, 41, 42]
+        assert latest(engine, "trades", "CBA", n=4).column("source_sequence").to_pylist() == [101, 102, 103, 104]
+        # More than there is: everything, from every day.
+        assert latest(engine, "trades", ["BHP", "CBA"], n=100).num_rows == 15 + 1 + 5
+        # A start inside the range bounds the look-back; an end moves the newest day back.
+        bounded = latest(engine, "trades", "BHP", n=10, start=at(0, day=3))
+        assert bounded.column("source_sequence").to_pylist() == [30, 31, 32, 40, 41, 42]
+        before = latest(engine, "trades", "BHP", n=2, end=at(10, 2, day=1))
+        assert [(r["exchange"], r["source_sequence"]) for r in before.to_pylist()] == [
+            ("asx", 10),
+            ("asx", 11),
+            ("chix", 1),
+        ]
+        # A symbol that never traded: nothing, after looking everywhere.
+        assert latest(engine, "trades", "NAB", n=3).num_rows == 0
+
+
+def test_the_quote_prevailing_at_start_comes_from_the_look_back(catalog: Catalog, tables: dict[str, Table]) -> None:
+    # Quotes only on Monday; two share the newest instant (the later sequence prevails). Trades on Tuesday.
+    append_quotes(
+        tables["quotes_v2"],
+        [
+            quote(at(15), "35.00", "35.20", 1),
+            quote(at(15, 59), "35.50", "35.70", 3),
+            quote(at(15, 59), "35.40", "35.60", 2),
+            quote(at(15, 59), "36.00", "36.20", 1, symbol="CBA"),
+        ],
+    )
+    append_trades(tables["trades_v2"], [trade(at(10, day=1), "35.55", "10", 7)])
+    with QueryEngine(catalog) as engine:
+        joined = trades_with_quotes(engine, "BHP", at(0, day=1), at(0, day=2))
+        assert [(r["source_sequence"], r["bid_price"], r["ask_price"], r["mid"]) for r in joined.to_pylist()] == [
+            (7, D("35.50"), D("35.70"), D("35.600000000"))
+        ]
+        assert joined.column("quote_timestamp").to_pylist()[0] == at(15, 59)
+        # A look-back shorter than the quiet spell finds no quote; none at all also works.
+        for lookback in (timedelta(hours=2), timedelta(0)):
+            short = trades_with_quotes(engine, "BHP", at(0, day=1), at(0, day=2), quote_lookback=lookback)
+            assert short.column("bid_price").to_pylist() == [None]
 
 
 def test_keyset_pages_visit_every_row_once_in_order(engine: QueryEngine) -> None:

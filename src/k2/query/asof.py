@@ -48,13 +48,34 @@ def trades_with_quotes(
     except OverflowError:  # e.g. start in year 1: no quote can precede it, and datetime cannot say so
         message = f"start {start!r} minus the quote lookback is before year 1: use a later start"
         raise InvalidQueryError(message) from None
-    quote_condition, quote_params = where(symbols, quote_start, end, exchange)
+    quote_condition, quote_params = where(symbols, start, end, exchange)
+    before_condition, before_params = (
+        where(symbols, quote_start, start, exchange) if quote_lookback else ("FALSE", [])  # no look-back at all
+    )
     latest_quote_first = f"{sequence_order()} DESC, message_id DESC"
+    quote_columns = (
+        "symbol, exchange, timestamp, source_sequence, message_id, bid_price, bid_quantity, ask_price, ask_quantity"
+    )
+    # The look-back only ever supplies the quote prevailing at `start`: per (symbol, exchange), the quotes of its
+    # newest instant before `start` (found with a plain max), not every quote of the window, which made the
+    # duplicate-instant ranking below sort days of quotes (5 x slower on a 4-day look-back).
     query = f"""
-        WITH t AS (SELECT * FROM {table_identifier(TRADES_V2)} WHERE {trade_condition}),
+        WITH t AS (
+            SELECT timestamp, symbol, exchange, trade_id, message_id, source_sequence, price, quantity, side
+            FROM {table_identifier(TRADES_V2)} WHERE {trade_condition}
+        ),
+        prior AS (
+            SELECT symbol, exchange, max(timestamp) AS timestamp
+            FROM {table_identifier(QUOTES_V2)} WHERE {before_condition} GROUP BY symbol, exchange
+        ),
+        candidates AS (
+            SELECT {quote_columns} FROM {table_identifier(QUOTES_V2)} WHERE {quote_condition}
+            UNION ALL
+            SELECT {quote_columns} FROM {table_identifier(QUOTES_V2)} JOIN prior USING (symbol, exchange, timestamp)
+            WHERE {before_condition}
+        ),
         q AS (
-            SELECT symbol, exchange, timestamp, bid_price, bid_quantity, ask_price, ask_quantity
-            FROM {table_identifier(QUOTES_V2)} WHERE {quote_condition}
+            SELECT symbol, exchange, timestamp, bid_price, bid_quantity, ask_price, ask_quantity FROM candidates
             QUALIFY row_number() OVER (PARTITION BY symbol, exchange, timestamp ORDER BY {latest_quote_first}) = 1
         ),
         joined AS (
@@ -69,4 +90,5 @@ def trades_with_quotes(
             CAST(CAST(ask_price AS DECIMAL(38, 8)) - bid_price AS DECIMAL(19, 8)) AS spread,
             CAST(2 * abs(CAST(price AS DECIMAL(38, 9)) - mid) AS DECIMAL(20, 9)) AS effective_spread
         FROM joined ORDER BY {event_order()}"""
-    return engine.at(as_of).sql(query, [*trade_params, *quote_params])
+    params = [*trade_params, *before_params, *quote_params, *before_params]
+    return engine.at(as_of).sql(query, params)

@@ -43,6 +43,7 @@ from pyiceberg.table import Table
 from k2.config import is_s3
 from k2.lake.catalog import NAMESPACE
 from k2.lake.tables import table_identifier
+from k2.query.layout import Layout, read_layout
 from k2.query.timetravel import AsOf, SnapshotNotFoundError, resolve_pins
 from k2.schema.arrow import arrow_schema
 from k2.schema.fields import ALL_RECORDS, RecordSpec
@@ -65,6 +66,9 @@ _MAX_PINNED = 16
 
 # table name -> (metadata location, snapshot id); None when the table is missing or had no snapshot then
 Pins = tuple[tuple[str, str | None, int | None], ...]
+
+_LAYOUTS_KEPT = 64  # (table, snapshot) layouts; each is a few dozen small records
+_SYMBOL_SETS_KEPT = 100_000  # data files whose symbols are known; a file's set is read once
 
 
 class QueryError(Exception):
@@ -163,6 +167,10 @@ class Reader(Protocol):
     @property
     def snapshot_ids(self) -> dict[str, int | None]: ...
 
+    def layout(self, name: str) -> Layout: ...
+
+    def symbols_in(self, path: str) -> frozenset[str]: ...
+
 
 class PinnedView:
     """`market_data.*` fixed at older snapshots; made by `QueryEngine.at`. Stays valid while the engine is open."""
@@ -180,6 +188,13 @@ class PinnedView:
         """As `QueryEngine.sql`, against the pinned snapshots."""
         return self._engine._sql_pinned(self._pins, query, params)
 
+    def layout(self, name: str) -> Layout:
+        """As `QueryEngine.layout`, in the pinned snapshot."""
+        return self._engine._layout(name, self.snapshot_ids.get(name))
+
+    def symbols_in(self, path: str) -> frozenset[str]:
+        return self._engine.symbols_in(path)
+
 
 class QueryEngine:
     """A DuckDB session where `market_data.trades_v2`, `market_data.quotes_v2` and `market_data.reference_data_v2`
@@ -196,6 +211,8 @@ class QueryEngine:
         self._snapshot_ids: dict[str, int | None] = {}
         self._pinned: OrderedDict[Pins, tuple[str, duckdb.DuckDBPyConnection]] = OrderedDict()
         self._pin_numbers = itertools.count(1)
+        self._layouts: OrderedDict[tuple[str, int], Layout] = OrderedDict()
+        self._symbol_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
         # No network ever: a missing extension must fail here, not hang on a download attempt.
         self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
         try:
@@ -228,6 +245,43 @@ class QueryEngine:
         with self._lock:
             for spec in ALL_RECORDS:
                 self._point_view(spec)
+
+    def layout(self, name: str) -> Layout:
+        """The data files of table `name` (e.g. "trades_v2") in the snapshot the views read (k2.query.layout)."""
+        return self._layout(name, self._snapshot_ids.get(name))
+
+    def _layout(self, name: str, snapshot_id: int | None) -> Layout:
+        if snapshot_id is None:
+            return Layout(())
+        key = (name, snapshot_id)
+        with self._lock:
+            if key in self._layouts:
+                self._layouts.move_to_end(key)
+                return self._layouts[key]
+        table = self.table(name)
+        found = Layout(()) if table is None else read_layout(table, snapshot_id)
+        with self._lock:
+            self._layouts[key] = found
+            while len(self._layouts) > _LAYOUTS_KEPT:
+                self._layouts.popitem(last=False)
+        return found
+
+    def symbols_in(self, path: str) -> frozenset[str]:
+        """The symbols data file `path` holds: read once (its symbol column only), then kept, as files never change."""
+        with self._lock:
+            if path in self._symbol_sets:
+                self._symbol_sets.move_to_end(path)
+                return self._symbol_sets[path]
+            found = frozenset(
+                row[0]
+                for row in self._con.execute(
+                    "SELECT DISTINCT symbol FROM read_parquet(?) WHERE symbol IS NOT NULL", [path]
+                ).fetchall()
+            )
+            self._symbol_sets[path] = found
+            while len(self._symbol_sets) > _SYMBOL_SETS_KEPT:
+                self._symbol_sets.popitem(last=False)
+            return found
 
     def table(self, name: str) -> Table | None:
         """The pyiceberg table behind `market_data.<name>` as the catalog has it now (None: not created yet)."""

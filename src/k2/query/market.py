@@ -8,16 +8,17 @@ snapshot (k2.query.timetravel).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 
 from k2.lake.tables import table_identifier
 from k2.query.cursor import KEY_COLUMNS, Cursor
 from k2.query.engine import QueryEngine, Reader
-from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, where
+from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, symbol_list, utc, where
+from k2.query.layout import DataFile
 from k2.query.timetravel import AsOf
 
 Symbols = str | Sequence[str] | None
@@ -108,28 +109,127 @@ def latest(
 ) -> pa.Table:
     """The newest `n` rows per (symbol, exchange), ordered by symbol, exchange, then event order (oldest first).
 
-    Two passes over one snapshot: the first reads only the time column to find, per (symbol, exchange), the
-    timestamp of its n-th newest row; the second reads whole rows from the oldest of those on, so files before it
-    are pruned (10x faster than ranking every row of a symbol's history). A `start` narrows the first pass too.
+    Two passes over one snapshot: the first reads only the time column to find the instant from which every
+    (symbol, exchange) has its newest n rows (`_cutoff`); the second reads whole rows from that instant on, so
+    older files and row groups are pruned, and ranks them by the full event order.
     """
     spec = record_spec(kind, EVENT_SPECS)
-    condition, params = where(symbols, start, end, exchange)
     n = positive(n, "n")
     reader = engine.at(as_of)
     table = table_identifier(spec)
-    nth_newest = f"SELECT list_min(max(timestamp, ?)) AS t FROM {table} WHERE {condition} GROUP BY symbol, exchange"
-    cutoff = reader.sql(f"SELECT min(t) FROM ({nth_newest})", [n, *params]).column(0)[0].as_py()
+    cutoff = _cutoff(reader, spec.name, symbols, n, exchange, start, end)
     # Rows at the cutoff instant are all kept here: the ranking below picks exactly n by the full event order.
-    recent, recent_params = (
-        (condition, params) if cutoff is None else (f"{condition} AND timestamp >= ?", [*params, cutoff])
-    )
+    condition, params = where(symbols, start if cutoff is None else cutoff, end, exchange)
     query = (
         f"SELECT {projection(spec, columns, ('symbol', 'exchange', *KEY_COLUMNS))} FROM {table} "
-        f"WHERE {recent} "
+        f"WHERE {condition} "
         f"QUALIFY row_number() OVER (PARTITION BY symbol, exchange ORDER BY {event_order(descending=True)}) <= ? "
         f"ORDER BY symbol, exchange, {event_order()}"
     )
-    return reader.sql(query, [*recent_params, n])
+    return reader.sql(query, [*params, n])
+
+
+# The first pass of `latest` reads the last hour before the newest data of the symbols asked for, then the last
+# 6 hours, then whole partition days (the newest 1, 4, 16 that hold them), then everything: each widening only
+# when some (symbol, exchange) has fewer than n rows in the window.
+_RECENT_WINDOWS = (timedelta(hours=1), timedelta(hours=6))
+_WINDOW_DAYS = (1, 4, 16)
+# Above this many symbols the symbol bookkeeping costs more than one pass over everything.
+_MAX_WINDOWED_SYMBOLS = 64
+
+
+def _cutoff(
+    reader: Reader,
+    table_name: str,
+    symbols: Symbols,
+    n: int,
+    exchange: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> datetime | None:
+    """The earliest timestamp among the newest `n` rows of every (symbol, exchange) in [start, end); None when
+    there are no rows.
+
+    With named symbols the data files say (k2.query.layout) which (symbol, exchange) pairs exist in the range and
+    how new their data is, so the newest data is read first: a window is final once every pair has n rows in it.
+    Without named symbols the pairs are unknown until everything is read, so one pass reads everything (the time
+    column only).
+    """
+    names = symbol_list(symbols)
+    nth_newest = (
+        f"SELECT symbol, exchange, count(*) >= ? AS complete, list_min(max(timestamp, ?)) AS t "
+        f"FROM market_data.{table_name} WHERE {{condition}} GROUP BY symbol, exchange"
+    )
+    windows: list[datetime | None] = [start]
+    expected: set[tuple[str, str | None]] = set()
+    if names is not None and len(names) <= _MAX_WINDOWED_SYMBOLS:
+        holders = _files_holding(reader, table_name, names, exchange, start, end)
+        if not holders:
+            return None
+        expected = {(name, f.exchange) for f, held in holders for name in held}
+        if all(f.exchange is not None for f, _held in holders):
+            windows = [*_windows([f for f, _held in holders], start, end), start]
+    for lower in windows:
+        condition, params = where(names, lower, end, exchange)
+        groups = reader.sql(nth_newest.format(condition=condition), [n, n, *params]).to_pylist()
+        if lower is start or expected <= {(g["symbol"], g["exchange"]) for g in groups if g["complete"]}:
+            return min((g["t"] for g in groups), default=None)
+    raise AssertionError("the last window reads everything")  # pragma: no cover
+
+
+def _files_holding(
+    reader: Reader,
+    table_name: str,
+    names: list[str],
+    exchange: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[tuple[DataFile, set[str]]]:
+    """The data files whose partition overlaps [start, end) and that hold some of `names`, with the ones held."""
+    low = None if start is None else utc(start, "start")
+    high = None if end is None else utc(end, "end")
+    wanted = set(names)
+    found = []
+    for file in reader.layout(table_name).files:
+        if exchange is not None and file.exchange != exchange:
+            continue
+        if file.day is not None and (
+            (high is not None and _midnight(file.day) >= high)
+            or (low is not None and _midnight(file.day) + timedelta(days=1) <= low)
+        ):
+            continue
+        if held := wanted & reader.symbols_in(file.path):
+            found.append((file, held))
+    return found
+
+
+def _windows(files: list[DataFile], start: datetime | None, end: datetime | None) -> Iterator[datetime]:
+    """Lower bounds of the first pass's windows over `files` (newest first), each older than the last."""
+    days = sorted({f.day for f in files if f.day is not None}, reverse=True)
+    if not days:
+        return
+    newest = [f.newest for f in files if f.day == days[0]]
+    anchor = (
+        _midnight(days[0]) + timedelta(days=1)
+        if None in newest
+        else datetime.fromtimestamp(0, UTC) + timedelta(microseconds=max(n for n in newest if n is not None) + 1)
+    )
+    if end is not None:
+        anchor = min(anchor, utc(end, "end"))
+    low = None if start is None else utc(start, "start")
+    lowers = [anchor - width for width in _RECENT_WINDOWS]
+    lowers += [_midnight(days[count - 1]) for count in _WINDOW_DAYS if count < len(days) or count == 1]
+    previous = anchor
+    for lower in lowers:
+        if low is not None and lower <= low:
+            return
+        if lower < previous:
+            yield lower
+            previous = lower
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def page(
