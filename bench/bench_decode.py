@@ -26,7 +26,7 @@ def _messages(limit: int) -> list[bytes]:
     values: list[bytes] = []
     for batch in AsxSource(SAMPLE).batches():
         if batch.spec is TRADES_V2:
-            values.extend(encode(r, schema, 1) for r in batch.records)
+            values.extend(encode(r, schema, 1) for r in batch.all_records())
         if len(values) >= limit:
             break
     return values[:limit]

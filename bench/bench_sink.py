@@ -48,7 +48,7 @@ def sample_trades(limit: int | None = None) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for batch in AsxSource(ASX_SAMPLE).batches():
         if batch.spec is TRADES_V2:
-            records.extend(batch.records)
+            records.extend(batch.all_records())
         elif records:
             break
         if limit is not None and len(records) >= limit:

@@ -34,9 +34,9 @@ class Reconciliation:
     def count_sent(self, batch: SourceBatch) -> None:
         """Account for a batch handed to the producer: its records (K2's own gap rows apart) and its rejects."""
         if batch.spec is STREAM_GAPS:
-            self.gap_records += len(batch.records)
+            self.gap_records += batch.record_count
             return
-        self.produced += len(batch.records)
+        self.produced += batch.record_count
         self.rejected.update(r.reason for r in batch.rejects)
 
     @property

@@ -146,7 +146,7 @@ def test_k2_load_and_the_sink_write_the_lake_on_s3(
 ) -> None:
     small = tmp_path / "asx"
     _small_asx_sample(asx_sample, small)
-    records = sum(len(batch.records) for batch in AsxSource(small).batches())
+    records = sum(batch.record_count for batch in AsxSource(small).batches())
     assert records > 1500  # trades and quotes of four instruments, plus the reference records
 
     recon = load(AsxSource(small), s3_settings)

@@ -73,7 +73,7 @@ def _dlq_messages(bootstrap: str, topic: str, expected: int) -> list:
 
 def _assert_lake_holds_exactly(settings: Settings, sample: Path, produced: int) -> None:
     """The exact set comparison: every message_id the source made is in the lake once (0 lost, 0 duplicated)."""
-    source_ids = {r["message_id"] for b in AsxSource(sample).batches() for r in b.records}
+    source_ids = {r["message_id"] for b in AsxSource(sample).batches() for r in b.all_records()}
     lake_ids = [
         row[0]
         for t in ("trades_v2", "quotes_v2", "reference_data_v2")

@@ -159,7 +159,7 @@ def test_a_load_driven_through_every_level_lands_every_record_once(
     assert governor.replayed == governor.spilled  # every record set aside was sent
     assert governor.spill.pending() == []
     assert recon.source_balanced  # read = produced + rejected, spills included
-    source_ids = {r["message_id"] for b in AsxSource(asx_sample).batches() for r in b.records}
+    source_ids = {r["message_id"] for b in AsxSource(asx_sample).batches() for r in b.all_records()}
     lake_ids = [
         row[0]
         for table in ("trades_v2", "quotes_v2", "reference_data_v2")

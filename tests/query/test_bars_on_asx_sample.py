@@ -67,7 +67,9 @@ def raw_bars(path: Path) -> list[dict]:
 
 def load_trades(sample: Path, table: Table) -> int:
     """Every trade of the sample appended in one commit, sorted by time as the sink does; no Kafka involved."""
-    records = [record for batch in AsxSource(sample).batches() if batch.spec is TRADES_V2 for record in batch.records]
+    records = [
+        record for batch in AsxSource(sample).batches() if batch.spec is TRADES_V2 for record in batch.all_records()
+    ]
     arrow = records_to_arrow(TRADES_V2, records)
     table.append(arrow.sort_by([("timestamp", "ascending")]))
     return arrow.num_rows

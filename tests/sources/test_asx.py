@@ -44,7 +44,7 @@ def load(directory: Path, **kwargs: Any) -> list[SourceBatch]:
 
 
 def records(batches: list[SourceBatch], spec: Any) -> list[dict[str, Any]]:
-    return [r for b in batches if b.spec is spec for r in b.records]
+    return [r for b in batches if b.spec is spec for r in b.all_records()]
 
 
 def rejects(batches: list[SourceBatch]) -> list[Reject]:
@@ -66,7 +66,7 @@ def write_rows(path: Path, rows: list[str]) -> None:
 
 
 def ids(batches: list[SourceBatch]) -> set[str]:
-    return {r["message_id"] for b in batches for r in b.records}
+    return {r["message_id"] for b in batches for r in b.all_records()}
 
 
 @dataclass
@@ -98,16 +98,17 @@ def sample() -> SampleRun:
     started = time.perf_counter()
     for batch in source.batches():
         run.spec_order.append(batch.spec.name)
-        run.max_batch_rows = max(run.max_batch_rows, len(batch.records))
-        run.unbalanced_batches += batch.rows_read != len(batch.records) + len(batch.rejects)
+        rows = batch.all_records()
+        run.max_batch_rows = max(run.max_batch_rows, len(rows))
+        run.unbalanced_batches += batch.rows_read != len(rows) + len(batch.rejects)
         run.rejects.extend(batch.rejects)
-        run.record_total += len(batch.records)
-        run.message_ids.update(r["message_id"] for r in batch.records)
+        run.record_total += len(rows)
+        run.message_ids.update(r["message_id"] for r in rows)
         if batch.spec is REFERENCE_DATA_V2:
-            run.reference.extend(batch.records)
+            run.reference.extend(rows)
             continue
         kind = "trades" if batch.spec is TRADES_V2 else "quotes"
-        for r in batch.records:
+        for r in rows:
             company = r["vendor_data"]["company_id"]
             run.counts[kind, company] += 1
             run.first_of_day.setdefault((kind, company, r["vendor_data"]["local_time"][:10]), r)

@@ -25,7 +25,9 @@ def digests(directory: Path = SAMPLE) -> dict[str, Any]:
     """Per record kind: record count, reject count and one 16-hex-digit digest per `CHUNK` records."""
     out: dict[str, Any] = {}
     hashers: dict[str, Any] = {}
-    for batch in AsxSource(directory, chunk_rows=7_777).batches():  # an odd chunk size: batch edges must not matter
+    # The row parser's own records (the columnar path is checked against it file by file in test_asx_columnar).
+    source = AsxSource(directory, chunk_rows=7_777, columnar=False)  # an odd chunk size: batch edges must not matter
+    for batch in source.batches():
         kind = out.setdefault(batch.spec.name, {"records": 0, "rejects": 0, "chunks": []})
         kind["rejects"] += len(batch.rejects)
         for record in batch.records:

@@ -6,11 +6,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from k2.bus.registry_client import RegistryClient
-from k2.bus.serde import encoder
+from k2.bus.serde import encode_columns, encoder
 from k2.bus.topics import DLQ_PREFIX, TopicName
 from k2.ops import metrics
 
@@ -95,16 +97,22 @@ class RecordProducer:
     def send(self, batch: SourceBatch) -> None:
         topic = TopicName(batch.asset_class, batch.spec.data_type, batch.exchange)
         name = str(topic)
-        encode = encoder(batch.spec, self._schema_id(topic))
+        schema_id = self._schema_id(topic)
+        if batch.table is not None:
+            values = encode_columns(batch.spec, schema_id, batch.table)
+            keys = pc.cast(batch.table.column("symbol"), pa.binary()).to_pylist()
+        else:
+            encode = encoder(batch.spec, schema_id)
+            values = [encode(record) for record in batch.records]
+            keys = [record["symbol"].encode() for record in batch.records]
         produce, on_delivery = self._producer.produce, self._on_delivery
-        for record in batch.records:
-            value, key = encode(record), record["symbol"].encode()
+        for value, key in zip(values, keys, strict=True):
             try:  # produce_raw inlined: this loop runs once per record
                 produce(name, value, key, on_delivery=on_delivery)
             except BufferError:
                 self.produce_raw(name, value, key)
-        self.stats.produced[name] += len(batch.records)
-        metrics.RECORDS_PRODUCED.labels(name).inc(len(batch.records))
+        self.stats.produced[name] += len(values)
+        metrics.RECORDS_PRODUCED.labels(name).inc(len(values))
         for reject in batch.rejects:
             self.send_reject(topic.dlq, reject, stage="source")
         self._producer.poll(0)

@@ -8,7 +8,9 @@ from functools import cache
 from typing import Any
 
 import fastavro
+import pyarrow as pa
 
+from k2.schema.avro_columnar import encode_table
 from k2.schema.avro_encoder import Encoder, compile_encoder
 from k2.schema.fields import RecordSpec
 
@@ -24,6 +26,12 @@ class DecodeError(ValueError):
 def encoder(spec: RecordSpec, schema_id: int) -> Encoder:
     """The producer's encoder: V2 record → framed message, fastavro's bytes at 3-5x its speed (see avro_encoder)."""
     return compile_encoder(spec, prefix=_HEADER.pack(0, schema_id))
+
+
+def encode_columns(spec: RecordSpec, schema_id: int, table: pa.Table) -> list[bytes]:
+    """The producer's encoder for a columnar batch: every row of `table` (arrow_schema(spec)) framed, the same bytes
+    as `encoder(spec, schema_id)` per record, encoded column by column (k2.schema.avro_columnar)."""
+    return encode_table(spec, table, prefix=_HEADER.pack(0, schema_id)).to_pylist()
 
 
 def encode(record: dict[str, Any], parsed_schema: Any, schema_id: int) -> bytes:

@@ -174,7 +174,7 @@ class Spill:
         # pickle: written and read only by this program, on this machine (decimals and dicts as they are)
         tmp.write_bytes(pickle.dumps(batch, protocol=5))
         tmp.rename(path)
-        self.records += len(batch.records)
+        self.records += batch.record_count
 
     def pending(self) -> list[Path]:
         return sorted(self.directory.glob("*.batch"))
@@ -186,8 +186,8 @@ class Spill:
             batch: SourceBatch = pickle.loads(path.read_bytes())
             send(batch)
             path.unlink()
-            sent += len(batch.records)
-            self.records = max(self.records - len(batch.records), 0)
+            sent += batch.record_count
+            self.records = max(self.records - batch.record_count, 0)
         return sent
 
 
@@ -264,13 +264,13 @@ class Governor:
         priority = self.priority(batch)
         if priority >= _SPILL_FROM[level]:
             self.spill.put(batch)
-            self.spilled += len(batch.records)
-            metrics.SPILLED.labels(str(priority)).inc(len(batch.records))
+            self.spilled += batch.record_count
+            metrics.SPILLED.labels(str(priority)).inc(batch.record_count)
             return
         if level is Level.NORMAL and self.spill.pending():
             self.drain(send)
         send(batch)
-        self.sent += len(batch.records)
+        self.sent += batch.record_count
 
     def drain(self, send: Callable[[SourceBatch], None]) -> int:
         """Replay everything spilled (at NORMAL, or when the source has ended and the load must finish)."""

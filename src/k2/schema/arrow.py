@@ -42,3 +42,18 @@ def records_to_arrow(record: RecordSpec, rows: list[dict]) -> pa.Table:
             values = [list(v.items()) if isinstance(v, dict) else v for v in values]
         columns.append(pa.array(values, type=f.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def records_from_arrow(table: pa.Table) -> list[dict]:
+    """The inverse of `records_to_arrow`: V2 records as k2.schema.codecs makes them (timestamps as integer
+    microseconds, maps as dicts, decimals as Decimal), e.g. to look at the rows of a columnar SourceBatch."""
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            columns[name] = column.cast(pa.int64()).to_pylist()
+        elif pa.types.is_map(column.type):
+            columns[name] = [None if v is None else dict(v) for v in column.to_pylist()]
+        else:
+            columns[name] = column.to_pylist()
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]

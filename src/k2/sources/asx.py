@@ -296,16 +296,24 @@ class AsxSource:
     (also assignable later), is called with the number of bytes consumed since its last call, so it can drive
     `rich.progress.Progress.advance` directly; its calls add up to `total_bytes()`. After a run, `empty_files`
     names the files that said "--- NO RECORDS TO REPORT ---" and `companies` maps company ids to companies.
+    Trades and quotes of plain files come as Arrow tables (`SourceBatch.table`), everything else as dicts;
+    `SourceBatch.all_records()` gives dicts either way.
     """
 
     def __init__(
-        self, directory: Path, chunk_rows: int = 50_000, progress: Callable[[int], None] | None = None
+        self,
+        directory: Path,
+        chunk_rows: int = 50_000,
+        progress: Callable[[int], None] | None = None,
+        *,
+        columnar: bool = True,
     ) -> None:
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
         self.directory = Path(directory)
         self.chunk_rows = chunk_rows
         self.progress = progress
+        self.columnar = columnar  # False: every tick file through the row parser (batches of dict records)
         self.empty_files: list[str] = []
         self.companies: dict[str, Company] = {}
 
@@ -366,6 +374,29 @@ class AsxSource:
             )
 
     def _tick_batches(self, path: Path, spec: RecordSpec) -> Iterator[SourceBatch]:
+        """A tick file's batches: columnar (k2.sources.asx_columnar; ~6x faster, same records) when the file is
+        in the plain common shape, else from the row parser, which handles and explains every odd row."""
+        company = self.companies.get(path.stem)
+        if self.columnar:
+            from k2.sources.asx_columnar import plain_tick_chunks  # that module builds on this one
+
+            chunks = plain_tick_chunks(path, company, spec, self.chunk_rows)
+            if chunks is not None:
+                for chunk in chunks:
+                    self._advance(chunk.bytes_read)
+                    if chunk.rows_read:
+                        yield SourceBatch(
+                            spec,
+                            AssetClass.EQUITIES,
+                            EXCHANGE,
+                            rejects=chunk.rejects,
+                            rows_read=chunk.rows_read,
+                            table=chunk.table,
+                        )
+                return
+        yield from self._row_batches(path, spec)
+
+    def _row_batches(self, path: Path, spec: RecordSpec) -> Iterator[SourceBatch]:
         company = self.companies.get(path.stem)
         parse = None
         if company is not None:
