@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
-from k2.lake.tables import ensure_tables, in_write_order
+from k2.lake.tables import TABLE_PROPERTIES, ensure_tables, in_write_order
 from k2.schema.arrow import arrow_schema
 from k2.schema.fields import PRICE_SCALE, QUOTES_V2, TRADES_V2
 from k2.schema.iceberg import sort_order
@@ -333,10 +333,13 @@ def build_lake(
     (for the bench's own /tmp lakes), else refused."""
     catalog = open_catalog(Settings(home=home))
     tables = ensure_tables(catalog)
-    if tables[TRADES_V2.name].sort_order() != sort_order(TRADES_V2):
+    table = tables[TRADES_V2.name]
+    if table.sort_order() != sort_order(TRADES_V2) or any(
+        table.properties.get(key) != value for key, value in TABLE_PROPERTIES.items()
+    ):
         if not replace_stale:
-            sys.exit(f"lake at {home} has another sort order than the product writes: delete it or pick another --home")
-        print(f"lake at {home} was written in an older layout (sort order): writing it again")
+            sys.exit(f"lake at {home} has another layout than the product writes: delete it or pick another --home")
+        print(f"lake at {home} was written in an older layout (sort order, row groups): writing it again")
         shutil.rmtree(home)
         return build_lake(home, trades, quotes, seed=seed, commit_rows=commit_rows)
     trades_table, quotes_table = tables[TRADES_V2.name], tables[QUOTES_V2.name]

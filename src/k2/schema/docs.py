@@ -26,7 +26,7 @@ Conventions:
   text and its ordinal among identical rows of that symbol-day: appending or inserting a row changes no other id.
 - Enums travel as Avro enums and are stored as strings in Iceberg.
 - Tables `market_data.<name>` are partitioned by `day(timestamp)` and `exchange`. Inside each file rows are sorted
-  by `symbol`, then event time (`timestamp`, `source_sequence`, `message_id`), in row groups of 131,072 rows, so a
+  by `symbol`, then event time (`timestamp`, `source_sequence`, `message_id`), in row groups of 32,768 rows, so a
   query for one symbol reads only that symbol's row groups. Parquet + zstd.
 - `reference_data_v2.vendor_data.record_type` tells what a reference row is: `company` (listing), `dividend`,
   `merger`, `stock_split`; a dividend keeps its dates, exact amounts and its own currency in `vendor_data`.
