@@ -86,4 +86,4 @@ def test_latest_reads_only_the_newest_day(engine: QueryEngine, monkeypatch: pyte
     counts = files_read_by_each(monkeypatch, lambda: newest.append(latest(engine, "trades", "BHP", n=1)))
 
     assert newest[0].column("source_sequence").to_pylist() == [DAYS - 1]
-    assert counts == [1, 1]  # the newest day's window, then its rows; no other day's file is opened
+    assert counts == [1]  # one query: the ranked rows of the newest 5 minutes; no other day's file is opened

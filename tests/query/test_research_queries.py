@@ -146,6 +146,10 @@ def test_latest_reads_the_newest_day_first_and_still_finds_older_rows_on_other_e
             ("asx", 42),
             ("chix", 1),
         ]
+        # On asx alone the newest hour holds both: answered from it (columns as asked, no helper column).
+        asx = latest(engine, "trades", "BHP", n=2, exchange="asx", columns=["price"])
+        assert asx.column_names == ["price", "symbol", "exchange", "timestamp", "source_sequence", "message_id"]
+        assert asx.column("price").to_pylist() == [D("4.1"), D("4.2")]
         # 5 newest asx trades span two days; CBA's 4 span four; an exchange filter leaves chix out.
         five = latest(engine, "trades", "BHP", n=5, exchange="asx")
         assert five.column("source_sequence").to_pylist() == [31, 32, 40, 41, 42]

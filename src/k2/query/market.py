@@ -109,33 +109,70 @@ def latest(
 ) -> pa.Table:
     """The newest `n` rows per (symbol, exchange), ordered by symbol, exchange, then event order (oldest first).
 
-    Two passes over one snapshot: the first reads only the time column to find the instant from which every
-    (symbol, exchange) has its newest n rows (`_cutoff`); the second reads whole rows from that instant on, so
-    older files and row groups are pruned, and ranks them by the full event order.
+    With named symbols, the data files say (k2.query.layout) which (symbol, exchange) pairs exist in the range
+    and how new their data is, so the newest data is read first: whole rows of the 5 minutes before the newest
+    data, ranked, which is the answer when every pair has n rows there (one query: the common case). Otherwise two
+    passes: the first reads only the time column of growing windows (`_cutoff`) to find the instant from which
+    every pair has its newest n rows; the second reads whole rows from that instant on, so older files and row
+    groups are pruned, and ranks them by the full event order.
     """
     spec = record_spec(kind, EVENT_SPECS)
     n = positive(n, "n")
     reader = engine.at(as_of)
-    table = table_identifier(spec)
-    cutoff = _cutoff(reader, spec.name, symbols, n, exchange, start, end)
-    # Rows at the cutoff instant are all kept here: the ranking below picks exactly n by the full event order.
-    condition, params = where(symbols, start if cutoff is None else cutoff, end, exchange)
-    query = (
-        f"SELECT {projection(spec, columns, ('symbol', 'exchange', *KEY_COLUMNS))} FROM {table} "
-        f"WHERE {condition} "
+    plan = _plan(reader, spec.name, symbols, exchange, start, end)
+    selected = projection(spec, columns, ("symbol", "exchange", *KEY_COLUMNS))
+    ranked = (
+        f"SELECT {selected}{{extra}} FROM {table_identifier(spec)} WHERE {{condition}} "
         f"QUALIFY row_number() OVER (PARTITION BY symbol, exchange ORDER BY {event_order(descending=True)}) <= ? "
         f"ORDER BY symbol, exchange, {event_order()}"
     )
-    return reader.sql(query, [*params, n])
+    windows = plan.windows
+    if len(windows) > 1:
+        condition, params = where(symbols, windows[0], end, exchange)
+        extra = ", count(*) OVER (PARTITION BY symbol, exchange) >= ? AS _k2_complete"
+        rows = reader.sql(ranked.format(extra=extra, condition=condition), [n, *params, n])
+        complete = rows.filter(rows.column("_k2_complete"))
+        if plan.expected <= set(zip(complete["symbol"].to_pylist(), complete["exchange"].to_pylist(), strict=True)):
+            return rows.drop_columns(["_k2_complete"])
+        windows = windows[1:]
+    cutoff = _cutoff(reader, spec.name, symbols, n, exchange, end, plan.expected, windows)
+    # Rows at the cutoff instant are all kept here: the ranking below picks exactly n by the full event order.
+    condition, params = where(symbols, start if cutoff is None else cutoff, end, exchange)
+    return reader.sql(ranked.format(extra="", condition=condition), [*params, n])
 
 
-# The first pass of `latest` reads the last hour before the newest data of the symbols asked for, then the last
-# 6 hours, then whole partition days (the newest 1, 4, 16 that hold them), then everything: each widening only
-# when some (symbol, exchange) has fewer than n rows in the window.
-_RECENT_WINDOWS = (timedelta(hours=1), timedelta(hours=6))
+# `latest` reads the 5 minutes before the newest data of the symbols asked for (whole rows: the busiest symbol
+# of the bench lake has ~2,000 trades there), then the time column of the last hour, 6 hours, whole partition
+# days (the newest 1, 4, 16 that hold them), then everything: each widening only when some (symbol, exchange)
+# has fewer than n rows in the window.
+_RECENT_WINDOWS = (timedelta(minutes=5), timedelta(hours=1), timedelta(hours=6))
 _WINDOW_DAYS = (1, 4, 16)
 # Above this many symbols the symbol bookkeeping costs more than one pass over everything.
 _MAX_WINDOWED_SYMBOLS = 64
+
+
+@dataclass(frozen=True)
+class _Plan:
+    expected: set[tuple[str, str | None]]  # (symbol, exchange) pairs the data files hold in range; empty: unknown
+    windows: list[datetime | None]  # lower bounds to read from, newest first; the last is `start` (everything)
+
+
+def _plan(
+    reader: Reader,
+    table_name: str,
+    symbols: Symbols,
+    exchange: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> _Plan:
+    names = symbol_list(symbols)
+    if names is None or len(names) > _MAX_WINDOWED_SYMBOLS:
+        return _Plan(set(), [start])
+    holders = _files_holding(reader, table_name, names, exchange, start, end)
+    expected = {(name, f.exchange) for f, held in holders for name in held}
+    if not holders or any(f.exchange is None for f, _held in holders):
+        return _Plan(expected, [start])
+    return _Plan(expected, [*_windows([f for f, _held in holders], start, end), start])
 
 
 def _cutoff(
@@ -144,35 +181,21 @@ def _cutoff(
     symbols: Symbols,
     n: int,
     exchange: str | None,
-    start: datetime | None,
     end: datetime | None,
+    expected: set[tuple[str, str | None]],
+    windows: list[datetime | None],
 ) -> datetime | None:
-    """The earliest timestamp among the newest `n` rows of every (symbol, exchange) in [start, end); None when
-    there are no rows.
-
-    With named symbols the data files say (k2.query.layout) which (symbol, exchange) pairs exist in the range and
-    how new their data is, so the newest data is read first: a window is final once every pair has n rows in it.
-    Without named symbols the pairs are unknown until everything is read, so one pass reads everything (the time
-    column only).
-    """
-    names = symbol_list(symbols)
+    """The earliest timestamp among the newest `n` rows of every (symbol, exchange) in [the last window, end);
+    None when there are no rows. Reads the time column of each window in turn until every expected pair has n
+    rows in one (the last window is final whatever it holds)."""
     nth_newest = (
         f"SELECT symbol, exchange, count(*) >= ? AS complete, list_min(max(timestamp, ?)) AS t "
         f"FROM market_data.{table_name} WHERE {{condition}} GROUP BY symbol, exchange"
     )
-    windows: list[datetime | None] = [start]
-    expected: set[tuple[str, str | None]] = set()
-    if names is not None and len(names) <= _MAX_WINDOWED_SYMBOLS:
-        holders = _files_holding(reader, table_name, names, exchange, start, end)
-        if not holders:
-            return None
-        expected = {(name, f.exchange) for f, held in holders for name in held}
-        if all(f.exchange is not None for f, _held in holders):
-            windows = [*_windows([f for f, _held in holders], start, end), start]
-    for lower in windows:
-        condition, params = where(names, lower, end, exchange)
+    for number, lower in enumerate(windows, 1):
+        condition, params = where(symbols, lower, end, exchange)
         groups = reader.sql(nth_newest.format(condition=condition), [n, n, *params]).to_pylist()
-        if lower is start or expected <= {(g["symbol"], g["exchange"]) for g in groups if g["complete"]}:
+        if number == len(windows) or expected <= {(g["symbol"], g["exchange"]) for g in groups if g["complete"]}:
             return min((g["t"] for g in groups), default=None)
     raise AssertionError("the last window reads everything")  # pragma: no cover
 
