@@ -1,8 +1,9 @@
 """ASX sample end to end, wall time: raw files → every record committed in Iceberg.
 
 - k2: `k2.pipeline.load(AsxSource(sample), Settings(home=<fresh>))`, what `k2 load asx` runs: starts its own embedded
-  stack (Tansu broker + registry), produces while a sink worker commits alongside, returns once the sink group has
-  committed every produced offset (the sink commits Kafka only after Iceberg), with the reconciliation;
+  stack (Tansu broker + registry), produces (tick files parsed and Avro-encoded column by column) while a sink
+  worker commits alongside, returns once the sink group has committed every produced offset (the sink commits
+  Kafka only after Iceberg), with the reconciliation;
 - naive: on a fresh embedded stack, `naive.naive_produce` then `naive.naive_sink` (per-message parse/encode, then
   per-message decode and 100k-row appends), one after the other.
 

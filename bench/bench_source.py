@@ -1,8 +1,9 @@
 """Source → Kafka throughput, msgs/s: the ASX sample parsed, Avro-encoded and produced (every ack received).
 
 - k2: `k2.pipeline.produce(AsxSource(sample), ...)`, the `k2 load` producing half: the product's ASX parser
-  (reference data, trades, quotes, rejects to the DLQ, reconciliation), `RecordProducer` (registry ids, Confluent
-  framing, idempotent acks=all producer, zstd), flushed;
+  (reference data, trades, quotes, rejects to the DLQ, reconciliation; plain tick files parsed into Arrow by
+  k2.sources.asx_columnar), `RecordProducer` (registry ids, Confluent framing with the columnar encoder
+  k2.schema.avro_columnar, idempotent acks=all producer, zstd), flushed;
 - naive: `naive.naive_produce`, csv.reader + strptime + Decimal + uuid5 + fastavro per row, same producer settings.
 
 Both on one embedded stack (Tansu + K2 registry on loopback), topics created before timing; runs interleaved,
