@@ -1,4 +1,4 @@
-"""Sink decode speed: batch decoding (DuckDB avro, k2.bus.batch_decode) against per-message fastavro.
+"""Sink decode speed: batch decoding (k2.bus.batch_decode: the columnar decoder) against per-message fastavro.
 
 Both decode the same framed trades_v2 messages made from the real ASX sample into a V2 Arrow table.
 Run: `python bench/bench_decode.py [--messages N] [--repeats R]`; prints medians and the ratio.
@@ -65,7 +65,7 @@ def main() -> None:
     n = len(values)
     print(f"{'path':<42}{'msgs/s (median)':>18}{'ratio':>8}")
     print(f"{'baseline: fastavro per message → Arrow':<42}{n / base:>18,.0f}{1.0:>8.2f}")
-    print(f"{'k2 batch decode (DuckDB avro) → Arrow':<42}{n / fast:>18,.0f}{base / fast:>8.2f}")
+    print(f"{'k2 batch decode (columnar) → Arrow':<42}{n / fast:>18,.0f}{base / fast:>8.2f}")
     print(f"({n:,} trades_v2 messages from the ASX sample, {args.repeats} runs each)")
 
 
