@@ -130,15 +130,18 @@ def test_latest_reads_the_newest_day_first_and_still_finds_older_rows_on_other_e
 
     with QueryEngine(catalog) as engine:
         files = engine.layout("trades_v2").files
-        assert [(f.day, f.exchange, engine.symbols_in(f.path)) for f in files] == [
-            (date(2024, 3, 8), "asx", {"BHP", "CBA"}),
-            (date(2024, 3, 7), "asx", {"BHP", "CBA"}),
-            (date(2024, 3, 6), "asx", {"BHP", "CBA"}),
-            (date(2024, 3, 5), "asx", {"BHP", "CBA"}),
-            (date(2024, 3, 4), "chix", {"BHP"}),  # its newest trade (12:00) is newer than asx's (11:00)
-            (date(2024, 3, 4), "asx", {"BHP", "CBA"}),
+        assert [(f.day, f.exchange, engine.symbol_counts(f.path)) for f in files] == [
+            (date(2024, 3, 8), "asx", {"BHP": 3, "CBA": 1}),
+            (date(2024, 3, 7), "asx", {"BHP": 3, "CBA": 1}),
+            (date(2024, 3, 6), "asx", {"BHP": 3, "CBA": 1}),
+            (date(2024, 3, 5), "asx", {"BHP": 3, "CBA": 1}),
+            (date(2024, 3, 4), "chix", {"BHP": 1}),  # its newest trade (12:00) is newer than asx's (11:00)
+            (date(2024, 3, 4), "asx", {"BHP": 3, "CBA": 1}),
         ]
-        assert files[0].newest == micros_from_datetime(at(11, day=4))
+        assert (files[0].oldest, files[0].newest) == (
+            micros_from_datetime(at(10, day=4)),
+            micros_from_datetime(at(11, day=4)),
+        )
         # The newest day holds BHP's 2 newest asx trades; its only chix trade is 4 days older and still comes back.
         newest = latest(engine, "trades", "BHP", n=2)
         assert [(r["exchange"], r["source_sequence"]) for r in newest.to_pylist()] == [

@@ -30,8 +30,9 @@ import importlib.util
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Protocol, Self
 
 import duckdb
@@ -68,7 +69,7 @@ _MAX_PINNED = 16
 Pins = tuple[tuple[str, str | None, int | None], ...]
 
 _LAYOUTS_KEPT = 64  # (table, snapshot) layouts; each is a few dozen small records
-_SYMBOL_SETS_KEPT = 100_000  # data files whose symbols are known; a file's set is read once
+_SYMBOL_COUNTS_KEPT = 100_000  # data files whose symbols are known; each file is read once
 
 
 class QueryError(Exception):
@@ -169,7 +170,7 @@ class Reader(Protocol):
 
     def layout(self, name: str) -> Layout: ...
 
-    def symbols_in(self, path: str) -> frozenset[str]: ...
+    def symbol_counts(self, path: str) -> Mapping[str, int]: ...
 
 
 class PinnedView:
@@ -192,8 +193,8 @@ class PinnedView:
         """As `QueryEngine.layout`, in the pinned snapshot."""
         return self._engine._layout(name, self.snapshot_ids.get(name))
 
-    def symbols_in(self, path: str) -> frozenset[str]:
-        return self._engine.symbols_in(path)
+    def symbol_counts(self, path: str) -> Mapping[str, int]:
+        return self._engine.symbol_counts(path)
 
 
 class QueryEngine:
@@ -212,7 +213,7 @@ class QueryEngine:
         self._pinned: OrderedDict[Pins, tuple[str, duckdb.DuckDBPyConnection]] = OrderedDict()
         self._pin_numbers = itertools.count(1)
         self._layouts: OrderedDict[tuple[str, int], Layout] = OrderedDict()
-        self._symbol_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._symbol_counts: OrderedDict[str, Mapping[str, int]] = OrderedDict()
         # No network ever: a missing extension must fail here, not hang on a download attempt.
         self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
         try:
@@ -266,21 +267,20 @@ class QueryEngine:
                 self._layouts.popitem(last=False)
         return found
 
-    def symbols_in(self, path: str) -> frozenset[str]:
-        """The symbols data file `path` holds: read once (its symbol column only), then kept, as files never change."""
+    def symbol_counts(self, path: str) -> Mapping[str, int]:
+        """Rows per symbol in data file `path`: read once (its symbol column only), then kept, as files never
+        change."""
         with self._lock:
-            if path in self._symbol_sets:
-                self._symbol_sets.move_to_end(path)
-                return self._symbol_sets[path]
-            found = frozenset(
-                row[0]
-                for row in self._con.execute(
-                    "SELECT DISTINCT symbol FROM read_parquet(?) WHERE symbol IS NOT NULL", [path]
-                ).fetchall()
-            )
-            self._symbol_sets[path] = found
-            while len(self._symbol_sets) > _SYMBOL_SETS_KEPT:
-                self._symbol_sets.popitem(last=False)
+            if path in self._symbol_counts:
+                self._symbol_counts.move_to_end(path)
+                return self._symbol_counts[path]
+            rows = self._con.execute(
+                "SELECT symbol, count(*) FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol", [path]
+            ).fetchall()
+            found = MappingProxyType(dict(rows))
+            self._symbol_counts[path] = found
+            while len(self._symbol_counts) > _SYMBOL_COUNTS_KEPT:
+                self._symbol_counts.popitem(last=False)
             return found
 
     def table(self, name: str) -> Table | None:

@@ -110,8 +110,9 @@ def latest(
     """The newest `n` rows per (symbol, exchange), ordered by symbol, exchange, then event order (oldest first).
 
     With named symbols, the data files say (k2.query.layout) which (symbol, exchange) pairs exist in the range
-    and how new their data is, so the newest data is read first: whole rows of the 5 minutes before the newest
-    data, ranked, which is the answer when every pair has n rows there (one query: the common case). Otherwise two
+    and how new and frequent their data is, so the newest data is read first: whole rows of the stretch before
+    the newest data in which each pair should trade ~1.5 n times, ranked, which is the answer when every pair has
+    n rows there (one query: the common case). Otherwise two
     passes: the first reads only the time column of growing windows (`_cutoff`) to find the instant from which
     every pair has its newest n rows; the second reads whole rows from that instant on, so older files and row
     groups are pruned, and ranks them by the full event order.
@@ -119,7 +120,7 @@ def latest(
     spec = record_spec(kind, EVENT_SPECS)
     n = positive(n, "n")
     reader = engine.at(as_of)
-    plan = _plan(reader, spec.name, symbols, exchange, start, end)
+    plan = _plan(reader, spec.name, symbols, n, exchange, start, end)
     selected = projection(spec, columns, ("symbol", "exchange", *KEY_COLUMNS))
     ranked = (
         f"SELECT {selected}{{extra}} FROM {table_identifier(spec)} WHERE {{condition}} "
@@ -127,7 +128,7 @@ def latest(
         f"ORDER BY symbol, exchange, {event_order()}"
     )
     windows = plan.windows
-    if len(windows) > 1:
+    if plan.rows_first:
         condition, params = where(symbols, windows[0], end, exchange)
         extra = ", count(*) OVER (PARTITION BY symbol, exchange) >= ? AS _k2_complete"
         rows = reader.sql(ranked.format(extra=extra, condition=condition), [n, *params, n])
@@ -141,11 +142,14 @@ def latest(
     return reader.sql(ranked.format(extra="", condition=condition), [*params, n])
 
 
-# `latest` reads the 5 minutes before the newest data of the symbols asked for (whole rows: the busiest symbol
-# of the bench lake has ~2,000 trades there), then the time column of the last hour, 6 hours, whole partition
-# days (the newest 1, 4, 16 that hold them), then everything: each widening only when some (symbol, exchange)
-# has fewer than n rows in the window.
-_RECENT_WINDOWS = (timedelta(minutes=5), timedelta(hours=1), timedelta(hours=6))
+# `latest` first reads whole rows of the stretch before the newest data of the symbols asked for in which each
+# should trade ~1.5 n times at the pace of its newest data file (at least a minute; tried only up to 6 hours),
+# then the time column of the last hour, 6 hours, whole partition days (the newest 1, 4, 16 that hold them),
+# then everything: each widening only when some (symbol, exchange) has fewer than n rows in the window.
+_ROWS_WINDOW_MARGIN = 1.5
+_MIN_ROWS_WINDOW = timedelta(minutes=1)
+_MAX_ROWS_WINDOW = timedelta(hours=6)
+_RECENT_WINDOWS = (timedelta(hours=1), timedelta(hours=6))
 _WINDOW_DAYS = (1, 4, 16)
 # Above this many symbols the symbol bookkeeping costs more than one pass over everything.
 _MAX_WINDOWED_SYMBOLS = 64
@@ -155,12 +159,14 @@ _MAX_WINDOWED_SYMBOLS = 64
 class _Plan:
     expected: set[tuple[str, str | None]]  # (symbol, exchange) pairs the data files hold in range; empty: unknown
     windows: list[datetime | None]  # lower bounds to read from, newest first; the last is `start` (everything)
+    rows_first: bool = False  # read whole rows of the first window, hoping it is the answer
 
 
 def _plan(
     reader: Reader,
     table_name: str,
     symbols: Symbols,
+    n: int,
     exchange: str | None,
     start: datetime | None,
     end: datetime | None,
@@ -169,10 +175,30 @@ def _plan(
     if names is None or len(names) > _MAX_WINDOWED_SYMBOLS:
         return _Plan(set(), [start])
     holders = _files_holding(reader, table_name, names, exchange, start, end)
-    expected = {(name, f.exchange) for f, held in holders for name in held}
-    if not holders or any(f.exchange is None for f, _held in holders):
+    expected = {(name, f.exchange) for f, counts in holders for name in counts}
+    if not holders or any(f.exchange is None for f, _counts in holders):
         return _Plan(expected, [start])
-    return _Plan(expected, [*_windows([f for f, _held in holders], start, end), start])
+    first = _rows_window(holders, n)
+    windows = [*_windows([f for f, _counts in holders], start, end, first), start]
+    return _Plan(expected, windows, rows_first=first is not None and len(windows) > 1)
+
+
+def _rows_window(holders: list[tuple[DataFile, dict[str, int]]], n: int) -> timedelta | None:
+    """How far back the whole-row first read goes: the time in which the slowest named (symbol, exchange) trades
+    n times, at the pace it had in its newest data file, x1.5; None when over 6 hours or unknown."""
+    needed = timedelta(0)
+    paced: set[tuple[str, str | None]] = set()
+    for file, counts in holders:  # newest first: each pair is paced by its newest file
+        for name, rows in counts.items():
+            if (name, file.exchange) in paced:
+                continue
+            paced.add((name, file.exchange))
+            if file.oldest is None or file.newest is None:
+                return None
+            span = max(file.newest - file.oldest, 1)
+            needed = max(needed, timedelta(microseconds=span * n / rows))
+    width = max(needed * _ROWS_WINDOW_MARGIN, _MIN_ROWS_WINDOW)
+    return width if width <= _MAX_ROWS_WINDOW else None
 
 
 def _cutoff(
@@ -207,8 +233,9 @@ def _files_holding(
     exchange: str | None,
     start: datetime | None,
     end: datetime | None,
-) -> list[tuple[DataFile, set[str]]]:
-    """The data files whose partition overlaps [start, end) and that hold some of `names`, with the ones held."""
+) -> list[tuple[DataFile, dict[str, int]]]:
+    """The data files whose partition overlaps [start, end) and that hold some of `names`, newest first, with
+    the rows each of those names has in the file."""
     low = None if start is None else utc(start, "start")
     high = None if end is None else utc(end, "end")
     wanted = set(names)
@@ -221,13 +248,17 @@ def _files_holding(
             or (low is not None and _midnight(file.day) + timedelta(days=1) <= low)
         ):
             continue
-        if held := wanted & reader.symbols_in(file.path):
+        counts = reader.symbol_counts(file.path)
+        if held := {name: counts[name] for name in wanted if name in counts}:
             found.append((file, held))
     return found
 
 
-def _windows(files: list[DataFile], start: datetime | None, end: datetime | None) -> Iterator[datetime]:
-    """Lower bounds of the first pass's windows over `files` (newest first), each older than the last."""
+def _windows(
+    files: list[DataFile], start: datetime | None, end: datetime | None, first: timedelta | None
+) -> Iterator[datetime]:
+    """Lower bounds of the windows over `files` (newest first), each older than the last: `first` back from the
+    newest data, then the recent windows, then partition days."""
     days = sorted({f.day for f in files if f.day is not None}, reverse=True)
     if not days:
         return
@@ -240,7 +271,7 @@ def _windows(files: list[DataFile], start: datetime | None, end: datetime | None
     if end is not None:
         anchor = min(anchor, utc(end, "end"))
     low = None if start is None else utc(start, "start")
-    lowers = [anchor - width for width in _RECENT_WINDOWS]
+    lowers = [anchor - width for width in (*([first] if first else []), *_RECENT_WINDOWS)]
     lowers += [_midnight(days[count - 1]) for count in _WINDOW_DAYS if count < len(days) or count == 1]
     previous = anchor
     for lower in lowers:
