@@ -12,13 +12,11 @@ import fastavro
 import pyarrow as pa
 import pytest
 
-from k2.schema import fields as fields_module
-from k2.schema.arrow import arrow_schema, records_to_arrow
+from k2.schema.arrow import arrow_schema, records_from_arrow, records_to_arrow
 from k2.schema.avro import parsed_schema
 from k2.schema.avro_columnar import encode_table
 from k2.schema.avro_encoder import compile_encoder
 from k2.schema.fields import (
-    ALL_RECORDS,
     QUOTES_V2,
     REFERENCE_DATA_V2,
     TRADES_V2,
@@ -29,13 +27,7 @@ from k2.schema.fields import (
     Side,
 )
 from k2.sources.asx import AsxSource
-
-PREFIX = b"\x00\x00\x00\x00\x07"  # Confluent header for schema id 7
-
-# Every RecordSpec fields.py defines, listed in ALL_RECORDS or not.
-EVERY_SPEC = tuple(
-    {id(v): v for v in (*ALL_RECORDS, *vars(fields_module).values()) if isinstance(v, RecordSpec)}.values()
-)
+from tests.schema.specs import EVERY_SPEC, PREFIX
 
 
 def per_record(spec: RecordSpec, records: list[dict[str, Any]], prefix: bytes = PREFIX) -> list[bytes]:
@@ -71,21 +63,6 @@ def test_every_asx_sample_record_encodes_to_the_per_record_encoders_bytes(
         assert mismatched == [], f"{spec.name}: rows {mismatched[:5]} differ"
 
 
-def rows_of(table: pa.Table) -> list[dict[str, Any]]:
-    """A table's rows as V2 records: timestamps as integer micros, maps as dicts (to_pylist gives datetimes and
-    lists of pairs)."""
-    columns = {}
-    for name in table.column_names:
-        column = table.column(name)
-        if pa.types.is_timestamp(column.type):
-            columns[name] = column.cast(pa.int64()).to_pylist()
-        elif pa.types.is_map(column.type):
-            columns[name] = [None if v is None else dict(v) for v in column.to_pylist()]
-        else:
-            columns[name] = column.to_pylist()
-    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-
-
 def test_the_asx_sources_own_batches_encode_row_for_row(asx_sample: Path) -> None:
     """Whatever form the source hands over (Arrow tables from its columnar path, dicts otherwise), every row's bytes
     are the per-record encoder's."""
@@ -94,7 +71,7 @@ def test_the_asx_sources_own_batches_encode_row_for_row(asx_sample: Path) -> Non
         table = getattr(batch, "table", None)
         if table is None:
             table = records_to_arrow(batch.spec, batch.records)
-        records = rows_of(table)
+        records = records_from_arrow(table)
         assert encode_table(batch.spec, table, PREFIX).to_pylist() == per_record(batch.spec, records)
         counts[batch.spec.name] = counts.get(batch.spec.name, 0) + len(records)
     assert counts == SAMPLE_COUNTS

@@ -15,13 +15,11 @@ import pyarrow as pa
 import pytest
 
 from k2.schema import avro_columnar_decode
-from k2.schema import fields as fields_module
 from k2.schema.arrow import arrow_schema, records_from_arrow, records_to_arrow
 from k2.schema.avro import parsed_schema
 from k2.schema.avro_columnar import encode_table
 from k2.schema.avro_columnar_decode import AvroDecodeError, decode_frames
 from k2.schema.fields import (
-    ALL_RECORDS,
     PRICE_SCALE,
     QUOTES_V2,
     REFERENCE_DATA_V2,
@@ -32,13 +30,8 @@ from k2.schema.fields import (
     RecordSpec,
 )
 from k2.sources.asx import AsxSource
+from tests.schema.specs import EVERY_SPEC, PREFIX
 
-PREFIX = b"\x00\x00\x00\x00\x07"  # Confluent header for schema id 7
-
-# Every RecordSpec fields.py defines, listed in ALL_RECORDS or not (bars, gaps, ...).
-EVERY_SPEC = tuple(
-    {id(v): v for v in (*ALL_RECORDS, *vars(fields_module).values()) if isinstance(v, RecordSpec)}.values()
-)
 SAMPLE_COUNTS = {"reference_data_v2": 6, "trades_v2": 200_545, "quotes_v2": 169_629}
 
 
