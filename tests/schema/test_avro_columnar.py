@@ -27,7 +27,7 @@ from k2.schema.fields import (
     Side,
 )
 from k2.sources.asx import AsxSource
-from tests.schema.specs import EVERY_SPEC, PREFIX
+from tests.schema.specs import EVERY_SPEC, PREFIX, edge_value
 
 
 def per_record(spec: RecordSpec, records: list[dict[str, Any]], prefix: bytes = PREFIX) -> list[bytes]:
@@ -107,42 +107,6 @@ def test_a_trade_decodes_to_its_values() -> None:
     assert decoded["trade_conditions"] == ["X", "é"]
     assert decoded["vendor_data"] == {"qualifier": "3", "venue": "€"}
     assert decoded["timestamp"] == datetime(2014, 3, 10, 2, 50, 38, 849000, tzinfo=UTC)
-
-
-LONGS = [0, 1, -1, 63, 64, -64, -65, 8191, 8192, -8193, 2**20, 2**27, 2**28, 2**35, 2**41, 2**42, 2**48]
-LONGS += [2**55, 2**56, 2**62, 2**63 - 1, -(2**63), -(2**62) - 1, 1_394_406_049_683_000, -1_394_406_049_683_000]
-# Unscaled values at every byte-count boundary (fastavro sizes by magnitude: ±2^(8k-1) takes k+1 bytes).
-BOUNDARIES = [sign * (2 ** (8 * k - 1) + d) for k in range(1, 8) for d in (-1, 0) for sign in (1, -1)]
-DECIMALS = [Decimal(text) for text in ["0", "-0", "0E-8", "0.00000001", "-0.00000001", "1.27", "36.667", "1E+3"]]
-DECIMALS += [Decimal("9999999999.99999999"), Decimal("-9999999999.99999999"), Decimal("-36.66700000")]
-DECIMALS += [Decimal(n).scaleb(-8) for n in BOUNDARIES]
-STRINGS = ["", "BHP", "é€😀", "x" * 63, "x" * 64, "y" * 9_000, "\x00", "日本語テキスト"]
-DATES = [date(2014, 3, 10), date(1970, 1, 1), date(1969, 12, 31), date(1900, 1, 1), date(1, 1, 1), date(9999, 12, 31)]
-LISTS = [[], ["0"], ["25", "X", "é"], ["a" * 200], [""], [str(i) for i in range(70)]]
-MAPS = [{}, {"qualifier": "3"}, {"b": "2", "a": "1", "é": "€" * 100}, {"": ""}, {f"k{i}": str(i) for i in range(70)}]
-
-
-def edge_value(spec: FieldSpec, i: int) -> Any:
-    """A valid value for field `spec`; `i` walks through the edge lists."""
-    if spec.enum is not None:
-        members = list(spec.enum)
-        return str(members[i % len(members)].value)
-    match spec.kind:
-        case Kind.STRING:
-            return STRINGS[i % len(STRINGS)]
-        case Kind.LONG | Kind.TIMESTAMP:
-            return LONGS[i % len(LONGS)]
-        case Kind.DATE:
-            return DATES[i % len(DATES)]
-        case Kind.BOOLEAN:
-            return bool(i % 2)
-        case Kind.DECIMAL:
-            return DECIMALS[i % len(DECIMALS)]
-        case Kind.STRING_LIST:
-            return LISTS[i % len(LISTS)]
-        case Kind.STRING_MAP:
-            return MAPS[i % len(MAPS)]
-    raise AssertionError(spec.kind)
 
 
 def edge_records(spec: RecordSpec, count: int = 80) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from k2.schema.fields import (
     RecordSpec,
 )
 from k2.sources.asx import AsxSource
-from tests.schema.specs import EVERY_SPEC, PREFIX
+from tests.schema.specs import DECIMALS, EVERY_SPEC, PREFIX, edge_value
 
 SAMPLE_COUNTS = {"reference_data_v2": 6, "trades_v2": 200_545, "quotes_v2": 169_629}
 
@@ -84,37 +84,6 @@ def test_asx_values_come_back_as_they_were(asx_tables: dict[RecordSpec, pa.Table
 
 
 # --- (b) every spec, with edge values
-
-
-LONGS = [0, 1, -1, 63, 64, -64, -65, 8191, 8192, 2**31, -(2**31) - 1, 2**55 - 1, 2**55, 2**56, 2**62, 2**63 - 1]
-LONGS += [-(2**63), -(2**62) - 1, 1_394_406_049_683_000, -1_394_406_049_683_000, -1]  # 1 to 10 bytes, before 1970
-# Unscaled decimals at every byte-count boundary (±2^(8k-1) takes k+1 bytes, as fastavro sizes them).
-BOUNDARIES = [sign * (2 ** (8 * k - 1) + d) for k in range(1, 8) for d in (-1, 0) for sign in (1, -1)]
-DECIMALS = [Decimal(n).scaleb(-PRICE_SCALE) for n in BOUNDARIES]
-DECIMALS += [Decimal(t) for t in ("0", "0.00000001", "-0.00000001", "36.667", "9999999999.99999999")]
-DECIMALS += [Decimal("-9999999999.99999999"), Decimal("1E+3")]
-STRINGS = ["", "BHP", "é€😀", "x" * 63, "x" * 64, "y" * 70_000, "\x00", "日本語テキスト", "AUD"]
-DATES = [date(2014, 3, 10), date(1970, 1, 1), date(1969, 12, 31), date(1900, 1, 1), date(1, 1, 1), date(9999, 12, 31)]
-LISTS = [[], ["0"], ["25", "X", "é"], ["a" * 300], [""], [str(i) for i in range(100)]]
-MAPS = [{}, {"qualifier": "3"}, {"b": "2", "a": "1", "é": "€" * 100}, {"": ""}, {f"k{i}": str(i) for i in range(100)}]
-
-
-def edge_value(spec: FieldSpec, i: int) -> Any:
-    """A valid value for field `spec`; `i` walks through the edge lists."""
-    if spec.enum is not None:
-        members = list(spec.enum)
-        return str(members[i % len(members)].value)
-    values: list[Any] = {
-        Kind.STRING: STRINGS,
-        Kind.LONG: LONGS,
-        Kind.TIMESTAMP: LONGS,
-        Kind.DATE: DATES,
-        Kind.BOOLEAN: [True, False],
-        Kind.DECIMAL: DECIMALS,
-        Kind.STRING_LIST: LISTS,
-        Kind.STRING_MAP: MAPS,
-    }[spec.kind]
-    return values[i % len(values)]
 
 
 def edge_records(spec: RecordSpec, count: int = 90) -> list[dict[str, Any]]:
