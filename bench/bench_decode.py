@@ -11,7 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
-from k2.bus.batch_decode import AvroBatchDecoder
+from k2.bus.batch_decode import decode_batch
 from k2.bus.serde import decode, encode
 from k2.schema import TRADES_V2
 from k2.schema.arrow import records_to_arrow
@@ -48,20 +48,18 @@ def main() -> None:
     args = parser.parse_args()
     values = _messages(args.messages)
     schema = parsed_schema(TRADES_V2)
-    decoder = AvroBatchDecoder()
 
     def baseline() -> None:
         records_to_arrow(TRADES_V2, [decode(v, schema, None) for v in values])
 
     def batch() -> None:
-        decoder.decode(TRADES_V2, values)
+        decode_batch(TRADES_V2, values)
 
-    assert decoder.decode(TRADES_V2, values).equals(
+    assert decode_batch(TRADES_V2, values).equals(
         records_to_arrow(TRADES_V2, [decode(v, schema, None) for v in values])
     )
     base = _median_seconds(baseline, args.repeats)
     fast = _median_seconds(batch, args.repeats)
-    decoder.close()
     n = len(values)
     print(f"{'path':<42}{'msgs/s (median)':>18}{'ratio':>8}")
     print(f"{'baseline: fastavro per message → Arrow':<42}{n / base:>18,.0f}{1.0:>8.2f}")

@@ -26,19 +26,12 @@ class BatchDecodeError(ValueError):
     """The batch could not be decoded as a whole; decode its messages one by one instead."""
 
 
-class AvroBatchDecoder:
-    """Decodes framed messages written with a spec's current schema into V2 Arrow tables. Holds no resources;
-    `close()` is kept so callers need not know."""
-
-    def decode(self, spec: RecordSpec, values: Sequence[bytes]) -> pa.Table:
-        """The messages as a V2 Arrow table (arrow_schema(spec)), in order."""
-        try:
-            table = decode_frames(spec, values)
-        except AvroDecodeError as exc:
-            raise BatchDecodeError(str(exc)) from exc
-        if table.num_rows and pc.any(pc.not_equal(pc.utf8_length(table.column("message_id")), 36)).as_py():
-            raise BatchDecodeError("a message_id is not 36 characters")
-        return table
-
-    def close(self) -> None:
-        pass
+def decode_batch(spec: RecordSpec, values: Sequence[bytes]) -> pa.Table:
+    """Framed messages written with `spec`'s current schema as a V2 Arrow table (arrow_schema(spec)), in order."""
+    try:
+        table = decode_frames(spec, values)
+    except AvroDecodeError as exc:
+        raise BatchDecodeError(str(exc)) from exc
+    if table.num_rows and pc.any(pc.not_equal(pc.utf8_length(table.column("message_id")), 36)).as_py():
+        raise BatchDecodeError("a message_id is not 36 characters")
+    return table

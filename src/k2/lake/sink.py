@@ -38,7 +38,7 @@ from pyiceberg.exceptions import (
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from k2.bus.batch_decode import AvroBatchDecoder, BatchDecodeError
+from k2.bus.batch_decode import BatchDecodeError, decode_batch
 from k2.bus.clients import consumer_config, producer_config, topic_ids
 from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
@@ -141,7 +141,6 @@ class IcebergSink:
         self._pending_topics: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._assigned_topics: set[str] = set()
         self._group_behind_lake: dict[tuple[str, int], int] = {}
-        self._batch_decoder = AvroBatchDecoder()
         self._specs: dict[str, RecordSpec] = {}
         self._buffered = 0
         self._fast_routes: dict[tuple[str, bytes], list[Message]] = {}  # (topic, header) → the frames list
@@ -333,7 +332,7 @@ class IcebergSink:
         parts = []
         if buffer.framed:
             try:
-                parts.append(self._batch_decoder.decode(buffer.spec, [m.value() for m in buffer.framed]))
+                parts.append(decode_batch(buffer.spec, [m.value() for m in buffer.framed]))
             except BatchDecodeError as exc:
                 log.warning("sink.batch_decode_fallback", table=buffer.spec.name, reason=str(exc))
                 writer = reader = parsed_schema(buffer.spec)
@@ -529,5 +528,4 @@ class IcebergSink:
             self._consumer.close()  # first: leaving the group may revoke partitions, which commits via the DLQ too
         finally:
             self._dlq.close()
-            self._batch_decoder.close()
             self._admin = None  # type: ignore[assignment]

@@ -25,7 +25,6 @@ Tail says `caught_up=False`.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from k2.bus.batch_decode import AvroBatchDecoder, BatchDecodeError
+from k2.bus.batch_decode import BatchDecodeError, decode_batch
 from k2.bus.clients import consumer_config, topic_ids
 from k2.bus.registry_client import RegistryClient, RegistryError
 from k2.bus.serde import DecodeError, decode, schema_id_of
@@ -125,7 +124,7 @@ def feeding_topics(names: Sequence[str], spec: RecordSpec, exchange: str | None 
 
 
 class FreshReader:
-    """The long-lived parts of fresh reads — registry client, batch decoder, admin client — kept across queries.
+    """The long-lived parts of fresh reads — registry client, admin client — kept across queries.
 
     A reader per process (e.g. the API's) saves ~0.3 s per query over opening them each time (extension load, TLS
     context); the functions below accept either a FreshSource (opened and closed per call) or a FreshReader.
@@ -136,8 +135,6 @@ class FreshReader:
         self.source = source
         self._admin = AdminClient({"bootstrap.servers": source.bootstrap, **source.settings.kafka_extra_config})
         self._registry = RegistryClient(source.registry_url)
-        self._decoder: AvroBatchDecoder | None = None
-        self._lock = threading.Lock()
 
     def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None) -> Tail:
         """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded.
@@ -167,12 +164,6 @@ class FreshReader:
             log.warning("fresh.budget_exhausted", table=spec.name, budget=source.budget_seconds, read=len(messages))
         return Tail(rows, snapshot_id, start, end, ids, caught_up, skipped)
 
-    def _batch_decoder(self) -> AvroBatchDecoder:
-        with self._lock:
-            if self._decoder is None:
-                self._decoder = AvroBatchDecoder()
-            return self._decoder
-
     def _decode(self, spec: RecordSpec, messages: list[Message]) -> tuple[pa.Table, int]:
         """V2 rows from framed Avro messages (batch-decoded when written with the current schema); (rows, skipped)."""
         by_schema: dict[int, list[bytes]] = {}
@@ -194,7 +185,7 @@ class FreshReader:
                 continue
             if writer == current:
                 try:
-                    parts.append(self._batch_decoder().decode(spec, values))
+                    parts.append(decode_batch(spec, values))
                     continue
                 except BatchDecodeError as exc:
                     log.info("fresh.batch_decode_fallback", table=spec.name, reason=str(exc))
@@ -210,10 +201,6 @@ class FreshReader:
         """Release the clients: the embedded broker stops at once only when none is connected."""
         self._registry.close()
         self._admin = None  # type: ignore[assignment]  # librdkafka handle destroyed with the object
-        with self._lock:
-            if self._decoder is not None:
-                self._decoder.close()
-                self._decoder = None
 
     def __enter__(self) -> Self:
         return self

@@ -1,8 +1,8 @@
 """A columnar Avro binary decoder: Confluent-framed messages of one V2 schema → an Arrow table, in bulk.
 
-The inverse of `k2.schema.avro_columnar.encode_table`, and a drop-in for `k2.bus.batch_decode.AvroBatchDecoder`: for
-every valid batch the same table (`arrow_schema(spec)`, rows in message order), without a container file or DuckDB
-in between; ≈ 8x faster on the ASX sample (1.6-2M trades or quotes a second on the 2-core dev machine).
+The inverse of `k2.schema.avro_columnar.encode_table`, and what `k2.bus.batch_decode` runs: for every valid batch the
+table the DuckDB avro-extension block reader it replaced gave (`arrow_schema(spec)`, rows in message order), with no
+container file in between; ≈ 8x faster on the ASX sample (1.6-2M trades or quotes a second on the 2-core machine).
 
 How: the messages are copied into one buffer, each with a cursor (`_Rows.at`) on its body, and the schema's fields
 are decoded in order, each for all messages at once (32k at a time, so the work stays in the CPU caches): a varint
@@ -140,7 +140,7 @@ def decode_frames(
 
     Each value is `header_size` bytes of header (Confluent framing: magic byte 0, then the schema id as 4 bytes
     big-endian; 0 for bare Avro bodies), then the Avro binary body. `schema_id`, when given, must be every header's.
-    The table equals `AvroBatchDecoder.decode(spec, values)`'s (in chunks of `_CHUNK_ROWS` rows). Raises
+    The table comes in chunks of `_CHUNK_ROWS` rows. Raises
     AvroDecodeError (a ValueError; `.index` is the message's position in `values`) when any message is not exactly
     one datum of the schema; nothing is returned then."""
     if schema_id is not None and header_size != 5:
