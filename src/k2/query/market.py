@@ -20,6 +20,7 @@ from k2.query.engine import QueryEngine, Reader
 from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, symbol_list, utc, where
 from k2.query.layout import DataFile
 from k2.query.timetravel import AsOf
+from k2.schema.codecs import datetime_from_micros
 
 Symbols = str | Sequence[str] | None
 
@@ -112,10 +113,10 @@ def latest(
     With named symbols, the data files say (k2.query.layout) which (symbol, exchange) pairs exist in the range
     and how new and frequent their data is, so the newest data is read first: whole rows of the stretch before
     the newest data in which each pair should trade ~1.5 n times, ranked, which is the answer when every pair has
-    n rows there (one query: the common case). Otherwise two
-    passes: the first reads only the time column of growing windows (`_cutoff`) to find the instant from which
-    every pair has its newest n rows; the second reads whole rows from that instant on, so older files and row
-    groups are pruned, and ranks them by the full event order.
+    n rows there (one query: the common case). Otherwise two passes: the first reads only the time column of
+    growing windows (`_cutoff`) to find the instant from which every pair has its newest n rows; the second reads
+    whole rows from that instant on, so older files and row groups are pruned, and ranks them by the full event
+    order.
     """
     spec = record_spec(kind, EVENT_SPECS)
     n = positive(n, "n")
@@ -136,7 +137,7 @@ def latest(
         if plan.expected <= set(zip(complete["symbol"].to_pylist(), complete["exchange"].to_pylist(), strict=True)):
             return rows.drop_columns(["_k2_complete"])
         windows = windows[1:]
-    cutoff = _cutoff(reader, spec.name, symbols, n, exchange, end, plan.expected, windows)
+    cutoff = _cutoff(reader, table_identifier(spec), symbols, n, exchange, end, plan.expected, windows)
     # Rows at the cutoff instant are all kept here: the ranking below picks exactly n by the full event order.
     condition, params = where(symbols, start if cutoff is None else cutoff, end, exchange)
     return reader.sql(ranked.format(extra="", condition=condition), [*params, n])
@@ -203,7 +204,7 @@ def _rows_window(holders: list[tuple[DataFile, dict[str, int]]], n: int) -> time
 
 def _cutoff(
     reader: Reader,
-    table_name: str,
+    table: str,
     symbols: Symbols,
     n: int,
     exchange: str | None,
@@ -216,7 +217,7 @@ def _cutoff(
     rows in one (the last window is final whatever it holds)."""
     nth_newest = (
         f"SELECT symbol, exchange, count(*) >= ? AS complete, list_min(max(timestamp, ?)) AS t "
-        f"FROM market_data.{table_name} WHERE {{condition}} GROUP BY symbol, exchange"
+        f"FROM {table} WHERE {{condition}} GROUP BY symbol, exchange"
     )
     for number, lower in enumerate(windows, 1):
         condition, params = where(symbols, lower, end, exchange)
@@ -266,7 +267,7 @@ def _windows(
     anchor = (
         _midnight(days[0]) + timedelta(days=1)
         if None in newest
-        else datetime.fromtimestamp(0, UTC) + timedelta(microseconds=max(n for n in newest if n is not None) + 1)
+        else datetime_from_micros(max(n for n in newest if n is not None) + 1)
     )
     if end is not None:
         anchor = min(anchor, utc(end, "end"))
