@@ -69,11 +69,10 @@ def row_parser(path: Path, company: Company | None, chunk_rows: int) -> list[Exp
     reported after the last batch, i.e. trailing blank lines, belong to the last)."""
     spec = spec_of(path)
     source = AsxSource(path.parent.parent, chunk_rows=chunk_rows)
-    source.companies = {path.stem: company} if company is not None else {}
     reported: list[int] = []
     source.progress = reported.append
     out: list[Expected] = []
-    for batch in source._row_batches(path, spec):
+    for batch in source._row_batches(path, spec, company):
         for record in batch.records:
             record["ingestion_timestamp"] = STAMP
         out.append(Expected(records_to_arrow(spec, batch.records), batch.rejects, batch.rows_read, sum(reported)))

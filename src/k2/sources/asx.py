@@ -394,10 +394,10 @@ class AsxSource:
                             table=chunk.table,
                         )
                 return
-        yield from self._row_batches(path, spec)
+        yield from self._row_batches(path, spec, company)
 
-    def _row_batches(self, path: Path, spec: RecordSpec) -> Iterator[SourceBatch]:
-        company = self.companies.get(path.stem)
+    def _row_batches(self, path: Path, spec: RecordSpec, company: Company | None) -> Iterator[SourceBatch]:
+        """The row parser's batches of one tick file (`company` None: not in company_info.csv, every row rejected)."""
         parse = None
         if company is not None:
             tick_file = _TickFile(company, spec)

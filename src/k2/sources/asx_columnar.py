@@ -123,11 +123,10 @@ def _row_parser_chunks(
     last batch (trailing blank lines) are added to the last chunk, which is therefore held back by one step.
     """
     source = AsxSource(path.parent.parent, chunk_rows=chunk_rows)
-    source.companies = {path.stem: company} if company is not None else {}
     consumed = [0]
     source.progress = lambda nbytes: consumed.__setitem__(0, consumed[0] + nbytes)
     held: TickChunk | None = None
-    for batch in source._row_batches(path, spec):
+    for batch in source._row_batches(path, spec, company):
         if held is not None:
             yield held
         stamp = ingested()
