@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from k2.schema.arrow import arrow_schema
 from k2.schema.fields import PRICE_PRECISION, FieldSpec, Kind, RecordSpec
 
-__all__ = ["encode_table"]
+__all__ = ["cumulative_offsets", "encode_table"]
 
 _MAX_UNSCALED = 10**PRICE_PRECISION - 1  # decimal(18,8): at most 18 digits, as the per-record encoder checks
 _FIXED_STRING = 64  # columns of strings all this long or shorter, and all of one length, are copied into blocks
@@ -85,7 +85,7 @@ class _Block:
     def to_array(self) -> pa.LargeBinaryArray:
         data = np.ascontiguousarray(self.matrix)
         data = data.reshape(-1) if self.mask is None else data[self.mask]
-        return _binary_array(_offsets(self.lengths), pa.py_buffer(data))
+        return _binary_array(cumulative_offsets(self.lengths), pa.py_buffer(data))
 
 
 Piece = _Block | pa.LargeBinaryArray  # a null element of a binary piece contributes no bytes
@@ -268,7 +268,7 @@ def _collection_pieces(
 
     Items of one row are adjacent in `encoded`, so a row's items are a slice of its data: new offsets, no copy."""
     counts = np.diff(offsets)
-    item_offsets = _offsets(item_lengths)
+    item_offsets = cumulative_offsets(item_lengths)
     rows = _binary_array(item_offsets[offsets], encoded.buffers()[2], values.buffers()[0])
     end = _Block.full(np.zeros((len(values), 1), np.uint8)).only_where(counts > 0)
     return [_length_block(counts), rows, end]
@@ -331,13 +331,13 @@ def _join_rows(pieces: list[Piece], rows: int) -> tuple[pa.LargeBinaryArray, np.
     for piece, array in zip(merged, arrays, strict=True):
         lengths += piece.lengths if isinstance(piece, _Block) else _binary_lengths(array)
     if not arrays:
-        return _binary_array(_offsets(lengths), None), lengths
+        return _binary_array(cumulative_offsets(lengths), None), lengths
     if len(merged) == 1 and isinstance(merged[0], _Block):  # already laid out row after row
         return arrays[0], lengths
     index_type = np.int32 if len(arrays) * rows < 2**31 else np.int64  # half the bytes to build and read
     order = (np.arange(len(arrays), dtype=index_type) * rows)[None, :] + np.arange(rows, dtype=index_type)[:, None]
     laid_out = pc.take(pa.concat_arrays(arrays), pa.array(order.ravel()))
-    return _binary_array(_offsets(lengths), laid_out.buffers()[2]), lengths
+    return _binary_array(cumulative_offsets(lengths), laid_out.buffers()[2]), lengths
 
 
 def _binary_lengths(array: pa.LargeBinaryArray) -> np.ndarray:
@@ -368,7 +368,8 @@ def _lookup_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(items, index).view(bool).reshape(len(index), width)
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
+def cumulative_offsets(lengths: np.ndarray) -> np.ndarray:
+    """0, then the running totals of `lengths` (int64): where each run starts, and the end of the last."""
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return offsets

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.schema.arrow import arrow_schema
+from k2.schema.avro_columnar import cumulative_offsets
 from k2.schema.fields import PRICE_PRECISION, FieldSpec, Kind, RecordSpec
 
 __all__ = ["AvroDecodeError", "decode_frames"]
@@ -484,12 +485,12 @@ def _read_blocks(buffer: _Buffer, rows: _Rows, read_item: _ReadItem) -> tuple[np
     if len(rounds) <= 1:  # one block of items per row at most (as fastavro writes): row by row already
         return counts, rounds[0][2] if rounds else []
     # Some row has several blocks: each round's items go after that row's items of the rounds before.
-    offsets = _cumulative(counts)
+    offsets = cumulative_offsets(counts)
     placed = np.zeros(len(rows), np.int64)  # items of each row placed so far
     merged = [np.empty(2 * int(offsets[-1]), np.int64) for _ in rounds[0][2]]
     for reading, count, items in rounds:
         first = offsets[reading] + placed[reading]
-        slots = np.repeat(first - _cumulative(count)[:-1], count) + np.arange(int(count.sum()))
+        slots = np.repeat(first - cumulative_offsets(count)[:-1], count) + np.arange(int(count.sum()))
         for bounds, round_bounds in zip(merged, items, strict=True):
             bounds[2 * slots] = round_bounds[0::2]
             bounds[2 * slots + 1] = round_bounds[1::2]
@@ -505,7 +506,7 @@ def _read_round(buffer: _Buffer, block: _Rows, count: np.ndarray, read_item: _Re
     if not len(count):
         return []
     least, most = int(count.min()), int(count.max())
-    first = 2 * _cumulative(count)  # where each row's first start goes in a `_bounds` array, then its length
+    first = 2 * cumulative_offsets(count)  # where each row's first start goes in a `_bounds` array, then its length
     columns: list[np.ndarray] = []
     for k in range(most):
         if k < least:
@@ -579,16 +580,9 @@ def _spread(dense: pa.Array, present: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(type_, rows, [validity, pa.py_buffer(slots)])
 
 
-def _cumulative(lengths: np.ndarray) -> np.ndarray:
-    """0, then the running totals: where each run starts, and the end of the last."""
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
-
-
 def _offsets(lengths: np.ndarray) -> np.ndarray:
     """int32 offsets (Arrow string, list and map arrays) from lengths."""
-    offsets = _cumulative(lengths)
+    offsets = cumulative_offsets(lengths)
     if offsets[-1] >= _INT32:
         raise ValueError("over 2 GiB of strings or 2^31 items in one column of one batch: decode smaller batches")
     return offsets.astype(np.int32)
