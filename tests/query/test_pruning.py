@@ -17,6 +17,7 @@ from k2.query.asof import trades_with_quotes
 from k2.query.bars import bars
 from k2.query.engine import QueryEngine
 from k2.query.market import latest, page, trades
+from k2.query.minute_bars import FILE_PARTIALS_QUERY
 from k2.query.summary import daily_summary
 from tests.query.records import append_trades, at, trade
 
@@ -31,12 +32,14 @@ def engine(catalog: Catalog, tables: dict[str, Table]) -> Iterator[QueryEngine]:
 
 
 def files_read_by_each(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) -> list[int]:
-    """Run `call`, then EXPLAIN ANALYZE each SQL it ran on the same connection; each one's largest scan file count."""
+    """Run `call`, then EXPLAIN ANALYZE each lake SQL it ran on the same connection; each one's largest scan file
+    count. Per-file facts (`QueryEngine.file_fact`: one read_parquet of one file, once) are not lake scans."""
     ran: list[tuple] = []
     real_run = engine_module._run
 
     def spy(con: duckdb.DuckDBPyConnection, query: str, params: Any) -> Any:
-        ran.append((con, query, params))
+        if "read_parquet(?)" not in query:
+            ran.append((con, query, params))
         return real_run(con, query, params)
 
     monkeypatch.setattr(engine_module, "_run", spy)
@@ -57,7 +60,8 @@ def trades_files_read(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) 
     "call",
     [
         lambda e: trades(e, "BHP", at(0, day=2), at(0, day=3)),
-        lambda e: bars(e, "BHP", "1m", at(0, day=2), at(0, day=3), gap_fill=True),
+        # Off the minute, so bars come from the rows (on minutes they come from kept partials: test below).
+        lambda e: bars(e, "BHP", "1m", at(0, 0, 0, 1, day=2), at(0, day=3), gap_fill=True),
         lambda e: daily_summary(e, None, at(0, day=2), at(0, day=3)),
         lambda e: trades_with_quotes(e, "BHP", at(0, day=2), at(0, day=3), quote_lookback=timedelta(0)),
         lambda e: trades(e, "BHP", at(0, day=2), at(0, day=3), as_of=e.snapshot_ids["trades_v2"]),
@@ -68,6 +72,15 @@ def test_one_day_range_reads_one_file(
     engine: QueryEngine, monkeypatch: pytest.MonkeyPatch, call: Callable[[QueryEngine], object]
 ) -> None:
     assert trades_files_read(monkeypatch, lambda: call(engine)) == 1
+
+
+def test_bars_from_partials_read_only_that_day_file(engine: QueryEngine) -> None:
+    bars(engine, "BHP", "1m", at(0, day=2), at(0, day=3), gap_fill=True)
+
+    days = [
+        f.day for f in engine.layout("trades_v2").files if engine.has_file_fact(f.path, FILE_PARTIALS_QUERY, ["BHP"])
+    ]
+    assert days == [at(0, day=2).date()]
 
 
 def test_a_cursor_skips_the_files_before_it(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:

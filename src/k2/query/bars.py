@@ -11,12 +11,15 @@ Per (symbol, exchange, bar) — columns named as in the bars_v2 record, so store
   same microsecond resolve the same way every time; high/low: max/min price. decimal128(18,8).
 - volume: sum of quantity, decimal128(38,8); quote_volume: sum of price x quantity, exact, decimal128(38,16).
 - vwap: quote_volume / volume rounded half-even to 8 places, decimal128(18,8) (it lies between low and high, so
-  it always fits). DuckDB divides decimals in floating point, so the division is done here with Python's decimal
-  at 100 significant digits: far beyond any tie, so the single rounding to 8 places is exact.
+  it always fits). DuckDB divides decimals in floating point, so the division is done here, exactly, on the
+  unscaled integers.
 - trade_count: int64.
 With `gap_fill`, bars with no trade appear from each series' first bar to the last bar before `end` (or its last
 bar when `end` is None): open = high = low = close = the previous close, volume 0, vwap null, trade_count 0. Bars
 before a series' first trade in the range are not made: there is no close to carry.
+
+Bars of whole minutes over a minute-aligned range are aggregated from one-minute partials the engine keeps per data
+file and symbol (k2.query.minute_bars), not from the trades: the same values, ~10x faster once a file's are kept.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
@@ -33,8 +35,9 @@ import pyarrow as pa
 
 from k2.lake.tables import table_identifier
 from k2.query.engine import QueryEngine
-from k2.query.filters import InvalidQueryError, event_order, utc, where
+from k2.query.filters import InvalidQueryError, event_order, symbol_list, utc, where
 from k2.query.market import Symbols
+from k2.query.minute_bars import PARTIAL_AGGREGATES, minute_partials, on_minute
 from k2.query.timetravel import AsOf
 from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE, TRADES_V2
 
@@ -47,8 +50,14 @@ MAX_FILLED_BARS = 2_000_000
 # The grid of gap-fill candidates steps at most a quarter hour, so a bar shortened by a DST change is still hit.
 _MAX_GRID_STEP = timedelta(minutes=15)
 
+_MINUTE_US = 60_000_000
+_PARTIALS = "_k2_minute_partials"  # the name the kept partials are registered under for one query
+_ROW_AGGREGATES = f"""
+    first(price ORDER BY {event_order()}) AS open, max(price) AS high, min(price) AS low,
+    last(price ORDER BY {event_order()}) AS close, sum(quantity) AS volume,
+    sum(CAST(price AS DECIMAL(38, 8)) * quantity) AS quote_volume, count(*) AS trade_count"""
+
 _VWAP_TYPE = pa.decimal128(PRICE_PRECISION, PRICE_SCALE)
-_VWAP_QUANTUM = Decimal(1).scaleb(-PRICE_SCALE)
 
 
 @dataclass(frozen=True)
@@ -150,24 +159,26 @@ def bars(
     width = parse_interval(interval).width
     tz = zone(tz)
     condition, filter_params = where(symbols, start, end, exchange)
-    order = event_order()
     width_us = width // timedelta(microseconds=1)
-    trades = (
-        "SELECT symbol, exchange, timestamp, source_sequence, message_id, price, quantity "
-        f"FROM {table_identifier(TRADES_V2)} WHERE {condition}"
-    )
-    buckets = _bucketed("t", trades, width_us, tz)
+    reader = engine.at(as_of)
+    names = symbol_list(symbols)
+    partials = None
+    if names and width_us % _MINUTE_US == 0 and on_minute(start) and on_minute(end):
+        partials = minute_partials(reader, names, start, end, exchange)
+    if partials is not None:  # k2.query.minute_bars: the same bars from kept one-minute partials
+        source, aggregates = f"SELECT * FROM {_PARTIALS} WHERE {condition}", PARTIAL_AGGREGATES
+    else:
+        source = (
+            "SELECT symbol, exchange, timestamp, source_sequence, message_id, price, quantity "
+            f"FROM {table_identifier(TRADES_V2)} WHERE {condition}"
+        )
+        aggregates = _ROW_AGGREGATES
+    buckets = _bucketed("t", source, width_us, tz)
     params: list[Any] = [*filter_params, *buckets.params, *buckets.opened_params]
-    # Inside the aggregates `timestamp` is the trade's own column; the bar's opening instant is worked out per bar.
+    # Inside the aggregates `timestamp` is the row's own column; the bar's opening instant is worked out per bar.
     aggregated = f"""
         WITH {buckets.ctes},
-        per_bar AS (
-            SELECT symbol, exchange, _bar,
-                first(price ORDER BY {order}) AS open, max(price) AS high, min(price) AS low,
-                last(price ORDER BY {order}) AS close, sum(quantity) AS volume,
-                sum(CAST(price AS DECIMAL(38, 8)) * quantity) AS quote_volume, count(*) AS trade_count
-            FROM t GROUP BY symbol, exchange, _bar
-        )
+        per_bar AS (SELECT symbol, exchange, _bar, {aggregates} FROM t GROUP BY symbol, exchange, _bar)
         SELECT symbol, exchange, {buckets.opened} AS timestamp,
             open, high, low, close, volume, quote_volume, trade_count
         FROM per_bar"""
@@ -175,7 +186,7 @@ def bars(
         query = _gap_filled(aggregated, params, width_us, tz, start, end)
     else:
         query = f"{aggregated} ORDER BY symbol, exchange, timestamp"
-    table = engine.at(as_of).sql(query, params)
+    table = reader.sql(query, params) if partials is None else reader.sql_over({_PARTIALS: partials}, query, params)
     vwap = _vwap(table.column("quote_volume"), table.column("volume"))
     return table.add_column(table.schema.get_field_index("quote_volume"), "vwap", vwap)
 
@@ -233,10 +244,36 @@ def _gap_filled(
 
 
 def _vwap(quote_volume: pa.ChunkedArray, volume: pa.ChunkedArray) -> pa.Array:
-    with localcontext() as context:
-        context.prec = 100
-        values = [
-            None if not v else (q / v).quantize(_VWAP_QUANTUM, rounding=ROUND_HALF_EVEN)
-            for q, v in zip(quote_volume.to_pylist(), volume.to_pylist(), strict=True)
-        ]
-    return pa.array(values, _VWAP_TYPE)
+    """quote_volume / volume rounded half-even to 8 places, null where volume is 0 or null.
+
+    On the unscaled integers: quote_volume has scale 16 and volume scale 8, so q / v is the VWAP in units of
+    1e-8 and one integer division with half-even rounding of its remainder is the exact answer (~1 us a bar,
+    where Decimal division took ~3 us)."""
+    quotients = [
+        None if q is None or not v else _divide_half_even(q, v)
+        for q, v in zip(_unscaled(quote_volume), _unscaled(volume), strict=True)
+    ]
+    data = b"".join((q or 0).to_bytes(16, "little", signed=True) for q in quotients)
+    validity = None
+    if None in quotients:
+        validity = pa.array([q is not None for q in quotients], pa.bool_()).buffers()[1]
+    return pa.Array.from_buffers(_VWAP_TYPE, len(quotients), [validity, pa.py_buffer(data)])
+
+
+def _divide_half_even(dividend: int, divisor: int) -> int:
+    if divisor < 0:
+        dividend, divisor = -dividend, -divisor
+    quotient, remainder = divmod(dividend, divisor)  # floor: 0 <= remainder < divisor
+    if 2 * remainder > divisor or (2 * remainder == divisor and quotient % 2):
+        quotient += 1
+    return quotient
+
+
+def _unscaled(column: pa.ChunkedArray) -> list[int | None]:
+    """A decimal128 column's unscaled integers (None for nulls), read from its 16-byte little-endian values."""
+    array = column.combine_chunks()
+    raw = memoryview(array.buffers()[1])[array.offset * 16 : (array.offset + len(array)) * 16]
+    values: list[int | None] = [int.from_bytes(raw[i : i + 16], "little", signed=True) for i in range(0, len(raw), 16)]
+    if array.null_count:
+        values = [v if ok else None for v, ok in zip(values, array.is_valid().to_pylist(), strict=True)]
+    return values

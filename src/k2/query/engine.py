@@ -30,7 +30,7 @@ import importlib.util
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Protocol, Self
@@ -69,7 +69,8 @@ _MAX_PINNED = 16
 Pins = tuple[tuple[str, str | None, int | None], ...]
 
 _LAYOUTS_KEPT = 64  # (table, snapshot) layouts; each is a few dozen small records
-_SYMBOL_COUNTS_KEPT = 100_000  # data files whose symbols are known; each file is read once
+# Rows of per-file results kept (symbol counts, minute partials: ~100-200 bytes a row, so ~100 MB at most).
+_FILE_FACT_ROWS_KEPT = 500_000
 
 
 class QueryError(Exception):
@@ -172,6 +173,12 @@ class Reader(Protocol):
 
     def symbol_counts(self, path: str) -> Mapping[str, int]: ...
 
+    def file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> pa.Table: ...
+
+    def has_file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> bool: ...
+
+    def sql_over(self, tables: Mapping[str, pa.Table], query: str, params: list[Any]) -> pa.Table: ...
+
 
 class PinnedView:
     """`market_data.*` fixed at older snapshots; made by `QueryEngine.at`. Stays valid while the engine is open."""
@@ -196,6 +203,15 @@ class PinnedView:
     def symbol_counts(self, path: str) -> Mapping[str, int]:
         return self._engine.symbol_counts(path)
 
+    def file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> pa.Table:
+        return self._engine.file_fact(path, query, params)
+
+    def has_file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> bool:
+        return self._engine.has_file_fact(path, query, params)
+
+    def sql_over(self, tables: Mapping[str, pa.Table], query: str, params: list[Any]) -> pa.Table:
+        return self._engine.sql_over(tables, query, params)
+
 
 class QueryEngine:
     """A DuckDB session where `market_data.trades_v2`, `market_data.quotes_v2` and `market_data.reference_data_v2`
@@ -213,7 +229,8 @@ class QueryEngine:
         self._pinned: OrderedDict[Pins, tuple[str, duckdb.DuckDBPyConnection]] = OrderedDict()
         self._pin_numbers = itertools.count(1)
         self._layouts: OrderedDict[tuple[str, int], Layout] = OrderedDict()
-        self._symbol_counts: OrderedDict[str, Mapping[str, int]] = OrderedDict()
+        self._file_facts: OrderedDict[tuple[Any, ...], pa.Table] = OrderedDict()
+        self._file_fact_rows = 0
         # No network ever: a missing extension must fail here, not hang on a download attempt.
         self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
         try:
@@ -268,20 +285,46 @@ class QueryEngine:
         return found
 
     def symbol_counts(self, path: str) -> Mapping[str, int]:
-        """Rows per symbol in data file `path`: read once (its symbol column only), then kept, as files never
-        change."""
+        """Rows per symbol in data file `path`: read once (its symbol column only), then kept."""
+        counts = self.file_fact(
+            path, "SELECT symbol, count(*) AS n FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol"
+        )
+        return MappingProxyType(dict(zip(counts.column(0).to_pylist(), counts.column(1).to_pylist(), strict=True)))
+
+    def file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> pa.Table:
+        """`query` over the one data file `path` (its first `?`; `params` fill the rest), run once and kept.
+
+        Data files are never changed, only replaced by new ones, so what a query says of one file never goes stale;
+        the least recently used results go first once more than _FILE_FACT_ROWS_KEPT rows are kept. `query` must
+        come from K2's own code: it is SQL text.
+        """
+        key = (path, query, *params)
         with self._lock:
-            if path in self._symbol_counts:
-                self._symbol_counts.move_to_end(path)
-                return self._symbol_counts[path]
-            rows = self._con.execute(
-                "SELECT symbol, count(*) FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol", [path]
-            ).fetchall()
-            found = MappingProxyType(dict(rows))
-            self._symbol_counts[path] = found
-            while len(self._symbol_counts) > _SYMBOL_COUNTS_KEPT:
-                self._symbol_counts.popitem(last=False)
+            if key in self._file_facts:
+                self._file_facts.move_to_end(key)
+                return self._file_facts[key]
+            found = _run(self._con, query, [path, *params])
+            self._file_facts[key] = found
+            self._file_fact_rows += found.num_rows
+            while self._file_fact_rows > _FILE_FACT_ROWS_KEPT and len(self._file_facts) > 1:
+                self._file_fact_rows -= self._file_facts.popitem(last=False)[1].num_rows
             return found
+
+    def has_file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> bool:
+        """Whether `file_fact(path, query, params)` is kept (answers without reading the file)."""
+        with self._lock:
+            return (path, query, *params) in self._file_facts
+
+    def sql_over(self, tables: Mapping[str, pa.Table], query: str, params: list[Any]) -> pa.Table:
+        """`query` over Arrow tables given by name (not the lake): e.g. combining kept per-file results."""
+        with self._lock:
+            for name, table in tables.items():
+                self._con.register(name, table)
+            try:
+                return _run(self._con, query, params)
+            finally:
+                for name in tables:
+                    self._con.unregister(name)
 
     def table(self, name: str) -> Table | None:
         """The pyiceberg table behind `market_data.<name>` as the catalog has it now (None: not created yet)."""

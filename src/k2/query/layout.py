@@ -36,13 +36,17 @@ class Layout:
     """The data files of one snapshot of a table, newest partition day first."""
 
     files: tuple[DataFile, ...]
+    # Some rows of these files are deleted by delete files: a fact read from a data file alone may count them.
+    has_deletes: bool = False
 
 
 def read_layout(table: Table, snapshot_id: int) -> Layout:
     spec_fields = [field.name for field in table.spec().fields]
     timestamp = table.schema().find_field("timestamp")
     files = []
+    has_deletes = False
     for task in table.scan(snapshot_id=snapshot_id).plan_files():
+        has_deletes = has_deletes or bool(task.delete_files)
         data = task.file
         values = dict(zip(spec_fields, data.partition, strict=False))
         day = values.get("timestamp_day")
@@ -58,4 +62,4 @@ def read_layout(table: Table, snapshot_id: int) -> Layout:
             )
         )
     files.sort(key=lambda f: (f.day or date.min, f.newest or 0), reverse=True)
-    return Layout(tuple(files))
+    return Layout(tuple(files), has_deletes)

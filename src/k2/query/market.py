@@ -175,7 +175,7 @@ def _plan(
     names = symbol_list(symbols)
     if names is None or len(names) > _MAX_WINDOWED_SYMBOLS:
         return _Plan(set(), [start])
-    holders = _files_holding(reader, table_name, names, exchange, start, end)
+    holders = files_holding(reader, table_name, names, exchange, start, end)
     expected = {(name, f.exchange) for f, counts in holders for name in counts}
     if not holders or any(f.exchange is None for f, _counts in holders):
         return _Plan(expected, [start])
@@ -227,7 +227,7 @@ def _cutoff(
     raise AssertionError("the last window reads everything")  # pragma: no cover
 
 
-def _files_holding(
+def files_holding(
     reader: Reader,
     table_name: str,
     names: list[str],
