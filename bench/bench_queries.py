@@ -43,6 +43,7 @@ from k2.lake.tables import table_identifier
 from k2.query.asof import DEFAULT_QUOTE_LOOKBACK, trades_with_quotes
 from k2.query.bars import bars
 from k2.query.engine import QueryEngine
+from k2.query.layout import Layout
 from k2.query.market import latest, trades
 from k2.query.summary import daily_summary, table_stats
 from k2.schema.fields import QUOTES_V2, TRADES_V2
@@ -165,6 +166,11 @@ class NaiveReader:
 
     def at(self, as_of: object) -> NaiveReader:
         return self
+
+    def layout(self, name: str) -> Layout:
+        """No files known: the naive path plans nothing, so the library takes its plain scans (no pruning by
+        symbol counts, no kept per-file partials)."""
+        return Layout(())
 
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         for name, (row_filter, fields) in self.scans.items():
