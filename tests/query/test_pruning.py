@@ -16,9 +16,10 @@ from k2.query import engine as engine_module
 from k2.query.asof import trades_with_quotes
 from k2.query.bars import bars
 from k2.query.engine import QueryEngine
-from k2.query.market import latest, page, trades
+from k2.query.market import latest, page, tail_query, trades
 from k2.query.minute_bars import FILE_PARTIALS_QUERY
 from k2.query.summary import daily_summary
+from k2.schema.fields import TRADES_V2
 from tests.query.records import append_trades, at, trade
 
 DAYS = 5  # one data file per day (one exchange)
@@ -93,10 +94,25 @@ def test_a_cursor_skips_the_files_before_it(engine: QueryEngine, monkeypatch: py
     assert files == DAYS - 2  # from the cursor's day on
 
 
+def tail_of(symbol: str) -> tuple[str, list[object]]:
+    """The kept-tail query and parameters `latest` uses for n <= 1024."""
+    return tail_query(TRADES_V2), [symbol, 1024]
+
+
 def test_latest_reads_only_the_newest_day(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     newest: list[Any] = []
 
-    counts = files_read_by_each(monkeypatch, lambda: newest.append(latest(engine, "trades", "BHP", n=1)))
+    # With an `end`, latest reads the lake (without one it ranks kept file tails: the test below).
+    end = at(0, day=DAYS)
+    counts = files_read_by_each(monkeypatch, lambda: newest.append(latest(engine, "trades", "BHP", n=1, end=end)))
 
     assert newest[0].column("source_sequence").to_pylist() == [DAYS - 1]
     assert counts == [1]  # one query: the ranked rows of the newest 5 minutes; no other day's file is opened
+
+
+def test_latest_from_kept_tails_reads_only_the_newest_day_file(engine: QueryEngine) -> None:
+    newest = latest(engine, "trades", "BHP", n=1)
+
+    assert newest.column("source_sequence").to_pylist() == [DAYS - 1]
+    tails = [f.day for f in engine.layout("trades_v2").files if engine.has_file_fact(f.path, *tail_of("BHP"))]
+    assert tails == [at(0, day=DAYS - 1).date()]

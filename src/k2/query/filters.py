@@ -87,14 +87,17 @@ def positive(value: int, name: str) -> int:
 
 def projection(spec: RecordSpec, columns: Sequence[str] | None, required: Sequence[str] = ()) -> str:
     """A SELECT list of the spec's fields (all of them when `columns` is None), plus `required` ones if missing."""
+    return ", ".join(f'"{name}"' for name in projected_names(spec, columns, required))
+
+
+def projected_names(spec: RecordSpec, columns: Sequence[str] | None, required: Sequence[str] = ()) -> list[str]:
+    """The column names `projection` selects, checked against the spec."""
     if columns is None:
-        names = list(spec.field_names)
-    else:
-        unknown = [c for c in columns if c not in spec.field_names]
-        if unknown or not columns:
-            raise InvalidQueryError(f"unknown columns {unknown or columns!r}: {spec.name} has {spec.field_names}")
-        names = list(dict.fromkeys([*columns, *required]))
-    return ", ".join(f'"{name}"' for name in names)
+        return list(spec.field_names)
+    unknown = [c for c in columns if c not in spec.field_names]
+    if unknown or not columns:
+        raise InvalidQueryError(f"unknown columns {unknown or columns!r}: {spec.name} has {spec.field_names}")
+    return list(dict.fromkeys([*columns, *required]))
 
 
 def where(

@@ -13,14 +13,26 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from k2.lake.tables import table_identifier
 from k2.query.cursor import KEY_COLUMNS, Cursor
 from k2.query.engine import QueryEngine, Reader
-from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, symbol_list, utc, where
+from k2.query.filters import (
+    EVENT_SPECS,
+    event_order,
+    positive,
+    projected_names,
+    projection,
+    record_spec,
+    symbol_list,
+    utc,
+    where,
+)
 from k2.query.layout import DataFile
 from k2.query.timetravel import AsOf
 from k2.schema.codecs import datetime_from_micros
+from k2.schema.fields import RecordSpec
 
 Symbols = str | Sequence[str] | None
 
@@ -121,18 +133,22 @@ def latest(
     spec = record_spec(kind, EVENT_SPECS)
     n = positive(n, "n")
     reader = engine.at(as_of)
-    plan = _plan(reader, spec.name, symbols, n, exchange, start, end)
     selected = projection(spec, columns, ("symbol", "exchange", *KEY_COLUMNS))
+    lake = table_identifier(spec)
     ranked = (
-        f"SELECT {selected}{{extra}} FROM {table_identifier(spec)} WHERE {{condition}} "
+        f"SELECT {selected}{{extra}} FROM {{source}} WHERE {{condition}} "
         f"QUALIFY row_number() OVER (PARTITION BY symbol, exchange ORDER BY {event_order(descending=True)}) <= ? "
         f"ORDER BY symbol, exchange, {event_order()}"
     )
+    newest = _newest_from_kept_tails(reader, spec, symbols, n, exchange, start, end)
+    if newest is not None:
+        return newest.select(projected_names(spec, columns, ("symbol", "exchange", *KEY_COLUMNS)))
+    plan = _plan(reader, spec.name, symbols, n, exchange, start, end)
     windows = plan.windows
     if plan.rows_first:
         condition, params = where(symbols, windows[0], end, exchange)
         extra = ", count(*) OVER (PARTITION BY symbol, exchange) >= ? AS _k2_complete"
-        rows = reader.sql(ranked.format(extra=extra, condition=condition), [n, *params, n])
+        rows = reader.sql(ranked.format(extra=extra, source=lake, condition=condition), [n, *params, n])
         complete = rows.filter(rows.column("_k2_complete"))
         if plan.expected <= set(zip(complete["symbol"].to_pylist(), complete["exchange"].to_pylist(), strict=True)):
             return rows.drop_columns(["_k2_complete"])
@@ -140,7 +156,77 @@ def latest(
     cutoff = _cutoff(reader, table_identifier(spec), symbols, n, exchange, end, plan.expected, windows)
     # Rows at the cutoff instant are all kept here: the ranking below picks exactly n by the full event order.
     condition, params = where(symbols, start if cutoff is None else cutoff, end, exchange)
-    return reader.sql(ranked.format(extra="", condition=condition), [*params, n])
+    return reader.sql(ranked.format(extra="", source=lake, condition=condition), [*params, n])
+
+
+# The newest rows of one symbol in one data file, kept per (file, symbol, tail size) by the engine: `latest` for
+# named symbols and no `end` merges the kept tails of the few newest files holding each pair instead of scanning.
+_MIN_TAIL = 1024  # tail sizes are powers of two from this, so nearby n share one kept tail
+_MAX_TAIL = 16_384  # a larger n reads the lake
+# Event order, newest first, as Arrow sort keys: a null sequence sorts after every real one (sequence_order), so
+# first when descending.
+_NEWEST_FIRST = [
+    ("timestamp", "descending"),
+    ("source_sequence", "descending", "at_start"),
+    ("message_id", "descending"),
+]
+
+
+def tail_query(spec: RecordSpec) -> str:
+    """SQL of one data file's (first `?`) newest rows of one symbol (second), as many as the third `?`."""
+    return (
+        f"SELECT {projection(spec, None)} FROM read_parquet(?) WHERE symbol = ? "
+        f"ORDER BY {event_order(descending=True)} LIMIT ?"
+    )
+
+
+def _newest_from_kept_tails(
+    reader: Reader,
+    spec: RecordSpec,
+    symbols: Symbols,
+    n: int,
+    exchange: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> pa.Table | None:
+    """`latest`'s answer (all columns) from kept per-file tails, or None when they cannot give it: no symbols or
+    too many, an `end`, n too large, files without an exchange partition, delete files, nothing found.
+
+    Exact: each tail is a file's newest K >= n rows of the symbol, so a row outside its file's tail has n newer
+    ones and is not among the newest n; files are taken newest first until the next file's newest timestamp is
+    below the nth newest gathered, so no skipped file holds a row that could rank. With no `end`, the newest n
+    rows from `start` on are those of the newest n overall that are from `start` on."""
+    names = symbol_list(symbols)
+    if not names or len(names) > _MAX_WINDOWED_SYMBOLS or end is not None or n > _MAX_TAIL:
+        return None
+    if reader.layout(spec.name).has_deletes:
+        return None
+    holders = files_holding(reader, spec.name, names, exchange, start, end)
+    if not holders or any(f.exchange is None or f.newest is None for f, _counts in holders):
+        return None
+    size = max(_MIN_TAIL, 1 << (n - 1).bit_length())
+    query = tail_query(spec)
+    by_pair: dict[tuple[str, str], list[DataFile]] = {}
+    for file, counts in holders:
+        for name in counts:
+            by_pair.setdefault((name, str(file.exchange)), []).append(file)
+    pieces = []
+    for (name, _exchange), files in sorted(by_pair.items()):
+        parts: list[pa.Table] = []
+        stamps: list[int] = []  # the gathered rows' timestamps, newest first, at most n
+        for file in sorted(files, key=lambda f: f.newest or 0, reverse=True):
+            if len(stamps) >= n and (file.newest or 0) < stamps[n - 1]:
+                break
+            parts.append(reader.file_fact(file.path, query, [name, size]))
+            stamps = sorted([*stamps, *parts[-1].column("timestamp").cast(pa.int64()).to_pylist()], reverse=True)[:n]
+        rows = parts[0] if len(parts) == 1 else pa.concat_tables(parts).sort_by(_NEWEST_FIRST)
+        if start is not None:
+            rows = rows.filter(
+                pc.greater_equal(rows["timestamp"], pa.scalar(utc(start, "start"), rows["timestamp"].type))
+            )
+        kept = min(n, rows.num_rows)
+        pieces.append(rows.take(pa.array(range(kept - 1, -1, -1), pa.int64())))  # oldest first
+    return pa.concat_tables(pieces)
 
 
 # `latest` first reads whole rows of the stretch before the newest data of the symbols asked for in which each
