@@ -76,7 +76,10 @@ def test_parse_decimal_is_exact(text: str, value: str) -> None:
     assert parse_decimal(text).as_tuple().exponent == -8
 
 
-@pytest.mark.parametrize("text", ["abc", "", "1e400", "nan", "inf", "0.123456789", "12345678901"])
+# "58006E79000000": an exponent past the decimal context's range (Overflow on first use, not a DecimalError before)
+@pytest.mark.parametrize(
+    "text", ["abc", "", "1e400", "nan", "inf", "0.123456789", "12345678901", "58006E79000000", "1E-99999999"]
+)
 def test_parse_decimal_refuses_what_does_not_fit(text: str) -> None:
     with pytest.raises(DecimalError):
         parse_decimal(text)

@@ -36,9 +36,13 @@ def parse_decimal(text: str) -> Decimal:
         raise DecimalError(f"not a decimal number: {text!r}") from None
     if not value.is_finite():
         raise DecimalError(f"not a finite number: {text!r}")
-    if abs(value) >= _MAX_ABS:
-        raise DecimalError(f"too large for decimal({PRICE_PRECISION},{PRICE_SCALE}): {text!r}")
-    scaled = value.quantize(_QUANTUM)
+    try:
+        # An exponent beyond the context's range ("58006E79000000") parses, then overflows on the first operation.
+        if abs(value) >= _MAX_ABS:
+            raise DecimalError(f"too large for decimal({PRICE_PRECISION},{PRICE_SCALE}): {text!r}")
+        scaled = value.quantize(_QUANTUM)
+    except ArithmeticError:
+        raise DecimalError(f"exponent out of range: {text!r}") from None
     if scaled != value:
         raise DecimalError(f"more than {PRICE_SCALE} decimal places: {text!r}")
     return scaled
