@@ -3,15 +3,18 @@
 Frames are the real ones in shared/data/binance (2021-04-04 and 2021-10-12 cryptofeed captures: 1,912 aggTrade and
 84 bookTicker frames). Measured per pass over all frames, repeated to ~1 s of work, median of 5:
 
-- k2: `normalize_frame` (orjson parse, exact decimals, UUIDv5 message id, vendor_data) → V2 record dict
+- k2 (the product path, the suite row): `normalize_frames`, all frames of a pass as one batch → trades_v2 and
+  quotes_v2 Arrow tables (exact decimals, UUIDv5 message ids, vendor_data), equal to `normalize_frame` per frame
+- k2 per frame: `normalize_frame` (orjson parse, exact decimals, UUIDv5 message id, vendor_data) → V2 record dict
 - baseline: `json.loads` + a dict of the same fields left as JSON gave them (price strings, no ids, no checks)
 - cryptofeed (PyPI `cryptofeed`, when installed): its Binance feed's `message_handler` on the same frames (JSON with
   Decimal floats, symbol mapping, Trade/Ticker objects with Decimal price and size, delivered to an async callback),
   one event-loop run per pass; symbols loaded from the same exchangeInfo file, so nothing touches the network
 
-Suite row (issue #6): k2 against cryptofeed, goal ≥ 3x cryptofeed and ≥ 600k frames/s.
+Suite row (issue #6): k2 `normalize_frames` against cryptofeed, goal ≥ 3x cryptofeed and ≥ 600k frames/s.
 
-The decimal cache is cleared before every pass, so each pass pays what one fresh session would.
+The decimal cache of the per-frame path is cleared before every pass, so each pass pays what one fresh session
+would (the batch path caches nothing between calls).
 Run: `python bench/bench_binance_parse.py [--seconds S] [--repeats R] [--quick] [--json]`.
 """
 
@@ -33,6 +36,7 @@ from common import JSON_MARK, Row
 from k2.sources.binance import normalize
 from k2.sources.binance.capture import ws_frames
 from k2.sources.binance.normalize import normalize_frame
+from k2.sources.binance.normalize_columnar import normalize_frames
 from k2.sources.binance.symbols import SymbolDirectory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,15 +131,15 @@ def cryptofeed_pass(frames: list[tuple[bytes, int]]) -> Callable[[], None]:
 
 
 def suite_rows(quick: bool) -> list[Row]:
-    """The suite's row: k2 normalize_frame against cryptofeed, interleaved rounds, medians."""
+    """The suite's row: k2 normalize_frames (all frames of a pass as one batch) against cryptofeed, interleaved
+    rounds, medians."""
     goal = "≥ 3x cryptofeed, ≥ 600k/s"
     symbols = SymbolDirectory.from_file(EXCHANGE_INFO)
     frames = _frames()
 
     def k2_pass() -> None:
-        normalize._decimal.cache_clear()
-        for raw, receipt in frames:
-            normalize_frame(raw, symbols, receipt)
+        normalize._decimal.cache_clear()  # only odd frames take the per-frame path; none of these do
+        normalize_frames(frames, symbols)
 
     try:
         cf_pass = cryptofeed_pass(frames)
@@ -157,7 +161,8 @@ def suite_rows(quick: bool) -> list[Row]:
             ratio,
             goal,
             ratio >= 3 and k2 >= 600_000,
-            f"{len(frames):,} real frames (aggTrade + bookTicker), median of {repeats} rounds of ~{seconds:g} s",
+            f"{len(frames):,} real frames (aggTrade + bookTicker) as one normalize_frames batch per pass,"
+            f" median of {repeats} rounds of ~{seconds:g} s",
         )
     ]
 
@@ -182,6 +187,9 @@ def main() -> None:
     results = [normalize_frame(raw, symbols, receipt) for raw, receipt in frames]
     if not all(isinstance(r, dict) for r in results):
         raise SystemExit("some captured frames did not normalize: fix that before timing it")
+    batch = normalize_frames(frames, symbols)
+    if batch.trades.num_rows + batch.quotes.num_rows != len(frames):
+        raise SystemExit("the batch path did not make one record per captured frame: fix that before timing it")
 
     def k2_pass() -> None:
         normalize._decimal.cache_clear()
@@ -192,24 +200,31 @@ def main() -> None:
         for raw, receipt in frames:
             _baseline(raw, receipt)
 
+    def batch_pass() -> None:
+        normalize_frames(frames, symbols)
+
     # Interleaved (baseline, k2, baseline, k2, ...) so both see the same machine load; on a shared box the ratio
     # per round is steadier than either rate alone.
-    base_passes, k2_passes = _passes(baseline_pass, args.seconds), _passes(k2_pass, args.seconds)
+    passes = [_passes(one_pass, args.seconds) for one_pass in (baseline_pass, k2_pass, batch_pass)]
     rounds = [
-        (_rate(baseline_pass, base_passes, len(frames)), _rate(k2_pass, k2_passes, len(frames)))
+        [
+            _rate(one_pass, n, len(frames))
+            for one_pass, n in zip((baseline_pass, k2_pass, batch_pass), passes, strict=True)
+        ]
         for _ in range(args.repeats)
     ]
-    baseline = statistics.median(b for b, _ in rounds)
-    k2 = statistics.median(k for _, k in rounds)
-    ratio = statistics.median(k / b for b, k in rounds)
+    baseline, k2, batch = (statistics.median(r[i] for r in rounds) for i in range(3))
+    ratio = statistics.median(r[1] / r[0] for r in rounds)
+    batch_ratio = statistics.median(r[2] / r[0] for r in rounds)
     print(f"{len(frames):,} frames (aggTrade + bookTicker), median of {args.repeats}, ~{args.seconds:g} s each\n")
-    print(f"{'path':<44} {'frames/s':>12} {'us/frame':>9}")
+    print(f"{'path':<52} {'frames/s':>12} {'us/frame':>9}")
     for name, rate in (
         ("baseline: json.loads + dict", baseline),
         ("k2: normalize_frame (orjson, Decimal, UUIDv5)", k2),
+        ("k2: normalize_frames (one batch → Arrow tables)", batch),
     ):
-        print(f"{name:<44} {rate:>12,.0f} {1e6 / rate:>9.2f}")
-    print(f"\nk2 / baseline, median of per-round ratios: {ratio:.2f}x")
+        print(f"{name:<52} {rate:>12,.0f} {1e6 / rate:>9.2f}")
+    print(f"\nk2 / baseline, median of per-round ratios: per frame {ratio:.2f}x, batch {batch_ratio:.2f}x")
     for row in suite_rows(args.quick):
         print(f"\nvs {row.baseline_name}: k2 {row.k2}, cryptofeed {row.baseline}, ratio {row.ratio or 0:.2f}x")
 

@@ -6,7 +6,7 @@
 * a file in the plain common shape (every vendor file we have seen) is parsed with vectorised numpy/pyarrow work:
   each distinct date, price and volume text is parsed ONCE with the row parser's own functions (`_Day`, `_price`,
   `_quantity`) and gathered back with `take`; the message ids (a SHA-1 per row over exactly the bytes the row
-  parser hashes) are computed for the whole column by DuckDB's `sha1`;
+  parser hashes) are computed for the whole column at once by `k2.schema.ids_columnar`;
 * any file that is not plain in every row (a blank or bad line, non-ASCII bytes, a day that reappears, a DST
   change day, a zero trade price, an unknown company, ...) is handed whole to the row parser itself, whose records
   are converted with `records_to_arrow`. Odd files are thus identical by construction, and only normal files need
@@ -18,22 +18,21 @@ reject, so it never has to reproduce the row parser's order of checks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from k2.schema.arrow import arrow_schema, records_to_arrow
-from k2.schema.codecs import MESSAGE_ID_NAMESPACE, now_micros
+from k2.schema.codecs import now_micros
 from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec, Side
+from k2.schema.ids_columnar import fixed_width, message_ids_column, string_offsets
 from k2.sources.asx import _PRICES, _QUANTITIES, CURRENCY, AsxSource, _Day, _price, _quantity
 from k2.sources.asx_reference import EQUITIES, EXCHANGE, Company, RowError
 from k2.sources.base import Reject
@@ -44,10 +43,6 @@ MAX_COLUMNAR_BYTES = 1 << 30
 
 _DECIMAL = pa.decimal128(18, 8)
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
-# The UUID variant digit: the hex digit's value v becomes (v & 0x3) | 0x8, i.e. one of 8, 9, a, b.
-_VARIANT = np.zeros(256, dtype=np.uint8)
-for _value, _digit in enumerate(b"0123456789abcdef"):
-    _VARIANT[_digit] = b"89ab"[_value & 3]
 _CR, _LF = 13, 10
 # Positions of the time digits in "HH:MM:SS.mmm", and the separators the row parser's fast shape demands.
 _TIME_SEPARATORS = {2: ord(":"), 5: ord(":"), 8: ord(".")}
@@ -254,27 +249,13 @@ def _csv_columns(data: bytes, width: int, lines: int) -> list[pa.StringArray] | 
     return [column.combine_chunks() for column in table.columns]
 
 
-def _offsets(column: pa.StringArray) -> np.ndarray:
-    """The column's n + 1 value offsets (a view of its Arrow buffer)."""
-    return np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
-
-
-def _fixed_width(column: pa.StringArray, width: int) -> np.ndarray | None:
-    """The column's texts as an (n, width) byte matrix, or None if any text has another length."""
-    offsets = _offsets(column)
-    if not np.all(np.diff(offsets) == width):
-        return None
-    values = np.frombuffer(column.buffers()[2], dtype=np.uint8)
-    return values[offsets[0] : offsets[-1]].reshape(len(column), width)
-
-
 def _local_micros(times: pa.StringArray) -> np.ndarray | None:
     """HH:MM:SS.mmm → microseconds after local midnight, or None unless every time is in exactly that shape.
 
     That is the shape `_time_of_day` hands to `time.fromisoformat`, which accepts every such text with ASCII
     digits and hours, minutes and seconds in range; so the values agree, and anything else goes to it.
     """
-    chars = _fixed_width(times, 12)
+    chars = fixed_width(times, 12)
     if chars is None:
         return None
     for position, separator in _TIME_SEPARATORS.items():
@@ -365,7 +346,7 @@ def _day_sequence(day_index: np.ndarray) -> pa.Array:
 
 
 def _non_empty(column: pa.StringArray) -> np.ndarray:
-    return np.diff(_offsets(column)) > 0
+    return np.diff(string_offsets(column)) > 0
 
 
 def _trade_columns(plain: _PlainFile, company: Company, local_time: pa.Array) -> dict[str, pa.Array]:
@@ -442,33 +423,14 @@ def _vendor_map(keys: list[str], values: list[pa.Array], present: np.ndarray) ->
 def _message_ids(plain: _PlainFile, data_type: str, symbol: str) -> pa.StringArray:
     """The row parser's ids: UUIDv5 of "{exchange}|{data_type}|{symbol}|" + "{yyyymmdd}|{row text}#{ordinal}".
 
-    This is `message_ids_for(...)(source_id)` for every row at once: the same bytes go through SHA-1 (DuckDB's
-    `sha1`, which runs the whole column in C++ where a Python loop over hashlib costs ~0.5 us a row), and the
-    UUID's version and variant bits and its text form are then set for all rows with numpy.
+    This is `message_ids_for(...)(source_id)` for every row at once (`k2.schema.ids_columnar`: the same bytes go
+    through SHA-1 for the whole column, where a Python loop over `message_id` costs ~1.7 us a row).
     """
-    prefix = MESSAGE_ID_NAMESPACE.bytes + f"{EXCHANGE}|{data_type}|{symbol}|".encode()
     day = pa.array([f"{day.compact}|" for day in plain.days]).take(plain.day_index)
     ordinal = _ordinals(plain.lines)
     suffix = pa.array([f"#{k}" for k in range(int(ordinal.max(initial=0)) + 1)]).take(ordinal)
-    names = pc.binary_join_element_wise(day, plain.lines, suffix, "").cast(pa.binary())
-    cursor = _duckdb().cursor()
-    try:
-        cursor.register("k2_names", pa.table({"name": names}))
-        digests = cursor.execute("SELECT sha1(? || name) FROM k2_names", [prefix]).to_arrow_table()
-    finally:
-        cursor.close()
-    return _uuid_text(digests.column(0).combine_chunks())
-
-
-@cache
-def _duckdb() -> duckdb.DuckDBPyConnection:
-    """One in-memory DuckDB for hashing (a connection costs ~10 ms); each call takes its own cursor, so threads do
-    not share one. One DuckDB thread: the machine has two cores and the caller's other work needs one."""
-    return duckdb.connect(":memory:", config={"threads": 1})
-
-
-# A forked child must not use the parent's DuckDB (its threads and locks did not come along): it opens its own.
-os.register_at_fork(after_in_child=_duckdb.cache_clear)
+    names = pc.binary_join_element_wise(day, plain.lines, suffix, "")
+    return message_ids_column(names, prefix=f"{EXCHANGE}|{data_type}|{symbol}|")
 
 
 def _ordinals(lines: pa.StringArray) -> np.ndarray:
@@ -490,20 +452,6 @@ def _ordinals(lines: pa.StringArray) -> np.ndarray:
     ordinal = np.zeros(len(index), dtype=np.int64)
     ordinal[rows[order]] = np.arange(len(rows)) - group_start + 1
     return ordinal
-
-
-def _uuid_text(digests: pa.StringArray) -> pa.StringArray:
-    """SHA-1 digests in hex → RFC 4122 version-5 UUID strings, as `codecs.message_ids_for` writes them."""
-    n = len(digests)
-    hexed = _fixed_width(digests, 40)
-    assert hexed is not None  # sha1() always gives 40 hex digits
-    text = np.full((n, 36), ord("-"), dtype=np.uint8)
-    for (lo, hi), at in zip(((0, 8), (8, 12), (12, 16), (16, 20), (20, 32)), (0, 9, 14, 19, 24), strict=True):
-        text[:, at : at + hi - lo] = hexed[:, lo:hi]
-    text[:, 14] = ord("5")  # version 5
-    text[:, 19] = _VARIANT[hexed[:, 16]]  # RFC 4122 variant
-    offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
 
 
 # --- chunks -----------------------------------------------------------------------------------------------------
