@@ -43,11 +43,16 @@ BINANCE_TOPICS = [
 ]
 
 
-def _last_ids(symbol: pa.Array, channel: pa.Array, seq: pa.Array) -> dict[tuple[str, str], int]:
+def last_ids(symbol: pa.Array, channel: pa.Array, seq: pa.Array) -> dict[tuple[str, str], int]:
     grouped = pa.table({"symbol": symbol, "channel": channel, "seq": seq}).group_by(["symbol", "channel"])
     result = grouped.aggregate([("seq", "max")])
     rows = zip(*(result[name].to_pylist() for name in ("symbol", "channel", "seq_max")), strict=True)
     return {(s, c): int(m) for s, c, m in rows if c and m is not None}
+
+
+def channels(vendor_data: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedArray:
+    """Each row's vendor_data["channel"] (null where the map or the key is missing)."""
+    return pc.map_lookup(vendor_data, pa.scalar("channel"), "first")
 
 
 def resume_points(settings: Settings, endpoints: Endpoints, symbols: list[str]) -> dict[tuple[str, str], int]:
@@ -61,10 +66,9 @@ def resume_points(settings: Settings, endpoints: Endpoints, symbols: list[str]) 
             [EXCHANGE],
         )
         tail = read_tail(engine, FreshSource.from_endpoints(endpoints, settings), "trades", exchange=EXCHANGE).rows
-    last = _last_ids(stored["symbol"], stored["channel"], stored["seq"])
+    last = last_ids(stored["symbol"], stored["channel"], stored["seq"])
     if tail.num_rows:
-        channel = pc.list_element(pc.map_extract(tail["vendor_data"], "channel"), 0)
-        for key, seq in _last_ids(tail["symbol"], channel, tail["source_sequence"]).items():
+        for key, seq in last_ids(tail["symbol"], channels(tail["vendor_data"]), tail["source_sequence"]).items():
             last[key] = max(seq, last.get(key, -1))
     return {key: seq for key, seq in last.items() if key[0] in wanted}
 
