@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -60,6 +63,45 @@ class SequenceTracker:
         key = (symbol, channel)
         if seq > self.last.get(key, -1):
             self.last[key] = seq
+
+    def advance_if_all_new(self, symbols: pa.Array, channels: pa.Array, seqs: pa.Array) -> bool:
+        """Rows (symbol, channel, seq) in arrival order: when `classify` then `advance` row by row would call every
+        one of them "new", advance past them all at once and return True; otherwise change nothing, return False
+        (the caller then goes row by row and meets the duplicate or gap itself).
+
+        Every row is "new" exactly when, per (symbol, channel), the first seq follows the last one let through
+        (last + 1 on a contiguous channel, anything above it on the others, anything at all with no last yet) and
+        each later seq follows the one before it by the same rule.
+        """
+        if len(seqs) == 0:
+            return True
+        values = np.asarray(seqs, dtype=np.int64) if seqs.null_count == 0 else None
+        if values is None or (values < 0).any():
+            return False  # not ids `advance` would keep (it keeps none below 0): row by row says what they are
+        symbol_names, channel_names = pc.unique(symbols).to_pylist(), pc.unique(channels).to_pylist()
+        width = len(channel_names)
+        codes = np.asarray(pc.index_in(symbols, value_set=pa.array(symbol_names)), dtype=np.int64) * width
+        codes += np.asarray(pc.index_in(channels, value_set=pa.array(channel_names)), dtype=np.int64)
+        order = np.argsort(codes, kind="stable")  # each key's rows together, still in arrival order
+        codes, values = codes[order], values[order]
+        contiguous = np.array([channel in CONTIGUOUS_CHANNELS for _ in symbol_names for channel in channel_names])
+        same_key = codes[1:] == codes[:-1]
+        step = np.diff(values)
+        if not (np.where(contiguous[codes[1:]], step == 1, step > 0) | ~same_key).all():
+            return False
+        starts = np.flatnonzero(np.concatenate([[True], ~same_key]))
+        ends = np.append(starts[1:], len(codes)) - 1
+        runs = []
+        for code, first, last in zip(
+            codes[starts].tolist(), values[starts].tolist(), values[ends].tolist(), strict=True
+        ):
+            key = (symbol_names[code // width], channel_names[code % width])
+            previous = self.last.get(key)
+            if previous is not None and (first != previous + 1 if key[1] in CONTIGUOUS_CHANNELS else first <= previous):
+                return False
+            runs.append((key, last))
+        self.last.update(runs)
+        return True
 
 
 class RestBackfiller:
