@@ -172,3 +172,27 @@ def test_off_minute_check() -> None:
     assert on_minute(at(10, 1))
     assert not on_minute(at(10, 1, 0, 1))
     assert not on_minute(at(10, 1) + timedelta(seconds=1))
+
+
+def test_one_minute_bars_of_unsplit_minutes_are_the_partials_themselves(
+    engine: QueryEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start, end = at(10, 4), at(10, 0, day=2)  # from 10:04: no minute of BHP or CBA has partials in two files
+    aggregated: list[str] = []
+    real = engine.sql_over
+    monkeypatch.setattr(engine, "sql_over", lambda *a: aggregated.append("ran") or real(*a))
+
+    fast = bars(engine, ["BHP", "CBA"], "1m", start, end)
+
+    assert aggregated == []
+    assert [(r["exchange"], r["minute"]) for r in as_rows_any(fast)] == [
+        ("asx", "10:15"), ("asx", "10:20"), ("asx", "10:00")
+    ]  # fmt: skip
+    assert fast.equals(from_rows(monkeypatch, engine, ["BHP", "CBA"], "1m", start, end))
+    # A minute split across files (10:00 and 10:03 of day 0, from 10:00) needs the aggregation.
+    bars(engine, ["BHP", "CBA"], "1m", at(10, 0), end)
+    assert aggregated == ["ran"]
+
+
+def as_rows_any(table: pa.Table) -> list[dict]:
+    return [{**r, "minute": r["timestamp"].strftime("%H:%M")} for r in table.to_pylist()]

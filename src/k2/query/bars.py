@@ -37,7 +37,7 @@ from k2.lake.tables import table_identifier
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError, event_order, symbol_list, utc, where
 from k2.query.market import Symbols
-from k2.query.minute_bars import PARTIAL_AGGREGATES, minute_partials, on_minute
+from k2.query.minute_bars import PARTIAL_AGGREGATES, minute_partials, on_minute, one_minute_bars
 from k2.query.timetravel import AsOf
 from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE, TRADES_V2
 
@@ -165,6 +165,10 @@ def bars(
     partials = None
     if names and width_us % _MINUTE_US == 0 and on_minute(start) and on_minute(end):
         partials = minute_partials(reader, names, start, end, exchange)
+    if partials is not None and width_us == _MINUTE_US and not gap_fill:
+        whole = one_minute_bars(partials, names or [], start, end, exchange)
+        if whole is not None:
+            return _with_vwap(whole)
     if partials is not None:  # k2.query.minute_bars: the same bars from kept one-minute partials
         source, aggregates = f"SELECT * FROM {_PARTIALS} WHERE {condition}", PARTIAL_AGGREGATES
     else:
@@ -187,6 +191,10 @@ def bars(
     else:
         query = f"{aggregated} ORDER BY symbol, exchange, timestamp"
     table = reader.sql(query, params) if partials is None else reader.sql_over({_PARTIALS: partials}, query, params)
+    return _with_vwap(table)
+
+
+def _with_vwap(table: pa.Table) -> pa.Table:
     vwap = _vwap(table.column("quote_volume"), table.column("volume"))
     return table.add_column(table.schema.get_field_index("quote_volume"), "vwap", vwap)
 

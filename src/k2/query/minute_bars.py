@@ -13,6 +13,10 @@ Each partial carries what makes the combination exact, not approximate:
 Every UTC minute lies inside one bar of every whole-minute interval in every zone (offsets are whole minutes since
 1972 in the tz database), so no partial straddles two bars.
 
+One-minute bars need no aggregation at all when no minute of a pair is split across files (each partial is then
+a bar): `one_minute_bars` filters and sorts the partials (~2 ms for a symbol-day on the bench lake, where the
+aggregation query costs ~6 ms).
+
 Not used (the raw query runs) when: the interval is not whole minutes, start or end is not on a minute, no symbol
 is named, the snapshot has delete files (a partial read from a data file alone would count deleted rows), or too
 many files would need computing first (a wide first query is cheaper over the rows, with pruning).
@@ -23,6 +27,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from k2.query.engine import Reader
 from k2.query.filters import sequence_order, utc
@@ -91,3 +96,41 @@ def minute_partials(
         return None
     parts = [reader.file_fact(*query) for query in queries]
     return pa.concat_tables(parts) if parts else None
+
+
+_BAR_COLUMNS = [
+    "symbol",
+    "exchange",
+    "timestamp",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "trade_count",
+]
+_BAR_ORDER = [("symbol", "ascending"), ("exchange", "ascending"), ("timestamp", "ascending")]
+
+
+def one_minute_bars(
+    partials: pa.Table, symbols: list[str], start: datetime | None, end: datetime | None, exchange: str | None
+) -> pa.Table | None:
+    """One-minute bars (UTC grid: every zone's is the same) of [start, end) straight from the partials, when no
+    (symbol, exchange, minute) has partials in two files: each partial is then a whole bar, and the aggregation
+    query is not needed. None when some minute is split across files (the caller aggregates)."""
+    keep = pc.is_in(partials["symbol"], pa.array(symbols, pa.string()))
+    if exchange is not None:
+        keep = pc.and_(keep, pc.equal(partials["exchange"], exchange))
+    moment = partials.schema.field("timestamp").type
+    if start is not None:
+        keep = pc.and_(keep, pc.greater_equal(partials["timestamp"], pa.scalar(utc(start, "start"), moment)))
+    if end is not None:
+        keep = pc.and_(keep, pc.less(partials["timestamp"], pa.scalar(utc(end, "end"), moment)))
+    rows = partials.filter(keep).select(_BAR_COLUMNS).sort_by(_BAR_ORDER)
+    if rows.num_rows > 1:
+        before, after = rows.slice(0, rows.num_rows - 1), rows.slice(1)
+        same = [pc.equal(before[name], after[name]) for name in ("symbol", "exchange", "timestamp")]
+        if pc.any(pc.and_(pc.and_(same[0], same[1]), same[2])).as_py():
+            return None
+    return rows
