@@ -7,9 +7,10 @@ reach the produced end offsets; the sink commits Kafka only after Iceberg, so th
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
@@ -74,7 +75,7 @@ def produce(
         if hasattr(source, "progress"):
             source.progress = lambda n: progress.advance(task, n)  # type: ignore[attr-defined]
         with governor.running():
-            for batch in source.batches():
+            for batch in read_ahead(source.batches()):
                 recon.read += batch.rows_read
                 metrics.RECORDS_IN.labels(type(source).__name__).inc(batch.rows_read)
                 governor.admit(batch, send)
@@ -83,6 +84,48 @@ def produce(
     recon.empty_files = list(getattr(source, "empty_files", []))
     producer.close()
     return recon, producer.stats
+
+
+_END = object()
+
+
+def read_ahead(batches: Iterator[SourceBatch], depth: int = 2) -> Iterator[SourceBatch]:
+    """The batches of `batches`, produced by a background thread up to `depth` ahead of the caller.
+
+    Parsing the next tick file (numpy, Arrow, DuckDB: mostly outside the GIL) then overlaps encoding and producing
+    this one (~1.3x the source's rate on 2 cores). An exception in the source reaches the caller at the batch
+    where it happened; a caller that stops early stops the thread."""
+    handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+
+    def offer(item: object) -> bool:
+        while not stopped.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pull() -> None:
+        try:
+            for batch in batches:
+                if not offer(batch):
+                    return
+            offer(_END)
+        except BaseException as exc:  # handed to the caller, raised there
+            offer(exc)
+
+    worker = threading.Thread(target=pull, name="k2-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while (item := handoff.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stopped.set()
+        worker.join()
 
 
 def default_governor(settings: Settings) -> Governor:
