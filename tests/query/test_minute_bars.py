@@ -147,14 +147,14 @@ def test_too_many_files_to_compute_first_falls_back_to_the_rows(engine: QueryEng
     assert again is not None and again.equals(kept)
 
 
-def test_kept_file_facts_are_bounded_by_rows(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "_FILE_FACT_ROWS_KEPT", 3)
+def test_kept_file_facts_are_bounded_by_bytes(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "_FILE_FACT_BYTES_KEPT", 100)
     paths = [f.path for f in engine.layout("trades_v2").files]
     query = "SELECT symbol FROM read_parquet(?)"
 
-    counts = [engine.file_fact(path, query).num_rows for path in paths]
+    sizes = [engine.file_fact(path, query).nbytes for path in paths]
 
-    assert sum(counts) > 3
+    assert sum(sizes) > 100
     assert engine.has_file_fact(paths[-1], query)  # the newest is always kept
     assert not engine.has_file_fact(paths[0], query)  # the oldest went first
 

@@ -69,8 +69,8 @@ _MAX_PINNED = 16
 Pins = tuple[tuple[str, str | None, int | None], ...]
 
 _LAYOUTS_KEPT = 64  # (table, snapshot) layouts; each is a few dozen small records
-# Rows of per-file results kept (symbol counts, minute partials: ~100-200 bytes a row, so ~100 MB at most).
-_FILE_FACT_ROWS_KEPT = 500_000
+# Bytes of per-file results kept (symbol counts, minute partials, newest rows): an API process's cache stays small.
+_FILE_FACT_BYTES_KEPT = 64 << 20
 
 
 class QueryError(Exception):
@@ -230,7 +230,7 @@ class QueryEngine:
         self._pin_numbers = itertools.count(1)
         self._layouts: OrderedDict[tuple[str, int], Layout] = OrderedDict()
         self._file_facts: OrderedDict[tuple[Any, ...], pa.Table] = OrderedDict()
-        self._file_fact_rows = 0
+        self._file_fact_bytes = 0
         # No network ever: a missing extension must fail here, not hang on a download attempt.
         self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
         try:
@@ -295,7 +295,7 @@ class QueryEngine:
         """`query` over the one data file `path` (its first `?`; `params` fill the rest), run once and kept.
 
         Data files are never changed, only replaced by new ones, so what a query says of one file never goes stale;
-        the least recently used results go first once more than _FILE_FACT_ROWS_KEPT rows are kept. `query` must
+        the least recently used results go first once they hold more than _FILE_FACT_BYTES_KEPT bytes. `query` must
         come from K2's own code: it is SQL text.
         """
         key = (path, query, *params)
@@ -305,9 +305,9 @@ class QueryEngine:
                 return self._file_facts[key]
             found = _run(self._con, query, [path, *params])
             self._file_facts[key] = found
-            self._file_fact_rows += found.num_rows
-            while self._file_fact_rows > _FILE_FACT_ROWS_KEPT and len(self._file_facts) > 1:
-                self._file_fact_rows -= self._file_facts.popitem(last=False)[1].num_rows
+            self._file_fact_bytes += found.nbytes
+            while self._file_fact_bytes > _FILE_FACT_BYTES_KEPT and len(self._file_facts) > 1:
+                self._file_fact_bytes -= self._file_facts.popitem(last=False)[1].nbytes
             return found
 
     def has_file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> bool:
