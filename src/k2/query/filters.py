@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from k2.lake.tables import table_identifier
 from k2.schema.fields import ALL_RECORDS, QUOTES_V2, REFERENCE_DATA_V2, TRADES_V2, RecordSpec
 
@@ -132,3 +135,26 @@ def where(
         conditions.append(f"{prefix}timestamp < ?")
         params.append(high)
     return (" AND ".join(conditions) or "TRUE"), params
+
+
+def select_rows(
+    rows: pa.Table,
+    symbols: str | Sequence[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+    exchange: str | None,
+) -> pa.Table:
+    """The rows of an Arrow table that `where(symbols, start, end, exchange)` would keep (same half-open
+    [start, end) on timestamp): the same selection for rows already in memory."""
+    mask = pa.array([True] * rows.num_rows, pa.bool_())
+    names = symbol_list(symbols)
+    if names is not None:
+        mask = pc.and_(mask, pc.is_in(rows["symbol"], pa.array(names, pa.string())))
+    if exchange is not None:
+        mask = pc.and_(mask, pc.equal(rows["exchange"], exchange))
+    ts_type = rows.schema.field("timestamp").type
+    if start is not None:
+        mask = pc.and_(mask, pc.greater_equal(rows["timestamp"], pa.scalar(utc(start, "start"), ts_type)))
+    if end is not None:
+        mask = pc.and_(mask, pc.less(rows["timestamp"], pa.scalar(utc(end, "end"), ts_type)))
+    return rows.filter(mask)

@@ -35,7 +35,6 @@ from typing import Any, Self
 import duckdb
 import fastavro
 import pyarrow as pa
-import pyarrow.compute as pc
 import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -49,7 +48,7 @@ from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.offsets import next_offsets
 from k2.query.engine import QueryEngine
-from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, symbol_list, utc, where
+from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, select_rows, where
 from k2.query.market import Symbols, events, latest
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.avro import parsed_schema
@@ -282,28 +281,6 @@ def _decode_each(spec: RecordSpec, values: list[bytes], writer: Any, reader: Any
     return records_to_arrow(spec, good), len(values) - len(good)
 
 
-def _select(
-    tail: pa.Table,
-    symbols: Symbols,
-    start: datetime | None,
-    end: datetime | None,
-    exchange: str | None,
-) -> pa.Table:
-    """The tail rows the lake query's WHERE would keep (same half-open [start, end) on timestamp)."""
-    mask = pa.array([True] * tail.num_rows, pa.bool_())
-    names = symbol_list(symbols)
-    if names is not None:
-        mask = pc.and_(mask, pc.is_in(tail["symbol"], pa.array(names, pa.string())))
-    if exchange is not None:
-        mask = pc.and_(mask, pc.equal(tail["exchange"], exchange))
-    ts_type = tail.schema.field("timestamp").type
-    if start is not None:
-        mask = pc.and_(mask, pc.greater_equal(tail["timestamp"], pa.scalar(utc(start, "start"), ts_type)))
-    if end is not None:
-        mask = pc.and_(mask, pc.less(tail["timestamp"], pa.scalar(utc(end, "end"), ts_type)))
-    return tail.filter(mask)
-
-
 def _merge(lake: pa.Table, tail: pa.Table, select: str, clauses: str, params: list[Any]) -> pa.Table:
     """Lake rows plus tail rows whose message_id the lake (or an earlier tail row) has not got, then `clauses`."""
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
@@ -351,7 +328,7 @@ def fresh_events(
     # Reading the lake with the same limit is enough: a tail row whose lake twin lies beyond the first `limit`
     # lake rows sorts beyond them too (same key), so it cannot enter the result.
     lake = events(engine, kind, symbols, start, end, exchange=exchange, limit=limit, as_of=_pin(engine, spec, tail))
-    rows = _select(tail.rows, symbols, start, end, exchange)
+    rows = select_rows(tail.rows, symbols, start, end, exchange)
     clauses, params = f"ORDER BY {event_order()}", []
     if limit is not None:
         clauses += " LIMIT ?"
@@ -381,7 +358,7 @@ def fresh_latest(
     if tail is None:
         tail = read_tail(engine, kafka, kind, exchange=exchange)
     lake = latest(engine, kind, symbols, n, exchange=exchange, start=start, end=end, as_of=_pin(engine, spec, tail))
-    rows = _select(tail.rows, symbols, start, end, exchange)
+    rows = select_rows(tail.rows, symbols, start, end, exchange)
     clauses = (
         f"QUALIFY row_number() OVER (PARTITION BY symbol, exchange ORDER BY {event_order(descending=True)}) <= ? "
         f"ORDER BY symbol, exchange, {event_order()}"

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from k2.lake.tables import table_identifier
 from k2.query.cursor import KEY_COLUMNS, Cursor
@@ -25,6 +24,7 @@ from k2.query.filters import (
     projected_names,
     projection,
     record_spec,
+    select_rows,
     symbol_list,
     utc,
     where,
@@ -220,10 +220,7 @@ def _newest_from_kept_tails(
             parts.append(reader.file_fact(file.path, query, [name, size]))
             stamps = sorted([*stamps, *parts[-1].column("timestamp").cast(pa.int64()).to_pylist()], reverse=True)[:n]
         rows = parts[0] if len(parts) == 1 else pa.concat_tables(parts).sort_by(_NEWEST_FIRST)
-        if start is not None:
-            rows = rows.filter(
-                pc.greater_equal(rows["timestamp"], pa.scalar(utc(start, "start"), rows["timestamp"].type))
-            )
+        rows = select_rows(rows, None, start, None, None)
         kept = min(n, rows.num_rows)
         pieces.append(rows.take(pa.array(range(kept - 1, -1, -1), pa.int64())))  # oldest first
     return pa.concat_tables(pieces)

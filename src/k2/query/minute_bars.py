@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.query.engine import Reader
-from k2.query.filters import sequence_order, utc
+from k2.query.filters import select_rows, sequence_order, utc
 from k2.query.market import files_holding
 from k2.schema.codecs import micros_from_datetime
 from k2.schema.fields import TRADES_V2
@@ -119,15 +119,7 @@ def one_minute_bars(
     """One-minute bars (UTC grid: every zone's is the same) of [start, end) straight from the partials, when no
     (symbol, exchange, minute) has partials in two files: each partial is then a whole bar, and the aggregation
     query is not needed. None when some minute is split across files (the caller aggregates)."""
-    keep = pc.is_in(partials["symbol"], pa.array(symbols, pa.string()))
-    if exchange is not None:
-        keep = pc.and_(keep, pc.equal(partials["exchange"], exchange))
-    moment = partials.schema.field("timestamp").type
-    if start is not None:
-        keep = pc.and_(keep, pc.greater_equal(partials["timestamp"], pa.scalar(utc(start, "start"), moment)))
-    if end is not None:
-        keep = pc.and_(keep, pc.less(partials["timestamp"], pa.scalar(utc(end, "end"), moment)))
-    rows = partials.filter(keep).select(_BAR_COLUMNS).sort_by(_BAR_ORDER)
+    rows = select_rows(partials, symbols, start, end, exchange).select(_BAR_COLUMNS).sort_by(_BAR_ORDER)
     if rows.num_rows > 1:
         before, after = rows.slice(0, rows.num_rows - 1), rows.slice(1)
         same = [pc.equal(before[name], after[name]) for name in ("symbol", "exchange", "timestamp")]
