@@ -159,9 +159,6 @@ class NaiveReader:
         self.scans: Scans = {}
         self._con = duckdb.connect(":memory:")
         self._con.execute("SET TimeZone = 'UTC'")
-        # A registered Arrow table has no cardinality estimate (~1 row), so DuckDB 1.5.5 plans the as-of join as a
-        # nested loop (asof_loop_join_threshold, default 64): O(trades x quotes), minutes for one symbol-day.
-        self._con.execute("SET asof_loop_join_threshold = 0")
         self._con.execute(f"CREATE SCHEMA {NAMESPACE}")
 
     def at(self, as_of: object) -> NaiveReader:
@@ -293,25 +290,6 @@ def diagnostics(engine: QueryEngine, trades_table: Table, runs: int = 5) -> None
     for label, value in lines:
         print(f"  {label:<75} {value:8.1f} ms")
     con.close()
-    capture = Capture()
-    trades_with_quotes(capture, SYMBOL, DAY, DAY + timedelta(days=1))
-    plan_text = engine.sql(f"EXPLAIN {capture.query}", capture.params).column(1)[0].as_py()
-    join = "ASOF_JOIN" if "ASOF_JOIN" in plan_text else "NESTED_LOOP_JOIN" if "NESTED_LOOP" in plan_text else "?"
-    print(f"  as-of join operator through the engine: {join} (naive path: forced off the nested loop, see NaiveReader)")
-
-
-class Capture:
-    """A reader that records the SQL a library function would run (to EXPLAIN it) and returns nothing."""
-
-    query = ""
-    params: list[Any] | dict[str, Any] | None = None
-
-    def at(self, as_of: object) -> Capture:
-        return self
-
-    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
-        self.query, self.params = query, params
-        return pa.table({})
 
 
 def http_bench(settings: Settings, engine: QueryEngine, selected: list[Query], runs: int, budget: float) -> None:

@@ -334,8 +334,10 @@ def build_lake(
     catalog = open_catalog(Settings(home=home))
     tables = ensure_tables(catalog)
     table = tables[TRADES_V2.name]
+    # "format-version" is a creation option pyiceberg keeps as the metadata's version, not as a property.
+    written = {**table.properties, "format-version": str(table.metadata.format_version)}
     if table.sort_order() != sort_order(TRADES_V2) or any(
-        table.properties.get(key) != value for key, value in TABLE_PROPERTIES.items()
+        written.get(key) != value for key, value in TABLE_PROPERTIES.items()
     ):
         if not replace_stale:
             sys.exit(f"lake at {home} has another layout than the product writes: delete it or pick another --home")
