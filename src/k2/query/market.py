@@ -133,30 +133,30 @@ def latest(
     spec = record_spec(kind, EVENT_SPECS)
     n = positive(n, "n")
     reader = engine.at(as_of)
-    selected = projection(spec, columns, ("symbol", "exchange", *KEY_COLUMNS))
+    required = ("symbol", "exchange", *KEY_COLUMNS)
+    newest = _newest_from_kept_tails(reader, spec, symbols, n, exchange, start, end)
+    if newest is not None:
+        return newest.select(projected_names(spec, columns, required))
     lake = table_identifier(spec)
     ranked = (
-        f"SELECT {selected}{{extra}} FROM {{source}} WHERE {{condition}} "
+        f"SELECT {projection(spec, columns, required)}{{extra}} FROM {lake} WHERE {{condition}} "
         f"QUALIFY row_number() OVER (PARTITION BY symbol, exchange ORDER BY {event_order(descending=True)}) <= ? "
         f"ORDER BY symbol, exchange, {event_order()}"
     )
-    newest = _newest_from_kept_tails(reader, spec, symbols, n, exchange, start, end)
-    if newest is not None:
-        return newest.select(projected_names(spec, columns, ("symbol", "exchange", *KEY_COLUMNS)))
     plan = _plan(reader, spec.name, symbols, n, exchange, start, end)
     windows = plan.windows
     if plan.rows_first:
         condition, params = where(symbols, windows[0], end, exchange)
         extra = ", count(*) OVER (PARTITION BY symbol, exchange) >= ? AS _k2_complete"
-        rows = reader.sql(ranked.format(extra=extra, source=lake, condition=condition), [n, *params, n])
+        rows = reader.sql(ranked.format(extra=extra, condition=condition), [n, *params, n])
         complete = rows.filter(rows.column("_k2_complete"))
         if plan.expected <= set(zip(complete["symbol"].to_pylist(), complete["exchange"].to_pylist(), strict=True)):
             return rows.drop_columns(["_k2_complete"])
         windows = windows[1:]
-    cutoff = _cutoff(reader, table_identifier(spec), symbols, n, exchange, end, plan.expected, windows)
+    cutoff = _cutoff(reader, lake, symbols, n, exchange, end, plan.expected, windows)
     # Rows at the cutoff instant are all kept here: the ranking below picks exactly n by the full event order.
     condition, params = where(symbols, start if cutoff is None else cutoff, end, exchange)
-    return reader.sql(ranked.format(extra="", source=lake, condition=condition), [*params, n])
+    return reader.sql(ranked.format(extra="", condition=condition), [*params, n])
 
 
 # The newest rows of one symbol in one data file, kept per (file, symbol, tail size) by the engine: `latest` for
