@@ -37,7 +37,15 @@ from k2.lake.tables import table_identifier
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError, event_order, symbol_list, utc, where
 from k2.query.market import Symbols
-from k2.query.minute_bars import PARTIAL_AGGREGATES, minute_partials, on_minute, one_minute_bars
+from k2.query.minute_bars import (
+    MINUTE_US,
+    PARTIAL_AGGREGATES,
+    SHIFT_US,
+    TRADE_TOTALS,
+    minute_partials,
+    on_minute,
+    one_minute_bars,
+)
 from k2.query.timetravel import AsOf
 from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE, TRADES_V2
 
@@ -50,12 +58,9 @@ MAX_FILLED_BARS = 2_000_000
 # The grid of gap-fill candidates steps at most a quarter hour, so a bar shortened by a DST change is still hit.
 _MAX_GRID_STEP = timedelta(minutes=15)
 
-_MINUTE_US = 60_000_000
 _PARTIALS = "_k2_minute_partials"  # the name the kept partials are registered under for one query
 _ROW_AGGREGATES = f"""
-    first(price ORDER BY {event_order()}) AS open, max(price) AS high, min(price) AS low,
-    last(price ORDER BY {event_order()}) AS close, sum(quantity) AS volume,
-    sum(CAST(price AS DECIMAL(38, 8)) * quantity) AS quote_volume, count(*) AS trade_count"""
+    first(price ORDER BY {event_order()}) AS open, last(price ORDER BY {event_order()}) AS close, {TRADE_TOTALS}"""
 
 _VWAP_TYPE = pa.decimal128(PRICE_PRECISION, PRICE_SCALE)
 
@@ -98,7 +103,6 @@ def zone(tz: str) -> str:
 
 _QUARTER_US = 900_000_000  # a quarter hour in microseconds
 _DAY_US = 86_400_000_000
-_SHIFT = 25_567 * _DAY_US  # 1900-01-01 to 1970-01-01, in microseconds
 _ORIGIN = datetime(2000, 1, 3)  # DuckDB's time_bucket origin for intervals of days or less: a Monday midnight
 
 
@@ -122,25 +126,25 @@ def _bucketed(name: str, source: str, width_us: int, tz: str) -> _Buckets:
     one) and added before bucketing; the bar opens at the local midnight. Microseconds count from 1900 (a whole
     number of days before 1970) so they stay positive and DuckDB's % and //, which truncate toward zero, floor.
     """
-    us = f"(epoch_us(timestamp) + {_SHIFT})"
+    us = f"(epoch_us(timestamp) + {SHIFT_US})"
     if width_us < _DAY_US:
         origin = _ORIGIN.replace(tzinfo=ZoneInfo(tz)).astimezone(UTC) - datetime(1900, 1, 1, tzinfo=UTC)
         phase = (origin // timedelta(microseconds=1)) % width_us
         ctes = f"{name} AS (SELECT *, {us} - ({us} - {phase}) % {width_us} AS _bar FROM ({source}))"
-        return _Buckets(ctes, [], f"timezone('UTC', make_timestamp(_bar - {_SHIFT}))", [])
+        return _Buckets(ctes, [], f"timezone('UTC', make_timestamp(_bar - {SHIFT_US}))", [])
     ctes = f"""
         {name}_rows AS ({source}),
         {name}_offsets AS (
             SELECT _q,
-                epoch_us(timezone(?, to_timestamp(_q * 900 - {_SHIFT // 1_000_000}))) + {_SHIFT} - _q * {_QUARTER_US}
-                AS _offset
+                epoch_us(timezone(?, to_timestamp(_q * 900 - {SHIFT_US // 1_000_000})))
+                    + {SHIFT_US} - _q * {_QUARTER_US} AS _offset
             FROM (SELECT DISTINCT {us} // {_QUARTER_US} AS _q FROM {name}_rows)
         ),
         {name} AS (
             SELECT r.*, ({us} + _offset) // {_DAY_US} * {_DAY_US} AS _bar
             FROM {name}_rows r JOIN {name}_offsets ON {us} // {_QUARTER_US} = _q
         )"""
-    return _Buckets(ctes, [tz], f"timezone(?, make_timestamp(_bar - {_SHIFT}))", [tz])
+    return _Buckets(ctes, [tz], f"timezone(?, make_timestamp(_bar - {SHIFT_US}))", [tz])
 
 
 def bars(
@@ -163,9 +167,9 @@ def bars(
     reader = engine.at(as_of)
     names = symbol_list(symbols)
     partials = None
-    if names and width_us % _MINUTE_US == 0 and on_minute(start) and on_minute(end):
+    if names and width_us % MINUTE_US == 0 and on_minute(start) and on_minute(end):
         partials = minute_partials(reader, names, start, end, exchange)
-    if partials is not None and width_us == _MINUTE_US and not gap_fill:
+    if partials is not None and width_us == MINUTE_US and not gap_fill:
         whole = one_minute_bars(partials, names or [], start, end, exchange)
         if whole is not None:
             return _with_vwap(whole)

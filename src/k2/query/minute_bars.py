@@ -35,8 +35,13 @@ from k2.query.market import files_holding
 from k2.schema.codecs import micros_from_datetime
 from k2.schema.fields import TRADES_V2
 
-_MINUTE_US = 60_000_000
-_SHIFT_US = 25_567 * 86_400_000_000  # 1900-01-01 to 1970-01-01: keeps // flooring on pre-1970 instants
+MINUTE_US = 60_000_000
+# Microseconds from 1900-01-01 to 1970-01-01, added before integer bucketing so instants stay positive and DuckDB's
+# % and // (which truncate toward zero) floor.
+SHIFT_US = 25_567 * 86_400_000_000
+# Totals of a group of trades, the same whether it is a bar or a one-minute partial (quote volume exact).
+TRADE_TOTALS = """max(price) AS high, min(price) AS low, sum(quantity) AS volume,
+    sum(CAST(price AS DECIMAL(38, 8)) * quantity) AS quote_volume, count(*) AS trade_count"""
 # First queries over more files than this read the rows instead (each file's partials cost a scan of its symbol).
 MAX_FILES_TO_COMPUTE = 64
 
@@ -44,17 +49,16 @@ MAX_FILES_TO_COMPUTE = 64
 _KEY = f"timestamp, {sequence_order()}, message_id"
 _EDGE = f"struct_pack(price := price, ts := timestamp, seq := {sequence_order()}, id := message_id)"
 FILE_PARTIALS_QUERY = f"""
-    SELECT symbol, exchange, timezone('UTC', make_timestamp(minute_us - {_SHIFT_US})) AS timestamp,
+    SELECT symbol, exchange, timezone('UTC', make_timestamp(minute_us - {SHIFT_US})) AS timestamp,
         first_trade.price AS open, first_trade.ts AS open_timestamp, first_trade.seq AS open_sequence,
         first_trade.id AS open_message_id,
         last_trade.price AS close, last_trade.ts AS close_timestamp, last_trade.seq AS close_sequence,
         last_trade.id AS close_message_id,
         high, low, volume, quote_volume, trade_count
     FROM (
-        SELECT symbol, exchange, (epoch_us(timestamp) + {_SHIFT_US}) // {_MINUTE_US} * {_MINUTE_US} AS minute_us,
+        SELECT symbol, exchange, (epoch_us(timestamp) + {SHIFT_US}) // {MINUTE_US} * {MINUTE_US} AS minute_us,
             first({_EDGE} ORDER BY {_KEY}) AS first_trade, last({_EDGE} ORDER BY {_KEY}) AS last_trade,
-            max(price) AS high, min(price) AS low, sum(quantity) AS volume,
-            sum(CAST(price AS DECIMAL(38, 8)) * quantity) AS quote_volume, count(*) AS trade_count
+            {TRADE_TOTALS}
         FROM read_parquet(?) WHERE symbol = ? GROUP BY ALL
     )"""
 
@@ -67,7 +71,7 @@ PARTIAL_AGGREGATES = """
 
 def on_minute(moment: datetime | None) -> bool:
     """True for None (an open end) or an instant on a whole UTC minute."""
-    return moment is None or micros_from_datetime(utc(moment, "moment")) % _MINUTE_US == 0
+    return moment is None or micros_from_datetime(utc(moment, "moment")) % MINUTE_US == 0
 
 
 def minute_partials(
