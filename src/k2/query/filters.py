@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -146,15 +147,31 @@ def select_rows(
 ) -> pa.Table:
     """The rows of an Arrow table that `where(symbols, start, end, exchange)` would keep (same half-open
     [start, end) on timestamp): the same selection for rows already in memory."""
-    mask = pa.array([True] * rows.num_rows, pa.bool_())
+    return rows.filter(row_mask(rows, symbols, start, end, exchange))
+
+
+def row_mask(
+    rows: pa.Table,
+    symbols: str | Sequence[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+    exchange: str | None,
+) -> pa.ChunkedArray | pa.Array:
+    """Per row of `rows`, whether `select_rows` keeps it."""
+    tests: list[pa.ChunkedArray | pa.Array] = []
     names = symbol_list(symbols)
     if names is not None:
-        mask = pc.and_(mask, pc.is_in(rows["symbol"], pa.array(names, pa.string())))
+        tests.append(pc.is_in(rows["symbol"], pa.array(names, pa.string())))
     if exchange is not None:
-        mask = pc.and_(mask, pc.equal(rows["exchange"], exchange))
+        tests.append(pc.equal(rows["exchange"], exchange))
     ts_type = rows.schema.field("timestamp").type
     if start is not None:
-        mask = pc.and_(mask, pc.greater_equal(rows["timestamp"], pa.scalar(utc(start, "start"), ts_type)))
+        tests.append(pc.greater_equal(rows["timestamp"], pa.scalar(utc(start, "start"), ts_type)))
     if end is not None:
-        mask = pc.and_(mask, pc.less(rows["timestamp"], pa.scalar(utc(end, "end"), ts_type)))
-    return rows.filter(mask)
+        tests.append(pc.less(rows["timestamp"], pa.scalar(utc(end, "end"), ts_type)))
+    if not tests:
+        return pa.array(np.ones(rows.num_rows, dtype=bool))
+    mask = tests[0]
+    for test in tests[1:]:
+        mask = pc.and_(mask, test)
+    return mask
