@@ -89,8 +89,14 @@ def random_book(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return trades, quotes
 
 
-@pytest.fixture
-def engine(catalog: Catalog, tables: dict[str, Table]) -> Iterator[QueryEngine]:
+@pytest.fixture(params=["default row groups", "16-row groups"])
+def engine(request: pytest.FixtureRequest, catalog: Catalog, tables: dict[str, Table]) -> Iterator[QueryEngine]:
+    """The random book in the lake; with 16-row groups, the prevailing quote at `start` and runs of quotes sharing an
+    instant fall across row group boundaries, which the direct file reads (k2.query.file_scan) must handle."""
+    if request.param == "16-row groups":
+        for table in tables.values():
+            with table.transaction() as transaction:
+                transaction.set_properties({"write.parquet.row-group-limit": "16"})
     trades, quotes = random_book(random.Random(2026_11_26))
     half = len(quotes) // 2  # two appends: quotes spread over more than one file per partition
     append_quotes(tables["quotes_v2"], quotes[:half])

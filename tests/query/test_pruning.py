@@ -13,6 +13,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 from k2.query import engine as engine_module
+from k2.query import file_scan
 from k2.query.asof import trades_with_quotes
 from k2.query.bars import bars
 from k2.query.engine import QueryEngine
@@ -64,15 +65,31 @@ def trades_files_read(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) 
         # Off the minute, so bars come from the rows (on minutes they come from kept partials: test below).
         lambda e: bars(e, "BHP", "1m", at(0, 0, 0, 1, day=2), at(0, day=3), gap_fill=True),
         lambda e: daily_summary(e, None, at(0, day=2), at(0, day=3)),
-        lambda e: trades_with_quotes(e, "BHP", at(0, day=2), at(0, day=3), quote_lookback=timedelta(0)),
         lambda e: trades(e, "BHP", at(0, day=2), at(0, day=3), as_of=e.snapshot_ids["trades_v2"]),
     ],
-    ids=["trades", "bars", "daily_summary", "asof_join", "time_travel"],
+    ids=["trades", "bars", "daily_summary", "time_travel"],
 )
 def test_one_day_range_reads_one_file(
     engine: QueryEngine, monkeypatch: pytest.MonkeyPatch, call: Callable[[QueryEngine], object]
 ) -> None:
     assert trades_files_read(monkeypatch, lambda: call(engine)) == 1
+
+
+def test_as_of_join_reads_only_that_day_file(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+    real_open = file_scan._open
+
+    def spy(layout: Any, path: str, columns: Any) -> Any:
+        opened.append(path)
+        return real_open(layout, path, columns)
+
+    monkeypatch.setattr(file_scan, "_open", spy)
+    joined = trades_with_quotes(engine, "BHP", at(0, day=2), at(0, day=3), quote_lookback=timedelta(0))
+
+    # The trades come straight from the data files (k2.query.file_scan): that day's only.
+    day_files = [f.path for f in engine.layout("trades_v2").files if f.day == at(0, day=2).date()]
+    assert opened == day_files
+    assert joined.column("source_sequence").to_pylist() == [2]
 
 
 def test_bars_from_partials_read_only_that_day_file(engine: QueryEngine) -> None:
