@@ -43,3 +43,15 @@ def test_lake_index_flags_rows_already_stored_and_repeats_within_a_batch(setting
     index.add_committed(batch)
     again = records_to_arrow(TRADES_V2, [make_trade(3), make_trade(4, day=11), make_trade(5)])
     assert index.new_rows_mask(again).to_pylist() == [False, False, True]
+
+
+def test_lake_index_maps_each_partitions_answer_back_to_its_rows(settings: Settings) -> None:
+    """Rows of two partitions interleaved: each is looked up in its own partition's ids, answers in row order."""
+    table = ensure_table(open_catalog(settings), TRADES_V2)
+    table.append(records_to_arrow(TRADES_V2, [make_trade(1), make_trade(2, day=11)]))
+    index = LakeIdIndex(table)
+
+    batch = records_to_arrow(
+        TRADES_V2, [make_trade(2, day=11), make_trade(7), make_trade(1), make_trade(8, day=11), make_trade(9)]
+    )
+    assert index.new_rows_mask(batch).to_pylist() == [False, True, False, True, True]
