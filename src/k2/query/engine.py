@@ -71,6 +71,8 @@ Pins = tuple[tuple[str, str | None, int | None], ...]
 _LAYOUTS_KEPT = 64  # (table, snapshot) layouts; each is a few dozen small records
 # Bytes of per-file results kept (symbol counts, minute partials, newest rows): an API process's cache stays small.
 _FILE_FACT_BYTES_KEPT = 64 << 20
+_SYMBOL_COUNTS_KEPT = 16_384  # data files whose rows per symbol are kept; a few hundred bytes each
+_SYMBOL_COUNTS_QUERY = "SELECT symbol, count(*) AS n FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol"
 
 
 class QueryError(Exception):
@@ -231,6 +233,7 @@ class QueryEngine:
         self._layouts: OrderedDict[tuple[str, int], Layout] = OrderedDict()
         self._file_facts: OrderedDict[tuple[Any, ...], pa.Table] = OrderedDict()
         self._file_fact_bytes = 0
+        self._symbol_counts: OrderedDict[str, Mapping[str, int]] = OrderedDict()
         # No network ever: a missing extension must fail here, not hang on a download attempt.
         self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
         try:
@@ -285,11 +288,22 @@ class QueryEngine:
         return found
 
     def symbol_counts(self, path: str) -> Mapping[str, int]:
-        """Rows per symbol in data file `path`: read once (its symbol column only), then kept."""
-        counts = self.file_fact(
-            path, "SELECT symbol, count(*) AS n FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol"
-        )
-        return MappingProxyType(dict(zip(counts.column(0).to_pylist(), counts.column(1).to_pylist(), strict=True)))
+        """Rows per symbol in data file `path`: read once (its symbol column only), then kept as a mapping (every
+        planned query asks it of each candidate file, so it is not rebuilt from Arrow per call)."""
+        with self._lock:
+            if (kept := self._symbol_counts.get(path)) is not None:
+                self._symbol_counts.move_to_end(path)
+                return kept
+            counts = _run(
+                self._con,
+                "SELECT symbol, count(*) AS n FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol",
+                [path],
+            )
+            found = MappingProxyType(dict(zip(counts.column(0).to_pylist(), counts.column(1).to_pylist(), strict=True)))
+            self._symbol_counts[path] = found
+            while len(self._symbol_counts) > _SYMBOL_COUNTS_KEPT:
+                self._symbol_counts.popitem(last=False)
+            return found
 
     def file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> pa.Table:
         """`query` over the one data file `path` (its first `?`; `params` fill the rest), run once and kept.
