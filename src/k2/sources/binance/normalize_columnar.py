@@ -4,12 +4,13 @@
 (`records_from_arrow` of its tables equals the dicts), plus the same Rejects and the count of passed (control,
 depth, kline, ...) frames. It gets there two ways:
 
-* a frame in one of the canonical shapes Binance sends (`_TEMPLATES`: the combined-stream and raw aggTrade,
-  trade and spot bookTicker payloads, keys in Binance's order, no whitespace, ASCII only, decimal strings with 8
-  decimals) is read by vectorised numpy/pyarrow work over all such frames: the frame bytes are matched against
-  the template (quote positions, every literal byte, value lengths), values are cut out of the buffer in one
-  `take`, integers and decimals are parsed from their digits (never through float), message ids are hashed for
-  the whole column (`k2.schema.ids_columnar`);
+* a frame in one of the canonical shapes Binance sends (`TEMPLATES` in `k2.sources.binance.frame_templates`:
+  the combined-stream and raw aggTrade, trade and spot bookTicker payloads, keys in Binance's order, no
+  whitespace, ASCII only, decimal strings with 8 decimals) is read by vectorised numpy/pyarrow work over all such
+  frames: the frame bytes (all frames as one `FrameBuffer`) are matched against the template (quote positions,
+  every literal byte, value lengths), values are cut out of the buffer in one `take`, integers and decimals are
+  parsed from their digits (never through float), message ids are hashed for the whole column
+  (`k2.schema.ids_columnar`);
 * every other frame (malformed JSON, a missing or extra key, zero or negative price, an invalidated aggTrade, an
   unknown symbol, control and depth frames, ...) goes through `normalize_frame` itself, and its records are
   merged back in frame order. Odd frames are thus identical by construction; only canonical frames need this
@@ -24,7 +25,6 @@ also goes per frame (cheaper below that). Measured on the 1,996 captured aggTrad
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -38,6 +38,7 @@ from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.fields import PRICE_SCALE, QUOTES_V2, TRADES_V2, DataType, RecordSpec, Side
 from k2.schema.ids_columnar import join_names, message_ids_column, string_offsets
 from k2.sources.base import Reject
+from k2.sources.binance.frame_templates import FALSE_WORD, QUOTE_BYTE, TEMPLATES, TRUE_WORD, FrameBuffer, Template
 from k2.sources.binance.normalize import CRYPTO, EXCHANGE, TimeUnit, normalize_frame
 from k2.sources.binance.symbols import QuoteResolver, UnknownSymbolError
 
@@ -50,9 +51,6 @@ _DECIMAL = pa.decimal128(18, PRICE_SCALE)
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _MAP = pa.map_(pa.string(), pa.string())
 _INT64_MAX = (1 << 63) - 1
-_QUOTE = ord('"')
-# After the frames: word reads past a frame's end stay in here (the longest literal is 30 bytes).
-_PAD = bytes(64)
 
 
 @dataclass(frozen=True)
@@ -89,10 +87,10 @@ def normalize_frames(
     scale = 1 if time_unit == TimeUnit.MICROSECOND else 1_000
     parts: dict[str, list[tuple[pa.Table, np.ndarray]]] = {"trades": [], "quotes": []}
     done = np.zeros(len(raws), dtype=bool)
-    buffer = _Buffer.of(raws, received)
+    buffer = FrameBuffer.of(raws, received)
     if buffer is not None:
         counts = set(np.unique(buffer.quote_counts).tolist())
-        for template in _TEMPLATES:
+        for template in TEMPLATES:
             if template.quotes not in counts:
                 continue
             rows = np.flatnonzero((buffer.quote_counts == template.quotes) & ~done)
@@ -144,177 +142,6 @@ def _empty_table(spec: RecordSpec) -> pa.Table:
     return arrow_schema(spec).empty_table()  # ~0.4 ms to build (the map and list columns); tables are immutable
 
 
-# --- the frames as one buffer ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Buffer:
-    """All frames back to back in one Arrow buffer, where each starts and ends, and where its quotes are."""
-
-    frames: pa.BinaryArray  # one element per frame, then one of padding
-    data: np.ndarray  # uint8 view of the frames' bytes and the padding
-    words: np.ndarray  # uint64 view: words[i] is the 8 bytes from byte i on (little-endian)
-    starts: np.ndarray  # int64 per frame
-    ends: np.ndarray
-    quotes: np.ndarray  # positions of every '"' in `data`
-    first_quote: np.ndarray  # per frame: index into `quotes` of its first quote
-    quote_counts: np.ndarray  # per frame: how many quotes it holds
-    received: np.ndarray  # int64 per frame: receive time in µs
-
-    @classmethod
-    def of(cls, raws: list[bytes], received: list[int]) -> _Buffer | None:
-        """None when there is nothing to match (no bytes, or more than int32 offsets reach)."""
-        if not raws:
-            return None
-        try:
-            frames = pa.array([*raws, _PAD], pa.binary())
-            times = np.fromiter(received, dtype=np.int64, count=len(received))
-        except (pa.ArrowException, OverflowError, TypeError):
-            return None
-        if isinstance(frames, pa.ChunkedArray):
-            return None  # over 2 GiB: Arrow split it
-        offsets = np.frombuffer(frames.buffers()[1], dtype=np.int32)[: len(raws) + 1].astype(np.int64)
-        data = np.frombuffer(frames.buffers()[2], dtype=np.uint8)
-        words = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-        quotes = np.flatnonzero(data[: offsets[-1]] == _QUOTE)
-        bounds = np.searchsorted(quotes, offsets)
-        return cls(frames, data, words, offsets[:-1], offsets[1:], quotes, bounds[:-1], np.diff(bounds), times)
-
-
-# --- templates ------------------------------------------------------------------------------------------------
-
-_PLACEHOLDER = re.compile(r"<(int|dec|bool|str|name):(\w+)>")
-
-
-@dataclass(frozen=True)
-class _Template:
-    """One canonical frame shape, as literals and cuts: a frame in it is literals[0] + cut 1 + literals[1] + ...
-
-    Placeholders in the shape: <int:k> a JSON integer ≥ 0 (at most 18 digits, no leading zero), <dec:k> a JSON
-    string of 1-10 digits, '.', 8 digits (cut in two: k.int and k.frac), <bool:k> true/false, <str:k> a JSON
-    string without escapes, <name:k> the same without '@'. Each cut's start and end are measured from one of the
-    frame's quotes (or its end) by a fixed shift, so all of them come from one gather.
-    """
-
-    kind: str  # the channel: aggTrade, trade or bookTicker
-    quotes: int  # quotes in a frame of this shape
-    cuts: tuple[tuple[str, str], ...]  # (kind, name) in frame order; kinds: int, digits, frac, bool, str, name
-    bound_quote: np.ndarray  # per cut, start then end: the index of the quote it is measured from
-    bound_shift: np.ndarray  # ... and the shift from it
-    at_end: np.ndarray  # bounds measured from the frame's end instead
-    literal_length: np.ndarray  # per literal: its bytes
-    word_literal: np.ndarray  # per 8-byte chunk of literal bytes: its literal, offset, bytes and mask
-    word_offset: np.ndarray
-    word_value: np.ndarray
-    word_mask: np.ndarray
-    shortest: np.ndarray  # per cut: its shortest and longest text
-    longest: np.ndarray
-    bools: np.ndarray  # the cuts that are true/false
-    taken: np.ndarray  # the cuts gathered as text: strings first, then true/false, then digit runs
-    taken_strings: int
-    taken_texts: int  # strings and true/false: the digit runs come after them
-    json_integers: np.ndarray  # which of the digit runs are JSON integers (no leading zero)
-
-    @classmethod
-    def parse(cls, kind: str, text: str) -> _Template:
-        pieces: list[str] = []
-        values: list[tuple[str, str]] = []
-        at = 0
-        for found in _PLACEHOLDER.finditer(text):
-            pieces.append(text[at : found.start()])
-            values.append((found[1], found[2]))
-            at = found.end()
-        pieces.append(text[at:])
-        first_quote, quotes = [], 0
-        for piece in pieces:
-            first_quote.append(quotes)
-            quotes += piece.count('"')
-        literals = [pieces[0]]
-        cuts: list[tuple[str, str]] = []
-        bounds: list[tuple[int, int]] = []  # (quote index or -1 for the frame's end, shift)
-        for j, (value_kind, key) in enumerate(values):
-            before, after = pieces[j], pieces[j + 1]
-            if '"' not in before:
-                raise ValueError(f"template piece {before!r} has no quote to measure the next value from")
-            start = (first_quote[j] + before.count('"') - 1, len(before) - before.rindex('"'))
-            end = (first_quote[j + 1], -after.index('"')) if '"' in after else (-1, -len(after))
-            if value_kind == "dec":  # digits '.' 8 digits: the '.' is 9 bytes before the value's end
-                cuts += [("digits", key + ".int"), ("frac", key + ".frac")]
-                bounds += [start, (end[0], end[1] - 9), (end[0], end[1] - 8), end]
-                literals += [".", after]
-            else:
-                cuts.append((value_kind, key))
-                bounds += [start, end]
-                literals.append(after)
-        words = [
-            (k, at, int.from_bytes(literal[at : at + 8].encode(), "little"), (1 << (8 * len(literal[at : at + 8]))) - 1)
-            for k, literal in enumerate(literals)
-            for at in range(0, len(literal), 8)
-        ]
-        kinds = [cut_kind for cut_kind, _ in cuts]
-        strings = [c for c, k in enumerate(kinds) if k in ("str", "name")]
-        runs = [c for c, k in enumerate(kinds) if k in _DIGIT_RUNS]
-        flags = [c for c, k in enumerate(kinds) if k == "bool"]
-        return cls(
-            kind=kind,
-            quotes=quotes,
-            cuts=tuple(cuts),
-            bound_quote=np.array([quote for quote, _ in bounds]),
-            bound_shift=np.array([shift for _, shift in bounds]),
-            at_end=np.array([quote < 0 for quote, _ in bounds]),
-            literal_length=np.array([len(literal) for literal in literals]),
-            word_literal=np.array([w[0] for w in words]),
-            word_offset=np.array([w[1] for w in words]),
-            word_value=np.array([w[2] for w in words], dtype=np.uint64),
-            word_mask=np.array([w[3] for w in words], dtype=np.uint64),
-            shortest=np.array([_LENGTHS[k][0] for k in kinds]),
-            longest=np.array([_LENGTHS[k][1] for k in kinds]),
-            bools=np.array(flags, dtype=np.int64),
-            taken=np.array(strings + flags + runs, dtype=np.int64),
-            taken_strings=len(strings),
-            taken_texts=len(strings) + len(flags),
-            json_integers=np.array([_DIGIT_RUNS[kinds[c]] for c in runs], dtype=bool),
-        )
-
-
-# Per kind of cut: its shortest and longest text (strings: any length up to Arrow's int32 offsets).
-_ANY = (1, 1 << 31)
-_LENGTHS = {"int": (1, 18), "digits": (1, 10), "frac": (8, 8), "bool": (4, 5), "str": _ANY, "name": _ANY}
-# Per digit run kind: whether a leading zero is refused (JSON integers; a decimal's digits may have one).
-_DIGIT_RUNS = {"int": True, "digits": False, "frac": False}
-_TRUE = int.from_bytes(b"true", "little")
-_FALSE = int.from_bytes(b"false", "little")
-
-
-# Payloads in the key order Binance sends (developers.binance.com, WebSocket Streams; the 2021 captures).
-_AGG_TRADE = (
-    '"e":"aggTrade","E":<int:E>,"s":"<str:s>","a":<int:a>,"p":"<dec:p>","q":"<dec:q>",'
-    '"f":<int:f>,"l":<int:l>,"T":<int:T>,"m":<bool:m>,"M":<bool:M>'
-)
-_TRADE = (
-    '"e":"trade","E":<int:E>,"s":"<str:s>","t":<int:t>,"p":"<dec:p>","q":"<dec:q>",'
-    '"T":<int:T>,"m":<bool:m>,"M":<bool:M>'
-)
-# Before 2023-12 trade payloads also carried the buyer and seller order ids.
-_TRADE_ORDER_IDS = (
-    '"e":"trade","E":<int:E>,"s":"<str:s>","t":<int:t>,"p":"<dec:p>","q":"<dec:q>",'
-    '"b":<int:b>,"a":<int:a>,"T":<int:T>,"m":<bool:m>,"M":<bool:M>'
-)
-_BOOK_TICKER = '"u":<int:u>,"s":"<str:s>","b":"<dec:b>","B":"<dec:B>","a":"<dec:a>","A":"<dec:A>"'
-# Combined streams wrap the payload; for bookTicker (no "e") the stream name says what it is, and
-# normalize_frame reads the channel after its first '@', hence a stream name without '@' before "@bookTicker".
-_TEMPLATES = (
-    _Template.parse("aggTrade", '{"stream":"<str:stream>","data":{' + _AGG_TRADE + "}}"),
-    _Template.parse("bookTicker", '{"stream":"<name:stream>@bookTicker","data":{' + _BOOK_TICKER + "}}"),
-    _Template.parse("trade", '{"stream":"<str:stream>","data":{' + _TRADE + "}}"),
-    _Template.parse("trade", '{"stream":"<str:stream>","data":{' + _TRADE_ORDER_IDS + "}}"),
-    _Template.parse("aggTrade", "{" + _AGG_TRADE + "}"),
-    _Template.parse("bookTicker", "{" + _BOOK_TICKER + "}"),
-    _Template.parse("trade", "{" + _TRADE + "}"),
-    _Template.parse("trade", "{" + _TRADE_ORDER_IDS + "}"),
-)
-
-
 # --- matching ---------------------------------------------------------------------------------------------------
 
 
@@ -330,7 +157,9 @@ class _Match:
     currency: pa.StringArray
 
 
-def _match(buffer: _Buffer, template: _Template, rows: np.ndarray, symbols: QuoteResolver, scale: int) -> _Match | None:
+def _match(
+    buffer: FrameBuffer, template: Template, rows: np.ndarray, symbols: QuoteResolver, scale: int
+) -> _Match | None:
     """The rows that are plainly in `template`'s shape and normalize without a fault; None if there are none.
 
     The cuts are placed where the frame's quotes say they are; a row is in the shape when every literal byte
@@ -351,8 +180,8 @@ def _match(buffer: _Buffer, template: _Template, rows: np.ndarray, symbols: Quot
     ok &= ((lengths >= template.shortest) & (lengths <= template.longest)).all(axis=1)
     bools = template.bools
     flags = words[cut_starts[:, bools]]
-    true = (lengths[:, bools] == 4) & ((flags & 0xFFFFFFFF) == _TRUE)
-    ok &= (true | ((lengths[:, bools] == 5) & ((flags & 0xFFFFFFFFFF) == _FALSE))).all(axis=1)
+    true = (lengths[:, bools] == 4) & ((flags & 0xFFFFFFFF) == TRUE_WORD)
+    ok &= (true | ((lengths[:, bools] == 5) & ((flags & 0xFFFFFFFFFF) == FALSE_WORD))).all(axis=1)
     if not ok.all():
         keep = np.flatnonzero(ok)
         if keep.size == 0:
@@ -383,7 +212,7 @@ def _match(buffer: _Buffer, template: _Template, rows: np.ndarray, symbols: Quot
 
 
 def _values(
-    buffer: _Buffer, template: _Template, bounds: np.ndarray
+    buffer: FrameBuffer, template: Template, bounds: np.ndarray
 ) -> tuple[dict[str, pa.StringArray], dict[str, np.ndarray], np.ndarray]:
     """The string and digit cuts as text columns, cut out of the buffer with one `take`; the digit runs parsed as
     int64; and per row whether every string is plain and every digit run a number of its kind.
@@ -432,7 +261,7 @@ def _plain_strings(strings: pa.StringArray, n: int) -> np.ndarray:
     decoding leaves them as they are."""
     offsets = string_offsets(strings)
     data = np.frombuffer(strings.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    bad = np.flatnonzero(((data - np.uint8(32)) > 94) | (data == ord("\\")) | (data == _QUOTE))
+    bad = np.flatnonzero(((data - np.uint8(32)) > 94) | (data == ord("\\")) | (data == QUOTE_BYTE))
     ok = np.ones(n, dtype=bool)
     if bad.size:
         ok[(np.searchsorted(offsets, bad + offsets[0], side="right") - 1) % n] = False
