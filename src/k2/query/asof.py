@@ -11,10 +11,11 @@ A quote with a side missing (null bid or ask) gives null mid, spread and effecti
 When several quotes share the prevailing microsecond, the last in event order (highest source_sequence) wins.
 
 How: the trades and the quotes of [start, end) are read straight from the data files (k2.query.file_scan: ~2.5x
-faster than DuckDB for the id strings) or, where that cannot be exact, by DuckDB; DuckDB finds the quotes of the
-instant prevailing at `start`. Rows of one symbol from one file come in event order already (checked, not sorted).
-The join itself is a binary search per trade in its pair's quote times, and the spreads are Arrow's exact decimal
-arithmetic. DuckDB's ASOF JOIN gave the same table ~2x slower; tests keep it as the oracle.
+faster than DuckDB for the id strings), and the quotes prevailing at `start` from the newest row groups before it;
+where that cannot be exact (delete files, a renamed column), DuckDB reads them. Rows of one symbol from one file
+come in event order already (checked, not sorted). The join itself is a binary search per trade in its pair's quote
+times, and the spreads are exact integer arithmetic on the unscaled decimals. DuckDB's ASOF JOIN gave the same
+table several times slower (it sorted the wide joined rows); tests keep it as the oracle.
 """
 
 from __future__ import annotations
