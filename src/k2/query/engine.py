@@ -69,7 +69,7 @@ _MAX_PINNED = 16
 Pins = tuple[tuple[str, str | None, int | None], ...]
 
 _LAYOUTS_KEPT = 64  # (table, snapshot) layouts; each is a few dozen small records
-# Bytes of per-file results kept (symbol counts, minute partials, newest rows): an API process's cache stays small.
+# Bytes of per-file results kept (minute partials, newest rows): an API process's cache stays small.
 _FILE_FACT_BYTES_KEPT = 64 << 20
 _SYMBOL_COUNTS_KEPT = 16_384  # data files whose rows per symbol are kept; a few hundred bytes each
 _SYMBOL_COUNTS_QUERY = "SELECT symbol, count(*) AS n FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol"
@@ -294,11 +294,7 @@ class QueryEngine:
             if (kept := self._symbol_counts.get(path)) is not None:
                 self._symbol_counts.move_to_end(path)
                 return kept
-            counts = _run(
-                self._con,
-                "SELECT symbol, count(*) AS n FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol",
-                [path],
-            )
+            counts = _run(self._con, _SYMBOL_COUNTS_QUERY, [path])
             found = MappingProxyType(dict(zip(counts.column(0).to_pylist(), counts.column(1).to_pylist(), strict=True)))
             self._symbol_counts[path] = found
             while len(self._symbol_counts) > _SYMBOL_COUNTS_KEPT:
