@@ -22,13 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from k2.query.engine import Reader
-from k2.query.filters import row_mask, symbol_list, utc
+from k2.query.filters import row_mask, symbol_list, take_where, utc
 from k2.query.layout import DataFile, Layout
 from k2.query.market import Symbols, files_holding
 from k2.schema.codecs import micros_from_datetime
@@ -47,18 +46,17 @@ def scan_files(
 ) -> list[pa.Table] | None:
     """The rows `where(symbols, start, end, exchange)` selects, as one table per data file holding any (files
     newest first, each file's rows in its write order), with exactly `columns`; None when this cannot be exact."""
-    names = symbol_list(symbols)
-    layout = reader.layout(table_name)
-    if names is None or layout.has_deletes or layout.io is None:
+    if (readable := _readable(reader, table_name, symbols)) is None:
         return None
+    names, layout = readable
     low, high = _micros(start, "start"), _micros(end, "end")
     pieces = []
-    for file in _files_overlapping(reader, table_name, names, exchange, start, end):
+    for file in _files_overlapping(reader, table_name, names, exchange, start, end, low, high):
         opened = _open(layout, file.path, columns)
         if opened is None:
             return None
         rows = opened.read([g for g in range(opened.row_groups) if opened.may_hold(g, names, low, high)])
-        rows = _select(rows, row_mask(rows, names, start, end, exchange))
+        rows = take_where(rows, row_mask(rows, names, start, end, exchange))
         if rows.num_rows:
             pieces.append(rows.select(list(columns)))
     return pieces
@@ -75,16 +73,17 @@ def newest_before(
 ) -> list[pa.Table] | None:
     """Per (symbol, exchange), its rows with the newest timestamp in [start, before) (several when they share that
     microsecond), with exactly `columns`; None when this cannot be exact."""
-    names = symbol_list(symbols)
-    layout = reader.layout(table_name)
-    if names is None or layout.has_deletes or layout.io is None:
+    if (readable := _readable(reader, table_name, symbols)) is None:
         return None
+    names, layout = readable
     low, high = _micros(start, "start"), _micros(before, "before")
     # Every row group that may hold a wanted row, with the newest time it may hold and the pairs it may hold.
     candidates: list[tuple[int, _Opened, int, list[tuple[str, str]]]] = []
-    for file in _files_overlapping(reader, table_name, names, exchange, start, before):
+    for file in _files_overlapping(reader, table_name, names, exchange, start, before, low, high):
+        if file.exchange is None:
+            return None  # its rows' pairs are not known from the layout
         opened = _open(layout, file.path, columns)
-        if opened is None or file.exchange is None:
+        if opened is None:
             return None
         for group in range(opened.row_groups):
             if opened.may_hold(group, names, low, high):
@@ -97,11 +96,11 @@ def newest_before(
         if all(pair in found and found[pair][0] > newest for pair in pairs):
             continue  # nothing here can be as new as what each of its pairs already has
         rows = opened.read([group])
-        rows = _select(rows, row_mask(rows, names, start, before, exchange))
+        rows = take_where(rows, row_mask(rows, names, start, before, exchange))
         for name in pc.unique(rows["symbol"]).to_pylist():
-            of_name = _select(rows, pc.equal(rows["symbol"], name))
+            of_name = take_where(rows, pc.equal(rows["symbol"], name))
             time = pc.max(of_name["timestamp"]).cast(pa.int64()).as_py()
-            then = _select(of_name, pc.equal(of_name["timestamp"].cast(pa.int64()), time)).select(list(columns))
+            then = take_where(of_name, pc.equal(of_name["timestamp"].cast(pa.int64()), time)).select(list(columns))
             pair = (name, of_name["exchange"][0].as_py())
             if pair not in found or found[pair][0] < time:
                 found[pair] = (time, [then])
@@ -110,15 +109,32 @@ def newest_before(
     return [table for _time, tables in found.values() for table in tables]
 
 
+def _readable(reader: Reader, table_name: str, symbols: Symbols) -> tuple[list[str], Layout] | None:
+    """The named symbols and the snapshot's layout, when the files can be read directly: symbols are named, no
+    delete files, and a FileIO to open them (the per-file column checks are `_open`'s)."""
+    names = symbol_list(symbols)
+    layout = reader.layout(table_name)
+    if names is None or layout.has_deletes or layout.io is None:
+        return None
+    return names, layout
+
+
 def _micros(moment: datetime, name: str) -> int:
     return micros_from_datetime(utc(moment, name))
 
 
 def _files_overlapping(
-    reader: Reader, table_name: str, names: list[str], exchange: str | None, start: datetime, end: datetime
+    reader: Reader,
+    table_name: str,
+    names: list[str],
+    exchange: str | None,
+    start: datetime,
+    end: datetime,
+    low: int,
+    high: int,
 ) -> list[DataFile]:
-    """The data files that hold some of `names` and whose timestamps may fall in [start, end)."""
-    low, high = _micros(start, "start"), _micros(end, "end")
+    """The data files that hold some of `names` and whose timestamps may fall in [start, end) (`low`, `high`: the
+    same bounds in microseconds)."""
     return [
         file
         for file, _rows in files_holding(reader, table_name, names, exchange, start, end)
@@ -177,13 +193,3 @@ def _open(layout: Layout, path: str, columns: Sequence[str]) -> _Opened | None:
     if schema.field("timestamp").type != pa.timestamp("us", "UTC"):
         return None  # the statistics are compared as microseconds
     return _Opened(parquet, columns)
-
-
-def _select(rows: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
-    """The rows where `mask` holds: a zero-copy slice when they are one run (one symbol of a sorted file)."""
-    keep = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))  # null (no symbol): not kept
-    if len(keep) == rows.num_rows:
-        return rows
-    if len(keep) and keep[-1] - keep[0] + 1 == len(keep):
-        return rows.slice(int(keep[0]), len(keep))
-    return rows.take(pa.array(keep))

@@ -147,7 +147,18 @@ def select_rows(
 ) -> pa.Table:
     """The rows of an Arrow table that `where(symbols, start, end, exchange)` would keep (same half-open
     [start, end) on timestamp): the same selection for rows already in memory."""
-    return rows.filter(row_mask(rows, symbols, start, end, exchange))
+    return take_where(rows, row_mask(rows, symbols, start, end, exchange))
+
+
+def take_where(rows: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """The rows where `mask` holds (null: not kept); a zero-copy slice when they are one run, as one symbol's rows
+    of a file written sorted by symbol are."""
+    keep = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+    if len(keep) == rows.num_rows:
+        return rows
+    if len(keep) and keep[-1] - keep[0] + 1 == len(keep):
+        return rows.slice(int(keep[0]), len(keep))
+    return rows.take(pa.array(keep))
 
 
 def row_mask(
