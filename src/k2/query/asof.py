@@ -20,6 +20,7 @@ table several times slower (it sorted the wide joined rows); tests keep it as th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -33,7 +34,7 @@ from k2.query.file_scan import newest_before, scan_files
 from k2.query.filters import InvalidQueryError, sequence_key, utc, where
 from k2.query.market import Symbols
 from k2.query.timetravel import AsOf
-from k2.schema.fields import QUOTES_V2, TRADES_V2
+from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec
 
 # How far before `start` to look for the quote prevailing at the first trades. A bounded window keeps the quote
 # scan pruned to a few days' files; a quote older than this (a halted or illiquid name) is treated as none.
@@ -60,20 +61,28 @@ def trades_with_quotes(
         message = f"start {start!r} minus the quote lookback is before year 1: use a later start"
         raise InvalidQueryError(message) from None
     reader = engine.at(as_of)
-    trades = _in_event_order(_trades(reader, symbols, start, end, exchange), by_pair=False)
+    trades = _in_event_order(_read(reader, TRADES_V2, _TRADE_COLUMNS, symbols, start, end, exchange), by_pair=False)
     quotes = _quotes(reader, symbols, start, end, exchange, quote_start if quote_lookback else None)
     quotes = _in_event_order(quotes, by_pair=True)
     prevailing = quotes.select(_QUOTE_COLUMNS).take(_prevailing(trades, quotes))
     return _with_spreads(trades, prevailing)
 
 
-def _trades(reader: Reader, symbols: Symbols, start: datetime, end: datetime, exchange: str | None) -> pa.Table:
-    """The trades of [start, end), in no particular order."""
-    if pieces := scan_files(reader, TRADES_V2.name, _TRADE_COLUMNS, symbols, start, end, exchange):
+def _read(
+    reader: Reader,
+    spec: RecordSpec,
+    columns: Sequence[str],
+    symbols: Symbols,
+    start: datetime,
+    end: datetime,
+    exchange: str | None,
+) -> pa.Table:
+    """`columns` of the rows of [start, end), in no particular order: straight from the data files where that is
+    exact, else by DuckDB (also when there are no rows: DuckDB types the empty table)."""
+    if pieces := scan_files(reader, spec.name, columns, symbols, start, end, exchange):
         return _concat(pieces)
-    condition, params = where(symbols, start, end, exchange)  # also for no rows: DuckDB types the empty table
-    columns = ", ".join(_TRADE_COLUMNS)
-    return reader.sql(f"SELECT {columns} FROM {table_identifier(TRADES_V2)} WHERE {condition}", params)
+    condition, params = where(symbols, start, end, exchange)
+    return reader.sql(f"SELECT {', '.join(columns)} FROM {table_identifier(spec)} WHERE {condition}", params)
 
 
 def _quotes(
@@ -86,16 +95,13 @@ def _quotes(
 ) -> pa.Table:
     """The quotes of [start, end) and, per (symbol, exchange), those of its newest instant in [quote_start, start):
     the one prevailing at `start` (found with a plain max, not by ranking days of quotes). In no particular order."""
-    columns = ", ".join(_QUOTE_INPUT)
-    window = scan_files(reader, QUOTES_V2.name, _QUOTE_INPUT, symbols, start, end, exchange)
-    if not window:  # None: the files cannot be read directly; []: no rows, DuckDB types the empty table
-        condition, params = where(symbols, start, end, exchange)
-        window = [reader.sql(f"SELECT {columns} FROM {table_identifier(QUOTES_V2)} WHERE {condition}", params)]
+    window = _read(reader, QUOTES_V2, _QUOTE_INPUT, symbols, start, end, exchange)
     if quote_start is None:  # no look-back at all
-        return _concat(window)
+        return window
     prior = newest_before(reader, QUOTES_V2.name, _QUOTE_INPUT, symbols, quote_start, start, exchange)
     if prior is None:
         before, before_params = where(symbols, quote_start, start, exchange)
+        columns = ", ".join(_QUOTE_INPUT)
         prior = [
             reader.sql(
                 f"""
@@ -108,7 +114,7 @@ def _quotes(
                 [*before_params, *before_params],
             )
         ]
-    return _concat([*prior, *window])
+    return _concat([*prior, window])
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
