@@ -1,6 +1,6 @@
 """Binance hot path speed: parse + normalize of every captured aggTrade/bookTicker frame, against a plain baseline.
 
-Frames are the real ones in shared/data/binance (2021-04-04 and 2021-10-12 cryptofeed captures: 1,912 aggTrade and
+Frames are the real ones in data/samples/binance (2021-04-04 and 2021-10-12 cryptofeed captures: 1,912 aggTrade and
 84 bookTicker frames). Measured per pass over all frames, repeated to ~1 s of work, median of 5:
 
 - k2 (the product path, the suite row): `normalize_frames`, all frames of a pass as one batch → trades_v2 and
@@ -23,29 +23,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from common import JSON_MARK, Row
 
+from k2.samples import BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12
+from k2.samples import BINANCE_EXCHANGE_INFO as EXCHANGE_INFO
 from k2.sources.binance import normalize
 from k2.sources.binance.capture import ws_frames
 from k2.sources.binance.normalize import normalize_frame
 from k2.sources.binance.normalize_columnar import normalize_frames
 from k2.sources.binance.symbols import SymbolDirectory
 
-REPO = Path(__file__).resolve().parents[1]
-BINANCE = Path(os.environ.get("K2_SHARED_DIR", REPO.parent / "shared")) / "data" / "binance"
-CAPTURES = (
-    BINANCE / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0",
-    BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0",
-)
-EXCHANGE_INFO = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "exchangeInfo.2021-10-12.excerpt.json"
+CAPTURES = (BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12)
 
 
 def _frames() -> list[tuple[bytes, int]]:
@@ -177,8 +171,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="suite row only, shorter rounds")
     parser.add_argument("--json", action="store_true", help="print the suite row as JSON (for run.py)")
     args = parser.parse_args()
-    if not EXCHANGE_INFO.exists():
-        raise SystemExit(f"Binance data not found under {BINANCE}: set K2_SHARED_DIR to the folder holding data/")
     if args.json:
         print(JSON_MARK + json.dumps([asdict(r) for r in suite_rows(args.quick)]), flush=True)
         return

@@ -9,16 +9,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 from k2.bus.batch_decode import decode_batch
 from k2.bus.serde import decode, encode
+from k2.samples import ASX_SAMPLE as SAMPLE
 from k2.schema import TRADES_V2
 from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import parsed_schema
 from k2.sources.asx import AsxSource
-
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "asx-sample"
 
 
 def _messages(limit: int) -> list[bytes]:

@@ -21,10 +21,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from k2.samples import ASX_SAMPLE
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("K2_SHARED_DIR", REPO.parent / "shared"))
-ASX_SAMPLE = SHARED / "data" / "asx-sample"
-BINANCE = SHARED / "data" / "binance"
 JSON_MARK = "K2-BENCH-ROWS "  # the line run.py reads from a module's stdout
 
 

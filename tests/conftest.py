@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real sample data lives, and an isolated K2_HOME per test."""
+"""Shared fixtures: the real sample data shipped in data/samples, and an isolated K2_HOME per test."""
 
 from __future__ import annotations
 
@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 
 from k2.config import Settings
+from k2.samples import ASX_SAMPLE
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("K2_SHARED_DIR", REPO.parent / "shared"))
-ASX_SAMPLE = SHARED / "data" / "asx-sample"
 
 
 @pytest.fixture(scope="session")
 def asx_sample() -> Path:
-    if not ASX_SAMPLE.exists():
-        pytest.fail(f"ASX sample not found at {ASX_SAMPLE}: set K2_SHARED_DIR to the folder holding data/")
+    """The ASX sample shipped in data/samples/asx (200,545 trades, 169,629 quotes)."""
     return ASX_SAMPLE
 
 

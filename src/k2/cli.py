@@ -398,7 +398,7 @@ def sink(
 @app.command()
 def up(
     port: int = typer.Option(8000, help="API and dashboard port on 127.0.0.1"),
-    asx: Path = typer.Option(None, help="ASX sample folder (default: K2_ASX_SAMPLE or ../shared/data/asx-sample)"),
+    asx: Path = typer.Option(None, help="ASX sample folder (default: K2_ASX_SAMPLE or data/samples/asx)"),
     no_asx: bool = typer.Option(False, "--no-asx", help="Do not load the ASX sample"),
     binance: str = typer.Option("auto", help="auto (live when reachable, else emulator), emulator, live or off"),
     symbols: str = typer.Option(None, help="Binance symbols (default: the captures' symbols, or BTCUSDT,ETHUSDT live)"),

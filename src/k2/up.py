@@ -39,19 +39,14 @@ from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_tables
 from k2.pipeline import produce
 from k2.redact import redact
+from k2.samples import ASX_SAMPLE, BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12
 from k2.sources.base import Source, SourceBatch
 from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
 
 log = structlog.get_logger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
-# The two recorded Binance combined streams (shared/data/binance/README.md): BTCUSDT/ETHUSDT/DOTUSDT aggTrades over
-# 92 s, then NKNUSDT/BLZETH/LRCBTC/RUNEEUR bookTickers (the only recorded quotes) over 30 s.
-DEFAULT_CAPTURES = (
-    SHARED_DATA / "binance" / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0",
-    SHARED_DATA / "binance" / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0",
-)
+# The two recorded Binance combined streams shipped in data/samples/binance: aggTrades, then bookTickers.
+DEFAULT_CAPTURES = (BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12)
 LIVE_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 # aggTrade, not trade as well: both land in trades_v2, and bars would count every trade twice.
 DEFAULT_CHANNELS = ("aggTrade", "bookTicker")
@@ -72,8 +67,8 @@ class UpError(RuntimeError):
 
 
 def default_asx_dir() -> Path:
-    """K2_ASX_SAMPLE, else ../shared/data/asx-sample beside the repository."""
-    return Path(os.environ.get("K2_ASX_SAMPLE") or SHARED_DATA / "asx-sample")
+    """K2_ASX_SAMPLE, else the sample in the repository's data/samples/asx."""
+    return Path(os.environ.get("K2_ASX_SAMPLE") or ASX_SAMPLE)
 
 
 @dataclass

@@ -9,19 +9,18 @@ from rich.console import Console
 
 from k2.config import Settings
 from k2.pipeline import load
+from k2.samples import BINANCE_CAPTURE_2021_04_04 as CAPTURE_2021_04_04
+from k2.samples import BINANCE_CAPTURE_2021_10_12 as CAPTURE_2021_10_12
+from k2.samples import BINANCE_PUBLIC_DATA
 from k2.sources.binance.client import ClientLimits
 from k2.sources.binance.emulator.faults import FaultSpec
 from k2.sources.binance.emulator.server import BinanceEmulator
 from k2.sources.binance.files import BinanceFileSource
 from k2.streaming import stream_binance
-from tests.conftest import SHARED
 from tests.integration.helpers import lake_query
 
 pytestmark = pytest.mark.integration
 
-BINANCE = SHARED / "data" / "binance"
-CAPTURE_2021_04_04 = BINANCE / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0"
-CAPTURE_2021_10_12 = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0"
 BTC_FIRST, BTC_LAST = 665076760, 665077986
 QUIET = Console(quiet=True)
 
@@ -105,7 +104,7 @@ def test_book_ticker_frames_land_in_quotes(settings: Settings) -> None:
 
 
 def test_kline_files_land_with_utc_times_in_both_timestamp_eras(settings: Settings) -> None:
-    files = sorted((BINANCE / "data-binance-vision").glob("*.csv"))
+    files = sorted(BINANCE_PUBLIC_DATA.glob("*.csv"))
     recon = load(BinanceFileSource(files), settings, QUIET)
     assert recon.ok
     rows = lake_query(

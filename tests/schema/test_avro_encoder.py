@@ -8,19 +8,17 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import fastavro
 import numpy as np
 import pytest
 
+from k2.samples import ASX_SAMPLE as SAMPLE
 from k2.schema.avro import parsed_schema
 from k2.schema.avro_encoder import compile_encoder
 from k2.schema.fields import ALL_RECORDS, REFERENCE_DATA_V2, TRADES_V2, DataType, FieldSpec, Kind, RecordSpec
 from k2.sources.asx import AsxSource
-
-SAMPLE = Path("/work/shared/data/asx-sample")
 
 
 def fastavro_bytes(spec: RecordSpec, record: dict[str, Any], prefix: bytes = b"") -> bytes:

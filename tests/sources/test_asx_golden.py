@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from k2.samples import ASX_SAMPLE as SAMPLE
 from k2.sources.asx import AsxSource
 
-SAMPLE = Path("/work/shared/data/asx-sample")
 GOLDEN = Path(__file__).parent / "golden" / "asx-sample.json"
 CHUNK = 5_000
 

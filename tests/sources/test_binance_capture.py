@@ -8,6 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from k2.samples import BINANCE_CAPTURE_2021_04_04 as CAPTURE_2021_04
+from k2.samples import BINANCE_CAPTURE_2021_10_12 as CAPTURE_2021_10
+from k2.samples import BINANCE_DEPTH_SNAPSHOTS_2021_10_12 as HTTP_2021_10
 from k2.sources.binance.capture import (
     CaptureFormatError,
     RestResponse,
@@ -18,18 +21,6 @@ from k2.sources.binance.capture import (
     rest_responses,
     ws_frames,
 )
-from tests.conftest import SHARED
-
-BINANCE = SHARED / "data" / "binance"
-CAPTURE_2021_04 = BINANCE / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0"
-CAPTURE_2021_10 = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0"
-HTTP_2021_10 = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.http.0.0"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _data_present() -> None:
-    if not CAPTURE_2021_04.exists():
-        pytest.fail(f"Binance captures not found under {BINANCE}: set K2_SHARED_DIR to the folder holding data/")
 
 
 def test_capture_holds_one_connection_then_frames_and_rest_bodies_in_receipt_order() -> None:

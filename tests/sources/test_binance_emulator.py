@@ -19,13 +19,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
 from k2.ops.metrics import REGISTRY
+from k2.samples import BINANCE_CAPTURE_2021_04_04 as APRIL
+from k2.samples import BINANCE_CAPTURE_2021_10_12 as OCTOBER
+from k2.samples import BINANCE_SAMPLES as BINANCE
 from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, SyntheticSpec
-from tests.conftest import SHARED
 
-BINANCE = SHARED / "data" / "binance"
-APRIL = BINANCE / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0"
-OCTOBER = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0"
-# README.md: BTCUSDT has 1,227 consecutive aggregate ids in the April capture.
+# data/samples/binance/README.md: BTCUSDT has 1,227 consecutive aggregate ids in the April capture.
 BTC_AGG_IDS = list(range(665076760, 665077987))
 
 pytestmark = pytest.mark.skipif(not APRIL.exists(), reason=f"Binance captures not found under {BINANCE}")
@@ -405,7 +404,7 @@ def test_dropped_frames_leave_gaps_that_rest_fills(start: Callable[..., Endpoint
     received = run(scenario)
     assert len(received) < len(BTC_AGG_IDS)  # the fault really dropped frames
     filled = set(received)
-    # The client sees gaps in the ids; the capture's first and last ids (README.md) bound the ends.
+    # The client sees gaps in the ids; the capture's first and last ids (data/samples/binance/README.md) bound the ends.
     edges = [BTC_AGG_IDS[0] - 1, *received, BTC_AGG_IDS[-1] + 1]
     with httpx.Client(base_url=rest_url) as client:
         for before, after in itertools.pairwise(edges):

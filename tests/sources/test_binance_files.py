@@ -12,27 +12,19 @@ from typing import Any
 import orjson
 import pytest
 
+from k2.samples import BINANCE_EXCHANGE_INFO as EXCHANGE_INFO
+from k2.samples import BINANCE_PUBLIC_DATA as VISION
+from k2.samples import BINANCE_REST_RESPONSES as REST
 from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import BARS_V2, TRADES_V2
 from k2.sources.base import SourceBatch
 from k2.sources.binance.files import BinanceFileSource, ChecksumError, describe_file
 from k2.sources.binance.normalize import normalize_agg_trade, normalize_rest_trade
 from k2.sources.binance.symbols import SuffixQuotes, SymbolDirectory
-from tests.conftest import SHARED
 
-BINANCE = SHARED / "data" / "binance"
-VISION = BINANCE / "data-binance-vision"
-REST = BINANCE / "rest-responses"
-EXCHANGE_INFO = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "exchangeInfo.2021-10-12.excerpt.json"
 ADABTC = VISION / "ADABTC-1m-2021-11-27.csv"
 DOGE = VISION / "DOGEUSDT-1s-2025-01-01.excerpt.csv"
 FUTURES = VISION / "futures-cm-BTCUSD_PERP-1h-2023-10-27.excerpt.csv"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _data_present() -> None:
-    if not ADABTC.exists():
-        pytest.fail(f"Binance data not found under {BINANCE}: set K2_SHARED_DIR to the folder holding data/")
 
 
 def _load(paths: list[Path], **options: Any) -> list[SourceBatch]:

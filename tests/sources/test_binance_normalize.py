@@ -9,6 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
+from k2.samples import BINANCE_CAPTURE_2021_04_04 as CAPTURE_2021_04
+from k2.samples import BINANCE_CAPTURE_2021_10_12 as CAPTURE_2021_10
+from k2.samples import BINANCE_EXCHANGE_INFO as EXCHANGE_INFO
+from k2.samples import BINANCE_REST_RESPONSES as REST
 from k2.schema.codecs import datetime_from_micros, message_id
 from k2.schema.fields import QUOTES_V2, TRADES_V2
 from k2.sources.base import Reject
@@ -24,19 +28,10 @@ from k2.sources.binance.normalize import (
     record_spec,
 )
 from k2.sources.binance.symbols import SuffixQuotes, SymbolDirectory, UnknownSymbolError
-from tests.conftest import SHARED
-
-BINANCE = SHARED / "data" / "binance"
-CAPTURE_2021_04 = BINANCE / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0"
-CAPTURE_2021_10 = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0"
-EXCHANGE_INFO = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "exchangeInfo.2021-10-12.excerpt.json"
-REST = BINANCE / "rest-responses"
 
 
 @pytest.fixture(scope="module")
 def symbols() -> SymbolDirectory:
-    if not EXCHANGE_INFO.exists():
-        pytest.fail(f"Binance data not found under {BINANCE}: set K2_SHARED_DIR to the folder holding data/")
     return SymbolDirectory.from_file(EXCHANGE_INFO)
 
 

@@ -16,6 +16,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from k2.samples import BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12
+from k2.samples import BINANCE_EXCHANGE_INFO as EXCHANGE_INFO
 from k2.schema.arrow import arrow_schema, records_from_arrow
 from k2.schema.codecs import message_id
 from k2.schema.fields import QUOTES_V2, TRADES_V2
@@ -26,22 +28,17 @@ from k2.sources.binance.capture import ws_frames
 from k2.sources.binance.normalize import TimeUnit, normalize_frame, record_spec
 from k2.sources.binance.normalize_columnar import FrameBatch, normalize_frames
 from k2.sources.binance.symbols import SymbolDirectory
-from tests.conftest import SHARED
 
-BINANCE = SHARED / "data" / "binance"
 CAPTURES = (
-    BINANCE / "cryptofeed-ws-capture-2021-04-04" / "BINANCE-ee25be.0",
-    BINANCE / "cryptofeed-ws-capture-2021-10-12" / "BINANCE.ws.1.0",
+    BINANCE_CAPTURE_2021_04_04,
+    BINANCE_CAPTURE_2021_10_12,
 )
-EXCHANGE_INFO = BINANCE / "cryptofeed-ws-capture-2021-10-12" / "exchangeInfo.2021-10-12.excerpt.json"
 
 Frames = list[tuple[bytes, int]]
 
 
 @pytest.fixture(scope="module")
 def symbols() -> SymbolDirectory:
-    if not EXCHANGE_INFO.exists():
-        pytest.fail(f"Binance data not found under {BINANCE}: set K2_SHARED_DIR to the folder holding data/")
     return SymbolDirectory.from_file(EXCHANGE_INFO)
 
 

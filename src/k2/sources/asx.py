@@ -1,6 +1,6 @@
 """ASX equities files → V2 trades, quotes and reference-data records.
 
-Layout of the directory handed to `AsxSource` (as the files really are; see data/asx-sample/README.md):
+Layout of the directory handed to `AsxSource` (as the files really are; see data/samples/asx/README.md):
 
     trades/<company_id>.csv   no header, CRLF; date MM/DD/YYYY, time HH:MM:SS.mmm (Sydney wall clock), price,
                               volume, qualifier code, venue ('X' or empty), extra (mostly empty, sometimes a price)

@@ -1,4 +1,4 @@
-"""Reader for cryptofeed's raw capture files (the recorded Binance sessions in shared/data/binance).
+"""Reader for cryptofeed's raw capture files (the recorded Binance sessions in data/samples/binance).
 
 One record per line, in receipt order (format from cryptofeed's `raw_data_collection`; see the data README):
 

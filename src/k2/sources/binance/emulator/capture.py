@@ -1,6 +1,6 @@
 """Private reader for the cryptofeed capture format (to be replaced by `k2.sources.binance.capture`).
 
-Line format, as documented in shared/data/binance/README.md:
+Line format, as documented in data/samples/binance/README.md:
 
 - ``<ws url> <-> <connect unix time>``: the connection header (first line of a WS capture)
 - ``<receipt unix time>: <raw text frame>``: one combined-stream frame ``{"stream":..,"data":..}``

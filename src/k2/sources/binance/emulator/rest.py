@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,10 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.sources.binance.emulator.feed import Hub
 from k2.sources.binance.emulator.limits import Limits
 
-# The shared data folder sits next to the checkout (K2_SHARED_DIR overrides, as in tests/conftest.py).
-SHARED_DATA = Path(os.environ.get("K2_SHARED_DIR", Path(__file__).resolve().parents[5].parent / "shared")) / "data"
-EXCHANGE_INFO = SHARED_DATA / "binance/cryptofeed-ws-capture-2021-10-12/exchangeInfo.2021-10-12.excerpt.json"
 _QUOTES = ("USDT", "BUSD", "USDC", "EUR", "BTC", "ETH", "BNB")
 
 # Request weights, rest-api market-data-endpoints.
@@ -103,7 +100,7 @@ class WeightMeter:
         return True, used + weight, reset_in
 
 
-def create_app(hub: Hub, limits: Limits, exchange_info_path: Path = EXCHANGE_INFO) -> FastAPI:
+def create_app(hub: Hub, limits: Limits, exchange_info_path: Path = BINANCE_EXCHANGE_INFO) -> FastAPI:
     """The REST app; ``hub`` is read on the emulator's loop, where uvicorn serves too."""
     app = FastAPI(title="K2 Binance spot emulator")
     meter = WeightMeter(limits)

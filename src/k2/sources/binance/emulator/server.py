@@ -16,11 +16,12 @@ import uvicorn
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from k2.ops.metrics import serve_metrics
+from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.sources.binance.emulator.capture import Capture, read_capture
 from k2.sources.binance.emulator.faults import ConnectionFault, FaultPlan, FaultSpec, FrameFault
 from k2.sources.binance.emulator.feed import Hub, replay
 from k2.sources.binance.emulator.limits import Limits
-from k2.sources.binance.emulator.rest import EXCHANGE_INFO, create_app
+from k2.sources.binance.emulator.rest import create_app
 from k2.sources.binance.emulator.synthetic import SyntheticSpec, run_synthetic
 from k2.sources.binance.emulator.ws import StreamConnection, parse_route, process_request
 
@@ -51,7 +52,7 @@ class BinanceEmulator:
         ws_port: int = 0,
         rest_port: int = 0,
         wait_for_subscriber: bool = True,
-        exchange_info: Path = EXCHANGE_INFO,
+        exchange_info: Path = BINANCE_EXCHANGE_INFO,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0 (0 replays as fast as possible)")
