@@ -1,10 +1,10 @@
 """Query latency of the K2 query library (k2.query.*) against the naive lakehouse path, on a generated lake.
 
 For each main query: warm p50/p99 over `--runs` runs through `QueryEngine` (DuckDB iceberg_scan), and the same
-library function run over the naive path from STACK-NOTES.md — pyiceberg `table.scan(row_filter=...,
-selected_fields=...).to_arrow()` then DuckDB on that Arrow table — with the identical SQL, so the ratio is the
-scan path alone. The naive path gets the columns its SQL needs (not `*`). Each side of a query stops after
-`--budget` seconds (run counts are printed; a call slower than half the budget is timed once). Then a few
+library function run over the naive path from docs/stack-notes.md, "Query latency against ArcticDB" — pyiceberg
+`table.scan(row_filter=..., selected_fields=...).to_arrow()` then DuckDB on that Arrow table — with the identical SQL,
+so the ratio is the scan path alone. The naive path gets the columns its SQL needs (not `*`). Each side of a query stops
+after `--budget` seconds (run counts are printed; a call slower than half the budget is timed once). Then a few
 diagnostics of where the engine's time goes, and the same queries through HTTP when `k2.api` exists.
 
 Run from the repo root: `python bench/bench_queries.py --quick` (1 M-trade lake, 10 runs, < 1 min) or

@@ -2,7 +2,8 @@
 
 Written through the library (Settings, open_catalog, ensure_tables, table.append) into a normal K2 home, so the
 files, manifests and partitions (day(timestamp) x exchange) are the ones the sink would make. Everything is built
-as numpy/Arrow columns: per-row Python would cap generation near 0.1 M rows/s (STACK-NOTES.md, Avro section).
+as numpy/Arrow columns: per-row Python would cap generation near 0.1 M rows/s (docs/stack-notes.md, "Avro and JSON
+speed").
 
 - 4 ASX equities (AUD, 1 c ticks, whole shares, session 10:00-16:00 Sydney = 23:00-05:00 UTC, U-shaped activity)
   and 4 Binance pairs (USDT, 0.01 ticks, lot steps of 1e-5..1e-3, 24 h with a European/US-hours hump).

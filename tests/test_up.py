@@ -85,7 +85,7 @@ def test_k2_up_shows_asx_and_binance_data_within_a_minute_and_ctrl_c_leaves_noth
             assert {row["symbol"] for row in asx} == {"BHP", "DVN", "MWR", "RIO"}
 
             # The log end of the ASX trade topic is exactly what was produced, though the embedded broker reports
-            # a smaller high watermark (STACK-NOTES.md); the sink has committed all of it.
+            # a smaller high watermark (docs/stack-notes.md, "Embedded broker"); the sink has committed all of it.
             health = client.get("/v1/pipeline").json()
             topics = {t["topic"]: t for t in health["kafka"]["topics"]}
             assert topics["market.equities.trades.asx"]["end_offset"] == expected

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
 
     # --- Sink ------------------------------------------------------------------------------------------------
     sink_group: str = "k2-sink"
-    # 100k-row commits run ~4x faster than 10k-row ones and write 10x fewer files (STACK-NOTES.md)
+    # 100k-row commits run ~4x faster than 10k-row ones and write 10x fewer files (docs/stack-notes.md, "Iceberg")
     sink_commit_rows: int = 100_000
     sink_commit_seconds: float = 5.0
     load_timeout_seconds: float = Field(

@@ -63,7 +63,8 @@ def test_lag_and_dlq_counts_use_the_real_log_end_not_the_reported_watermark(tmp_
             group.close()
 
         report = log_report(settings, broker.bootstrap)
-    # The embedded broker reports the last batch's base offset + 1 (STACK-NOTES.md): lag from it would be wrong.
+    # The embedded broker reports the last batch's base offset + 1 (docs/stack-notes.md, "Embedded broker"): lag from it
+    # would be wrong.
     assert reported < 9_000
     (topic,) = report.topics
     assert (topic.topic, topic.partitions, topic.end_offset) == (TOPIC, 3, 9_000)

@@ -48,7 +48,7 @@ def trade(seq: int, *, day: int = 0, exchange: str = "asx", symbol: str = "BHP",
 
 
 def append_trades(table: Table, rows: list[dict]) -> None:
-    # pyiceberg does not apply the table's sort order on write (STACK-NOTES.md): sort first.
+    # pyiceberg does not apply the table's sort order on write (docs/stack-notes.md, "Iceberg"): sort first.
     table.append(records_to_arrow(TRADES_V2, sorted(rows, key=lambda r: r["timestamp"])))
 
 

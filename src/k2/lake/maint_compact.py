@@ -1,6 +1,6 @@
 """Compaction: rewrite the small files of a (day, exchange) partition into few large ones, sorted by symbol then time.
 
-File count dominates query latency (300 files ≈ 3-4x slower than 30, STACK-NOTES.md) and pyiceberg has no
+File count dominates query latency (300 files ≈ 3-4x slower than 30, docs/stack-notes.md, "DuckDB") and pyiceberg has no
 compaction API, so K2 does it: one OVERWRITE snapshot per partition that deletes exactly the data files it read
 (by identity, never by filter) and adds their rows back, sorted.
 

@@ -190,8 +190,8 @@ def maintain(
     specs = [spec for spec in _selected(tables) if catalog.table_exists(table_identifier(spec))]
     engine: QueryEngine | None = None
     if measure_latency and specs:
-        # The one import of a higher room (query) from lake: latency is what compaction is for (STACK-NOTES.md),
-        # so it is measured through the engine users query with. Imported here so lake never needs DuckDB.
+        # The one import of a higher room (query) from lake: latency is what compaction is for (docs/stack-notes.md,
+        # "DuckDB"), so it is measured through the engine users query with. Imported here so lake never needs DuckDB.
         from k2.query.engine import QueryEngine
 
         engine = QueryEngine(catalog)

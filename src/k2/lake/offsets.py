@@ -3,7 +3,7 @@
 Each append records, for every topic-partition whose records it holds, the consumed range [first, end) and the
 topic id (the log's identity). The next offset to read for a partition is the largest recorded `end` among
 snapshots of the *same* topic id: a broker that lost its log renumbers from 0 under a new id, and old offsets
-must not be applied to it (STACK-NOTES.md).
+must not be applied to it (docs/stack-notes.md, "Embedded broker").
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def merged_offsets(snapshots: Iterable[Snapshot]) -> str | None:
     topic's newest log (None: no snapshot records offsets).
 
     Maintenance commits carry it, so expiring the snapshots that first recorded an offset never moves
-    `next_offsets` back. Earlier logs of a topic are left out: a renumbered log never comes back (STACK-NOTES.md).
+    `next_offsets` back. Earlier logs of a topic are left out: a renumbered log never comes back (docs/stack-notes.md,
+    "Embedded broker").
     """
     ids, ranges = _latest_logs(snapshots)
     return encode_ranges(ranges, ids) if ids else None

@@ -1,6 +1,6 @@
 """The exactly-once sink: Kafka topics market.* -> Iceberg tables market_data.*.
 
-Order of a commit (DESIGN.md, "Exactly once"):
+Order of a commit (docs/architecture.md, "Exactly once, Kafka → Iceberg"):
   1. append the buffered rows to Iceberg, the consumed offset ranges (and topic ids) in the snapshot summary;
   2. flush the DLQ producer (rejects are durable before their offsets are given up);
   3. commit the Kafka offsets.

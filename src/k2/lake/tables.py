@@ -23,7 +23,7 @@ TABLE_PROPERTIES = {
 
 def in_write_order(rows: pa.Table) -> pa.Table:
     """`rows` in the tables' sort order (k2.schema.iceberg.SORT_KEYS; nulls last), as every writer must append
-    them: Iceberg does not apply the table's sort order on write (STACK-NOTES.md)."""
+    them: Iceberg does not apply the table's sort order on write (docs/stack-notes.md, "Iceberg")."""
     return rows.sort_by([(name, "ascending") for name in SORT_KEYS if name in rows.column_names])
 
 

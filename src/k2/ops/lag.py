@@ -1,10 +1,11 @@
 """Kafka log ends, the sink group's committed offsets and the lag between them, right on the embedded broker.
 
 The embedded broker (Tansu) answers ListOffsets(LATEST) — and so `get_watermark_offsets()` — with the base offset
-of the last batch + 1, not the log end (STACK-NOTES.md; measured: 1507 reported for a partition ending at 3306). The
-high watermark in a *fetch* response is right, so each non-empty partition is read from that reported offset - 1
-(the last batch's base) to end-of-partition, and the end is the fetched watermark (or the last offset seen + 1).
-On a real Kafka cluster the same steps read one message per partition and give the same answer as ListOffsets.
+of the last batch + 1, not the log end (docs/stack-notes.md, "Embedded broker"; measured: 1507 reported for a partition
+ending at 3306). The high watermark in a *fetch* response is right, so each non-empty partition is read from that
+reported offset - 1 (the last batch's base) to end-of-partition, and the end is the fetched watermark (or the last
+offset seen + 1). On a real Kafka cluster the same steps read one message per partition and give the same answer as
+ListOffsets.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def probe_config(settings: Settings, bootstrap: str) -> dict[str, object]:
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
         "fetch.wait.max.ms": 10,
-        # librdkafka's default 1000 ms backoff would stall each probe (STACK-NOTES.md)
+        # librdkafka's default 1000 ms backoff would stall each probe (docs/stack-notes.md, "Embedded broker")
         "fetch.queue.backoff.ms": 10,
     }
 

@@ -7,7 +7,8 @@ the sink is not disturbed — decoded, filtered like the lake query, and merged 
 
 Consistency rules:
 - Offsets count only for the log's *current* topic id: a restarted broker renumbers from 0 under a new id, and old
-  offsets would skip its fresh records (STACK-NOTES.md). A log the lake knows nothing of is read from offset 0.
+  offsets would skip its fresh records (docs/stack-notes.md, "Embedded broker"). A log the lake knows nothing of is read
+  from offset 0.
 - The sink group's committed offset is used when higher (a commit of rows that were all duplicates moves the group
   but writes no snapshot). It is read *before* the table is loaded: the sink appends to Iceberg before it commits
   to Kafka, so whatever the group had committed then is in the snapshot loaded after.
@@ -19,8 +20,8 @@ Consistency rules:
 - `limit` applies after the merge, in event order: timestamp, source_sequence (nulls last), message_id.
 
 "Caught up" is decided from the high watermark librdkafka caches from its own fetches — ListOffsets is wrong on the
-embedded broker (STACK-NOTES.md) — and bounded by a time budget: past it, what was read so far is returned and the
-Tail says `caught_up=False`.
+embedded broker (docs/stack-notes.md, "Embedded broker") — and bounded by a time budget: past it, what was read so far
+is returned and the Tail says `caught_up=False`.
 """
 
 from __future__ import annotations
@@ -253,7 +254,8 @@ def _consume(
 def _fetched_end(consumer: Consumer, tp: TopicPartition) -> float:
     """The partition's end as of librdkafka's last fetch; infinite until a fetch has answered (nothing known yet).
 
-    cached=True is right on the embedded broker where a ListOffsets query is not (STACK-NOTES.md).
+    cached=True is right on the embedded broker where a ListOffsets query is not (docs/stack-notes.md, "Embedded
+    broker").
     """
     _low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
     return float("inf") if high is None or high < 0 else high
