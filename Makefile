@@ -2,10 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-ASX_SAMPLE ?= ../shared/data/asx-sample
+# the ASX sample shipped in the repository (data/samples/README.md: sources and licences)
+ASX_SAMPLE ?= data/samples/asx
 export K2_HOME ?= $(CURDIR)/.k2
 
-.PHONY: setup run test lint bench faults clean
+.PHONY: setup run test lint bench faults clean system-packages
 
 $(BIN)/k2: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +16,7 @@ $(BIN)/k2: pyproject.toml
 
 # s3rver (npm) is the local S3 endpoint of the object-storage tests (tests/s3.py)
 S3RVER := .k2-tools/node_modules/s3rver/package.json
-$(S3RVER):
+$(S3RVER): | system-packages
 	npm install --prefix .k2-tools --no-save --no-audit --no-fund s3rver@3.7.1
 
 setup: $(BIN)/k2
@@ -29,10 +30,22 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: setup lint $(S3RVER)
-	# Debian packages the tests drive: headless Chromium (dashboard), Prometheus and promtool (alerts, scrape)
-	command -v chromium >/dev/null && command -v promtool >/dev/null || (apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus)
+# Debian packages the tests drive, installed where missing: headless Chromium (dashboard, /docs), Prometheus and
+# promtool (alerts, scrape), PostgreSQL's server binaries (the PostgreSQL-catalog run), Node.js and npm (s3rver).
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/tmp/k2-apt.log 2>&1 \
+	    || { tail -n 20 /tmp/k2-apt.log; exit 1; }; \
+	fi
+
+test: setup lint system-packages $(S3RVER)
 	$(BIN)/pytest -q -ra -m "not faults"
 	# kill -9 drills over a million messages each (tests/faults, ~6 min); -s prints each drill's figures
 	$(BIN)/pytest -q -ra -s -m faults
