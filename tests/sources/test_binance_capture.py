@@ -12,10 +12,13 @@ from k2.samples import BINANCE_CAPTURE_2021_04_04 as CAPTURE_2021_04
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as CAPTURE_2021_10
 from k2.samples import BINANCE_DEPTH_SNAPSHOTS_2021_10_12 as HTTP_2021_10
 from k2.sources.binance.capture import (
+    BadLine,
+    CaptureConfig,
     CaptureFormatError,
     RestResponse,
     WsConnect,
     WsFrame,
+    WsSent,
     micros_from_text,
     read_capture,
     rest_responses,
@@ -82,3 +85,37 @@ def test_a_line_of_no_known_kind_names_file_and_line(tmp_path: Path) -> None:
     path.write_bytes(b'1617566591.326123: {"a":1}\n\nnot a capture line\n')
     with pytest.raises(CaptureFormatError, match=r"bad\.0: line 3"):
         list(read_capture(path))
+
+
+NEWER_CAPTURE = (
+    b"configuration: {'log': {'filename': 'feedhandler.log', 'level': 'WARNING'}, 'uvloop': True}\n"
+    b"wss://stream.binance.com:9443/stream <-> 1700000000.123456\n"
+    b"wss://stream.binance.com:9443/stream <- 1700000000.2: "
+    b'{"method": "SUBSCRIBE", "params": ["btcusdt@aggTrade"], "id": 1}\n'
+    b'1700000000.5: {"result":null,"id":1}\n'
+)
+
+
+def test_newer_captures_open_with_their_configuration_and_the_subscriptions_sent(tmp_path: Path) -> None:
+    path = tmp_path / "BINANCE.ws.7.0"
+    path.write_bytes(NEWER_CAPTURE)
+    config, connect, sent, frame = read_capture(path)
+    assert isinstance(config, CaptureConfig)
+    assert config.text == "{'log': {'filename': 'feedhandler.log', 'level': 'WARNING'}, 'uvloop': True}"
+    assert isinstance(connect, WsConnect) and connect.connect_us == 1_700_000_000_123_456
+    assert isinstance(sent, WsSent)
+    assert (sent.url, sent.sent_us, sent.line_no) == ("wss://stream.binance.com:9443/stream", 1_700_000_000_200_000, 3)
+    assert orjson.loads(sent.raw)["params"] == ["btcusdt@aggTrade"]
+    assert isinstance(frame, WsFrame) and frame.raw == b'{"result":null,"id":1}'
+    assert list(ws_frames(path)) == [frame]
+
+
+def test_a_lenient_read_keeps_each_bad_line_with_its_reason_and_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "torn.0"
+    path.write_bytes(NEWER_CAPTURE + b'1700000001.0: {"stream":"btcusdt@aggTrade","da\nnot a line\n1700000002.: x\n')
+    entries = list(read_capture(path, strict=False))
+    bad = [e for e in entries if isinstance(e, BadLine)]
+    assert [(b.line_no, b.raw) for b in bad] == [(6, b"not a line"), (7, b"1700000002.: x")]
+    assert bad[0].reason.startswith("not '<time>: <frame>'")
+    # A torn frame is still a frame line: whether its JSON is whole is for its reader to decide.
+    assert [e.line_no for e in entries if isinstance(e, WsFrame)] == [4, 5]

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,13 +22,10 @@ from websockets.frames import Frame, Opcode
 from k2.ops.metrics import REGISTRY
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as APRIL
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as OCTOBER
-from k2.samples import BINANCE_SAMPLES as BINANCE
 from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, SyntheticSpec
 
 # data/samples/binance/README.md: BTCUSDT has 1,227 consecutive aggregate ids in the April capture.
 BTC_AGG_IDS = list(range(665076760, 665077987))
-
-pytestmark = pytest.mark.skipif(not APRIL.exists(), reason=f"Binance captures not found under {BINANCE}")
 
 
 def connect(url: str) -> ws_connect:
@@ -95,6 +93,44 @@ def test_capture_replay_delivers_every_btcusdt_agg_trade_in_id_order(start: Call
             return await collect_agg_ids(ws, BTC_AGG_IDS[-1])
 
     assert run(scenario) == BTC_AGG_IDS
+
+
+@pytest.mark.timeout(30)
+def test_a_newer_capture_with_torn_lines_still_replays_every_usable_frame(
+    start: Callable[..., Endpoints], tmp_path: Path
+) -> None:
+    # The newer cryptofeed layout (configuration header, the subscription sent), then the April capture's frames
+    # with three lines that cannot be replayed: a torn write, a frame of no combined stream, an aggTrade with no id.
+    april = APRIL.read_bytes().split(b"\n")
+    torn = [
+        b"this line was cut by a crash",
+        b'1617566590.5: {"result":null,"id":1}',
+        b'1617566590.6: {"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","s":"BTCUSDT"}}',
+    ]
+    header = [
+        b"configuration: {'log': {'filename': 'feedhandler.log'}}",
+        b'wss://stream.binance.com:9443/stream <- 1617566590.4: {"method":"SUBSCRIBE","id":1}',
+    ]
+    capture = tmp_path / "BINANCE.ws.9.0"
+    capture.write_bytes(b"\n".join([april[0], *header, *torn, *april[1:]]))
+    ws_url, _ = start([capture], speed=0)
+    emulator = start.emulator  # type: ignore[attr-defined]
+
+    async def scenario() -> list[int]:
+        async with connect(f"{ws_url}/stream?streams=btcusdt@aggTrade") as ws:
+            return await collect_agg_ids(ws, BTC_AGG_IDS[-1])
+
+    assert run(scenario) == BTC_AGG_IDS
+    (loaded,) = emulator.captures
+    assert [(bad.line_no, bad.reason) for bad in loaded.skipped] == [(4, bad.reason) for bad in loaded.skipped[:1]] + [
+        (5, 'frame is not a combined-stream {"stream": ..., "data": {...}} object')
+    ]
+    assert loaded.skipped[0].reason.startswith("not '<time>: <frame>'")
+    assert loaded.summary() == (
+        f"capture BINANCE.ws.9.0: 2 line(s) skipped, {len(loaded.frames)} frames kept "
+        f"(first skipped: line 4, {loaded.skipped[0].reason})"
+    )
+    assert emulator.counts["unusable"] == 1  # the aggTrade with no id: skipped at replay, the rest went on
 
 
 @pytest.mark.timeout(30)

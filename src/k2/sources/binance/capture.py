@@ -1,14 +1,21 @@
 """Reader for cryptofeed's raw capture files (the recorded Binance sessions in data/samples/binance).
 
-One record per line, in receipt order (format from cryptofeed's `raw_data_collection`; see the data README):
+One record per line, in receipt order (format from cryptofeed's `raw_data_collection`; see
+data/samples/binance/README.md):
 
-    <ws url> <-> <connect unix time>                  a WebSocket connection opened (first line of a WS file)
+    configuration: <text>                             the feed's configuration (newer cryptofeed: the first line)
+    <ws url> <-> <connect unix time>                  a WebSocket connection opened (first line of older WS files)
+    <ws url> <- <send unix time>: <raw text>          a message the recorder sent (subscriptions; newer cryptofeed)
     <receipt unix time>: <raw text frame>             one WebSocket frame, byte for byte
     <rest url> -> <receipt unix time>: <raw body>     one REST response body
 
 Times are float seconds written as text; they are turned into integer microseconds from the text itself (never
 through float), truncating any 7th fractional digit (Python's time.time() repr sometimes prints one). Frames and
 bodies stay raw bytes, so the emulator can replay exactly what Binance sent and the normalizer can be fed it.
+
+This is the one reader of the format: the emulator builds what it replays on it too. A line of no known kind either
+stops the read (`strict`, for callers that need the whole capture) or comes out as a `BadLine` with its reason, so a
+replay can skip it, count it and say so.
 """
 
 from __future__ import annotations
@@ -17,12 +24,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 from urllib.parse import parse_qs, urlsplit
 
 _TIME = rb"(\d+(?:\.\d+)?)"
 _CONNECT = re.compile(rb"(\S+) <-> " + _TIME)
 _REST = re.compile(rb"(https?://\S+) -> " + _TIME + rb": ")
+_SENT = re.compile(rb"(wss?://\S+) <- " + _TIME + rb": ")
 _FRAME = re.compile(_TIME + rb": ")
+_CONFIG = b"configuration: "
 
 
 class CaptureFormatError(ValueError):
@@ -67,7 +77,34 @@ class RestResponse:
         return {key: values[-1] for key, values in parse_qs(urlsplit(self.url).query).items()}
 
 
-CaptureEntry = WsConnect | WsFrame | RestResponse
+@dataclass(frozen=True, slots=True)
+class WsSent:
+    """A text message the recorder sent on the connection to `url` (its subscription requests)."""
+
+    url: str
+    sent_us: int
+    raw: bytes
+    line_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """The recorder's configuration line, kept as written (cryptofeed prints a Python dict, not JSON)."""
+
+    text: str
+    line_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that fits no kind (a truncated write, a stray edit): its bytes and why, for counting and reporting."""
+
+    raw: bytes
+    reason: str
+    line_no: int
+
+
+CaptureEntry = WsConnect | WsFrame | RestResponse | WsSent | CaptureConfig
 
 
 def micros_from_text(text: bytes | str) -> int:
@@ -90,16 +127,29 @@ def parse_line(line: bytes, line_no: int = 0) -> CaptureEntry:
     match = _FRAME.match(line)
     if match is not None:
         return WsFrame(micros_from_text(match[1]), line[match.end() :], line_no)
+    match = _SENT.match(line)
+    if match is not None:
+        return WsSent(match[1].decode(), micros_from_text(match[2]), line[match.end() :], line_no)
     match = _CONNECT.fullmatch(line)
     if match is not None:
         return WsConnect(match[1].decode(), micros_from_text(match[2]), line_no)
-    raise CaptureFormatError(f"line {line_no}: not '<time>: <frame>', '<url> -> <time>: <body>' or '<url> <-> <time>'")
+    if line.startswith(_CONFIG):
+        return CaptureConfig(line[len(_CONFIG) :].decode("utf-8", "replace"), line_no)
+    raise CaptureFormatError(
+        f"line {line_no}: not '<time>: <frame>', '<url> -> <time>: <body>', '<url> <- <time>: <message>', "
+        "'<url> <-> <time>' or 'configuration: ...'"
+    )
 
 
-def read_capture(path: Path | str) -> Iterator[CaptureEntry]:
+@overload
+def read_capture(path: Path | str, *, strict: Literal[True] = ...) -> Iterator[CaptureEntry]: ...
+@overload
+def read_capture(path: Path | str, *, strict: Literal[False]) -> Iterator[CaptureEntry | BadLine]: ...
+def read_capture(path: Path | str, *, strict: bool = True) -> Iterator[CaptureEntry | BadLine]:
     """Entries of a capture file in file (= receipt) order, streamed; blank lines are skipped.
 
-    CaptureFormatError names the file and line of the first line that fits no kind.
+    `strict`: CaptureFormatError names the file and line of the first line that fits no kind. Otherwise such a line
+    comes out as a BadLine and the read goes on.
     """
     path = Path(path)
     with path.open("rb") as f:
@@ -110,7 +160,9 @@ def read_capture(path: Path | str) -> Iterator[CaptureEntry]:
             try:
                 yield parse_line(line, line_no)
             except (CaptureFormatError, ValueError) as exc:
-                raise CaptureFormatError(f"{path}: {exc}") from None
+                if strict:
+                    raise CaptureFormatError(f"{path}: {exc}") from None
+                yield BadLine(line, str(exc).removeprefix(f"line {line_no}: "), line_no)
 
 
 def ws_frames(path: Path | str) -> Iterator[WsFrame]:

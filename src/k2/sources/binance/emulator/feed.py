@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import orjson
+import structlog
 
 from k2.sources.binance.emulator.capture import Capture
 from k2.sources.binance.emulator.faults import FaultPlan, FrameFault
@@ -24,6 +25,8 @@ from k2.sources.binance.emulator.faults import FaultPlan, FrameFault
 # in microseconds, please add the parameter timeUnit=MICROSECOND". These are the time fields of the market streams.
 _TIME_FIELDS = ("E", "T", "O", "C")
 _KLINE_TIME_FIELDS = ("t", "T")
+
+log = structlog.get_logger(__name__)
 
 
 def to_microseconds(data: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +142,7 @@ class Hub:
         self.last_update_id: dict[str, int] = {}
         self.book_tickers: dict[str, dict[str, Any]] = {}
         self.symbols: set[str] = set()
-        self.counts: dict[str, int] = {"published": 0, **{fault.value: 0 for fault in FrameFault}}
+        self.counts: dict[str, int] = {"published": 0, "unusable": 0, **{fault.value: 0 for fault in FrameFault}}
         self._held: dict[str, Outgoing] = {}
 
     def subscribe(self, sink: Sink, stream: str) -> None:
@@ -221,16 +224,21 @@ async def replay(hub: Hub, captures: Sequence[Capture], speed: float, wait_for_s
     for capture in captures:
         if not capture.frames:
             continue
-        origin = capture.frames[0].received
+        origin_us = capture.frames[0].receipt_us
         started = loop.time()
         for frame in capture.frames:
             if speed > 0:
-                delay = started + (frame.received - origin) / speed - loop.time()
+                delay = started + (frame.receipt_us - origin_us) / 1e6 / speed - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 else:
                     await asyncio.sleep(0)
             else:
                 await asyncio.sleep(0)
-            hub.publish(frame.stream, copy.deepcopy(frame.data))
+            try:
+                hub.publish(frame.stream, copy.deepcopy(frame.data))
+            except (KeyError, TypeError, ValueError) as exc:
+                # A payload missing a field its stream always has: the replay goes on without it, counted and said.
+                hub.counts["unusable"] += 1
+                log.warning("emulator.frame_skipped", capture=capture.path.name, stream=frame.stream, error=repr(exc))
     hub.flush_held()

@@ -6,24 +6,28 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import structlog
 import uvicorn
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from k2.ops.metrics import serve_metrics
 from k2.samples import BINANCE_EXCHANGE_INFO
-from k2.sources.binance.emulator.capture import Capture, read_capture
+from k2.sources.binance.emulator.capture import Capture, load_capture
 from k2.sources.binance.emulator.faults import ConnectionFault, FaultPlan, FaultSpec, FrameFault
 from k2.sources.binance.emulator.feed import Hub, replay
 from k2.sources.binance.emulator.limits import Limits
 from k2.sources.binance.emulator.rest import create_app
 from k2.sources.binance.emulator.synthetic import SyntheticSpec, run_synthetic
 from k2.sources.binance.emulator.ws import StreamConnection, parse_route, process_request
+
+log = structlog.get_logger(__name__)
 
 
 class Endpoints(NamedTuple):
@@ -57,6 +61,7 @@ class BinanceEmulator:
         if speed < 0:
             raise ValueError("speed must be >= 0 (0 replays as fast as possible)")
         self.capture_paths = list(captures or [])
+        self.captures: list[Capture] = []  # as loaded by start(), with the lines each skipped
         self.synthetic = synthetic
         self.speed = speed
         self.fault_spec = faults or FaultSpec()
@@ -87,7 +92,11 @@ class BinanceEmulator:
     async def start(self) -> Endpoints:
         """Load captures, bind both servers (port 0 picks a free one) and start the feed."""
         self._loop = asyncio.get_running_loop()
-        captures: list[Capture] = [await asyncio.to_thread(read_capture, Path(p)) for p in self.capture_paths]
+        captures: list[Capture] = [await asyncio.to_thread(load_capture, Path(p)) for p in self.capture_paths]
+        self.captures = captures
+        for capture in captures:
+            if summary := capture.summary():
+                log.warning("emulator.capture_lines_skipped", summary=summary)
         hub = self.hub = Hub(FaultPlan(self.fault_spec))
         for capture in captures:
             for snapshot in capture.snapshots:
@@ -128,6 +137,7 @@ class BinanceEmulator:
 
         if captures:
             self._replay = asyncio.create_task(replay(hub, captures, self.speed, self.wait_for_subscriber))
+            self._replay.add_done_callback(_report_failure)
             self._tasks.append(self._replay)
         if self.synthetic:
             self._tasks.append(asyncio.create_task(run_synthetic(hub, self.synthetic)))
@@ -254,6 +264,12 @@ class BinanceEmulator:
             thread.join(15)
 
 
+def _report_failure(task: asyncio.Task[None]) -> None:
+    """A replay that dies must say so: the servers would otherwise keep answering with nothing more to send."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("emulator.replay_failed", error=repr(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``k2 emulate binance``: serve captures or a synthetic market until interrupted."""
     parser = argparse.ArgumentParser(prog="k2 emulate binance", description=main.__doc__)
@@ -285,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def run() -> None:
         endpoints = await emulator.start()
+        for capture in emulator.captures:
+            if summary := capture.summary():
+                print(summary, file=sys.stderr, flush=True)
         print(f"Binance emulator: ws {endpoints.ws_url}  rest {endpoints.rest_url}  (Ctrl-C stops)", flush=True)
         stopped = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
