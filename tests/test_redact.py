@@ -39,7 +39,7 @@ def test_redact_mapping_masks_secret_keys_and_urls() -> None:
 def test_settings_repr_shows_no_credentials() -> None:
     settings = Settings(
         catalog_uri="postgresql+psycopg2://k2:s3cr3t@db:5432/k2",
-        kafka_extra='{"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}',
+        kafka_extra={"security.protocol": "SASL_SSL", "sasl.password": "hunter2"},
         schema_registry_url="https://k2:pw0rd@registry.example",
     )
     shown = repr(settings)

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
-from k2.config import Settings
+from k2.config import Settings, describe_errors, settings_table
 from k2.logs import configure_logging
 
 app = typer.Typer(help="K2 market data platform: exchanges → Kafka → Iceberg → DuckDB.", no_args_is_help=True)
@@ -45,7 +47,25 @@ class OutputFormat(StrEnum):
 def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (structured) to stderr."),
 ) -> None:
-    configure_logging(verbose)
+    # Every command reads the same K2_* settings: a malformed one is one clear line here, not a traceback later.
+    try:
+        settings = Settings()
+    except (ValidationError, SettingsError) as exc:
+        for line in describe_errors(exc):
+            err.print(f"error: {line}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    configure_logging(verbose, settings.log)
+
+
+@app.command("settings")
+def show_settings(
+    markdown: bool = typer.Option(False, "--markdown", help="Print the table of every variable (README.md's)."),
+) -> None:
+    """The effective K2_* settings of this environment, secrets masked; --markdown: every variable documented."""
+    if markdown:
+        out.print(settings_table(), markup=False, end="")
+        return
+    out.print(repr(Settings()), markup=False, soft_wrap=True)
 
 
 @load_app.command("asx")
@@ -414,7 +434,8 @@ def up(
         mode = BinanceMode(binance)
     except ValueError:
         raise typer.BadParameter("one of auto, emulator, live, off", param_hint="--binance") from None
-    options = UpOptions(port=port, asx=None if no_asx else (asx or default_asx_dir()), binance=mode)
+    settings = Settings()
+    options = UpOptions(port=port, asx=None if no_asx else (asx or default_asx_dir(settings)), binance=mode)
     if symbols:
         options.symbols = [s.strip().upper() for s in symbols.split(",") if s.strip()]
     if capture:
@@ -431,7 +452,7 @@ def up(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    raise typer.Exit(run_up(Settings(), options, Console(soft_wrap=True, highlight=False), stop))
+    raise typer.Exit(run_up(settings, options, Console(soft_wrap=True, highlight=False), stop))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""One settings object for every K2 process (environment variables `K2_*`).
+"""One settings object for every K2 process: `Settings`, read from environment variables `K2_*` and nowhere else.
 
 Everything local lives under `home` ($K2_HOME, default ./.k2). Leaving `kafka_bootstrap` or
 `schema_registry_url` unset means "K2 starts its own" (see k2.bus.stack).
@@ -6,47 +6,123 @@ Everything local lives under `home` ($K2_HOME, default ./.k2). Leaving `kafka_bo
 Object storage: `K2_WAREHOUSE=s3://bucket/prefix` puts the lake on S3 or any S3-compatible store; the endpoint and
 credentials come from K2_S3_* or, when those are unset, the standard AWS_* variables. The secret is a SecretStr:
 it shows as '**********' in reprs and logs, and only `catalog_config` / `s3_environment()` hand it out.
+
+The HTTP API's options (`K2_API_*`) and logging (`K2_LOG_*`) are nested groups of the same object
+(`settings.api`, `settings.log`). Settings given as JSON in the environment (K2_KAFKA_EXTRA, K2_CATALOG_PROPERTIES,
+K2_SHED_PRIORITIES) are typed here, so a malformed value fails at start with the variable's name.
+The README's configuration table is generated from these fields (`k2 settings --markdown`); a test keeps them equal.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from k2.redact import redact
+from k2.redact import redact, redact_mapping
+
+
+class ApiSettings(BaseSettings):
+    """The HTTP API (`k2 serve`, `k2 up`)."""
+
+    model_config = SettingsConfigDict(env_prefix="K2_API_", extra="ignore")
+
+    rate_limit_per_minute: int = Field(
+        default=600, ge=1, description="Requests per minute per API key (token bucket; the burst is the same size)"
+    )
+    query_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A read taking longer answers 504; also the limit per replay batch"
+    )
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0, description="Larger request bodies answer 413")
+    max_url_bytes: int = Field(default=8192, ge=256, description="Longer path + query strings answer 414")
+    query_workers: int = Field(default=4, ge=1, description="Threads running queries (the engine runs one at a time)")
+    refresh_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Re-read the catalog for new commits at most this often (a refresh costs ~20 ms); 0: every read",
+    )
+    breaker_timeouts: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive query timeouts after which new queries are refused (503) for breaker_reset_seconds:"
+        " a timed-out query keeps the engine busy, so more would only queue behind it",
+    )
+    breaker_reset_seconds: float = Field(default=30.0, gt=0, description="How long the query breaker stays open")
+    fresh_budget_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a fresh=true read may spend on the Kafka tail; past it the rows read so far are used"
+        " and the response says X-K2-Fresh-Caught-Up: false",
+    )
+    replay_batch_rows: int = Field(default=1000, ge=1, description="Rows read per replay query")
+
+
+class LogSettings(BaseSettings):
+    """Structured logs on stderr (k2.logs)."""
+
+    model_config = SettingsConfigDict(env_prefix="K2_LOG_", extra="ignore", populate_by_name=True)
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="Lowest level logged (`-v` on a command means INFO)"
+    )
+    json_lines: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("K2_LOG_JSON"),
+        description="One JSON object per line instead of console text (for log shippers)",
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
     # populate_by_name: fields with AWS_* fallbacks are still set as Settings(s3_endpoint=...)
     model_config = SettingsConfigDict(env_prefix="K2_", extra="ignore", populate_by_name=True)
 
-    home: Path = Field(default=Path(".k2"), description="All local state: broker, registry, catalog, warehouse")
+    home: Path = Field(
+        default=Path(".k2"), description="All local state: broker log, registry, catalog, warehouse, logs"
+    )
 
     # --- Kafka -----------------------------------------------------------------------------------------------
-    kafka_bootstrap: str | None = Field(default=None, description="Bootstrap servers; unset = embedded broker")
-    kafka_extra: str = Field(
-        default="{}",
-        description="JSON object of extra librdkafka settings (SASL/SSL) applied to every client",
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Bootstrap servers of a real Kafka-wire cluster; unset = the embedded broker"
     )
-    topic_partitions: int = 3
-    topic_replication: int = 1
-    topic_retention_ms: int = 7 * 24 * 3600 * 1000
-    producer_compression: str = "zstd"
-    producer_linger_ms: int = 10
+    kafka_extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="JSON object of extra librdkafka settings applied to every client (the escape hatch for options"
+        " K2 has no setting of its own for)",
+    )
+    topic_partitions: int = Field(default=3, ge=1, description="Partitions of topics K2 creates")
+    topic_replication: int = Field(default=1, ge=1, description="Replication factor of topics K2 creates")
+    topic_retention_ms: int = Field(
+        default=7 * 24 * 3600 * 1000, description="retention.ms of topics K2 creates (default 7 days)"
+    )
+    producer_compression: str = Field(default="zstd", description="Producer compression.type")
+    producer_linger_ms: int = Field(default=10, ge=0, description="Producer linger.ms")
 
     # --- Schema registry -------------------------------------------------------------------------------------
-    schema_registry_url: str | None = Field(default=None, description="Registry URL; unset = embedded registry")
+    schema_registry_url: str | None = Field(
+        default=None, description="Confluent-compatible registry URL; unset = the embedded registry"
+    )
 
     # --- Iceberg ---------------------------------------------------------------------------------------------
-    catalog_name: str = "k2"
-    catalog_uri: str | None = Field(default=None, description="SQL catalog URI; unset = SQLite under home")
-    catalog_properties: str = Field(default="{}", description="JSON of extra pyiceberg catalog properties")
+    catalog_name: str = Field(default="k2", description="Name of the Iceberg catalog")
+    catalog_uri: str | None = Field(
+        default=None,
+        description="pyiceberg SQL catalog URI (e.g. postgresql+psycopg2://...); unset = SQLite under home",
+    )
+    catalog_properties: dict[str, Any] = Field(
+        default_factory=dict,
+        description='JSON object of extra pyiceberg catalog properties (e.g. {"type": "rest", "uri": ...})',
+    )
     warehouse: str | None = Field(
         default=None, description="Warehouse location, e.g. s3://bucket/prefix; unset = directory under home"
     )
@@ -59,13 +135,19 @@ class Settings(BaseSettings):
         description="S3-compatible endpoint URL (http://host:port); unset = AWS S3",
     )
     s3_access_key_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("K2_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+        default=None,
+        validation_alias=AliasChoices("K2_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+        description="S3 access key id; unset = the AWS credential chain",
     )
     s3_secret_access_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("K2_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+        default=None,
+        validation_alias=AliasChoices("K2_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+        description="S3 secret access key (never logged)",
     )
     s3_session_token: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("K2_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN")
+        default=None,
+        validation_alias=AliasChoices("K2_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"),
+        description="S3 session token for temporary credentials (never logged)",
     )
     s3_region: str | None = Field(
         default=None,
@@ -81,32 +163,57 @@ class Settings(BaseSettings):
     # --- Embedded broker -------------------------------------------------------------------------------------
     broker_storage: str = Field(
         default="memory://tansu/",
-        description="Tansu storage engine: memory:// (lost on restart) or s3://bucket/ (durable, K2_S3_* endpoint)",
+        description="Embedded broker storage: memory:// (lost on restart) or s3://bucket/ (durable, K2_S3_* endpoint)",
     )
 
     # --- Sink ------------------------------------------------------------------------------------------------
-    sink_group: str = "k2-sink"
+    sink_group: str = Field(default="k2-sink", description="Consumer group of the sink workers")
     # 100k-row commits run ~4x faster than 10k-row ones and write 10x fewer files (docs/stack-notes.md, "Iceberg")
-    sink_commit_rows: int = 100_000
-    sink_commit_seconds: float = 5.0
+    sink_commit_rows: int = Field(default=100_000, ge=1, description="Iceberg commit after this many rows")
+    sink_commit_seconds: float = Field(default=5.0, gt=0, description="... or after this many seconds")
     load_timeout_seconds: float = Field(
         default=900.0, description="How long `k2 load` waits for the sink group to commit what it produced"
     )
 
     # --- Degradation (k2.ops.degradation) --------------------------------------------------------------------
     memory_limit_mb: int | None = Field(
-        default=None, ge=64, description="Memory a producing process may use; degradation levels rise from 50 % of it"
+        default=None,
+        ge=64,
+        description="Memory a producing process may use; degradation levels rise from 50 % of it (unset: memory is"
+        " not a signal)",
     )
-    shed_priorities: str = Field(
-        default="{}",
-        description='JSON {"asset_class/exchange": 0|1|2}: under load, priority 2 is spilled to disk first, 0 last',
+    shed_priorities: dict[str, int] = Field(
+        default_factory=dict,
+        description='JSON {"asset_class/exchange": 0|1|2}: under load, priority 2 is spilled to disk first, 0 last'
+        " (unset: all 1)",
     )
+
+    # --- k2 up -----------------------------------------------------------------------------------------------
+    asx_sample: Path | None = Field(
+        default=None, description="The ASX folder `k2 up` loads; unset = the repository's data/samples/asx"
+    )
+
+    # --- Nested groups (their own prefixes) ------------------------------------------------------------------
+    api: ApiSettings = Field(default_factory=ApiSettings, description="The HTTP API (K2_API_*)")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging (K2_LOG_*)")
+
+    @field_validator("shed_priorities")
+    @classmethod
+    def _priorities(cls, value: dict[str, int]) -> dict[str, int]:
+        if not all(0 <= v <= 2 for v in value.values()):
+            raise ValueError('must map "asset_class/exchange" to 0, 1 or 2, e.g. {"crypto/binance": 2}')
+        return {k.lower(): v for k, v in value.items()}
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Passwords in URIs (K2_CATALOG_URI) and secret values in JSON settings (K2_KAFKA_EXTRA's sasl.password,
         # K2_CATALOG_PROPERTIES' credentials) never reach a repr, so never a log or a test report.
         for name, value in super().__repr_args__():
-            yield name, redact(value) if isinstance(value, str) else value
+            if isinstance(value, str):
+                yield name, redact(value)
+            elif isinstance(value, dict):
+                yield name, redact_mapping(value)
+            else:
+                yield name, value
 
     @cached_property
     def home_dir(self) -> Path:
@@ -129,7 +236,7 @@ class Settings(BaseSettings):
         }
         if is_s3(props["warehouse"]) or self.s3_endpoint:
             props.update(self.s3_properties)
-        props.update(json.loads(self.catalog_properties))
+        props.update(self.catalog_properties)
         return props
 
     @property
@@ -179,10 +286,6 @@ class Settings(BaseSettings):
             env["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = str(not self.s3_path_style_urls).lower()
         return env
 
-    @property
-    def kafka_extra_config(self) -> dict[str, Any]:
-        return json.loads(self.kafka_extra)
-
 
 def is_s3(location: str | None) -> bool:
     """True for the URI schemes pyiceberg and DuckDB read through S3."""
@@ -191,3 +294,62 @@ def is_s3(location: str | None) -> bool:
 
 def load_settings(**overrides: Any) -> Settings:
     return Settings(**overrides)
+
+
+def _default_text(field: FieldInfo) -> str:
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, Path):
+        return f"`./{value}`" if not value.is_absolute() else f"`{value}`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, dict):
+        return "`{}`" if not value else f"`{value}`"
+    return f"`{value}`"
+
+
+def environment_variables(model: type[BaseSettings] = Settings) -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, nested groups included, in declaration order: the README's
+    configuration table. A setting without a description raises: every variable is documented."""
+    prefix = model.model_config.get("env_prefix", "")
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseSettings):
+            rows.extend(environment_variables(kind))
+            continue
+        if not field.description:
+            raise ValueError(f"{model.__name__}.{name} has no description")
+        alias = field.validation_alias
+        names = list(alias.choices) if isinstance(alias, AliasChoices) else [f"{prefix}{name}".upper()]
+        meaning = field.description
+        if len(names) > 1:
+            meaning += " (else " + ", ".join(f"`{n}`" for n in names[1:]) + ")"
+        rows.append((str(names[0]), _default_text(field), meaning))
+    return rows
+
+
+def describe_errors(exc: ValidationError | SettingsError) -> list[str]:
+    """One line per invalid setting, naming its environment variable (never its value: it may be a secret)."""
+    if isinstance(exc, SettingsError):  # a JSON setting that is not JSON: pydantic-settings fails before validating
+        field = re.search(r'field "(\w+)"', str(exc))
+        variable = f"K2_{field[1]}".upper() if field else "a K2_* setting"
+        return [f"{variable}: not valid JSON ({exc.__cause__})"]
+    model = next((m for m in (Settings, ApiSettings, LogSettings) if m.__name__ == exc.title), Settings)
+    prefix = model.model_config.get("env_prefix", "")
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        variable = name if name.isupper() else f"{prefix}{name}".upper()
+        lines.append(f"{variable}: {error['msg']}")
+    return lines
+
+
+def settings_table() -> str:
+    """The Markdown table of every K2_* variable (README.md, "Configuration"; `k2 settings --markdown`)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, default, meaning in environment_variables():
+        cell = meaning.replace("|", r"\|")
+        lines.append(f"| `{name}` | {default} | {cell} |")
+    return "\n".join(lines) + "\n"

@@ -1,12 +1,13 @@
-"""Structured logging (structlog) to stderr; JSON when K2_LOG_JSON=1, quiet (warnings) unless asked."""
+"""Structured logging (structlog) to stderr; JSON when K2_LOG_JSON=1, quiet (warnings) unless asked (K2_LOG_LEVEL)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import structlog
+
+from k2.config import LogSettings
 
 
 class _CurrentStderr:
@@ -20,11 +21,13 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure_logging(verbose: bool = False) -> None:
-    level = logging.INFO if verbose or os.environ.get("K2_LOG_LEVEL") == "INFO" else logging.WARNING
+def configure_logging(verbose: bool = False, settings: LogSettings | None = None) -> None:
+    """`verbose` (a command's -v) lowers the level to INFO; otherwise `settings` (default: K2_LOG_*) decide."""
+    options = settings or LogSettings()
+    level = min(logging.INFO, logging.getLevelName(options.level)) if verbose else logging.getLevelName(options.level)
     renderer = (
         structlog.processors.JSONRenderer()
-        if os.environ.get("K2_LOG_JSON") == "1"
+        if options.json_lines
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(

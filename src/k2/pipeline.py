@@ -26,7 +26,7 @@ from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink, SinkStats
 from k2.ops import metrics
-from k2.ops.degradation import CircuitBreaker, Controller, Governor, Spill, Thresholds, parse_priorities
+from k2.ops.degradation import CircuitBreaker, Controller, Governor, Spill, Thresholds
 from k2.reconcile import LoadTimeoutError, Reconciliation
 from k2.sources.base import Source, SourceBatch
 
@@ -136,7 +136,7 @@ def default_governor(settings: Settings) -> Governor:
     # One folder per process: a process killed with batches set aside must not have another replay them (its
     # source is re-read instead: the runbook's "run the load again").
     spill = Spill(settings.home_dir / "spill" / str(os.getpid()))
-    return Governor(controller, spill, priorities=parse_priorities(settings.shed_priorities))
+    return Governor(controller, spill, priorities=settings.shed_priorities)
 
 
 def landed_check(targets: dict[tuple[str, int], int], timeout: float) -> Callable[[IcebergSink], bool]:

@@ -10,7 +10,6 @@ API key it made for the dashboard. The broker is the only child process, and it 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 import time
@@ -66,9 +65,9 @@ class UpError(RuntimeError):
     """Something `k2 up` cannot start with; the message says what to do."""
 
 
-def default_asx_dir() -> Path:
+def default_asx_dir(settings: Settings | None = None) -> Path:
     """K2_ASX_SAMPLE, else the sample in the repository's data/samples/asx."""
-    return Path(os.environ.get("K2_ASX_SAMPLE") or ASX_SAMPLE)
+    return (settings or Settings()).asx_sample or ASX_SAMPLE
 
 
 @dataclass

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from rich.console import Console
 
 from k2.bus.registry_client import RegistryClient
@@ -16,7 +17,7 @@ from k2.bus.stack import Stack
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
-from k2.ops.degradation import CircuitBreaker, Controller, Governor, Level, Spill, Thresholds, parse_priorities
+from k2.ops.degradation import CircuitBreaker, Controller, Governor, Level, Spill, Thresholds
 from k2.ops.health import degradation_now
 from k2.ops.metrics import REGISTRY
 from k2.pipeline import landed_check, produce
@@ -62,7 +63,7 @@ def test_levels_rise_at_once_and_fall_one_step_at_a_time() -> None:
 def test_each_level_acts_on_batches_by_priority(
     tmp_path: Path, lag: int, level: Level, sent: set[str], spilled: set[str]
 ) -> None:
-    priorities = parse_priorities('{"equities/asx": 0, "crypto/binance": 2}')  # futures/cme: the default, 1
+    priorities = Settings(shed_priorities={"equities/asx": 0, "crypto/binance": 2}).shed_priorities  # cme: 1
     governor = Governor(
         Controller(SMALL),
         Spill(tmp_path / "spill"),
@@ -134,9 +135,10 @@ def test_the_breaker_opens_after_failures_forces_circuit_break_and_closes_on_suc
     assert [controller.observe(0, 0) for _ in range(4)] == [Level.AGGRESSIVE, Level.GRACEFUL, Level.SOFT, Level.NORMAL]
 
 
-def test_bad_priorities_say_how_to_write_them() -> None:
-    with pytest.raises(ValueError, match="crypto/binance"):
-        parse_priorities('{"crypto/binance": 7}')
+def test_bad_priorities_say_how_to_write_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K2_SHED_PRIORITIES", '{"crypto/binance": 7}')
+    with pytest.raises(ValidationError, match="crypto/binance"):
+        Settings()
 
 
 @pytest.mark.integration

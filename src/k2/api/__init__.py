@@ -3,6 +3,6 @@
 from k2.api.app import create_app
 from k2.api.keys import ApiKey, create_key, list_keys, revoke_key
 from k2.api.server import serve
-from k2.api.settings import ApiSettings
+from k2.config import ApiSettings
 
 __all__ = ["ApiKey", "ApiSettings", "create_app", "create_key", "list_keys", "revoke_key", "serve"]

@@ -13,9 +13,8 @@ from k2.api.keys import keys_path
 from k2.api.limits import RequestLimits
 from k2.api.ratelimit import RateLimiter
 from k2.api.routes import analytics, catalog, dashboard, events, health, metrics, pipeline, replay
-from k2.api.settings import ApiSettings
 from k2.api.state import ApiState
-from k2.config import Settings
+from k2.config import ApiSettings, Settings
 from k2.lake.catalog import open_catalog
 from k2.query.engine import QueryEngine
 
@@ -31,9 +30,9 @@ Errors always look like `{"error": {"code", "message", "details"}}`."""
 
 def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: ApiSettings | None = None) -> FastAPI:
     """The API over the lake `settings` names. Without `engine`, one is opened at startup and closed at shutdown;
-    a given engine stays the caller's to close. `api` defaults to `ApiSettings()` (environment `K2_API_*`).
+    a given engine stays the caller's to close. `api` defaults to `settings.api` (environment `K2_API_*`).
     """
-    options = api or ApiSettings()
+    options = api or settings.api
     state = ApiState(
         settings=settings,
         api=options,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from k2.api.app import create_app
-from k2.api.settings import ApiSettings
-from k2.config import Settings
+from k2.config import ApiSettings, Settings
 
 
 def serve(

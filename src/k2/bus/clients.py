@@ -17,7 +17,7 @@ log = structlog.get_logger(__name__)
 def base_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
     # kafka_extra carries SASL/SSL settings for real clusters; never logged (it may hold secrets).
     # log.connection.close=False: a broker closing idle connections at shutdown is not worth a log line
-    return {"bootstrap.servers": bootstrap, "log.connection.close": False, **settings.kafka_extra_config}
+    return {"bootstrap.servers": bootstrap, "log.connection.close": False, **settings.kafka_extra}
 
 
 def producer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:

@@ -16,7 +16,6 @@ Storage is not proxied: clients read and write data files themselves, with their
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -359,11 +358,11 @@ def backend_settings(settings: Settings) -> Settings:
     """The settings of the catalog a server fronts. When K2_CATALOG_PROPERTIES points K2 at a REST catalog (this
     server, most likely), the backend is the SQL catalog of K2_CATALOG_URI / K2_WAREHOUSE instead: the REST
     client's `type` and `uri` are dropped, or the server would call itself."""
-    props = json.loads(settings.catalog_properties)
+    props = settings.catalog_properties
     if props.get("type") != "rest":
         return settings
     sql_props = {k: v for k, v in props.items() if k not in ("type", "uri")}
-    return settings.model_copy(update={"catalog_properties": json.dumps(sql_props)})
+    return settings.model_copy(update={"catalog_properties": sql_props})
 
 
 def serve_rest_catalog(

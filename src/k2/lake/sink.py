@@ -129,7 +129,7 @@ class IcebergSink:
         self._registry = registry
         self._catalog = catalog
         self._topics = topics
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_extra_config})
+        self._admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_extra})
         self._consumer = Consumer(consumer_config(settings, bootstrap, settings.sink_group))
         self._dlq = RecordProducer(producer_config(settings, bootstrap), registry)
         self._tables: dict[str, Table] = {}

@@ -12,11 +12,12 @@ breaker on produce failures, and what each level does to the records a source ha
 
 RSS percentages are of K2_MEMORY_LIMIT_MB; without a limit, memory is not a signal.
 
-Priority is configured per `asset_class/exchange` (K2_SHED_PRIORITIES, JSON; 0 = most important, default 1). A
-spilled record is not dropped: it is written to a spill file under $K2_HOME/spill/<pid> and sent when the level is back
-to NORMAL (or when the load ends), and counted both ways (k2_spilled_records_total, k2_replayed_records_total),
-so read = produced + rejected still holds. Levels rise at once and fall one step at a time, only when both signals
-are below `recover` x the current level's thresholds (no flapping). Every transition is logged and exported.
+Priority is configured per `asset_class/exchange` (K2_SHED_PRIORITIES, JSON, checked by `Settings`; 0 = most important,
+default 1). A spilled record is not dropped: it is written to a spill file under $K2_HOME/spill/<pid> and sent when the
+level is back to NORMAL (or when the load ends), and counted both ways (k2_spilled_records_total,
+k2_replayed_records_total), so read = produced + rejected still holds. Levels rise at once and fall one step at a time,
+only when both signals are below `recover` x the current level's thresholds (no flapping). Every transition is logged
+and exported.
 """
 
 from __future__ import annotations
@@ -189,16 +190,6 @@ class Spill:
             sent += batch.record_count
             self.records = max(self.records - batch.record_count, 0)
         return sent
-
-
-def parse_priorities(text: str) -> dict[str, int]:
-    """K2_SHED_PRIORITIES: JSON {"asset_class/exchange": priority}, e.g. {"crypto/binance": 2}."""
-    import json
-
-    raw = json.loads(text or "{}")
-    if not isinstance(raw, dict) or not all(isinstance(v, int) and 0 <= v <= 2 for v in raw.values()):
-        raise ValueError('K2_SHED_PRIORITIES must map "asset_class/exchange" to 0, 1 or 2, e.g. {"crypto/binance": 2}')
-    return {str(k).lower(): v for k, v in raw.items()}
 
 
 # Records of priority ≥ this are spilled at each level (3: none).

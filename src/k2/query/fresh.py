@@ -133,7 +133,7 @@ class FreshReader:
 
     def __init__(self, source: FreshSource) -> None:
         self.source = source
-        self._admin = AdminClient({"bootstrap.servers": source.bootstrap, **source.settings.kafka_extra_config})
+        self._admin = AdminClient({"bootstrap.servers": source.bootstrap, **source.settings.kafka_extra})
         self._registry = RegistryClient(source.registry_url)
 
     def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None) -> Tail:

@@ -1,0 +1,64 @@
+"""One typed Settings: every variable documented in the README, malformed values refused with the variable's name."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k2.config import Settings, environment_variables, settings_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TABLE = re.compile(r"<!-- settings-table:begin -->\n(.*?)<!-- settings-table:end -->", re.S)
+
+
+def test_the_readme_table_is_the_one_generated_from_the_settings() -> None:
+    match = TABLE.search(README.read_text())
+    assert match is not None, "README.md lost its settings-table markers"
+    assert match[1] == settings_table(), (
+        "README.md's table is stale: paste `k2 settings --markdown` between the markers"
+    )
+
+
+def test_every_variable_the_product_reads_is_in_the_table() -> None:
+    documented = {name for name, _, _ in environment_variables()}
+    # Every K2_ name in the product's code is a documented setting (test-only knobs live in tests/).
+    source = Path(__file__).resolve().parents[1] / "src" / "k2"
+    mentioned = {m for path in source.rglob("*.py") for m in re.findall(r"\bK2_[A-Z0-9_]+[A-Z0-9]\b", path.read_text())}
+    families = {name for name in mentioned if name.endswith("_")}  # K2_S3_, K2_API_: prefixes named in prose
+    assert mentioned - families - documented == set()
+    assert {"K2_HOME", "K2_API_RATE_LIMIT_PER_MINUTE", "K2_LOG_JSON", "K2_ASX_SAMPLE"} <= documented
+
+
+def test_json_settings_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K2_KAFKA_EXTRA", '{"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}')
+    monkeypatch.setenv("K2_SHED_PRIORITIES", '{"Crypto/Binance": 2}')
+    monkeypatch.setenv("K2_CATALOG_PROPERTIES", '{"type": "rest", "uri": "http://127.0.0.1:8181"}')
+    monkeypatch.setenv("K2_API_RATE_LIMIT_PER_MINUTE", "7")
+    monkeypatch.setenv("K2_LOG_LEVEL", "info")
+    settings = Settings()
+    assert settings.kafka_extra == {"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}
+    assert settings.shed_priorities == {"crypto/binance": 2}
+    assert settings.catalog_config["uri"] == "http://127.0.0.1:8181"
+    assert (settings.api.rate_limit_per_minute, settings.log.level) == (7, "INFO")
+    assert "hunter2" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("K2_KAFKA_EXTRA", "{not json", "error: K2_KAFKA_EXTRA: not valid JSON"),
+        ("K2_SHED_PRIORITIES", '{"crypto/binance": 7}', "error: K2_SHED_PRIORITIES: Value error, must map"),
+        ("K2_API_QUERY_WORKERS", "0", "error: K2_API_QUERY_WORKERS: Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_malformed_setting_is_one_line_naming_it_and_exit_2(variable: str, value: str, message: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", variable: value}
+    done = subprocess.run([sys.executable, "-m", "k2.cli", "settings"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith(message)
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
