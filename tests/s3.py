@@ -17,13 +17,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 from pyarrow.fs import S3FileSystem
 
 from k2.lake.catalog import use_compatible_s3_checksums
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 S3RVER = Path(os.environ.get("K2_S3RVER", REPO / ".k2-tools" / "node_modules" / "s3rver"))
@@ -118,17 +118,25 @@ class S3Server:
         # start_new_session: a stop ends node and anything it spawned, and only those.
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"s3rver exited with {self._proc.returncode}; see {self.root / 's3rver.log'}")
+
+        def listening() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                    return True
             except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"s3rver did not listen on {self.endpoint} within {timeout}s")
+                return False
+
+        def running() -> None:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"s3rver exited with {self._proc.returncode}; see {self.root / 's3rver.log'}")
+
+        try:
+            wait_until(listening, timeout, f"s3rver to listen on {self.endpoint}", interval=0.05, check=running)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from k2.pipeline import read_ahead
+from tests.waiting import wait_until
 
 
 def numbers(count: int, made: list[int], fail_at: int | None = None) -> Iterator[int]:
@@ -40,8 +40,8 @@ def test_the_source_runs_at_most_depth_ahead_and_stops_when_the_caller_does() ->
     ahead = read_ahead(numbers(1_000, made), depth=2)  # type: ignore[arg-type]
 
     assert next(ahead) == 0
-    time.sleep(0.3)
-    # batch 0 taken; 1 and 2 queued; 3 made and waiting for room
+    # batch 0 taken; 1 and 2 queued; 3 made and waiting for room: the thread then blocks, so made stays at 4
+    wait_until(lambda: len(made) >= 4, 10, "the read-ahead thread to fill its queue")
     assert made == [0, 1, 2, 3]
     ahead.close()  # the caller stops early (e.g. the broker refused a batch)
     assert not any(t.name == "k2-read-ahead" for t in threading.enumerate())

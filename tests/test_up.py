@@ -15,6 +15,7 @@ from k2.config import Settings
 from k2.up import BinanceMode, UpOptions, choose_binance
 from tests.dashboard.k2up import children_of, free_port, k2_up, port_open, running, wait_for_exchanges
 from tests.integration.helpers import raw_line_count
+from tests.waiting import wait_until
 
 ASX_TRADE_FILES = "trades/*.csv"
 
@@ -120,7 +121,4 @@ def test_kill_9_of_k2_up_takes_the_broker_along(settings: Settings) -> None:
         (broker,) = children_of(up.proc.pid)
         up.proc.kill()
         up.proc.wait(10)
-        deadline = time.monotonic() + 10
-        while running(broker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not running(broker), "the broker outlived a killed k2 up"
+        wait_until(lambda: not running(broker), 10, "the broker to die with a killed k2 up")

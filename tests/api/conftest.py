@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from k2.lake.catalog import open_catalog
 from k2.lake.tables import ensure_tables
 from k2.query.engine import QueryEngine
 from tests.query.records import append_quotes, append_trades, at, quote, trade
+from tests.waiting import wait_until
 
 SYMBOLS = ("BHP", "CBA", "RIO")
 # Generous, so only the rate-limit test (with its own server) ever sees a 429.
@@ -88,11 +88,11 @@ class Server:
 
     def __enter__(self) -> Server:
         self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+
+        def running() -> None:
+            assert self._thread.is_alive(), "uvicorn exited at start"
+
+        wait_until(lambda: self._server.started, 15, "uvicorn to start", interval=0.02, check=running)
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -12,6 +12,7 @@ import httpx
 from k2.api import ApiSettings, create_key
 from tests.api.conftest import Lake, serving
 from tests.api.test_auth import assert_envelope
+from tests.waiting import wait_until
 
 
 def test_over_the_rate_limit_is_429_with_retry_after(lake: Lake) -> None:
@@ -70,7 +71,7 @@ def test_repeated_timeouts_open_the_query_breaker_then_a_trial_runs(lake: Lake, 
         error = assert_envelope(refused, 503, "query_breaker_open")
         assert refused.headers["Retry-After"] == "2" and "retry later" in error["message"]
         assert http.get("/health").status_code == 200  # liveness is not a query
-        time.sleep(1.6)
+        time.sleep(1.6)  # the breaker's own 1.5 s timer: any query sent to find out would be the trial itself
         assert_envelope(http.get("/v1/stats"), 504, "query_timeout")  # half-open: one trial ran (and failed)
         assert_envelope(http.get("/v1/stats"), 503, "query_breaker_open")  # so it is open again
 
@@ -101,15 +102,18 @@ def test_serve_runs_the_api_on_loopback(lake: Lake, api_key: str) -> None:
         " serve(Settings(home=sys.argv[1]), port=int(sys.argv[2]), log_level='warning')"
     )
     process = subprocess.Popen([sys.executable, "-c", script, str(lake.settings.home_dir), str(port)])
+
+    def stats() -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/stats", headers={"X-API-Key": api_key})
+        except httpx.ConnectError:
+            return None  # not listening yet
+
+    def alive() -> None:
+        assert process.poll() is None, "serve() exited"
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/v1/stats", headers={"X-API-Key": api_key})
-                break
-            except httpx.ConnectError:
-                assert process.poll() is None and time.monotonic() < deadline, "serve() did not start"
-                time.sleep(0.1)
+        response = wait_until(stats, 30, "serve() to answer", check=alive)
         assert response.status_code == 200
         assert response.json()["data"][0]["table"] == "market_data.trades_v2"
     finally:

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 from websockets.sync.client import ClientConnection, connect
 
+from tests.waiting import wait_until
+
 CHROMIUM = os.environ.get("K2_CHROMIUM", "/usr/bin/chromium")
 
 
@@ -89,15 +91,16 @@ class Browser:
 
     def _devtools_port(self, timeout: float = 30) -> int:
         marker = self._profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def running() -> None:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise BrowserError(f"chromium exited with code {self._proc.returncode} at start")
-            if marker.exists() and marker.read_text().strip():
-                return int(marker.read_text().split()[0])
-            time.sleep(0.05)
-        raise BrowserError(f"chromium did not open its DevTools port within {timeout}s")
+
+        text = wait_until(
+            lambda: marker.exists() and marker.read_text().strip(), timeout, "chromium's DevTools port", check=running
+        )
+        return int(text.split()[0])
 
     def __exit__(self, *_exc: object) -> None:
         if self._ws is not None:
@@ -161,17 +164,19 @@ class Browser:
 
     def wait_for(self, expression: str, timeout: float = 60, interval: float = 0.25) -> Any:
         """Poll `expression` until it is truthy; its value, or BrowserError with the last value after `timeout`."""
-        deadline = time.monotonic() + timeout
-        value: Any = None
-        while time.monotonic() < deadline:
+        last: list[Any] = [None]
+
+        def value() -> Any:
             try:
-                value = self.evaluate(expression)
+                last[0] = self.evaluate(expression)
             except BrowserError:
-                value = None
-            if value:
-                return value
-            time.sleep(interval)
-        raise BrowserError(f"still false after {timeout}s: {expression} (last value {value!r}); page: {self.console}")
+                last[0] = None
+            return last[0]
+
+        def detail() -> str:
+            return f"last value {last[0]!r}; page: {self.console}"
+
+        return wait_until(value, timeout, expression, interval=interval, detail=detail)
 
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, timeout=60)

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from k2.bus.stack import reachable
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -75,16 +76,14 @@ class UpProcess:
         return "\n".join(self.lines)
 
     def wait_for_line(self, pattern: str, timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"k2 up never printed /{pattern}/ in {timeout}s; output:\n{self.output}")
+        def printed() -> re.Match[str] | None:
+            return next((m for line in list(self.lines) if (m := re.search(pattern, line))), None)
+
+        def running() -> None:
+            if self.proc.poll() is not None and not self._reader.is_alive() and printed() is None:
+                raise AssertionError(f"k2 up exited without printing /{pattern}/; output:\n{self.output}")
+
+        return wait_until(printed, timeout, f"k2 up to print /{pattern}/", check=running, detail=lambda: self.output)
 
     @property
     def key(self) -> str:

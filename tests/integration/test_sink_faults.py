@@ -37,6 +37,7 @@ from k2.schema.fields import AssetClass, DataType
 from k2.sources.asx import AsxSource
 from k2.sources.base import SourceBatch
 from tests.integration.helpers import TEST_TOPIC, all_committed, lake_count, lake_query, make_trade, produce_test_trades
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,15 +48,6 @@ def _start_sink_worker(log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         # -v: the worker's structured log is the first thing to read when this test fails
         return subprocess.Popen([sys.executable, "-m", "k2.cli", "-v", "sink"], stdout=out, stderr=subprocess.STDOUT)
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _dlq_messages(bootstrap: str, topic: str, expected: int) -> list:
@@ -91,7 +83,7 @@ def test_sink_killed_mid_load_loses_nothing_and_duplicates_nothing(
         recon, produced = produce(AsxSource(asx_sample), settings, endpoints, QUIET)
         targets = dict(produced.end_offsets)
         worker = _start_sink_worker(tmp_path / "sink1.log")
-        _wait_for(
+        wait_until(
             lambda: lake_count(settings, "quotes_v2") + lake_count(settings, "trades_v2") >= 40_000,
             120,
             "the first sink commits",
@@ -104,7 +96,7 @@ def test_sink_killed_mid_load_loses_nothing_and_duplicates_nothing(
         worker = _start_sink_worker(tmp_path / "sink2.log")
         try:
             try:
-                _wait_for(
+                wait_until(
                     lambda: all_committed(endpoints.bootstrap, settings.sink_group, targets),
                     300,
                     "the restarted sink to commit everything",
@@ -213,7 +205,7 @@ def test_two_sink_workers_share_the_topics_exactly_once(
             # Both join the group before data arrives; partitions of every market topic are spread over them.
             recon, produced = produce(AsxSource(asx_sample), settings, endpoints, QUIET)
             targets = dict(produced.end_offsets)
-            _wait_for(
+            wait_until(
                 lambda: all_committed(endpoints.bootstrap, settings.sink_group, targets),
                 300,
                 "the two workers to commit everything",

@@ -6,10 +6,8 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from k2.api import create_key
 from tests.api.conftest import Server, build_lake, serving
 from tests.ops.test_alerts import RULES
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,16 +25,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -105,9 +94,9 @@ def _query(prometheus: str, expr: str) -> list[dict]:
 
 
 def test_prometheus_stores_what_k2_reports_and_the_rules_evaluate(prometheus: str, api: Server) -> None:
-    _wait(lambda: _query(prometheus, 'up{job="k2"} == 1'), 60, "Prometheus to scrape K2")
+    wait_until(lambda: _query(prometheus, 'up{job="k2"} == 1'), 60, "Prometheus to scrape K2")
     files = 'k2_lake_data_files{table="market_data.trades_v2"}'
-    stored = _wait(lambda: _query(prometheus, files), 30, "the data-file gauge")
+    stored = wait_until(lambda: _query(prometheus, files), 30, "the data-file gauge")
     reported = _k2_reports(api)
     assert (
         float(stored[0]["value"][1])
@@ -120,7 +109,7 @@ def test_prometheus_stores_what_k2_reports_and_the_rules_evaluate(prometheus: st
     assert reported[("k2_api_request_seconds_count", ok)] >= 3
     assert reported[("k2_api_request_seconds_count", refused)] >= 1
     series = 'k2_api_request_seconds_count{route="/v1/trades",status="2xx"}'
-    scraped = _wait(lambda: _query(prometheus, series), 30, "the request counter")
+    scraped = wait_until(lambda: _query(prometheus, series), 30, "the request counter")
     assert float(scraped[0]["value"][1]) == reported[("k2_api_request_seconds_count", ok)]
 
     def evaluated() -> list[dict] | None:
@@ -128,6 +117,6 @@ def test_prometheus_stores_what_k2_reports_and_the_rules_evaluate(prometheus: st
         rules = [rule for group in groups for rule in group["rules"]]
         return rules if rules and all(rule.get("lastEvaluation", "").startswith("20") for rule in rules) else None
 
-    rules = _wait(evaluated, 30, "every rule to be evaluated")
+    rules = wait_until(evaluated, 30, "every rule to be evaluated")
     assert len(rules) == 11
     assert {rule["name"]: rule["health"] for rule in rules} == {rule["name"]: "ok" for rule in rules}
