@@ -2,7 +2,7 @@
 
 - k2: `k2.pipeline.produce(AsxSource(sample), ...)`, the `k2 load` producing half: the product's ASX parser
   (reference data, trades, quotes, rejects to the DLQ, reconciliation; plain tick files parsed into Arrow by
-  k2.sources.asx_columnar), `RecordProducer` (registry ids, Confluent framing with the columnar encoder
+  k2.sources.asx.columnar), `RecordProducer` (registry ids, Confluent framing with the columnar encoder
   k2.schema.avro_columnar, idempotent acks=all producer, zstd), flushed;
 - naive: `naive.naive_produce`, csv.reader + strptime + Decimal + uuid5 + fastavro per row, same producer settings.
 

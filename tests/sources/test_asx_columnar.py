@@ -20,10 +20,10 @@ import pytest
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.codecs import datetime_from_micros, message_id
 from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec
-from k2.sources import asx_columnar
 from k2.sources.asx import AsxSource
-from k2.sources.asx_columnar import TickChunk, parse_tick_file
-from k2.sources.asx_reference import Company, load_companies
+from k2.sources.asx import columnar as asx_columnar
+from k2.sources.asx.columnar import TickChunk, parse_tick_file
+from k2.sources.asx.reference import Company, load_companies
 from k2.sources.base import Reject
 
 SAMPLE_FILES = [

@@ -1,6 +1,6 @@
 """ASX reference data (company_info, dividends, mergers, stock_splits) and the ASX calendar conventions.
 
-The tick loader (k2.sources.asx) imports the calendar pieces from here: dates are MM/DD/YYYY and times are
+The tick loader (k2.sources.asx.rows) imports the calendar pieces from here: dates are MM/DD/YYYY and times are
 Australia/Sydney wall-clock time, in every ASX file.
 """
 

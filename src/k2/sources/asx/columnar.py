@@ -33,8 +33,8 @@ from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.codecs import now_micros
 from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec, Side
 from k2.schema.ids_columnar import fixed_width, message_ids_column, string_offsets
-from k2.sources.asx import _PRICES, _QUANTITIES, CURRENCY, AsxSource, _Day, _price, _quantity
-from k2.sources.asx_reference import EQUITIES, EXCHANGE, Company, RowError
+from k2.sources.asx.reference import EQUITIES, EXCHANGE, Company, RowError
+from k2.sources.asx.rows import _PRICES, _QUANTITIES, CURRENCY, AsxSource, _Day, _price, _quantity
 from k2.sources.base import Reject
 
 # Files above this size take the (streaming) row parser: the columnar path holds the whole file and its columns

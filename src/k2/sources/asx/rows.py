@@ -29,7 +29,7 @@ from k2.schema.codecs import (
     parse_decimal,
 )
 from k2.schema.fields import QUOTES_V2, TRADES_V2, AssetClass, RecordSpec, Side
-from k2.sources.asx_reference import (
+from k2.sources.asx.reference import (
     EQUITIES,
     EXCHANGE,
     SYDNEY,
@@ -374,11 +374,11 @@ class AsxSource:
             )
 
     def _tick_batches(self, path: Path, spec: RecordSpec) -> Iterator[SourceBatch]:
-        """A tick file's batches: columnar (k2.sources.asx_columnar; ~6x faster, same records) when the file is
+        """A tick file's batches: columnar (k2.sources.asx.columnar; ~6x faster, same records) when the file is
         in the plain common shape, else from the row parser, which handles and explains every odd row."""
         company = self.companies.get(path.stem)
         if self.columnar:
-            from k2.sources.asx_columnar import plain_tick_chunks  # that module builds on this one
+            from k2.sources.asx.columnar import plain_tick_chunks  # that module builds on this one
 
             chunks = plain_tick_chunks(path, company, spec, self.chunk_rows)
             if chunks is not None:
