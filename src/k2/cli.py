@@ -54,7 +54,7 @@ def load_asx(
 ) -> None:
     """Load ASX trades, quotes and reference data; print the reconciliation; exit 1 if anything is unaccounted."""
     from k2.pipeline import load
-    from k2.sources.asx import AsxSource
+    from k2.sources.asx.source import AsxSource
 
     recon = load(AsxSource(directory), Settings(), err)
     recon.render(Console(soft_wrap=True))

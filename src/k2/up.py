@@ -354,7 +354,7 @@ class Platform:
         self._start_worker(Worker("binance", run, stop))
 
     def _load_asx(self, directory: Path) -> None:
-        from k2.sources.asx import AsxSource
+        from k2.sources.asx.source import AsxSource
 
         assert self.endpoints is not None and self.sink is not None
         started = time.monotonic()
