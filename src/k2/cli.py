@@ -333,18 +333,23 @@ def maintain(
     """Compact small files, expire snapshots, remove orphan files (safe while sinks commit); report before/after."""
     from datetime import timedelta
 
+    from k2.lake.catalog import open_catalog
     from k2.lake.maintenance import maintain as run_maintenance
+    from k2.query.latency import LatencyProbe
 
-    report = run_maintenance(
-        Settings(),
-        tables=table or None,
-        target_file_mb=target_file_mb,
-        min_files=min_files,
-        expire_older_than=timedelta(days=expire_days),
-        retain_last=retain_last,
-        retention_days=retention_days,
-        dry_run=dry_run,
-    )
+    settings = Settings()
+    with LatencyProbe(open_catalog(settings)) as probe:
+        report = run_maintenance(
+            settings,
+            tables=table or None,
+            target_file_mb=target_file_mb,
+            min_files=min_files,
+            expire_older_than=timedelta(days=expire_days),
+            retain_last=retain_last,
+            retention_days=retention_days,
+            dry_run=dry_run,
+            measure=probe,
+        )
     report.render(out if out.is_terminal else Console(width=200))  # piped: no screen width to fit
 
 

@@ -269,7 +269,7 @@ class Platform:
         """`k2 maintain` every `maintain_every` seconds while the sink commits (it is safe alongside): a long-running
         stream writes a small file per commit, which would slow every query by the hour."""
         while not self._stop_maintenance.wait(self.options.maintain_every):
-            report = maintain(self.settings, measure_latency=False)
+            report = maintain(self.settings)
             files = {t.table: (t.data_files_before, t.data_files_after) for t in report.tables}
             log.info("up.maintained", seconds=round(report.seconds, 1), data_files=files)
             compacted = sum(len(t.partitions_compacted) for t in report.tables)
