@@ -79,7 +79,7 @@ _METRICS_PORT = typer.Option(None, help="Serve Prometheus /metrics of this proce
 
 def _serve_metrics(port: int | None) -> None:
     if port is not None:
-        from k2.ops.metrics import serve_metrics
+        from k2.core.metrics import serve_metrics
 
         serve_metrics(port)
         err.print(f"metrics: http://127.0.0.1:{port}/metrics")

@@ -23,12 +23,14 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
+from k2.core import metrics
+from k2.core.batch import SourceBatch
+from k2.core.breaker import CircuitBreaker
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink, SinkStats
-from k2.ops import metrics
-from k2.ops.degradation import CircuitBreaker, Controller, Governor, Spill, Thresholds, parse_priorities
+from k2.ops.degradation import Controller, Governor, Spill, Thresholds, parse_priorities
 from k2.reconcile import LoadTimeoutError, Reconciliation
-from k2.sources.base import Source, SourceBatch
+from k2.sources.base import Source
 
 
 def produce(

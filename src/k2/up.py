@@ -33,13 +33,14 @@ from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack, running_stack
 from k2.config import Settings
+from k2.core.batch import SourceBatch
 from k2.lake.catalog import open_catalog
 from k2.lake.maintenance import maintain
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_tables
 from k2.pipeline import produce
 from k2.redact import redact
-from k2.sources.base import Source, SourceBatch
+from k2.sources.base import Source
 from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
 
 log = structlog.get_logger(__name__)

@@ -15,6 +15,7 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
+from k2.core.batch import SourceBatch
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
 from k2.query.engine import QueryEngine
@@ -23,7 +24,6 @@ from k2.query.fresh import FreshReader, FreshSource, feeding_topics, fresh_event
 from k2.query.market import events
 from k2.schema import TRADES_V2
 from k2.schema.fields import AssetClass, DataType
-from k2.sources.base import SourceBatch
 from tests.integration.helpers import make_trade
 
 pytestmark = pytest.mark.integration

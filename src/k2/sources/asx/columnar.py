@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from k2.core.batch import Reject
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.codecs import now_micros
 from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec
@@ -59,7 +60,6 @@ from k2.sources.asx.rules import (
     parse_price,
     parse_quantity,
 )
-from k2.sources.base import Reject
 
 # Files above this size take the (streaming) row parser: the columnar path holds the whole file and its columns
 # in memory, and Arrow's 32-bit string offsets cap one column's text at 2 GiB.

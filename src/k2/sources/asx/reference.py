@@ -12,10 +12,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from k2.core.batch import Reject, SourceBatch
 from k2.schema.codecs import DecimalError, message_id, parse_decimal
 from k2.schema.fields import REFERENCE_DATA_V2, AssetClass
 from k2.sources.asx.rules import EQUITIES, EXCHANGE, RowError, parse_asx_date, reject, sydney_midnight_micros
-from k2.sources.base import Reject, SourceBatch
 
 # The vendor writes this line under the header of a corporate-action file that has nothing in it. It is an
 # explicit "empty" marker, not a row: counting it as read (or rejected) would misreport the file.

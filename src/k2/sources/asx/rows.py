@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from k2.core.batch import SourceBatch
 from k2.schema.codecs import message_ids_for, now_micros
 from k2.schema.fields import TRADES_V2, AssetClass, RecordSpec
 from k2.sources.asx.reference import Company
@@ -46,7 +47,6 @@ from k2.sources.asx.rules import (
     reject,
     source_id,
 )
-from k2.sources.base import SourceBatch
 
 
 class _TickFile:

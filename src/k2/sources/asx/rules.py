@@ -15,9 +15,9 @@ from functools import cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from k2.core.batch import Reject
 from k2.schema.codecs import DecimalError, days_from_date, micros_from_datetime, parse_decimal
 from k2.schema.fields import AssetClass, Side
-from k2.sources.base import Reject
 
 EXCHANGE = "asx"
 EQUITIES = AssetClass.EQUITIES.value
@@ -193,8 +193,9 @@ def id_ordinal(ordinal: int, reopened: str = "") -> str:
 
 
 def source_id(compact: str, row: str, ordinal: int, reopened: str = "") -> str:
-    """The text a tick's message id is minted from (see `rows._TickFile._identify` for why it is the row's text)."""
-    return f"{id_day(compact)}{row}{id_ordinal(ordinal, reopened)}"
+    """The text a tick's message id is minted from (see `rows._TickFile._identify` for why it is the row's text):
+    `id_day(compact) + row + id_ordinal(ordinal, reopened)`, written out because the row parser calls it per row."""
+    return f"{compact}|{row}#{ordinal}{reopened}"
 
 
 # --- vendor_data ------------------------------------------------------------------------------------------------

@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from k2.core.batch import SourceBatch
 from k2.schema.codecs import now_micros
 from k2.schema.fields import QUOTES_V2, TRADES_V2, AssetClass, RecordSpec
 from k2.sources.asx.columnar import plain_tick_chunks
 from k2.sources.asx.reference import Company, CsvFile, iter_reference_paths, load_companies, load_events
 from k2.sources.asx.rows import row_batches
 from k2.sources.asx.rules import EXCHANGE
-from k2.sources.base import SourceBatch
 
 
 class AsxSource:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import uvicorn
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from k2.ops.metrics import serve_metrics
+from k2.core.metrics import serve_metrics
 from k2.sources.binance.emulator.capture import Capture, read_capture
 from k2.sources.binance.emulator.faults import ConnectionFault, FaultPlan, FaultSpec, FrameFault
 from k2.sources.binance.emulator.feed import Hub, replay
