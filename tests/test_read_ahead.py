@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from k2.pipeline import read_ahead
+from k2.ingest.pipeline import read_ahead
 
 
 def numbers(count: int, made: list[int], fail_at: int | None = None) -> Iterator[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from k2.core.batch import Reject, SourceBatch
-from k2.reconcile import Reconciliation
+from k2.ingest.reconcile import Reconciliation
 from k2.schema import TRADES_V2
 from k2.schema.fields import STREAM_GAPS, AssetClass
 

@@ -53,7 +53,7 @@ def load_asx(
     directory: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder with trades/, quotes/, ..."),
 ) -> None:
     """Load ASX trades, quotes and reference data; print the reconciliation; exit 1 if anything is unaccounted."""
-    from k2.pipeline import load
+    from k2.ingest.pipeline import load
     from k2.sources.asx.source import AsxSource
 
     recon = load(AsxSource(directory), Settings(), err)
@@ -66,7 +66,7 @@ def load_binance_files(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="data.binance.vision CSV or zip files"),
 ) -> None:
     """Load Binance public-data files (trades, aggTrades, klines; .CHECKSUM verified when present)."""
-    from k2.pipeline import load
+    from k2.ingest.pipeline import load
     from k2.sources.binance.files import BinanceFileSource
 
     recon = load(BinanceFileSource(paths), Settings(), err)
@@ -96,8 +96,8 @@ def stream_binance_cmd(
 ) -> None:
     """Stream Binance spot trades/quotes; on stop, flush and return once everything produced is in the lake."""
     _serve_metrics(metrics_port)
+    from k2.ingest.streaming import stream_binance
     from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
-    from k2.streaming import stream_binance
 
     recon, live = stream_binance(
         Settings(),

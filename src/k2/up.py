@@ -34,11 +34,11 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack, running_stack
 from k2.config import Settings
 from k2.core.batch import SourceBatch
+from k2.ingest.pipeline import produce
 from k2.lake.catalog import open_catalog
 from k2.lake.maintenance import maintain
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_tables
-from k2.pipeline import produce
 from k2.redact import redact
 from k2.sources.base import Source
 from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
@@ -281,7 +281,7 @@ class Platform:
         self._exit.callback(worker.stop)
 
     def _binance_topics(self) -> list[str]:
-        from k2.streaming import BINANCE_TOPICS
+        from k2.ingest.streaming import BINANCE_TOPICS
 
         return [str(t) for t in BINANCE_TOPICS]
 
@@ -319,8 +319,8 @@ class Platform:
             self.symbols = sorted(emulator.hub.symbols)
 
     def _start_binance(self, registry: RegistryClient) -> None:
+        from k2.ingest.streaming import resume_points
         from k2.sources.binance.live import BinanceLive
-        from k2.streaming import resume_points
 
         assert self.endpoints is not None
         options = self.options

@@ -19,7 +19,7 @@ from rich.console import Console
 from k2.bus.stack import NO_KAFKA, existing_endpoints
 from k2.config import Settings
 from k2.core.batch import SourceBatch
-from k2.pipeline import produce
+from k2.ingest.pipeline import produce
 from k2.schema import TRADES_V2
 from k2.schema.codecs import message_id
 from k2.schema.fields import AssetClass

@@ -8,12 +8,12 @@ import pytest
 from rich.console import Console
 
 from k2.config import Settings
-from k2.pipeline import load
+from k2.ingest.pipeline import load
+from k2.ingest.streaming import stream_binance
 from k2.sources.binance.client import ClientLimits
 from k2.sources.binance.emulator.faults import FaultSpec
 from k2.sources.binance.emulator.server import BinanceEmulator
 from k2.sources.binance.files import BinanceFileSource
-from k2.streaming import stream_binance
 from tests.conftest import SHARED
 from tests.integration.helpers import lake_query
 

@@ -26,11 +26,11 @@ from k2.config import Settings
 from k2.core.batch import SourceBatch
 from k2.core.breaker import CircuitBreaker
 from k2.core.metrics import REGISTRY
+from k2.ingest.pipeline import load, produce
 from k2.lake.catalog import open_catalog
 from k2.lake.offsets import SUMMARY_KEY, encode_ranges
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_table
-from k2.pipeline import load, produce
 from k2.schema import TRADES_V2
 from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import avro_schema

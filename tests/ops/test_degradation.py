@@ -17,11 +17,11 @@ from k2.config import Settings
 from k2.core.batch import SourceBatch
 from k2.core.breaker import CircuitBreaker
 from k2.core.metrics import REGISTRY
+from k2.ingest.degradation import Controller, Governor, Level, Spill, Thresholds, parse_priorities
+from k2.ingest.pipeline import landed_check, produce
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
-from k2.ops.degradation import Controller, Governor, Level, Spill, Thresholds, parse_priorities
 from k2.ops.health import degradation_now
-from k2.pipeline import landed_check, produce
 from k2.schema import TRADES_V2
 from k2.schema.fields import AssetClass
 from k2.sources.asx import AsxSource
