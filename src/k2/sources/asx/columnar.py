@@ -1,17 +1,16 @@
 """Columnar fast path for ASX tick files: trades/<company_id>.csv and quotes/<company_id>.csv → Arrow tables.
 
-`parse_tick_file` gives, chunk for chunk, exactly what the row parser (`rows.row_batches`) gives once its records
-go through `records_to_arrow`: same rows, same order, same chunk boundaries, same rejects. It gets there two ways:
+For a file in the plain common shape (every vendor file we have seen), `plain_tick_chunks` gives, chunk for chunk,
+exactly what the row parser (`rows.row_batches`) gives once its records go through `records_to_arrow`: same rows,
+same order, same chunk boundaries. It gets there with vectorised numpy/pyarrow work: each distinct date, price and
+volume text is parsed ONCE with the rules the row parser applies (`rules.Day`, `rules.parse_price`,
+`rules.parse_quantity`) and gathered back with `take`; the message ids (a SHA-1 per row over exactly the bytes the
+row parser hashes) are computed for the whole column at once by `k2.schema.ids_columnar`.
 
-* a file in the plain common shape (every vendor file we have seen) is parsed with vectorised numpy/pyarrow work:
-  each distinct date, price and volume text is parsed ONCE with the rules the row parser applies (`rules.Day`,
-  `rules.parse_price`, `rules.parse_quantity`) and gathered back with `take`; the message ids (a SHA-1 per row
-  over exactly the bytes the row parser hashes) are computed for the whole column at once by
-  `k2.schema.ids_columnar`;
-* any file that is not plain in every row (a blank or bad line, non-ASCII bytes, a day that reappears, a DST
-  change day, a zero trade price, an unknown company, ...) is handed whole to the row parser itself, whose records
-  are converted with `records_to_arrow`. Odd files are thus identical by construction, and only normal files need
-  the columnar code to be right; the tests compare both paths on every sample file and on odd files.
+Any file that is not plain in every row (a blank or bad line, non-ASCII bytes, a day that reappears, a DST change
+day, a zero trade price, an unknown company, ...) gets None, and `AsxSource` hands it whole to the row parser. Odd
+files are thus identical by construction, and only normal files need the columnar code to be right; the tests
+compare both paths on every sample file and on odd files.
 
 "Plain" is checked strictly and up front, before anything is built: the columnar code never has to produce a
 reject, so it never has to reproduce the row parser's order of checks.
@@ -31,12 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from k2.core.batch import Reject
-from k2.schema.arrow import arrow_schema, records_to_arrow
+from k2.schema.arrow import arrow_schema
 from k2.schema.codecs import now_micros
 from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec
 from k2.schema.ids_columnar import fixed_width, message_ids_column, string_offsets
 from k2.sources.asx.reference import Company
-from k2.sources.asx.rows import row_batches
 from k2.sources.asx.rules import (
     BOOK_STATE,
     BOOK_STATES,
@@ -89,24 +87,6 @@ class TickChunk:
     bytes_read: int
 
 
-def parse_tick_file(
-    path: Path,
-    company: Company | None,
-    spec: RecordSpec,
-    chunk_rows: int = 50_000,
-    ingested: Callable[[], int] = now_micros,
-) -> Iterator[TickChunk]:
-    """An ASX trades (spec TRADES_V2) or quotes (QUOTES_V2) file → chunks of `arrow_schema(spec)` tables.
-
-    `company` is the file's company (None: not in company_info.csv, so every row is rejected, as the row parser
-    does). Chunks hold the same rows as `rows.row_batches` batches of `chunk_rows` rows; `ingested` is
-    called once per chunk for its `ingestion_timestamp`. A file with bytes but no rows at all (only blank lines)
-    gives one empty chunk, so that its bytes are still reported.
-    """
-    chunks = plain_tick_chunks(path, company, spec, chunk_rows, ingested)
-    yield from _row_parser_chunks(path, company, spec, chunk_rows, ingested) if chunks is None else chunks
-
-
 def plain_tick_chunks(
     path: Path,
     company: Company | None,
@@ -114,8 +94,8 @@ def plain_tick_chunks(
     chunk_rows: int = 50_000,
     ingested: Callable[[], int] = now_micros,
 ) -> Iterator[TickChunk] | None:
-    """The columnar path alone: chunks as `parse_tick_file` gives them for a plain file; None for any other file
-    (read it with the row parser). What `source.AsxSource` calls."""
+    """A plain file's chunks (`chunk_rows` rows each; `ingested` is called once per chunk for its
+    `ingestion_timestamp`); None for any other file (read it with the row parser). What `source.AsxSource` calls."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     if spec is not TRADES_V2 and spec is not QUOTES_V2:
@@ -127,34 +107,6 @@ def plain_tick_chunks(
         return None
     table = _build_table(plain, company, spec)
     return _slice_chunks(table, plain.line_ends, plain.size, chunk_rows, ingested)
-
-
-# --- the fallback: the row parser itself ------------------------------------------------------------------------
-
-
-def _row_parser_chunks(
-    path: Path, company: Company | None, spec: RecordSpec, chunk_rows: int, ingested: Callable[[], int]
-) -> Iterator[TickChunk]:
-    """The row parser's batches for this file, converted to Arrow: identical to it by construction.
-
-    `rows.row_batches` reports bytes through `advance` before it yields each batch; bytes read after the
-    last batch (trailing blank lines) are added to the last chunk, which is therefore held back by one step.
-    """
-    consumed = [0]
-    held: TickChunk | None = None
-    for batch in row_batches(path, spec, company, chunk_rows, lambda n: consumed.__setitem__(0, consumed[0] + n)):
-        if held is not None:
-            yield held
-        stamp = ingested()
-        for record in batch.records:
-            record["ingestion_timestamp"] = stamp
-        table = records_to_arrow(spec, batch.records)
-        held = TickChunk(table, batch.rejects, batch.rows_read, consumed[0])
-        consumed[0] = 0
-    if held is not None:
-        yield TickChunk(held.table, held.rejects, held.rows_read, held.bytes_read + consumed[0])
-    elif consumed[0]:
-        yield TickChunk(arrow_schema(spec).empty_table(), [], 0, consumed[0])
 
 
 # --- is the file plain? -----------------------------------------------------------------------------------------
