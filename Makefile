@@ -29,6 +29,8 @@ run: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	# the layers of docs/architecture.md, and no import cycle (contracts in pyproject.toml, [tool.importlinter])
+	$(BIN)/lint-imports
 
 # Debian packages the tests drive, installed where missing: headless Chromium (dashboard, /docs), Prometheus and
 # promtool (alerts, scrape), PostgreSQL's server binaries (the PostgreSQL-catalog run), Node.js and npm (s3rver).
@@ -57,7 +59,7 @@ faults: setup
 	$(BIN)/pytest -q -ra -s -m faults
 
 clean:
-	rm -rf $(VENV) .k2 .k2-tools .pytest_cache .ruff_cache
+	rm -rf $(VENV) .k2 .k2-tools .pytest_cache .ruff_cache .import_linter_cache
 
 # Benchmarks (bench/README.md): the `bench` extra adds the baselines (cryptofeed, ArcticDB) and psutil.
 .PHONY: bench-quick

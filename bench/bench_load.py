@@ -1,7 +1,7 @@
 """ASX sample end to end, wall time: raw files → every record committed in Iceberg.
 
-- k2: `k2.pipeline.load(AsxSource(sample), Settings(home=<fresh>))`, what `k2 load asx` runs: starts its own embedded
-  stack (Tansu broker + registry), produces (tick files parsed and Avro-encoded column by column) while a sink
+- k2: `k2.ingest.pipeline.load(AsxSource(sample), Settings(home=<fresh>))`, what `k2 load asx` runs: starts its own
+  embedded stack (Tansu broker + registry), produces (tick files parsed and Avro-encoded column by column) while a sink
   worker commits alongside, returns once the sink group has committed every produced offset (the sink commits
   Kafka only after Iceberg), with the reconciliation;
 - naive: on a fresh embedded stack, `naive.naive_produce` then `naive.naive_sink` (per-message parse/encode, then
@@ -24,8 +24,8 @@ from rich.console import Console
 from k2.bus.clients import base_config, ensure_topics
 from k2.bus.stack import Stack
 from k2.config import Settings
+from k2.ingest.pipeline import load
 from k2.lake.catalog import open_catalog
-from k2.pipeline import load
 from k2.sources.asx import AsxSource
 
 

@@ -31,10 +31,10 @@ from k2.bus.serde import decode, encode
 from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
+from k2.ingest.pipeline import landed_check
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_tables
-from k2.pipeline import landed_check
 from k2.schema.avro import avro_schema, parsed_schema
 from k2.schema.fields import TRADES_V2, AssetClass, DataType
 from k2.sources.asx import AsxSource

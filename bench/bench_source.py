@@ -1,8 +1,8 @@
 """Source → Kafka throughput, msgs/s: the ASX sample parsed, Avro-encoded and produced (every ack received).
 
-- k2: `k2.pipeline.produce(AsxSource(sample), ...)`, the `k2 load` producing half: the product's ASX parser
+- k2: `k2.ingest.pipeline.produce(AsxSource(sample), ...)`, the `k2 load` producing half: the product's ASX parser
   (reference data, trades, quotes, rejects to the DLQ, reconciliation; plain tick files parsed into Arrow by
-  k2.sources.asx_columnar), `RecordProducer` (registry ids, Confluent framing with the columnar encoder
+  k2.sources.asx.columnar), `RecordProducer` (registry ids, Confluent framing with the columnar encoder
   k2.schema.avro_columnar, idempotent acks=all producer, zstd), flushed;
 - naive: `naive.naive_produce`, csv.reader + strptime + Decimal + uuid5 + fastavro per row, same producer settings.
 
@@ -22,7 +22,7 @@ from rich.console import Console
 from k2.bus.clients import base_config, ensure_topics
 from k2.bus.stack import Stack
 from k2.config import Settings
-from k2.pipeline import produce
+from k2.ingest.pipeline import produce
 from k2.sources.asx import AsxSource
 
 

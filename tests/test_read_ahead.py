@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from k2.pipeline import read_ahead
+from k2.ingest.pipeline import read_ahead
 from tests.waiting import wait_until
 
 

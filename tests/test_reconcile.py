@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from k2.reconcile import Reconciliation
+from k2.core.batch import Reject, SourceBatch
+from k2.ingest.reconcile import Reconciliation
 from k2.schema import TRADES_V2
 from k2.schema.fields import STREAM_GAPS, AssetClass
-from k2.sources.base import Reject, SourceBatch
 
 
 def test_count_sent_keeps_records_rejects_and_gap_rows_apart() -> None:

@@ -73,8 +73,8 @@ def load_asx(
     directory: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder with trades/, quotes/, ..."),
 ) -> None:
     """Load ASX trades, quotes and reference data; print the reconciliation; exit 1 if anything is unaccounted."""
-    from k2.pipeline import load
-    from k2.sources.asx import AsxSource
+    from k2.ingest.pipeline import load
+    from k2.sources.asx.source import AsxSource
 
     recon = load(AsxSource(directory), Settings(), err)
     recon.render(Console(soft_wrap=True))
@@ -86,7 +86,7 @@ def load_binance_files(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="data.binance.vision CSV or zip files"),
 ) -> None:
     """Load Binance public-data files (trades, aggTrades, klines; .CHECKSUM verified when present)."""
-    from k2.pipeline import load
+    from k2.ingest.pipeline import load
     from k2.sources.binance.files import BinanceFileSource
 
     recon = load(BinanceFileSource(paths), Settings(), err)
@@ -99,7 +99,7 @@ _METRICS_PORT = typer.Option(None, help="Serve Prometheus /metrics of this proce
 
 def _serve_metrics(port: int | None) -> None:
     if port is not None:
-        from k2.ops.metrics import serve_metrics
+        from k2.core.metrics import serve_metrics
 
         serve_metrics(port)
         err.print(f"metrics: http://127.0.0.1:{port}/metrics")
@@ -116,8 +116,8 @@ def stream_binance_cmd(
 ) -> None:
     """Stream Binance spot trades/quotes; on stop, flush and return once everything produced is in the lake."""
     _serve_metrics(metrics_port)
+    from k2.ingest.streaming import stream_binance
     from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
-    from k2.streaming import stream_binance
 
     recon, live = stream_binance(
         Settings(),
@@ -353,18 +353,23 @@ def maintain(
     """Compact small files, expire snapshots, remove orphan files (safe while sinks commit); report before/after."""
     from datetime import timedelta
 
+    from k2.lake.catalog import open_catalog
     from k2.lake.maintenance import maintain as run_maintenance
+    from k2.query.latency import LatencyProbe
 
-    report = run_maintenance(
-        Settings(),
-        tables=table or None,
-        target_file_mb=target_file_mb,
-        min_files=min_files,
-        expire_older_than=timedelta(days=expire_days),
-        retain_last=retain_last,
-        retention_days=retention_days,
-        dry_run=dry_run,
-    )
+    settings = Settings()
+    with LatencyProbe(open_catalog(settings)) as probe:
+        report = run_maintenance(
+            settings,
+            tables=table or None,
+            target_file_mb=target_file_mb,
+            min_files=min_files,
+            expire_older_than=timedelta(days=expire_days),
+            retain_last=retain_last,
+            retention_days=retention_days,
+            dry_run=dry_run,
+            measure=probe,
+        )
     report.render(out if out.is_terminal else Console(width=200))  # piped: no screen width to fit
 
 

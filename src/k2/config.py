@@ -175,7 +175,7 @@ class Settings(BaseSettings):
         default=900.0, description="How long `k2 load` waits for the sink group to commit what it produced"
     )
 
-    # --- Degradation (k2.ops.degradation) --------------------------------------------------------------------
+    # --- Degradation (k2.ingest.degradation) --------------------------------------------------------------------
     memory_limit_mb: int | None = Field(
         default=None,
         ge=64,

@@ -32,14 +32,15 @@ from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack, running_stack
 from k2.config import Settings
+from k2.core.batch import SourceBatch
+from k2.ingest.pipeline import produce
 from k2.lake.catalog import open_catalog
 from k2.lake.maintenance import maintain
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_tables
-from k2.pipeline import produce
 from k2.redact import redact
 from k2.samples import ASX_SAMPLE, BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12
-from k2.sources.base import Source, SourceBatch
+from k2.sources.base import Source
 from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
 
 log = structlog.get_logger(__name__)
@@ -263,7 +264,7 @@ class Platform:
         """`k2 maintain` every `maintain_every` seconds while the sink commits (it is safe alongside): a long-running
         stream writes a small file per commit, which would slow every query by the hour."""
         while not self._stop_maintenance.wait(self.options.maintain_every):
-            report = maintain(self.settings, measure_latency=False)
+            report = maintain(self.settings)
             files = {t.table: (t.data_files_before, t.data_files_after) for t in report.tables}
             log.info("up.maintained", seconds=round(report.seconds, 1), data_files=files)
             compacted = sum(len(t.partitions_compacted) for t in report.tables)
@@ -274,7 +275,7 @@ class Platform:
         self._exit.callback(worker.stop)
 
     def _binance_topics(self) -> list[str]:
-        from k2.streaming import BINANCE_TOPICS
+        from k2.ingest.streaming import BINANCE_TOPICS
 
         return [str(t) for t in BINANCE_TOPICS]
 
@@ -312,8 +313,8 @@ class Platform:
             self.symbols = sorted(emulator.hub.symbols)
 
     def _start_binance(self, registry: RegistryClient) -> None:
+        from k2.ingest.streaming import resume_points
         from k2.sources.binance.live import BinanceLive
-        from k2.streaming import resume_points
 
         assert self.endpoints is not None
         options = self.options
@@ -348,7 +349,7 @@ class Platform:
         self._start_worker(Worker("binance", run, stop))
 
     def _load_asx(self, directory: Path) -> None:
-        from k2.sources.asx import AsxSource
+        from k2.sources.asx.source import AsxSource
 
         assert self.endpoints is not None and self.sink is not None
         started = time.monotonic()

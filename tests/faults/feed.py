@@ -18,11 +18,11 @@ from rich.console import Console
 
 from k2.bus.stack import NO_KAFKA, existing_endpoints
 from k2.config import Settings
-from k2.pipeline import produce
+from k2.core.batch import SourceBatch
+from k2.ingest.pipeline import produce
 from k2.schema import TRADES_V2
 from k2.schema.codecs import message_id
 from k2.schema.fields import AssetClass
-from k2.sources.base import SourceBatch
 
 EXCHANGE = "fault"
 SYMBOLS = tuple(f"F{i}" for i in range(8))

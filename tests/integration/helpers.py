@@ -11,11 +11,11 @@ from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.topics import TopicName
 from k2.config import Settings
+from k2.core.batch import SourceBatch
 from k2.lake.catalog import open_catalog
 from k2.query.engine import QueryEngine
 from k2.schema import TRADES_V2
 from k2.schema.fields import AssetClass, DataType
-from k2.sources.base import SourceBatch
 
 TEST_TOPIC = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from k2.config import Settings
-from k2.pipeline import load
+from k2.ingest.pipeline import load
 from k2.sources.asx import AsxSource
 from tests.integration.helpers import lake_count, lake_query, raw_line_count
 

@@ -30,9 +30,9 @@ from k2.api import create_key
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
 from k2.config import Settings
+from k2.ingest.pipeline import load, produce
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
-from k2.pipeline import load, produce
 from k2.query.asof import trades_with_quotes
 from k2.query.engine import QueryEngine
 from k2.query.market import events

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from k2.bus.broker import free_port
 from k2.config import Settings
-from k2.pipeline import load
+from k2.ingest.pipeline import load
+from k2.ingest.streaming import stream_binance
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as CAPTURE_2021_04_04
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as CAPTURE_2021_10_12
 from k2.samples import BINANCE_PUBLIC_DATA
@@ -19,7 +20,6 @@ from k2.sources.binance.client import ClientLimits
 from k2.sources.binance.emulator.faults import FaultSpec
 from k2.sources.binance.emulator.server import BinanceEmulator
 from k2.sources.binance.files import BinanceFileSource
-from k2.streaming import stream_binance
 from tests.integration.helpers import lake_query
 from tests.waiting import wait_until
 

@@ -23,10 +23,10 @@ from k2.api import create_key
 from k2.bus.broker import EmbeddedBroker
 from k2.bus.clients import ensure_topics, topic_ids
 from k2.config import Settings
+from k2.ingest.pipeline import load
 from k2.lake.catalog import open_catalog
 from k2.lake.maintenance import maintain
 from k2.lake.tables import ensure_table, table_identifier
-from k2.pipeline import load
 from k2.query.engine import QueryEngine
 from k2.schema import TRADES_V2
 from k2.sources.asx import AsxSource

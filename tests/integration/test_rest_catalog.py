@@ -23,12 +23,12 @@ from rich.console import Console
 
 from k2.bus.stack import Stack
 from k2.config import Settings
+from k2.core.breaker import CircuitBreaker
+from k2.ingest.pipeline import load
 from k2.lake.catalog import NAMESPACE, open_catalog
 from k2.lake.rest_catalog import backend_settings, rest_catalog_app
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_table, table_identifier
-from k2.ops.degradation import CircuitBreaker
-from k2.pipeline import load
 from k2.schema import TRADES_V2
 from k2.schema.arrow import records_to_arrow
 from k2.sources.asx import AsxSource

@@ -23,19 +23,19 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
+from k2.core.batch import SourceBatch
+from k2.core.breaker import CircuitBreaker
+from k2.core.metrics import REGISTRY
+from k2.ingest.pipeline import load, produce
 from k2.lake.catalog import open_catalog
 from k2.lake.offsets import SUMMARY_KEY, encode_ranges
 from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_table
-from k2.ops.degradation import CircuitBreaker
-from k2.ops.metrics import REGISTRY
-from k2.pipeline import load, produce
 from k2.schema import TRADES_V2
 from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import avro_schema
 from k2.schema.fields import AssetClass, DataType
 from k2.sources.asx import AsxSource
-from k2.sources.base import SourceBatch
 from tests.integration.helpers import TEST_TOPIC, all_committed, lake_count, lake_query, make_trade, produce_test_trades
 from tests.waiting import wait_until
 

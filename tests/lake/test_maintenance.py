@@ -22,13 +22,14 @@ from k2.lake.maintenance import maintain
 from k2.lake.offsets import SUMMARY_KEY, encode_ranges, next_offsets
 from k2.lake.tables import ensure_table, table_identifier
 from k2.query.engine import QueryEngine
+from k2.query.latency import LatencyProbe
 from k2.schema import TRADES_V2
 from tests.query.records import append_trades, at, trade
 
 TOPIC = "market.equities.trades.asx"
 LOG = {TOPIC: "log-A"}
 # Maintenance that rewrites and expires everything it may: all snapshots are "old", files are "small".
-EVERYTHING = {"expire_older_than": timedelta(0), "measure_latency": False}
+EVERYTHING = {"expire_older_than": timedelta(0)}
 
 
 def _trades_table(settings: Settings) -> Table:
@@ -81,7 +82,7 @@ def test_compaction_leaves_one_sorted_file_per_partition_with_the_same_rows(sett
     rows_before, files_before = _rows(table), _files_by_partition(table)
     assert sorted(len(f) for f in files_before.values()) == [2, 20, 20]
 
-    report = maintain(settings, tables=["trades_v2"], measure_latency=False)
+    report = maintain(settings, tables=["trades_v2"])
 
     files_after = _files_by_partition(table)
     assert _rows(table) == rows_before  # same message ids, exact decimals
@@ -221,7 +222,7 @@ def test_retention_drops_only_partitions_older_than_the_cutoff(settings: Setting
     for day in range(3):
         append_trades(table, [trade(at(10, day=day), "1", "1", day), trade(at(11, day=day), "1", "1", 10 + day)])
 
-    report = maintain(settings, retention_days=1, now=at(12, day=2), min_files=1000, measure_latency=False)
+    report = maintain(settings, retention_days=1, now=at(12, day=2), min_files=1000)
 
     assert report.table("trades_v2").partitions_dropped == ["2024-03-04/asx"]
     assert sorted(_files_by_partition(table)) == ["19787/asx", "19788/asx"]
@@ -253,7 +254,10 @@ def test_report_measures_query_latency_before_and_after(settings: Settings) -> N
     table = _trades_table(settings)
     _fragment(table, appends=20)
 
-    report = maintain(settings, tables=["market_data.trades_v2"], retain_last=1, expire_older_than=timedelta(0))
+    with LatencyProbe(open_catalog(settings)) as probe:
+        report = maintain(
+            settings, tables=["market_data.trades_v2"], retain_last=1, expire_older_than=timedelta(0), measure=probe
+        )
 
     stats = report.table("trades_v2")
     assert stats.latency_before is not None and stats.latency_after is not None

@@ -1,5 +1,5 @@
 """The alert rules and the Grafana dashboard match reality: promtool accepts and unit-tests the rules, and every
-series they (and the dashboard) use is one k2.ops.metrics exports."""
+series they (and the dashboard) use is one k2.core.metrics exports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics_core import Metric
 
-from k2.ops.metrics import REGISTRY
+from k2.core.metrics import REGISTRY
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "k2-alerts.yml"

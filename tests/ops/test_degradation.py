@@ -15,16 +15,17 @@ from rich.console import Console
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
 from k2.config import Settings
+from k2.core.batch import SourceBatch
+from k2.core.breaker import CircuitBreaker
+from k2.core.metrics import REGISTRY
+from k2.ingest.degradation import Controller, Governor, Level, Spill, Thresholds
+from k2.ingest.pipeline import landed_check, produce
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
-from k2.ops.degradation import CircuitBreaker, Controller, Governor, Level, Spill, Thresholds
 from k2.ops.health import degradation_now
-from k2.ops.metrics import REGISTRY
-from k2.pipeline import landed_check, produce
 from k2.schema import TRADES_V2
 from k2.schema.fields import AssetClass
 from k2.sources.asx import AsxSource
-from k2.sources.base import SourceBatch
 from tests.integration.helpers import lake_query, make_trade
 
 SMALL = Thresholds(lag=(10, 20, 30, 40), memory=(1 << 40, 1 << 41, 1 << 42, 1 << 43))

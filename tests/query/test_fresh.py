@@ -15,6 +15,7 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
+from k2.core.batch import SourceBatch
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
 from k2.query.engine import QueryEngine
@@ -23,7 +24,6 @@ from k2.query.fresh import FreshReader, FreshSource, feeding_topics, fresh_event
 from k2.query.market import events
 from k2.schema import TRADES_V2
 from k2.schema.fields import AssetClass, DataType
-from k2.sources.base import SourceBatch
 from tests.integration.helpers import make_trade
 
 pytestmark = pytest.mark.integration
@@ -151,13 +151,20 @@ def test_latest_counts_records_not_yet_in_the_lake(live: Live) -> None:
     ]
 
 
+def restart_broker(stack: Stack) -> None:
+    """Stop and start the stack's embedded broker on the same port: a new, empty log (memory storage)."""
+    assert stack.broker is not None, "this stack did not start a broker"
+    stack.broker.stop()
+    stack.broker.start()
+
+
 def test_a_restarted_broker_does_not_inherit_old_offsets(live: Live) -> None:
     live.produce([make_trade(n) for n in range(10)])
     live.sink_everything()  # the lake now says "next offset 10" for the old log
     with live.engine() as engine:
         old_ids = read_tail(engine, live.source, "trades").topic_ids
 
-    live.stack.restart_broker()  # memory storage: a new, empty log numbered from 0 under a new topic id
+    restart_broker(live.stack)  # memory storage: a new, empty log numbered from 0 under a new topic id
     live.produce([make_trade(n) for n in range(100, 104)])  # offsets 0..3 of the new log
     with live.engine() as engine:
         tail = read_tail(engine, live.source, "trades")

@@ -14,13 +14,13 @@ from typing import Any
 import fastavro
 import pytest
 
+from k2.core.batch import Reject, SourceBatch
 from k2.samples import ASX_SAMPLE as SAMPLE
 from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import parsed_schema
 from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import QUOTES_V2, REFERENCE_DATA_V2, TRADES_V2
 from k2.sources.asx import AsxSource
-from k2.sources.base import Reject, SourceBatch
 
 SYMBOLS = {"3153": "MWR", "7078": "BHP", "7181": "DVN", "7458": "RIO"}
 TRADE_ROWS = {"3153": 11, "7078": 91_631, "7181": 232, "7458": 108_671}

@@ -17,14 +17,15 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from k2.core.batch import Reject
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.codecs import datetime_from_micros, message_id
 from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec
-from k2.sources import asx_columnar
 from k2.sources.asx import AsxSource
-from k2.sources.asx_columnar import TickChunk, parse_tick_file
-from k2.sources.asx_reference import Company, load_companies
-from k2.sources.base import Reject
+from k2.sources.asx.columnar import TickChunk
+from k2.sources.asx.reference import Company, load_companies
+from tests.sources import asx_tick_chunks as asx_columnar
+from tests.sources.asx_tick_chunks import parse_tick_file
 
 SAMPLE_FILES = [
     f"{kind}/{company}.csv" for kind in ("trades", "quotes") for company in ("3153", "7078", "7181", "7458")

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
-from k2.ops.metrics import REGISTRY
+from k2.core.metrics import REGISTRY
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as APRIL
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as OCTOBER
 from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, SyntheticSpec

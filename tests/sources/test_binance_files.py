@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
+from k2.core.batch import SourceBatch
 from k2.samples import BINANCE_EXCHANGE_INFO as EXCHANGE_INFO
 from k2.samples import BINANCE_PUBLIC_DATA as VISION
 from k2.samples import BINANCE_REST_RESPONSES as REST
 from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import BARS_V2, TRADES_V2
-from k2.sources.base import SourceBatch
 from k2.sources.binance.files import BinanceFileSource, ChecksumError, describe_file
 from k2.sources.binance.normalize import normalize_agg_trade, normalize_rest_trade
 from k2.sources.binance.symbols import SuffixQuotes, SymbolDirectory

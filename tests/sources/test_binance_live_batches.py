@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from k2.sources.base import Reject, SourceBatch
+from k2.core.batch import Reject, SourceBatch
 from k2.sources.binance.gaps import SequenceTracker
 from k2.sources.binance.live import BinanceLive
 from k2.sources.binance.normalize import normalize_frame

@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
+from k2.core.batch import Reject
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as CAPTURE_2021_04
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as CAPTURE_2021_10
 from k2.samples import BINANCE_EXCHANGE_INFO as EXCHANGE_INFO
 from k2.samples import BINANCE_REST_RESPONSES as REST
 from k2.schema.codecs import datetime_from_micros, message_id
 from k2.schema.fields import QUOTES_V2, TRADES_V2
-from k2.sources.base import Reject
 from k2.sources.binance.capture import ws_frames
 from k2.sources.binance.normalize import (
     PayloadError,

@@ -16,13 +16,13 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from k2.core.batch import Reject
 from k2.samples import BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12
 from k2.samples import BINANCE_EXCHANGE_INFO as EXCHANGE_INFO
 from k2.schema.arrow import arrow_schema, records_from_arrow
 from k2.schema.codecs import message_id
 from k2.schema.fields import QUOTES_V2, TRADES_V2
 from k2.schema.ids_columnar import DUCKDB_MIN_ROWS, message_ids_column
-from k2.sources.base import Reject
 from k2.sources.binance import normalize_columnar
 from k2.sources.binance.capture import ws_frames
 from k2.sources.binance.normalize import TimeUnit, normalize_frame, record_spec

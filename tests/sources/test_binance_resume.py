@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from k2.streaming import channels, last_ids
+from k2.ingest.streaming import channels, last_ids
 
 MAPS = pa.map_(pa.string(), pa.string())
 

@@ -23,7 +23,7 @@ from k2.api.errors import ApiError
 from k2.api.ratelimit import RateLimiter
 from k2.bus.stack import NO_KAFKA, existing_endpoints
 from k2.config import ApiSettings, Settings
-from k2.ops.degradation import CircuitBreaker
+from k2.core.breaker import CircuitBreaker
 from k2.query.engine import QueryEngine, QueryError
 from k2.query.fresh import FreshReader, FreshSource
 from k2.query.timetravel import AsOf

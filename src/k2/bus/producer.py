@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,12 +15,10 @@ from confluent_kafka import KafkaError, Message, Producer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.serde import encode_columns, encoder
 from k2.bus.topics import DLQ_PREFIX, TopicName
-from k2.ops import metrics
-
-if TYPE_CHECKING:
-    from k2.ops.degradation import CircuitBreaker
+from k2.core import metrics
+from k2.core.batch import Reject, SourceBatch
+from k2.core.breaker import CircuitBreaker
 from k2.schema.avro import avro_schema
-from k2.sources.base import Reject, SourceBatch
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +66,7 @@ class RecordProducer:
         self._registry = registry
         self._schema_ids: dict[str, int] = {}
         self.stats = ProduceStats()
-        self.breaker: CircuitBreaker | None = None  # told of every delivery failure (k2.ops.degradation)
+        self.breaker: CircuitBreaker | None = None  # told of every delivery failure (k2.core.breaker)
 
     def _schema_id(self, topic: TopicName) -> int:
         subject = topic.subject

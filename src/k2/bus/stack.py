@@ -125,13 +125,6 @@ class Stack:
         embedded = self.broker is not None or shared is not None
         return Endpoints(bootstrap, registry_url, embedded=embedded)
 
-    def restart_broker(self) -> None:
-        """Stop and start the embedded broker on the same port: a new, empty log (memory storage)."""
-        if self.broker is None:
-            raise RuntimeError("this stack did not start a broker")
-        self.broker.stop()
-        self.broker.start()
-
     def __exit__(self, *exc: object) -> None:
         if self._owns_state:
             _state_file(self.settings).unlink(missing_ok=True)

@@ -7,11 +7,10 @@ left unreferenced). Every step is safe while sinks append: see k2.lake.maint_com
 
 from __future__ import annotations
 
-import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from pyiceberg.table import Table
 from rich.console import Console
@@ -24,12 +23,6 @@ from k2.lake.maint_compact import compact
 from k2.lake.tables import table_identifier
 from k2.schema.fields import ALL_RECORDS, RecordSpec
 
-if TYPE_CHECKING:
-    from k2.query.engine import QueryEngine
-
-# Latency is the median of this many runs: the first run after a commit also pays manifest reads.
-LATENCY_RUNS = 5
-
 
 @dataclass
 class Latency:
@@ -40,6 +33,10 @@ class Latency:
 
     def __str__(self) -> str:
         return f"{self.count_ms:.1f} / {self.day_ms:.1f}"
+
+
+# Measures one table's query latency as it is now (k2.query.latency.LatencyProbe), or None for an empty table.
+Measure = Callable[[RecordSpec, Table], Latency | None]
 
 
 @dataclass
@@ -122,32 +119,6 @@ def _stored(table: Table) -> tuple[int, int]:
     return len(files), sum(f.size for f in files)
 
 
-def _measure(engine: QueryEngine, spec: RecordSpec, table: Table) -> Latency | None:
-    """Median latency of a full count and of a one-day count over the newest day in the table."""
-    files = [task.file for task in table.scan().plan_files()]
-    if not files:
-        return None
-    day = max(int(f.partition[0]) for f in files)
-    start = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)
-    view = table_identifier(spec)
-
-    def timed(query: str, params: list[object] | None = None) -> float:
-        runs = []
-        for _ in range(LATENCY_RUNS):
-            started = time.perf_counter()
-            engine.sql(query, params)
-            runs.append((time.perf_counter() - started) * 1000)
-        return statistics.median(runs)
-
-    return Latency(
-        count_ms=timed(f"SELECT count(*) FROM {view}"),
-        day_ms=timed(
-            f"SELECT count(*), min(timestamp), max(timestamp) FROM {view} WHERE timestamp >= ? AND timestamp < ?",
-            [start, start + timedelta(days=1)],
-        ),
-    )
-
-
 def _selected(tables: list[str] | None) -> list[RecordSpec]:
     if tables is None:
         return list(ALL_RECORDS)
@@ -170,7 +141,7 @@ def maintain(
     retention_days: int | None = None,
     orphan_min_age: timedelta = timedelta(hours=1),
     dry_run: bool = False,
-    measure_latency: bool = True,
+    measure: Measure | None = None,
     now: datetime | None = None,
 ) -> MaintenanceReport:
     """Compact, apply retention, expire snapshots and remove orphan files for each table; report what changed.
@@ -179,7 +150,8 @@ def maintain(
     `min_files` data files under `target_file_mb` are rewritten into ~`target_file_mb` files. Snapshots older
     than `expire_older_than` go, except the newest `retain_last` and the current one. Files no metadata names
     and older than `orphan_min_age` are deleted. `retention_days` drops whole day partitions older than that.
-    `dry_run` commits and deletes nothing and reports what would be done.
+    `dry_run` commits and deletes nothing and reports what would be done. `measure` (e.g. a
+    `k2.query.latency.LatencyProbe`) gives each table's query latency before and after; none without it.
     """
     started = time.monotonic()
 
@@ -188,42 +160,28 @@ def maintain(
 
     catalog = open_catalog(settings)
     specs = [spec for spec in _selected(tables) if catalog.table_exists(table_identifier(spec))]
-    engine: QueryEngine | None = None
-    if measure_latency and specs:
-        # The one import of a higher room (query) from lake: latency is what compaction is for (docs/stack-notes.md,
-        # "DuckDB"), so it is measured through the engine users query with. Imported here so lake never needs DuckDB.
-        from k2.query.engine import QueryEngine
-
-        engine = QueryEngine(catalog)
     reports = []
-    try:
-        for spec in specs:
-            table = catalog.load_table(table_identifier(spec))
-            report = TableReport(table_identifier(spec))
-            report.data_files_before, report.data_bytes_before = _live_files(table)
-            report.stored_files_before, report.stored_bytes_before = _stored(table)
-            if engine is not None:
-                report.latency_before = _measure(engine, spec, table)
+    for spec in specs:
+        table = catalog.load_table(table_identifier(spec))
+        report = TableReport(table_identifier(spec))
+        report.data_files_before, report.data_bytes_before = _live_files(table)
+        report.stored_files_before, report.stored_bytes_before = _stored(table)
+        if measure is not None:
+            report.latency_before = measure(spec, table)
 
-            compaction = compact(table, target_bytes=target_file_mb * 1024 * 1024, min_files=min_files, dry_run=dry_run)
-            report.partitions_compacted = compaction.compacted
-            report.partitions_busy = compaction.busy
-            report.files_rewritten, report.files_written = compaction.files_rewritten, compaction.files_written
-            if retention_days is not None:
-                report.partitions_dropped = drop_old_partitions(table, retention_days, clock(), dry_run=dry_run)
-            report.snapshots_expired = expire(table, clock() - expire_older_than, retain_last, dry_run=dry_run)
-            report.orphans_removed, report.orphan_bytes = remove_orphans(
-                table, orphan_min_age, clock(), dry_run=dry_run
-            )
+        compaction = compact(table, target_bytes=target_file_mb * 1024 * 1024, min_files=min_files, dry_run=dry_run)
+        report.partitions_compacted = compaction.compacted
+        report.partitions_busy = compaction.busy
+        report.files_rewritten, report.files_written = compaction.files_rewritten, compaction.files_written
+        if retention_days is not None:
+            report.partitions_dropped = drop_old_partitions(table, retention_days, clock(), dry_run=dry_run)
+        report.snapshots_expired = expire(table, clock() - expire_older_than, retain_last, dry_run=dry_run)
+        report.orphans_removed, report.orphan_bytes = remove_orphans(table, orphan_min_age, clock(), dry_run=dry_run)
 
-            table.refresh()
-            report.data_files_after, report.data_bytes_after = _live_files(table)
-            report.stored_files_after, report.stored_bytes_after = _stored(table)
-            if engine is not None:
-                engine.refresh()
-                report.latency_after = _measure(engine, spec, table)
-            reports.append(report)
-    finally:
-        if engine is not None:
-            engine.close()
+        table.refresh()
+        report.data_files_after, report.data_bytes_after = _live_files(table)
+        report.stored_files_after, report.stored_bytes_after = _stored(table)
+        if measure is not None:
+            report.latency_after = measure(spec, table)
+        reports.append(report)
     return MaintenanceReport(reports, dry_run, time.monotonic() - started)

@@ -45,15 +45,15 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.serde import DecodeError, decode, schema_id_of
 from k2.bus.topics import MARKET_TOPIC_PATTERN, TopicName
 from k2.config import Settings
+from k2.core import metrics
+from k2.core.batch import Reject
+from k2.core.breaker import CircuitBreaker
 from k2.lake.dedup import LakeIdIndex
 from k2.lake.offsets import CPU_KEY, SUMMARY_KEY, encode_ranges, next_offsets
 from k2.lake.tables import ensure_table, in_write_order
-from k2.ops import metrics
-from k2.ops.degradation import CircuitBreaker
 from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import parsed_schema
 from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE, Kind, RecordSpec
-from k2.sources.base import Reject
 
 log = structlog.get_logger(__name__)
 

@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 
 from k2.bus.stack import existing_endpoints
 from k2.config import Settings
+from k2.ingest.degradation import active_controller
 from k2.lake.tables import table_identifier
-from k2.ops.degradation import active_controller
 from k2.ops.lag import log_report
 from k2.query.engine import QueryEngine
 from k2.query.summary import table_stats
@@ -30,9 +30,9 @@ HISTORY_SECONDS = 600
 
 IDLE_NOTE = (
     "No source is producing in this process now, so nothing is being slowed, spilled or shed; `k2 load` and the "
-    "loads of `k2 up` run under a degradation controller (k2.ops.degradation) while they produce."
+    "loads of `k2 up` run under a degradation controller (k2.ingest.degradation) while they produce."
 )
-ACTIVE_NOTE = "The level of the controller governing the source producing in this process now (k2.ops.degradation)."
+ACTIVE_NOTE = "The level of the controller governing the source producing in this process now (k2.ingest.degradation)."
 
 
 class TableHealth(BaseModel):

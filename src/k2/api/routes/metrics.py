@@ -1,4 +1,4 @@
-"""GET /metrics: this process's Prometheus metrics (k2.ops.metrics), open like /health so a scraper needs no key.
+"""GET /metrics: this process's Prometheus metrics (k2.core.metrics), open like /health so a scraper needs no key.
 
 Before answering, the figures that are cheaper read than pushed are refreshed: data files per table, from the
 manifests of the snapshot the engine reads.
@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from k2.api.state import request_state
-from k2.ops import metrics
+from k2.core import metrics
 from k2.query.summary import table_stats
 
 router = APIRouter(tags=["health"])

@@ -26,7 +26,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from k2.ops import metrics
+from k2.core import metrics
 
 log = structlog.get_logger(__name__)
 

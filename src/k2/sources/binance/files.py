@@ -37,9 +37,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
+from k2.core.batch import Reject, SourceBatch
 from k2.schema.codecs import message_id, now_micros
 from k2.schema.fields import BARS_V2, TRADES_V2, AssetClass, DataType, RecordSpec
-from k2.sources.base import Reject, SourceBatch
 from k2.sources.binance.normalize import (
     EXCHANGE,
     PayloadError,

@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 
-from k2.ops import metrics
+from k2.core import metrics
+from k2.core.batch import Reject, SourceBatch
 from k2.schema import QUOTES_V2, TRADES_V2, AssetClass, DataType, RecordSpec
 from k2.schema.arrow import records_from_arrow
 from k2.schema.codecs import message_id
 from k2.schema.fields import STREAM_GAPS
-from k2.sources.base import Reject, SourceBatch
 from k2.sources.binance.client import BinanceStreamClient, ClientLimits, stream_names
 from k2.sources.binance.gaps import CONTIGUOUS_CHANNELS, REST_PAGE_LIMIT, Gap, RestBackfiller, SequenceTracker
 from k2.sources.binance.normalize import (

@@ -27,9 +27,9 @@ from typing import Any
 
 import orjson
 
+from k2.core.batch import Reject
 from k2.schema.codecs import DecimalError, message_id, parse_decimal
 from k2.schema.fields import QUOTES_V2, TRADES_V2, AssetClass, DataType, RecordSpec, Side
-from k2.sources.base import Reject
 from k2.sources.binance.symbols import QuoteResolver, UnknownSymbolError
 
 EXCHANGE = "binance"

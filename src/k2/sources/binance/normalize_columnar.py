@@ -34,10 +34,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2.core.batch import Reject
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.fields import PRICE_SCALE, QUOTES_V2, TRADES_V2, DataType, RecordSpec, Side
 from k2.schema.ids_columnar import join_names, message_ids_column, string_offsets
-from k2.sources.base import Reject
 from k2.sources.binance.frame_templates import FALSE_WORD, QUOTE_BYTE, TEMPLATES, TRUE_WORD, FrameBuffer, Template
 from k2.sources.binance.normalize import CRYPTO, EXCHANGE, TimeUnit, normalize_frame
 from k2.sources.binance.symbols import QuoteResolver, UnknownSymbolError

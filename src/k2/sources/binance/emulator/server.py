@@ -17,7 +17,7 @@ import structlog
 import uvicorn
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from k2.ops.metrics import serve_metrics
+from k2.core.metrics import serve_metrics
 from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.sources.binance.emulator.capture import Capture, load_capture
 from k2.sources.binance.emulator.faults import ConnectionFault, FaultPlan, FaultSpec, FrameFault

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
-from k2.ops import metrics
+from k2.core import metrics
 from k2.sources.binance.emulator.feed import Hub, Outgoing
 from k2.sources.binance.emulator.limits import Limits
 

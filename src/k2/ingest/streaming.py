@@ -23,14 +23,14 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
+from k2.core.batch import SourceBatch
+from k2.ingest.pipeline import SinkAlongside, default_governor
+from k2.ingest.reconcile import Reconciliation
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink
-from k2.pipeline import SinkAlongside, default_governor
 from k2.query.engine import QueryEngine
 from k2.query.fresh import FreshSource, read_tail
-from k2.reconcile import Reconciliation
 from k2.schema import AssetClass, DataType
-from k2.sources.base import SourceBatch
 from k2.sources.binance.client import ClientLimits
 from k2.sources.binance.live import EXCHANGE, BinanceLive
 

@@ -1,7 +1,5 @@
-"""ASX reference data (company_info, dividends, mergers, stock_splits) and the ASX calendar conventions.
-
-The tick loader (k2.sources.asx) imports the calendar pieces from here: dates are MM/DD/YYYY and times are
-Australia/Sydney wall-clock time, in every ASX file.
+"""ASX reference data (company_info, dividends, mergers, stock_splits) → reference_data_v2 records, and the
+company_info map (`Company`) every tick file depends on. Dates follow `rules.py`, like the tick files'.
 """
 
 from __future__ import annotations
@@ -10,63 +8,20 @@ import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
-from functools import cache
+from datetime import date
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from k2.schema.codecs import DecimalError, message_id, micros_from_datetime, parse_decimal
+from k2.core.batch import Reject, SourceBatch
+from k2.schema.codecs import DecimalError, message_id, parse_decimal
 from k2.schema.fields import REFERENCE_DATA_V2, AssetClass
-from k2.sources.base import Reject, SourceBatch
-
-EXCHANGE = "asx"
-EQUITIES = AssetClass.EQUITIES.value
-SYDNEY = ZoneInfo("Australia/Sydney")
+from k2.sources.asx.rules import EQUITIES, EXCHANGE, RowError, parse_asx_date, reject, sydney_midnight_micros
 
 # The vendor writes this line under the header of a corporate-action file that has nothing in it. It is an
 # explicit "empty" marker, not a row: counting it as read (or rejected) would misreport the file.
 NO_RECORDS_MARKER = "--- NO RECORDS TO REPORT ---"
 
-_DATE = re.compile(r"(\d\d)/(\d\d)/(\d{4})", re.ASCII)
 _CURRENCY = re.compile(r"[A-Z]{3}", re.ASCII)
-
-
-class RowError(Exception):
-    """A row that cannot become a record; carries the Reject reason code and a human sentence."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-@cache
-def parse_asx_date(text: str) -> date:
-    """MM/DD/YYYY (the only date form in ASX files) → date; RowError("bad_date") otherwise."""
-    match = _DATE.fullmatch(text)
-    if match is None:
-        raise RowError("bad_date", f"date {text!r} is not MM/DD/YYYY")
-    month, day, year = (int(g) for g in match.groups())
-    try:
-        return date(year, month, day)
-    except ValueError as exc:
-        raise RowError("bad_date", f"date {text!r} does not exist ({exc})") from None
-
-
-def sydney_midnight_micros(day: date) -> int:
-    """UTC microseconds of 00:00 Sydney time on `day` (Sydney DST changes at 02:00/03:00, so midnight exists)."""
-    return micros_from_datetime(datetime(day.year, day.month, day.day, tzinfo=SYDNEY))
-
-
-def reject(reason: str, detail: str, raw: bytes, path: Path, line_no: int) -> Reject:
-    return Reject(
-        reason=reason,
-        detail=f"{path.name} line {line_no}: {detail}",
-        raw=raw,
-        origin=str(path),
-        position=line_no,
-    )
 
 
 @dataclass(frozen=True)

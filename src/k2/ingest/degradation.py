@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,8 +34,9 @@ from pathlib import Path
 
 import structlog
 
-from k2.ops import metrics
-from k2.sources.base import SourceBatch
+from k2.core import metrics
+from k2.core.batch import SourceBatch
+from k2.core.breaker import CircuitBreaker
 
 log = structlog.get_logger(__name__)
 
@@ -91,44 +91,6 @@ def process_memory() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-class CircuitBreaker:
-    """Closed → open after `threshold` consecutive failures; half-open after `reset_seconds` (the next call is a
-    trial); a success closes it. Thread-safe: failures arrive from librdkafka's delivery callbacks."""
-
-    def __init__(self, name: str, threshold: int = 5, reset_seconds: float = 10.0, clock=time.monotonic) -> None:
-        self.name, self.threshold, self.reset_seconds, self._clock = name, threshold, reset_seconds, clock
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def failing(self) -> bool:
-        """Failures recorded since the last success (cheap: no lock; for the hot delivery path)."""
-        return self._failures > 0
-
-    @property
-    def open(self) -> bool:
-        with self._lock:
-            return self._opened_at is not None and self._clock() - self._opened_at < self.reset_seconds
-
-    def record_failure(self) -> None:
-        with self._lock:
-            self._failures += 1
-            if self._failures >= self.threshold and self._opened_at is None:
-                self._opened_at = self._clock()
-                metrics.BREAKER_OPEN.labels(self.name).set(1)
-                log.warning("breaker.opened", breaker=self.name, failures=self._failures)
-            elif self._opened_at is not None and self._clock() - self._opened_at >= self.reset_seconds:
-                self._opened_at = self._clock()  # the half-open trial failed: open again
-
-    def record_success(self) -> None:
-        with self._lock:
-            if self._opened_at is not None:
-                log.info("breaker.closed", breaker=self.name)
-                metrics.BREAKER_OPEN.labels(self.name).set(0)
-            self._failures, self._opened_at = 0, None
 
 
 class Controller:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
+from k2.core.batch import SourceBatch
 from k2.lake.sink import SinkStats
 from k2.schema.fields import STREAM_GAPS
-from k2.sources.base import SourceBatch
 
 
 class LoadTimeoutError(RuntimeError):

@@ -23,12 +23,14 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack
 from k2.bus.topics import TopicName
 from k2.config import Settings
+from k2.core import metrics
+from k2.core.batch import SourceBatch
+from k2.core.breaker import CircuitBreaker
+from k2.ingest.degradation import Controller, Governor, Spill, Thresholds
+from k2.ingest.reconcile import LoadTimeoutError, Reconciliation
 from k2.lake.catalog import open_catalog
 from k2.lake.sink import IcebergSink, SinkStats
-from k2.ops import metrics
-from k2.ops.degradation import CircuitBreaker, Controller, Governor, Spill, Thresholds
-from k2.reconcile import LoadTimeoutError, Reconciliation
-from k2.sources.base import Source, SourceBatch
+from k2.sources.base import Source
 
 
 def produce(
@@ -41,7 +43,7 @@ def produce(
 ) -> tuple[Reconciliation, ProduceStats]:
     """Send every record of `source` to its topic (rejects to the DLQ) and wait for every acknowledgement.
     `on_new_topic(name)` is called once a topic exists, before its first record is sent. Every batch passes the
-    `governor` (k2.ops.degradation; default: memory-driven, spilling under $K2_HOME/spill), which may slow the
+    `governor` (k2.ingest.degradation; default: memory-driven, spilling under $K2_HOME/spill), which may slow the
     source or set batches aside on disk; whatever it set aside is sent before this returns."""
     recon = Reconciliation(source.describe())
     registry = RegistryClient(endpoints.registry_url)

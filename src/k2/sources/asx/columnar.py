@@ -1,16 +1,16 @@
 """Columnar fast path for ASX tick files: trades/<company_id>.csv and quotes/<company_id>.csv → Arrow tables.
 
-`parse_tick_file` gives, chunk for chunk, exactly what `AsxSource._row_batches` gives once its records go through
-`records_to_arrow`: same rows, same order, same chunk boundaries, same rejects. It gets there two ways:
+For a file in the plain common shape (every vendor file we have seen), `plain_tick_chunks` gives, chunk for chunk,
+exactly what the row parser (`rows.row_batches`) gives once its records go through `records_to_arrow`: same rows,
+same order, same chunk boundaries. It gets there with vectorised numpy/pyarrow work: each distinct date, price and
+volume text is parsed ONCE with the rules the row parser applies (`rules.Day`, `rules.parse_price`,
+`rules.parse_quantity`) and gathered back with `take`; the message ids (a SHA-1 per row over exactly the bytes the
+row parser hashes) are computed for the whole column at once by `k2.schema.ids_columnar`.
 
-* a file in the plain common shape (every vendor file we have seen) is parsed with vectorised numpy/pyarrow work:
-  each distinct date, price and volume text is parsed ONCE with the row parser's own functions (`_Day`, `_price`,
-  `_quantity`) and gathered back with `take`; the message ids (a SHA-1 per row over exactly the bytes the row
-  parser hashes) are computed for the whole column at once by `k2.schema.ids_columnar`;
-* any file that is not plain in every row (a blank or bad line, non-ASCII bytes, a day that reappears, a DST
-  change day, a zero trade price, an unknown company, ...) is handed whole to the row parser itself, whose records
-  are converted with `records_to_arrow`. Odd files are thus identical by construction, and only normal files need
-  the columnar code to be right; the tests compare both paths on every sample file and on odd files.
+Any file that is not plain in every row (a blank or bad line, non-ASCII bytes, a day that reappears, a DST change
+day, a zero trade price, an unknown company, ...) gets None, and `AsxSource` hands it whole to the row parser. Odd
+files are thus identical by construction, and only normal files need the columnar code to be right; the tests
+compare both paths on every sample file and on odd files.
 
 "Plain" is checked strictly and up front, before anything is built: the columnar code never has to produce a
 reject, so it never has to reproduce the row parser's order of checks.
@@ -29,13 +29,35 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from k2.schema.arrow import arrow_schema, records_to_arrow
+from k2.core.batch import Reject
+from k2.schema.arrow import arrow_schema
 from k2.schema.codecs import now_micros
-from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec, Side
+from k2.schema.fields import QUOTES_V2, TRADES_V2, RecordSpec
 from k2.schema.ids_columnar import fixed_width, message_ids_column, string_offsets
-from k2.sources.asx import _PRICES, _QUANTITIES, CURRENCY, AsxSource, _Day, _price, _quantity
-from k2.sources.asx_reference import EQUITIES, EXCHANGE, Company, RowError
-from k2.sources.base import Reject
+from k2.sources.asx.reference import Company
+from k2.sources.asx.rules import (
+    BOOK_STATE,
+    BOOK_STATES,
+    COMPANY_ID,
+    CURRENCY,
+    EQUITIES,
+    EXCHANGE,
+    EXTRA,
+    LOCAL_TIME,
+    LOCAL_TIME_SEPARATOR,
+    PRICES,
+    QUALIFIER,
+    QUANTITIES,
+    UNKNOWN_SIDE,
+    VENUE,
+    Day,
+    RowError,
+    id_day,
+    id_ordinal,
+    id_prefix,
+    parse_price,
+    parse_quantity,
+)
 
 # Files above this size take the (streaming) row parser: the columnar path holds the whole file and its columns
 # in memory, and Arrow's 32-bit string offsets cap one column's text at 2 GiB.
@@ -47,14 +69,13 @@ _CR, _LF = 13, 10
 # Positions of the time digits in "HH:MM:SS.mmm", and the separators the row parser's fast shape demands.
 _TIME_SEPARATORS = {2: ord(":"), 5: ord(":"), 8: ord(".")}
 _TIME_DIGITS = [0, 1, 3, 4, 6, 7, 9, 10, 11]
-_BOOK_STATES = pa.array(["normal", "crossed", "locked", "one_sided", "empty"])
+_BOOK_STATES = pa.array(list(BOOK_STATES))
 _MAP = pa.map_(pa.string(), pa.string())
-_UNKNOWN_SIDE = Side.UNKNOWN.value
 
 
 @dataclass(frozen=True)
 class TickChunk:
-    """One chunk of a tick file: the rows of one `AsxSource` batch, in Arrow form.
+    """One chunk of a tick file: the rows of one row-parser batch, in Arrow form.
 
     `rows_read == table.num_rows + len(rejects)`; `bytes_read` is the part of the file this chunk consumed, so the
     chunks' `bytes_read` add up to the file size (for a progress bar).
@@ -66,24 +87,6 @@ class TickChunk:
     bytes_read: int
 
 
-def parse_tick_file(
-    path: Path,
-    company: Company | None,
-    spec: RecordSpec,
-    chunk_rows: int = 50_000,
-    ingested: Callable[[], int] = now_micros,
-) -> Iterator[TickChunk]:
-    """An ASX trades (spec TRADES_V2) or quotes (QUOTES_V2) file → chunks of `arrow_schema(spec)` tables.
-
-    `company` is the file's company (None: not in company_info.csv, so every row is rejected, as the row parser
-    does). Chunks hold the same rows as `AsxSource._row_batches` batches of `chunk_rows` rows; `ingested` is
-    called once per chunk for its `ingestion_timestamp`. A file with bytes but no rows at all (only blank lines)
-    gives one empty chunk, so that its bytes are still reported.
-    """
-    chunks = plain_tick_chunks(path, company, spec, chunk_rows, ingested)
-    yield from _row_parser_chunks(path, company, spec, chunk_rows, ingested) if chunks is None else chunks
-
-
 def plain_tick_chunks(
     path: Path,
     company: Company | None,
@@ -91,8 +94,8 @@ def plain_tick_chunks(
     chunk_rows: int = 50_000,
     ingested: Callable[[], int] = now_micros,
 ) -> Iterator[TickChunk] | None:
-    """The columnar path alone: chunks as `parse_tick_file` gives them for a plain file; None for any other file
-    (read it with the row parser). What `AsxSource` calls."""
+    """A plain file's chunks (`chunk_rows` rows each; `ingested` is called once per chunk for its
+    `ingestion_timestamp`); None for any other file (read it with the row parser). What `source.AsxSource` calls."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     if spec is not TRADES_V2 and spec is not QUOTES_V2:
@@ -104,36 +107,6 @@ def plain_tick_chunks(
         return None
     table = _build_table(plain, company, spec)
     return _slice_chunks(table, plain.line_ends, plain.size, chunk_rows, ingested)
-
-
-# --- the fallback: the row parser itself ------------------------------------------------------------------------
-
-
-def _row_parser_chunks(
-    path: Path, company: Company | None, spec: RecordSpec, chunk_rows: int, ingested: Callable[[], int]
-) -> Iterator[TickChunk]:
-    """The row parser's batches for this file, converted to Arrow: identical to it by construction.
-
-    `AsxSource._row_batches` reports bytes through `progress` before it yields each batch; bytes read after the
-    last batch (trailing blank lines) are added to the last chunk, which is therefore held back by one step.
-    """
-    source = AsxSource(path.parent.parent, chunk_rows=chunk_rows)
-    consumed = [0]
-    source.progress = lambda nbytes: consumed.__setitem__(0, consumed[0] + nbytes)
-    held: TickChunk | None = None
-    for batch in source._row_batches(path, spec, company):
-        if held is not None:
-            yield held
-        stamp = ingested()
-        for record in batch.records:
-            record["ingestion_timestamp"] = stamp
-        table = records_to_arrow(spec, batch.records)
-        held = TickChunk(table, batch.rejects, batch.rows_read, consumed[0])
-        consumed[0] = 0
-    if held is not None:
-        yield TickChunk(held.table, held.rejects, held.rows_read, held.bytes_read + consumed[0])
-    elif consumed[0]:
-        yield TickChunk(arrow_schema(spec).empty_table(), [], 0, consumed[0])
 
 
 # --- is the file plain? -----------------------------------------------------------------------------------------
@@ -163,7 +136,7 @@ class _PlainFile:
     line_ends: np.ndarray  # per line: offset just past its line end (or the end of the file); int64
     lines: pa.StringArray  # per line: its text without the line end (what the row parser decodes)
     columns: list[pa.StringArray]  # the CSV cells, one array per column
-    days: list[_Day]  # distinct trading dates, in file order
+    days: list[Day]  # distinct trading dates, in file order
     day_index: np.ndarray  # per line: index into `days`
     local_micros: np.ndarray  # per line: microseconds after local midnight
     prices: _Decimals  # trades: price; quotes: bid, ask
@@ -178,8 +151,8 @@ def _plain_file(data: bytes, spec: RecordSpec) -> _PlainFile | None:
 
     Plain means: ASCII only (so UTF-8 decoding cannot fail), every line ended by CRLF (the last may have no line
     end) and none blank, the right number of columns, HH:MM:SS.mmm times, valid dates with one UTC offset all day,
-    each trading day's rows contiguous, and every price and volume text accepted by `_price` / `_quantity` (and,
-    for a trade, not zero). Every row of a plain file becomes a record: the columnar path makes no rejects.
+    each trading day's rows contiguous, and every price and volume text accepted by `parse_price` / `parse_quantity`
+    (and, for a trade, not zero). Every row of a plain file becomes a record: the columnar path makes no rejects.
     """
     trades = spec is TRADES_V2
     split = _split_lines(data)
@@ -193,8 +166,8 @@ def _plain_file(data: bytes, spec: RecordSpec) -> _PlainFile | None:
     local_micros = _local_micros(columns[1])
     if day_parts is None or local_micros is None:
         return None
-    prices = _parse_distinct(columns[2:3] if trades else columns[2:4], _price, _PRICES)
-    volumes = _parse_distinct(columns[3:4] if trades else columns[4:6], _quantity, _QUANTITIES)
+    prices = _parse_distinct(columns[2:3] if trades else columns[2:4], parse_price, PRICES)
+    volumes = _parse_distinct(columns[3:4] if trades else columns[4:6], parse_quantity, QUANTITIES)
     if prices is None or volumes is None:
         return None
     if trades and not (all(prices.values) and all(volumes.values)):
@@ -252,7 +225,7 @@ def _csv_columns(data: bytes, width: int, lines: int) -> list[pa.StringArray] | 
 def _local_micros(times: pa.StringArray) -> np.ndarray | None:
     """HH:MM:SS.mmm → microseconds after local midnight, or None unless every time is in exactly that shape.
 
-    That is the shape `_time_of_day` hands to `time.fromisoformat`, which accepts every such text with ASCII
+    That is the shape `rules.time_of_day` hands to `time.fromisoformat`, which accepts every such text with ASCII
     digits and hours, minutes and seconds in range; so the values agree, and anything else goes to it.
     """
     chars = fixed_width(times, 12)
@@ -271,8 +244,8 @@ def _local_micros(times: pa.StringArray) -> np.ndarray | None:
     return ((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + millis * 1_000
 
 
-def _trading_days(dates: pa.StringArray) -> tuple[list[_Day], np.ndarray] | None:
-    """The distinct dates parsed once by `_Day`, and each row's index among them; None unless every date is valid,
+def _trading_days(dates: pa.StringArray) -> tuple[list[Day], np.ndarray] | None:
+    """The distinct dates parsed once by `Day`, and each row's index among them; None unless every date is valid,
     has one UTC offset all day (not a DST change day) and all its rows are contiguous.
 
     The row parser numbers rows and counts identical rows per open day; a day that reappears later in the file
@@ -280,7 +253,7 @@ def _trading_days(dates: pa.StringArray) -> tuple[list[_Day], np.ndarray] | None
     """
     encoded = dates.dictionary_encode()
     try:
-        days = [_Day(text) for text in encoded.dictionary.to_pylist()]
+        days = [Day(text) for text in encoded.dictionary.to_pylist()]
     except RowError:
         return None
     if any(day.base is None for day in days) or len({day.compact for day in days}) != len(days):
@@ -319,7 +292,7 @@ def _build_table(plain: _PlainFile, company: Company, spec: RecordSpec) -> pa.Ta
     sequence = _day_sequence(plain.day_index)
     compact = pa.array([day.compact for day in plain.days]).take(plain.day_index)
     base = np.array([day.base for day in plain.days], dtype=np.int64)
-    local_time = pc.binary_join_element_wise(plain.columns[0], plain.columns[1], " ")
+    local_time = pc.binary_join_element_wise(plain.columns[0], plain.columns[1], LOCAL_TIME_SEPARATOR)
     trades = spec is TRADES_V2
     columns = {
         "message_id": _message_ids(plain, spec.data_type.value, company.symbol),
@@ -362,7 +335,7 @@ def _trade_columns(plain: _PlainFile, company: Company, local_time: pa.Array) ->
     )
     ones = np.ones(n, dtype=bool)
     vendor = _vendor_map(
-        ["qualifier", "company_id", "local_time", "venue", "extra"],
+        [QUALIFIER, COMPANY_ID, LOCAL_TIME, VENUE, EXTRA],
         [qualifier, pa.repeat(company.company_id, n), local_time, venue, extra],
         np.column_stack([ones, ones, ones, _non_empty(venue), _non_empty(extra)]),
     )
@@ -370,7 +343,7 @@ def _trade_columns(plain: _PlainFile, company: Company, local_time: pa.Array) ->
         "price": plain.prices.column(0),
         "quantity": plain.volumes.column(0),
         "currency": pa.repeat(CURRENCY, n),
-        "side": pa.repeat(_UNKNOWN_SIDE, n),
+        "side": pa.repeat(UNKNOWN_SIDE, n),
         "trade_conditions": conditions,
         "vendor_data": vendor,
     }
@@ -385,12 +358,12 @@ def _quote_columns(plain: _PlainFile, company: Company, local_time: pa.Array) ->
     rank = np.array([rank_of[value] for value in prices.values], dtype=np.int64)
     bid, ask = prices.indices
     no_bid, no_ask = zero[bid], zero[ask]
-    # _BOOK_STATES order: normal, crossed, locked, one_sided, empty
+    # indices into BOOK_STATES: normal, crossed, locked, one_sided, empty
     state = np.where(rank[bid] > rank[ask], 1, np.where(rank[bid] == rank[ask], 2, 0))
     state = np.where(no_bid | no_ask, np.where(no_bid & no_ask, 4, 3), state)
     ones = np.ones((n, 3), dtype=bool)
     vendor = _vendor_map(
-        ["book_state", "company_id", "local_time"],
+        [BOOK_STATE, COMPANY_ID, LOCAL_TIME],
         [_BOOK_STATES.take(state), pa.repeat(company.company_id, n), local_time],
         ones,
     )
@@ -423,14 +396,14 @@ def _vendor_map(keys: list[str], values: list[pa.Array], present: np.ndarray) ->
 def _message_ids(plain: _PlainFile, data_type: str, symbol: str) -> pa.StringArray:
     """The row parser's ids: UUIDv5 of "{exchange}|{data_type}|{symbol}|" + "{yyyymmdd}|{row text}#{ordinal}".
 
-    This is `message_ids_for(...)(source_id)` for every row at once (`k2.schema.ids_columnar`: the same bytes go
-    through SHA-1 for the whole column, where a Python loop over `message_id` costs ~1.7 us a row).
+    This is `message_ids_for(...)(rules.source_id(...))` for every row at once (`k2.schema.ids_columnar`: the
+    same bytes go through SHA-1 for the whole column, where a Python loop over `message_id` costs ~1.7 us a row).
     """
-    day = pa.array([f"{day.compact}|" for day in plain.days]).take(plain.day_index)
+    day = pa.array([id_day(day.compact) for day in plain.days]).take(plain.day_index)
     ordinal = _ordinals(plain.lines)
-    suffix = pa.array([f"#{k}" for k in range(int(ordinal.max(initial=0)) + 1)]).take(ordinal)
+    suffix = pa.array([id_ordinal(k) for k in range(int(ordinal.max(initial=0)) + 1)]).take(ordinal)
     names = pc.binary_join_element_wise(day, plain.lines, suffix, "")
-    return message_ids_column(names, prefix=f"{EXCHANGE}|{data_type}|{symbol}|")
+    return message_ids_column(names, prefix=id_prefix(data_type, symbol))
 
 
 def _ordinals(lines: pa.StringArray) -> np.ndarray:
