@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ def openapi(server: Server) -> dict:
 
 
 @pytest.fixture
-def browser() -> Browser:
+def browser() -> Iterator[Browser]:
     if chromium_path() is None:
         pytest.fail("chromium is not installed: apt-get install -y chromium (the Makefile's test target does this)")
     with Browser(offline=True) as running:
