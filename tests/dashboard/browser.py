@@ -37,13 +37,19 @@ def chromium_path() -> str | None:
 class Browser:
     """One headless Chromium with one page. `evaluate()` runs JavaScript in it (awaiting promises)."""
 
-    def __init__(self, width: int = 1600, height: int = 1000) -> None:
+    def __init__(self, width: int = 1600, height: int = 1000, *, offline: bool = False) -> None:
+        """`offline`: no host name resolves but 127.0.0.1, so a page that needs anything from the internet fails
+        as it would on a machine without network (`requests` still records what the page asked for)."""
         self.width, self.height = width, height
+        self.offline = offline
         self._profile = Path(tempfile.mkdtemp(prefix="k2-chromium-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
         self.console: list[str] = []  # console messages and uncaught exceptions of the page
+        self.requests: list[str] = []  # every URL the page requested (seen while a command was awaited)
+        self._request_urls: dict[str, str] = {}  # DevTools request id -> URL
+        self.blocked: dict[str, str] = {}  # URL -> why the browser refused to send it (e.g. "csp")
 
     def __enter__(self) -> Browser:
         binary = chromium_path()
@@ -65,6 +71,7 @@ class Browser:
                 "--remote-debugging-port=0",
                 f"--user-data-dir={self._profile}",
                 f"--window-size={self.width},{self.height}",
+                *(["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"] if self.offline else []),
                 "about:blank",
             ],
             stdout=subprocess.DEVNULL,
@@ -78,6 +85,7 @@ class Browser:
             self._ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=10)
             self.call("Runtime.enable")
             self.call("Page.enable")
+            self.call("Network.enable")
             # Overlay-free screenshots: a classic scrollbar would take 15 px off the layout and clip the right edge.
             self.call("Emulation.setScrollbarsHidden", {"hidden": True})
             self.call(
@@ -144,6 +152,12 @@ class Browser:
         if method == "Runtime.consoleAPICalled":
             text = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
             self.console.append(f"console.{params.get('type')}: {text}")
+        elif method == "Network.requestWillBeSent":
+            url = params.get("request", {}).get("url", "")
+            self.requests.append(url)
+            self._request_urls[params.get("requestId", "")] = url
+        elif method == "Network.loadingFailed" and params.get("blockedReason"):
+            self.blocked[self._request_urls.get(params.get("requestId", ""), "")] = params["blockedReason"]
         elif method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
             self.console.append(f"exception: {details.get('exception', {}).get('description') or details.get('text')}")

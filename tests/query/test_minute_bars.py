@@ -12,9 +12,9 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 from k2.query import bars as bars_module
-from k2.query import engine as engine_module
 from k2.query.bars import _divide_half_even, bars
 from k2.query.engine import QueryEngine
+from k2.query.file_facts import FileFacts
 from k2.query.minute_bars import FILE_PARTIALS_QUERY, minute_partials, on_minute
 from tests.query.records import append_trades, at, trade
 from tests.query.test_bars import BAR_1000, BAR_1001, BAR_1003, as_rows, bar
@@ -147,16 +147,16 @@ def test_too_many_files_to_compute_first_falls_back_to_the_rows(engine: QueryEng
     assert again is not None and again.equals(kept)
 
 
-def test_kept_file_facts_are_bounded_by_bytes(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "_FILE_FACT_BYTES_KEPT", 100)
-    paths = [f.path for f in engine.layout("trades_v2").files]
-    query = "SELECT symbol FROM read_parquet(?)"
+def test_kept_file_facts_are_bounded_by_bytes(catalog: Catalog, two_files: list[int]) -> None:
+    with QueryEngine(catalog, file_facts=FileFacts(max_bytes=100)) as engine:
+        paths = [f.path for f in engine.layout("trades_v2").files]
+        query = "SELECT symbol FROM read_parquet(?)"
 
-    sizes = [engine.file_fact(path, query).nbytes for path in paths]
+        sizes = [engine.file_fact(path, query).nbytes for path in paths]
 
-    assert sum(sizes) > 100
-    assert engine.has_file_fact(paths[-1], query)  # the newest is always kept
-    assert not engine.has_file_fact(paths[0], query)  # the oldest went first
+        assert sum(sizes) > 100
+        assert engine.has_file_fact(paths[-1], query)  # the newest is always kept
+        assert not engine.has_file_fact(paths[0], query)  # the oldest went first
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from k2.api.errors import install_error_handlers
 from k2.api.keys import keys_path
 from k2.api.limits import RequestLimits
 from k2.api.ratelimit import RateLimiter
-from k2.api.routes import analytics, catalog, dashboard, events, health, metrics, pipeline, replay
+from k2.api.routes import analytics, catalog, dashboard, docs, events, health, metrics, pipeline, replay
 from k2.api.state import ApiState
 from k2.config import ApiSettings, Settings
 from k2.lake.catalog import open_catalog
@@ -55,7 +55,15 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
                 state.engine.close()
                 state.engine = None
 
-    app = FastAPI(title="K2 market data API", version="1", description=_DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url None: FastAPI's own pages load from a CDN; routes/docs.py serves them from the package.
+    app = FastAPI(
+        title="K2 market data API",
+        version="1",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.k2 = state
     install_error_handlers(app)
     app.add_middleware(RequestLimits, max_body_bytes=options.max_body_bytes, max_url_bytes=options.max_url_bytes)
@@ -67,5 +75,6 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
         app.include_router(module.router, prefix="/v1", dependencies=secured)
     app.include_router(replay.ws_router, prefix="/v1")
     app.include_router(pipeline.router, prefix="/v1", dependencies=secured)
+    docs.install(app)  # /docs and /redoc, no key: like /openapi.json they describe the API, not its data
     dashboard.install(app)  # static pages, no key: they ask /v1 with the key the user gives them
     return app

@@ -414,6 +414,17 @@ class IcebergSink:
             return  # the deferred commit is retried once the breaker lets a trial through
         started = time.monotonic()
         written, duplicates = Counter(self.stats.written), Counter(self.stats.duplicates)
+        # The order is the exactly-once protocol (module doc): the lake first, then the DLQ, then Kafka.
+        if not self._append_buffers(final=final):
+            return  # deferred: buffers and offsets stay for the retry
+        self._flush_dlq()
+        self._commit_offsets()
+        self._record_commit(time.monotonic() - started, written, duplicates)
+        self._reset()
+
+    def _append_buffers(self, *, final: bool) -> bool:
+        """Step 1: append each table's buffer, its consumed offset ranges in the snapshot summary. False when the
+        catalog failed and the commit is deferred (the breaker opens); raises when it may not be deferred."""
         try:
             for name, buffer in self._buffers.items():
                 ranges = {k: v for k, v in self._ranges.items() if self._spec_for(k[0]).name == name}
@@ -434,14 +445,21 @@ class IcebergSink:
                 retry_in_seconds=self.breaker.reset_seconds,
                 note="nothing is lost: the records stay buffered and their offsets uncommitted",
             )
-            return
+            return False
         except Exception:
             metrics.SINK_COMMIT_FAILURES.labels("iceberg").inc()
             raise
         self._deferred_commits = 0
         if self.breaker.failing:
             self.breaker.record_success()
+        return True
+
+    def _flush_dlq(self) -> None:
+        """Step 2: the rejects of these messages are durable in their DLQ topics before the offsets are given up."""
         self._dlq.flush()
+
+    def _commit_offsets(self) -> None:
+        """Step 3: commit the consumed offsets to the consumer group (and remember them in `committed`)."""
         offsets = [TopicPartition(t, p, end) for (t, p), (_first, end) in self._ranges.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -454,17 +472,22 @@ class IcebergSink:
         else:
             for (t, p), (_first, end) in self._ranges.items():
                 self.committed[(t, p)] = end
-        elapsed = time.monotonic() - started
-        self._export(elapsed, self.stats.written - written, self.stats.duplicates - duplicates)
+
+    def _record_commit(self, elapsed: float, written_before: Counter[str], duplicates_before: Counter[str]) -> None:
+        """Step 4: metrics, stats and the log line of the commit (what it wrote: the counters since `*_before`)."""
+        self._export(elapsed, self.stats.written - written_before, self.stats.duplicates - duplicates_before)
         self.stats.commits += 1
         self.stats.commit_seconds.append(elapsed)
         log.info(
             "sink.committed",
             rows=self._buffered,
-            partitions=len(offsets),
+            partitions=len(self._ranges),
             seconds=round(elapsed, 3),
             written=dict(self.stats.written),
         )
+
+    def _reset(self) -> None:
+        """Step 5: start the next batch empty."""
         self._buffers.clear()
         self._fast_routes.clear()  # they point into the buffers just cleared
         self._ranges.clear()

@@ -32,11 +32,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, Protocol, Self
 
 import duckdb
 import pyarrow as pa
+from cachetools import LRUCache
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
@@ -44,6 +45,7 @@ from pyiceberg.table import Table
 from k2.config import is_s3
 from k2.lake.catalog import NAMESPACE
 from k2.lake.tables import table_identifier
+from k2.query.file_facts import FileFacts
 from k2.query.layout import Layout, read_layout
 from k2.query.timetravel import AsOf, SnapshotNotFoundError, resolve_pins
 from k2.schema.arrow import arrow_schema
@@ -69,10 +71,6 @@ _MAX_PINNED = 16
 Pins = tuple[tuple[str, str | None, int | None], ...]
 
 _LAYOUTS_KEPT = 64  # (table, snapshot) layouts; each is a few dozen small records
-# Bytes of per-file results kept (minute partials, newest rows): an API process's cache stays small.
-_FILE_FACT_BYTES_KEPT = 64 << 20
-_SYMBOL_COUNTS_KEPT = 16_384  # data files whose rows per symbol are kept; a few hundred bytes each
-_SYMBOL_COUNTS_QUERY = "SELECT symbol, count(*) AS n FROM read_parquet(?) WHERE symbol IS NOT NULL GROUP BY symbol"
 
 
 class QueryError(Exception):
@@ -223,17 +221,16 @@ class QueryEngine:
     (a lock serialises callers from several threads).
     """
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, *, file_facts: FileFacts | None = None) -> None:
+        """`file_facts`: where per-file results are kept (default: a `FileFacts()` of its own)."""
         self._catalog = catalog
         self._lock = threading.Lock()
         self._locations: dict[str, str | None] = {}
         self._snapshot_ids: dict[str, int | None] = {}
         self._pinned: OrderedDict[Pins, tuple[str, duckdb.DuckDBPyConnection]] = OrderedDict()
         self._pin_numbers = itertools.count(1)
-        self._layouts: OrderedDict[tuple[str, int], Layout] = OrderedDict()
-        self._file_facts: OrderedDict[tuple[Any, ...], pa.Table] = OrderedDict()
-        self._file_fact_bytes = 0
-        self._symbol_counts: OrderedDict[str, Mapping[str, int]] = OrderedDict()
+        self._layouts: LRUCache[tuple[str, int], Layout] = LRUCache(maxsize=_LAYOUTS_KEPT)
+        self._file_facts = file_facts if file_facts is not None else FileFacts()
         # No network ever: a missing extension must fail here, not hang on a download attempt.
         self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
         try:
@@ -276,54 +273,38 @@ class QueryEngine:
             return Layout(())
         key = (name, snapshot_id)
         with self._lock:
-            if key in self._layouts:
-                self._layouts.move_to_end(key)
-                return self._layouts[key]
-        table = self.table(name)
+            if (kept := self._layouts.get(key)) is not None:
+                return kept
+        table = self.table(name)  # outside the lock: the catalog may be slow, and queries can go on meanwhile
         found = Layout(()) if table is None else read_layout(table, snapshot_id)
         with self._lock:
             self._layouts[key] = found
-            while len(self._layouts) > _LAYOUTS_KEPT:
-                self._layouts.popitem(last=False)
         return found
 
     def symbol_counts(self, path: str) -> Mapping[str, int]:
         """Rows per symbol in data file `path`: read once (its symbol column only), then kept as a mapping (every
         planned query asks it of each candidate file, so it is not rebuilt from Arrow per call)."""
         with self._lock:
-            if (kept := self._symbol_counts.get(path)) is not None:
-                self._symbol_counts.move_to_end(path)
-                return kept
-            counts = _run(self._con, _SYMBOL_COUNTS_QUERY, [path])
-            found = MappingProxyType(dict(zip(counts.column(0).to_pylist(), counts.column(1).to_pylist(), strict=True)))
-            self._symbol_counts[path] = found
-            while len(self._symbol_counts) > _SYMBOL_COUNTS_KEPT:
-                self._symbol_counts.popitem(last=False)
-            return found
+            return self._file_facts.symbol_counts(path, self._run_locked)
 
     def file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> pa.Table:
         """`query` over the one data file `path` (its first `?`; `params` fill the rest), run once and kept.
 
         Data files are never changed, only replaced by new ones, so what a query says of one file never goes stale;
-        the least recently used results go first once they hold more than _FILE_FACT_BYTES_KEPT bytes. `query` must
-        come from K2's own code: it is SQL text.
+        the least recently used results go first once they hold more than their byte budget (k2.query.file_facts).
+        `query` must come from K2's own code: it is SQL text.
         """
-        key = (path, query, *params)
         with self._lock:
-            if key in self._file_facts:
-                self._file_facts.move_to_end(key)
-                return self._file_facts[key]
-            found = _run(self._con, query, [path, *params])
-            self._file_facts[key] = found
-            self._file_fact_bytes += found.nbytes
-            while self._file_fact_bytes > _FILE_FACT_BYTES_KEPT and len(self._file_facts) > 1:
-                self._file_fact_bytes -= self._file_facts.popitem(last=False)[1].nbytes
-            return found
+            return self._file_facts.fact(path, query, params, self._run_locked)
 
     def has_file_fact(self, path: str, query: str, params: Sequence[Any] = ()) -> bool:
         """Whether `file_fact(path, query, params)` is kept (answers without reading the file)."""
         with self._lock:
-            return (path, query, *params) in self._file_facts
+            return self._file_facts.has_fact(path, query, params)
+
+    def _run_locked(self, query: str, params: list[Any]) -> pa.Table:
+        """`query` on the main connection; the caller holds the lock."""
+        return _run(self._con, query, params)
 
     def sql_over(self, tables: Mapping[str, pa.Table], query: str, params: list[Any]) -> pa.Table:
         """`query` over Arrow tables given by name (not the lake): e.g. combining kept per-file results."""
