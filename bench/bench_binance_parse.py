@@ -130,10 +130,10 @@ def cryptofeed_pass(frames: list[tuple[bytes, int]]) -> Callable[[], None]:
 
 def candidate_rounds(
     frames: list[tuple[bytes, int]], symbols: SymbolDirectory, seconds: float, repeats: int
-) -> tuple[float, float, float]:
+) -> tuple[float, float, list[float]]:
     """The template batch path and the msgspec candidate over the same frames, interleaved round by round:
-    (template frames/s, msgspec frames/s, median of the per-round msgspec / template ratios). ImportError when
-    msgspec is missing."""
+    (template frames/s, msgspec frames/s, median of each; the per-round msgspec / template ratios). ImportError
+    when msgspec is missing."""
     from msgspec_normalize import normalize_frames as msgspec_frames
 
     expected = normalize_frames(frames, symbols)
@@ -155,7 +155,7 @@ def candidate_rounds(
     return (
         statistics.median(t for t, _ in rounds),
         statistics.median(m for _, m in rounds),
-        statistics.median(m / t for t, m in rounds),
+        [m / t for t, m in rounds],
     )
 
 
@@ -254,14 +254,15 @@ def main() -> None:
     print(f"\nk2 / baseline, median of per-round ratios: per frame {ratio:.2f}x, batch {batch_ratio:.2f}x")
     seconds, repeats = (0.3, 3) if args.quick else (args.seconds, args.repeats)
     try:
-        template, candidate, candidate_ratio = candidate_rounds(frames, symbols, seconds, repeats)
+        template, candidate, ratios = candidate_rounds(frames, symbols, seconds, repeats)
     except ImportError as exc:
         print(f"\nmsgspec candidate skipped ({exc}): pip install msgspec")
     else:
         print(f"\nmsgspec candidate vs the template path, interleaved, median of {repeats} rounds of ~{seconds:g} s:")
         print(f"{'k2: normalize_frames (frame templates, numpy)':<52} {template:>12,.0f} {1e6 / template:>9.2f}")
         print(f"{'candidate: msgspec Structs → Arrow':<52} {candidate:>12,.0f} {1e6 / candidate:>9.2f}")
-        print(f"msgspec / templates, median of per-round ratios: {candidate_ratio:.2f}x")
+        median, low, high = statistics.median(ratios), min(ratios), max(ratios)
+        print(f"msgspec / templates, median of per-round ratios: {median:.2f}x (rounds {low:.2f}-{high:.2f}x)")
     for row in suite_rows(args.quick):
         print(f"\nvs {row.baseline_name}: k2 {row.k2}, cryptofeed {row.baseline}, ratio {row.ratio or 0:.2f}x")
 
