@@ -7,6 +7,9 @@ Frames are the real ones in data/samples/binance (2021-04-04 and 2021-10-12 cryp
   quotes_v2 Arrow tables (exact decimals, UUIDv5 message ids, vendor_data), equal to `normalize_frame` per frame
 - k2 per frame: `normalize_frame` (orjson parse, exact decimals, UUIDv5 message id, vendor_data) → V2 record dict
 - baseline: `json.loads` + a dict of the same fields left as JSON gave them (price strings, no ids, no checks)
+- msgspec candidate (issue #14 part 5; PyPI `msgspec`, when installed): bench/msgspec_normalize.py, the same
+  `FrameBatch` from typed msgspec Structs decoded one call per channel and batch, against the template path
+  interleaved round by round (standalone run only, not the suite row)
 - cryptofeed (PyPI `cryptofeed`, when installed): its Binance feed's `message_handler` on the same frames (JSON with
   Decimal floats, symbol mapping, Trade/Ticker objects with Decimal price and size, delivered to an async callback),
   one event-loop run per pass; symbols loaded from the same exchangeInfo file, so nothing touches the network
@@ -15,7 +18,8 @@ Suite row (issue #6): k2 `normalize_frames` against cryptofeed, goal ≥ 3x cryp
 
 The decimal cache of the per-frame path is cleared before every pass, so each pass pays what one fresh session
 would (the batch path caches nothing between calls).
-Run: `python bench/bench_binance_parse.py [--seconds S] [--repeats R] [--quick] [--json]`.
+Run: `python bench/bench_binance_parse.py [--seconds S] [--repeats R] [--quick] [--json]` (`--quick`: shorter
+rounds for the suite row and the candidate).
 """
 
 from __future__ import annotations
@@ -124,6 +128,37 @@ def cryptofeed_pass(frames: list[tuple[bytes, int]]) -> Callable[[], None]:
     return one_pass
 
 
+def candidate_rounds(
+    frames: list[tuple[bytes, int]], symbols: SymbolDirectory, seconds: float, repeats: int
+) -> tuple[float, float, list[float]]:
+    """The template batch path and the msgspec candidate over the same frames, interleaved round by round:
+    (template frames/s, msgspec frames/s, median of each; the per-round msgspec / template ratios). ImportError
+    when msgspec is missing."""
+    from msgspec_normalize import normalize_frames as msgspec_frames
+
+    expected = normalize_frames(frames, symbols)
+    got = msgspec_frames(frames, symbols)
+    if not (got.trades.equals(expected.trades) and got.quotes.equals(expected.quotes)):
+        raise SystemExit("the msgspec candidate's tables differ from normalize_frames: fix that before timing it")
+
+    def template_pass() -> None:
+        normalize_frames(frames, symbols)
+
+    def msgspec_pass() -> None:
+        msgspec_frames(frames, symbols)
+
+    passes = [_passes(one_pass, seconds) for one_pass in (template_pass, msgspec_pass)]
+    rounds = [
+        (_rate(template_pass, passes[0], len(frames)), _rate(msgspec_pass, passes[1], len(frames)))
+        for _ in range(repeats)
+    ]
+    return (
+        statistics.median(t for t, _ in rounds),
+        statistics.median(m for _, m in rounds),
+        [m / t for t, m in rounds],
+    )
+
+
 def suite_rows(quick: bool) -> list[Row]:
     """The suite's row: k2 normalize_frames (all frames of a pass as one batch) against cryptofeed, interleaved
     rounds, medians."""
@@ -217,6 +252,17 @@ def main() -> None:
     ):
         print(f"{name:<52} {rate:>12,.0f} {1e6 / rate:>9.2f}")
     print(f"\nk2 / baseline, median of per-round ratios: per frame {ratio:.2f}x, batch {batch_ratio:.2f}x")
+    seconds, repeats = (0.3, 3) if args.quick else (args.seconds, args.repeats)
+    try:
+        template, candidate, ratios = candidate_rounds(frames, symbols, seconds, repeats)
+    except ImportError as exc:
+        print(f"\nmsgspec candidate skipped ({exc}): pip install msgspec")
+    else:
+        print(f"\nmsgspec candidate vs the template path, interleaved, median of {repeats} rounds of ~{seconds:g} s:")
+        print(f"{'k2: normalize_frames (frame templates, numpy)':<52} {template:>12,.0f} {1e6 / template:>9.2f}")
+        print(f"{'candidate: msgspec Structs → Arrow':<52} {candidate:>12,.0f} {1e6 / candidate:>9.2f}")
+        median, low, high = statistics.median(ratios), min(ratios), max(ratios)
+        print(f"msgspec / templates, median of per-round ratios: {median:.2f}x (rounds {low:.2f}-{high:.2f}x)")
     for row in suite_rows(args.quick):
         print(f"\nvs {row.baseline_name}: k2 {row.k2}, cryptofeed {row.baseline}, ratio {row.ratio or 0:.2f}x")
 
