@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from msgspec.structs import astuple
 
+from k2.core.batch import Reject
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.fields import PRICE_SCALE, QUOTES_V2, TRADES_V2, DataType, RecordSpec, Side
 from k2.schema.ids_columnar import join_names, message_ids_column
-from k2.sources.base import Reject
 from k2.sources.binance.normalize import CRYPTO, EXCHANGE, TimeUnit, normalize_frame
 from k2.sources.binance.normalize_columnar import FrameBatch
 from k2.sources.binance.symbols import QuoteResolver, UnknownSymbolError

@@ -26,8 +26,7 @@ from k2.sources.binance.normalize_columnar import FrameBatch, normalize_frames
 from k2.sources.binance.symbols import SymbolDirectory
 from tests.sources.test_binance_normalize_columnar import ODD_FRAMES, _agg_trade, _book_ticker, _trade
 
-# msgspec is not a K2 dependency (the candidate lost, bench/RESULTS.md): `pip install msgspec` to run these.
-pytest.importorskip("msgspec", reason="the msgspec candidate needs msgspec: pip install msgspec")
+# msgspec is not a product dependency (the candidate lost, bench/RESULTS.md); the dev extra installs it for this test.
 
 CAPTURES = (BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12)
 BENCH = Path(__file__).resolve().parents[2] / "bench"
