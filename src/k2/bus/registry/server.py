@@ -17,7 +17,8 @@ from k2.bus.registry.store import DB_FILE, SchemaStore
 
 def create_registry_app(storage_dir: Path) -> FastAPI:
     """The registry API over the store at `storage_dir`/registry.db (created if missing)."""
-    app = FastAPI(title="K2 schema registry", default_response_class=RegistryResponse)
+    # No /docs or /redoc: clients speak Confluent's protocol, and FastAPI's pages load from a CDN (blank offline).
+    app = FastAPI(title="K2 schema registry", default_response_class=RegistryResponse, docs_url=None, redoc_url=None)
     app.state.store = SchemaStore(Path(storage_dir) / DB_FILE)
     install_error_handlers(app)
     for router in ROUTERS:

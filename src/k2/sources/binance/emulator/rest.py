@@ -102,7 +102,8 @@ class WeightMeter:
 
 def create_app(hub: Hub, limits: Limits, exchange_info_path: Path = BINANCE_EXCHANGE_INFO) -> FastAPI:
     """The REST app; ``hub`` is read on the emulator's loop, where uvicorn serves too."""
-    app = FastAPI(title="K2 Binance spot emulator")
+    # No /docs or /redoc: it answers Binance's own REST API, and FastAPI's pages load from a CDN (blank offline).
+    app = FastAPI(title="K2 Binance spot emulator", docs_url=None, redoc_url=None)
     meter = WeightMeter(limits)
     info_cache: dict[str, Any] = {}
 
