@@ -13,13 +13,14 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pytest
+from fastapi import FastAPI, Request, Response
 from rich.console import Console
 
 from k2.config import Settings
@@ -63,6 +64,7 @@ class SparkLake:
     spark: SparkSession
     jdbc: str  # the Spark catalog name of the JdbcCatalog (K2's catalog name)
     startup_seconds: float
+    rest_calls: list[tuple[str, str, int]]  # (method, path, status) of every request the REST server answered
 
 
 def asx_cut(sample: Path, into: Path) -> Path:
@@ -76,6 +78,18 @@ def asx_cut(sample: Path, into: Path) -> Path:
             (into / kind / f"{code}.csv").write_text("".join(lines[::STRIDE]))
     shutil.copytree(sample / "reference-data", into / "reference-data")
     return into
+
+
+def recording(app: FastAPI, calls: list[tuple[str, str, int]]) -> FastAPI:
+    """`app`, noting each request's method, path and answer status in `calls`: what Iceberg's Java client asks."""
+
+    @app.middleware("http")
+    async def note(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        answer = await call_next(request)
+        calls.append((request.method, request.url.path, answer.status_code))
+        return answer
+
+    return app
 
 
 def start_spark(catalogs: dict[str, dict[str, str]]) -> tuple[SparkSession, float]:
@@ -113,13 +127,15 @@ def spark_lake(
         asx = load(AsxSource(asx_cut(asx_sample, root / "asx")), settings, QUIET)
         bars = load(BinanceFileSource(sorted(KLINES.glob("*.csv"))), settings, QUIET)
         assert asx.ok and bars.ok, (asx, bars)
-        with Server(rest_catalog_app(open_catalog(settings))) as server:
+        mp.setenv("SPARK_LOCAL_IP", "127.0.0.1")  # else Spark's start-up looks up the host's address (and warns)
+        calls: list[tuple[str, str, int]] = []
+        with Server(recording(rest_catalog_app(open_catalog(settings)), calls)) as server:
             spark, startup = start_spark(
                 {REST: rest_catalog_properties(server.url), settings.catalog_name: jdbc_catalog_properties(settings)}
             )
             request.config.stash[SPARK_STARTUP] = startup
             try:
-                yield SparkLake(settings, server.url, spark, settings.catalog_name, startup)
+                yield SparkLake(settings, server.url, spark, settings.catalog_name, startup, calls)
             finally:
                 spark.stop()
 
