@@ -103,11 +103,19 @@ class RegistryClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        content = None if body is None else json.dumps(body)
+        try:
+            return self._http.request(method, path, content=content, headers=_body_headers(body))
+        except httpx.RemoteProtocolError:
+            # The server closed a pooled keep-alive connection as this request went out on it (uvicorn drops idle
+            # ones after 5 s; seen failing `load` on a loaded machine): nothing was answered, and every registry
+            # call is idempotent (registering a schema again gives its id), so send it once more, on a new connection.
+            return self._http.request(method, path, content=content, headers=_body_headers(body))
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None, subject: str = "") -> Any:
         try:
-            response = self._http.request(
-                method, path, content=None if body is None else json.dumps(body), headers=_body_headers(body)
-            )
+            response = self._send(method, path, body)
         except httpx.TransportError as exc:
             raise RegistryError(
                 f"schema registry at {redact(self.url)} is unreachable ({exc}); start it (K2 starts its own when "
