@@ -20,6 +20,14 @@ $(S3RVER):
 
 setup: $(BIN)/k2
 
+# The `spark` extra (pyspark, ~430 MB) only for tests/spark, not in setup: `make run` stays lean. Spark needs Java 17;
+# Maven fetches the Iceberg runtime and PostgreSQL JDBC jars once into ~/.cache/k2/jars (k2.lake.engines).
+$(VENV)/.spark-deps: pyproject.toml | setup
+	command -v java >/dev/null && command -v mvn >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven)
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
+	touch $@
+
 run: setup
 	$(BIN)/k2 load asx $(ASX_SAMPLE)
 	$(BIN)/k2 sql "SELECT symbol, count(*) AS trades, min(price) AS low, max(price) AS high, \
@@ -29,11 +37,13 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: setup lint $(S3RVER)
+test: setup lint $(S3RVER) $(VENV)/.spark-deps
 	# Debian packages the tests drive: headless Chromium (dashboard), Prometheus and promtool (alerts, scrape)
 	command -v chromium >/dev/null && command -v promtool >/dev/null || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus)
-	$(BIN)/pytest -q -ra -m "not faults"
+	$(BIN)/pytest -q -ra -m "not faults and not spark"
+	# Spark (one local JVM) reads K2's tables over REST and JDBC, prunes, commits; K2 goes on exactly once (~4 min)
+	$(BIN)/pytest -q -ra -m spark
 	# kill -9 drills over a million messages each (tests/faults, ~6 min); -s prints each drill's figures
 	$(BIN)/pytest -q -ra -s -m faults
 	# the integration suite again on a PostgreSQL SQL catalog and an S3 warehouse (s3rver on 127.0.0.1), both throwaway

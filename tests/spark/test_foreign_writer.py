@@ -4,13 +4,13 @@ are Spark's and carry none) and drops the duplicates of rows either writer put i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from confluent_kafka.admin import AdminClient
 
 from k2.bus.clients import topic_ids
@@ -147,7 +147,22 @@ def test_spark_commits_then_k2_reads_exactly_and_its_sink_goes_on_exactly_once(
     theirs = spark_arrow(spark.table(f"{CATALOG}.{TRADES}")).select(ours.column_names)
     assert multiset(ours) == multiset(theirs)
 
+    # Java's JdbcCatalog used pyiceberg's catalog tables as they are (V0: no `iceberg_type` column added to them).
+    columns = sqlalchemy.inspect(sqlalchemy.create_engine(lake.settings.catalog_config["uri"])).get_columns
+    assert [c["name"] for c in columns("iceberg_tables")] == [
+        "catalog_name",
+        "table_namespace",
+        "table_name",
+        "metadata_location",
+        "previous_metadata_location",
+    ]
+    assert [c["name"] for c in columns("iceberg_namespace_properties")] == [
+        "catalog_name",
+        "namespace",
+        "property_key",
+        "property_value",
+    ]
+
     # Iceberg's Java client found every REST endpoint and field it needed: no request was refused.
     assert [c for c in lake.calls if c[2] >= 400] == []
     assert ("POST", f"/v1/namespaces/{NAMESPACE}/tables/trades_v2", 200) in lake.calls  # Spark's commit
-    print(json.dumps(sorted({(m, p) for m, p, _ in lake.calls})))
