@@ -27,7 +27,7 @@ def test_jdbc_properties_come_from_the_sqlalchemy_uri_with_its_credentials_decod
         "catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
         "uri": "jdbc:postgresql://db.internal:6543/lake",
         "warehouse": "file:///data/warehouse",
-        "jdbc.schema-version": "V0",
+        "jdbc.schema-version": "V1",
         "jdbc.user": "k2@ops",
         "jdbc.password": "p:ss",
     }

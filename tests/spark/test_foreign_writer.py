@@ -147,15 +147,21 @@ def test_spark_commits_then_k2_reads_exactly_and_its_sink_goes_on_exactly_once(
     theirs = spark_arrow(spark.table(f"{CATALOG}.{TRADES}")).select(ours.column_names)
     assert multiset(ours) == multiset(theirs)
 
-    # Java's JdbcCatalog used pyiceberg's catalog tables as they are (V0: no `iceberg_type` column added to them).
-    columns = sqlalchemy.inspect(sqlalchemy.create_engine(lake.settings.catalog_config["uri"])).get_columns
+    # Java's JdbcCatalog shares pyiceberg's catalog tables as they are: the V1 schema both write, every row a TABLE.
+    database = sqlalchemy.create_engine(lake.settings.catalog_config["uri"])
+    columns = sqlalchemy.inspect(database).get_columns
     assert [c["name"] for c in columns("iceberg_tables")] == [
         "catalog_name",
         "table_namespace",
         "table_name",
         "metadata_location",
         "previous_metadata_location",
+        "iceberg_type",
     ]
+    with database.connect() as connection:
+        kinds = connection.execute(sqlalchemy.text("SELECT catalog_name, iceberg_type FROM iceberg_tables")).all()
+    database.dispose()
+    assert sorted(set(kinds)) == [(CATALOG, "TABLE")]
     assert [c["name"] for c in columns("iceberg_namespace_properties")] == [
         "catalog_name",
         "namespace",

@@ -4,8 +4,9 @@ K2's tables are plain Iceberg v2 tables, so any Iceberg engine reads them throug
 
 - REST: `k2 catalog-serve` speaks the Iceberg REST catalog API; Spark's `type=rest` catalog needs only its URL.
 - JDBC: pyiceberg's SQL catalog keeps its pointers in the same `iceberg_tables` / `iceberg_namespace_properties`
-  tables as Iceberg Java's JdbcCatalog, so Spark can open the PostgreSQL database directly. Rows are keyed by catalog
-  name: the Spark catalog must be named as K2's (`K2_CATALOG_NAME`, default `k2`) or it sees an empty catalog.
+  tables as Iceberg Java's JdbcCatalog (its V1 schema), so Spark can open the PostgreSQL database directly. Rows are
+  keyed by catalog name: the Spark catalog must be named as K2's (`K2_CATALOG_NAME`, default `k2`) or it sees an
+  empty catalog.
 
 Spark's session time zone is set to UTC: K2's timestamps are `timestamptz` (UTC microseconds) and Spark shows and
 compares them in the session zone, so a machine zone would shift every rendered time and day filter.
@@ -96,8 +97,9 @@ def jdbc_catalog_properties(settings: Settings) -> dict[str, str]:
         "catalog-impl": _JDBC_CATALOG,
         "uri": f"jdbc:postgresql://{netloc}{uri.path}",
         "warehouse": props["warehouse"],
-        # pyiceberg's tables have no `iceberg_type` column (views): V0 reads them as they are; V1 would add it.
-        "jdbc.schema-version": "V0",
+        # pyiceberg 0.12 creates Java's V1 schema (`iceberg_type`: TABLE or VIEW per row); V1 makes Java read and
+        # write that column as pyiceberg does. Java's default, V0, ignores it and leaves it null on tables it creates.
+        "jdbc.schema-version": "V1",
     }
     if uri.username:
         result["jdbc.user"] = unquote(uri.username)
