@@ -21,6 +21,12 @@ $(S3RVER): | system-packages
 
 setup: $(BIN)/k2
 
+# The `spark` extra (pyspark, ~430 MB) only for tests/spark, not in setup: `make run` stays lean. Spark needs Java 17;
+# Maven fetches the Iceberg runtime and PostgreSQL JDBC jars once into ~/.cache/k2/jars (k2.lake.engines).
+$(VENV)/.spark-deps: pyproject.toml | setup system-packages
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
+	touch $@
+
 run: setup
 	$(BIN)/k2 load asx $(ASX_SAMPLE)
 	$(BIN)/k2 sql "SELECT symbol, count(*) AS trades, min(price) AS low, max(price) AS high, \
@@ -33,7 +39,8 @@ lint: setup
 	$(BIN)/lint-imports
 
 # Debian packages the tests drive, installed where missing: headless Chromium (dashboard, /docs), Prometheus and
-# promtool (alerts, scrape), PostgreSQL's server binaries (the PostgreSQL-catalog run), Node.js and npm (s3rver).
+# promtool (alerts, scrape), PostgreSQL's server binaries (the PostgreSQL-catalog run), Node.js and npm (s3rver),
+# Java 17 and Maven (Apache Kafka, Spark and the jars Maven fetches for them).
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -41,14 +48,18 @@ system-packages:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/tmp/k2-apt.log 2>&1 \
 	    || { tail -n 20 /tmp/k2-apt.log; exit 1; }; \
 	fi
 
-test: setup lint system-packages $(S3RVER)
-	$(BIN)/pytest -q -ra -m "not faults"
+test: setup lint system-packages $(S3RVER) $(VENV)/.spark-deps
+	$(BIN)/pytest -q -ra -m "not faults and not spark"
+	# Spark (one local JVM) reads K2's tables over REST and JDBC, prunes, commits; K2 goes on exactly once (~4 min)
+	$(BIN)/pytest -q -ra -m spark
 	# kill -9 drills over a million messages each (tests/faults, ~6 min); -s prints each drill's figures
 	$(BIN)/pytest -q -ra -s -m faults
 	# the integration suite again on a PostgreSQL SQL catalog and an S3 warehouse (s3rver on 127.0.0.1), both throwaway

@@ -23,6 +23,9 @@ def asx_sample() -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: kill -9 drills over a million messages (minutes; run by `make faults`)")
+    config.addinivalue_line(
+        "markers", "spark: a real Spark JVM reads and writes K2's tables over REST and JDBC (`spark` extra, Java 17)"
+    )
 
 
 # K2_TEST_CATALOG=postgres runs every test that uses `settings` on a PostgreSQL SQL catalog (a database per test)

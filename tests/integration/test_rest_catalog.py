@@ -258,3 +258,34 @@ def test_sink_defers_commits_a_rest_catalog_refuses_as_unavailable_and_lands_eve
     assert stats.written["trades_v2"] == 7 and stats.duplicates["trades_v2"] == 0
     rows = lake_query(settings, "SELECT trade_id FROM market_data.trades_v2 WHERE exchange = 'test' ORDER BY 1")
     assert [row[0] for row in rows] == [str(n) for n in range(7)]
+
+
+def test_a_stage_create_answers_each_schema_spec_and_order_once_and_create_transactions_land(
+    rest_lake: RestLake,
+) -> None:
+    client = rest_lake.client()
+    client.create_namespace(NAMESPACE)
+    schema = {"type": "struct", "fields": [{"id": 1, "name": "a", "type": "long", "required": False}]}
+    staged = httpx.post(
+        f"{rest_lake.url}/v1/namespaces/{NAMESPACE}/tables",
+        json={"name": "staged", "schema": schema, "stage-create": True},
+    )
+    assert staged.status_code == 200
+    metadata = staged.json()["metadata"]
+    # Iceberg Java refuses an id listed twice ("Multiple entries with same key"): Spark's CTAS failed so
+    assert [s["schema-id"] for s in metadata["schemas"]] == [0]
+    assert [s["spec-id"] for s in metadata["partition-specs"]] == [0]
+    assert [o["order-id"] for o in metadata["sort-orders"]] == [0]
+    assert "metadata-location" not in staged.json() and not client.table_exists(f"{NAMESPACE}.staged")
+
+    # pyiceberg's own create transaction through the server (stage-create, then a commit asserting create) lands.
+    trades = records_to_arrow(TRADES_V2, _trades(range(2), "3.25"))
+    txn = client.create_table_transaction(table_identifier(TRADES_V2), schema=trades.schema)
+    txn.append(trades)
+    txn.commit_transaction()
+    table = client.load_table(table_identifier(TRADES_V2))
+    assert len(table.schemas()) == 1
+    assert lake_query(rest_lake.settings, "SELECT trade_id, price FROM market_data.trades_v2 ORDER BY 1") == [
+        ("0", Decimal("3.25000000")),
+        ("1", Decimal("3.25000000")),
+    ]

@@ -45,7 +45,15 @@ class RegistryClient:
 
     def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, auth=auth, timeout=timeout, headers={"Accept": CONTENT_TYPE})
+        # Idle connections are dropped after 2 s, before a server drops them (uvicorn, K2's embedded registry: 5 s,
+        # httpx's own default) and a request goes out on a connection being closed.
+        self._http = httpx.Client(
+            base_url=self.url,
+            auth=auth,
+            timeout=timeout,
+            headers={"Accept": CONTENT_TYPE},
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        )
         self._lock = threading.Lock()
         self._ids: dict[tuple[str, str], int] = {}  # (subject, schema key) -> id
         self._schemas: dict[int, dict[str, Any]] = {}  # id -> schema (ids are immutable)
@@ -103,11 +111,19 @@ class RegistryClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        content = None if body is None else json.dumps(body)
+        try:
+            return self._http.request(method, path, content=content, headers=_body_headers(body))
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            # The server closed a pooled keep-alive connection as this request went out on it (unanswered, or reset:
+            # both seen failing `load` on a machine at load average 50, where a 2 s margin is not enough): every
+            # registry call is idempotent (registering a schema again gives its id), so send it once more.
+            return self._http.request(method, path, content=content, headers=_body_headers(body))
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None, subject: str = "") -> Any:
         try:
-            response = self._http.request(
-                method, path, content=None if body is None else json.dumps(body), headers=_body_headers(body)
-            )
+            response = self._send(method, path, body)
         except httpx.TransportError as exc:
             raise RegistryError(
                 f"schema registry at {redact(self.url)} is unreachable ({exc}); start it (K2 starts its own when "

@@ -50,7 +50,7 @@ from pyiceberg.io import load_file_io
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import CommitTableRequest, StagedTable, Table, TableIdentifier
-from pyiceberg.table.metadata import TableMetadata, TableMetadataV1
+from pyiceberg.table.metadata import TableMetadata, TableMetadataV1, new_table_metadata
 from pyiceberg.table.sorting import UNSORTED_SORT_ORDER, SortOrder
 from pyiceberg.table.update import AssertCreate, update_table_metadata
 from pyiceberg.typedef import IcebergBaseModel, Identifier
@@ -181,10 +181,31 @@ def _staged_for_create(backend: Catalog, identifier: Identifier, request: Commit
     )
 
 
+def _staged_metadata(backend: Catalog, ident: Identifier, args: dict[str, Any]) -> TableMetadata:
+    """The metadata a stage-create answers: the new table as `create_table` would make it, not yet committed.
+
+    Not pyiceberg's `create_table_transaction(...).table_metadata`: that applies the create's own updates on top of
+    the new metadata, so it lists the schema, spec and sort order twice under the same ids. pyiceberg's client does
+    not mind; Iceberg Java's parser refuses it ("Multiple entries with same key"), which failed every Spark
+    CREATE TABLE ... AS SELECT and REPLACE TABLE through this server. The transaction still resolves the location.
+    """
+    location = backend.create_table_transaction(ident, **args).table_metadata.location
+    return new_table_metadata(
+        schema=args["schema"],
+        partition_spec=args["partition_spec"],
+        sort_order=args["sort_order"],
+        location=location,
+        properties=dict(args["properties"]),  # a copy: new_table_metadata pops format-version from it
+    )
+
+
 def rest_catalog_app(backend: Catalog) -> FastAPI:
     """The REST catalog API over `backend`. Handlers are plain functions: FastAPI runs them in its thread pool,
     so slow catalog calls (a database round trip per commit) never block the event loop."""
+    # No /docs or /redoc: clients speak the Iceberg REST protocol, and FastAPI's pages load from a CDN (blank offline).
     app = FastAPI(
+        docs_url=None,
+        redoc_url=None,
         title="K2 Iceberg REST catalog",
         description="The Apache Iceberg REST catalog API (namespaces, tables, commits) over K2's catalog.",
         version="1",
@@ -291,8 +312,7 @@ def rest_catalog_app(backend: Catalog) -> FastAPI:
             return _json(TableResponse(metadata_location=created.metadata_location, metadata=created.metadata))
         if backend.table_exists(ident):
             raise TableAlreadyExistsError(f"Table already exists: {'.'.join(ident)}")
-        staged = backend.create_table_transaction(ident, **args)
-        return _json(TableResponse(metadata_location=None, metadata=staged.table_metadata))
+        return _json(TableResponse(metadata_location=None, metadata=_staged_metadata(backend, ident, args)))
 
     @app.get("/v1/namespaces/{namespace}/tables/{table}")
     def load_table(namespace: str, table: str, snapshots: str | None = None) -> Response:
