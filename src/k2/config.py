@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         description="Tansu storage engine: memory:// (lost on restart) or s3://bucket/ (durable, K2_S3_* endpoint)",
     )
 
+    # --- Apache Kafka (`k2 stack --broker kafka`, k2.bus.apache_kafka) -------------------------------------------
+    apache_kafka_cache: Path | None = Field(
+        default=None,
+        description="Where Maven puts Apache Kafka's jars once (apache-kafka-<version>/); unset = ~/.cache/k2",
+    )
+
     # --- Sink ------------------------------------------------------------------------------------------------
     sink_group: str = "k2-sink"
     # 100k-row commits run ~4x faster than 10k-row ones and write 10x fewer files (STACK-NOTES.md)
