@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from k2.config import Settings
+from k2.config import BrokerKind, Settings
 from k2.logs import configure_logging
 
 app = typer.Typer(help="K2 market data platform: exchanges → Kafka → Iceberg → DuckDB.", no_args_is_help=True)
@@ -434,15 +434,10 @@ def up(
     raise typer.Exit(run_up(Settings(), options, Console(soft_wrap=True, highlight=False), stop))
 
 
-class BrokerOption(StrEnum):
-    tansu = "tansu"
-    kafka = "kafka"
-
-
 @app.command()
 def stack(
-    broker: BrokerOption = typer.Option(
-        BrokerOption.tansu,
+    broker: BrokerKind = typer.Option(
+        BrokerKind.tansu,
         help="tansu: the embedded broker (memory storage); kafka: Apache Kafka (KRaft) with its log under "
         "$K2_HOME/kafka, jars fetched once with Maven (needs a JDK 17+ and mvn)",
     ),
@@ -456,7 +451,7 @@ def stack(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        with Stack(Settings(), broker=broker.value) as endpoints:
+        with Stack(Settings(), broker=broker) as endpoints:
             out.print(f"Kafka bootstrap: {endpoints.bootstrap}\nSchema registry: {redact(endpoints.registry_url)}")
             out.print("Ctrl-C stops both.")
             while not stop.wait(0.5):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from k2.redact import redact
+
+
+class BrokerKind(StrEnum):
+    """Which broker K2 starts when none is configured or running (`k2 stack --broker`, k2.bus.stack.Stack)."""
+
+    tansu = "tansu"  # the embedded default: milliseconds to start, memory storage unless K2_BROKER_STORAGE says
+    kafka = "kafka"  # Apache Kafka in KRaft mode, one node, its log under $K2_HOME/kafka (k2.bus.apache_kafka)
 
 
 class Settings(BaseSettings):

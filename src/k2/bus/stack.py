@@ -17,7 +17,6 @@ import os
 import socket
 from contextlib import ExitStack
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import structlog
@@ -25,16 +24,9 @@ import structlog
 from k2.bus.apache_kafka import ApacheKafkaCluster
 from k2.bus.broker import EmbeddedBroker
 from k2.bus.registry import EmbeddedRegistry
-from k2.config import Settings
+from k2.config import BrokerKind, Settings
 
 log = structlog.get_logger(__name__)
-
-
-class BrokerKind(StrEnum):
-    """Which broker a Stack starts when none is configured or running."""
-
-    tansu = "tansu"  # the embedded default: milliseconds to start, memory storage unless K2_BROKER_STORAGE says
-    kafka = "kafka"  # Apache Kafka in KRaft mode, one node, its log under $K2_HOME/kafka
 
 
 @dataclass(frozen=True)
