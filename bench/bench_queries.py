@@ -299,7 +299,7 @@ def http_bench(settings: Settings, engine: QueryEngine, selected: list[Query], r
     try:
         from k2.api.app import create_app
         from k2.api.keys import create_key
-        from k2.api.settings import ApiSettings
+        from k2.config import ApiSettings
     except ImportError as exc:
         print(f"HTTP: skipped (k2.api not available: {exc})")
         return

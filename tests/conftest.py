@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from k2.bus.apache_kafka import ApacheKafkaCluster
 from k2.config import Settings
 from k2.samples import ASX_SAMPLE
+from tests.apache_kafka import empty
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
 
@@ -25,6 +28,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: kill -9 drills over a million messages (minutes; run by `make faults`)")
     config.addinivalue_line(
         "markers", "spark: a real Spark JVM reads and writes K2's tables over REST and JDBC (`spark` extra, Java 17)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "apache_kafka: starts Apache Kafka itself (needs a JDK and Maven; run with K2_TEST_BROKER=apache_kafka)",
     )
 
 
@@ -64,6 +71,23 @@ S3_VARS = (
 )
 
 
+# K2_TEST_BROKER=apache_kafka points every test that uses `settings` at one Apache Kafka broker (KRaft, 127.0.0.1)
+# started for the session, emptied before each test (tests/apache_kafka.py); it combines with the two above.
+TEST_BROKER = os.environ.get("K2_TEST_BROKER", "tansu")
+ON_APACHE_KAFKA = TEST_BROKER == "apache_kafka"
+only_on_tansu = pytest.mark.skipif(ON_APACHE_KAFKA, reason="Tansu-specific: the broker is the session's Apache Kafka")
+
+
+@pytest.fixture(scope="session")
+def apache_kafka() -> Iterator[ApacheKafkaCluster]:
+    root = Path(tempfile.mkdtemp(prefix="k2-kafka-"))
+    try:
+        with ApacheKafkaCluster(root) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3Server]:
     server = S3Server(Path(tempfile.mkdtemp(prefix="k2-s3-"))).start()
@@ -88,6 +112,10 @@ def isolated_settings(home: Path, monkeypatch: pytest.MonkeyPatch, request: pyte
     if TEST_CATALOG == "postgres":
         uri = request.getfixturevalue("postgres").create_database()
         monkeypatch.setenv("K2_CATALOG_URI", uri)
+    if ON_APACHE_KAFKA:
+        kafka: ApacheKafkaCluster = request.getfixturevalue("apache_kafka")
+        empty(kafka.bootstrap)
+        monkeypatch.setenv("K2_KAFKA_BOOTSTRAP", kafka.bootstrap)
     if TEST_WAREHOUSE == "s3":
         s3: S3Server = request.getfixturevalue("s3")
         for name, value in s3.env().items():

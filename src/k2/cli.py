@@ -18,7 +18,7 @@ from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
-from k2.config import Settings, describe_errors, settings_table
+from k2.config import BrokerKind, Settings, describe_errors, settings_table
 from k2.logs import configure_logging
 
 app = typer.Typer(help="K2 market data platform: exchanges → Kafka → Iceberg → DuckDB.", no_args_is_help=True)
@@ -461,19 +461,30 @@ def up(
 
 
 @app.command()
-def stack() -> None:
-    """Run the embedded broker and registry for this K2_HOME in the foreground until Ctrl-C/SIGTERM."""
+def stack(
+    broker: BrokerKind = typer.Option(
+        BrokerKind.tansu,
+        help="tansu: the embedded broker (memory storage); kafka: Apache Kafka (KRaft) with its log under "
+        "$K2_HOME/kafka, jars fetched once with Maven (needs a JDK 17+ and mvn)",
+    ),
+) -> None:
+    """Run a broker and the registry for this K2_HOME in the foreground until Ctrl-C/SIGTERM."""
+    from k2.bus.apache_kafka import ApacheKafkaError
     from k2.bus.stack import Stack
     from k2.redact import redact
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with Stack(Settings()) as endpoints:
-        out.print(f"Kafka bootstrap: {endpoints.bootstrap}\nSchema registry: {redact(endpoints.registry_url)}")
-        out.print("Ctrl-C stops both.")
-        while not stop.wait(0.5):
-            pass
+    try:
+        with Stack(Settings(), broker=broker) as endpoints:
+            out.print(f"Kafka bootstrap: {endpoints.bootstrap}\nSchema registry: {redact(endpoints.registry_url)}")
+            out.print("Ctrl-C stops both.")
+            while not stop.wait(0.5):
+                pass
+    except ApacheKafkaError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +82,13 @@ class LogSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+
+class BrokerKind(StrEnum):
+    """Which broker K2 starts when none is configured or running (`k2 stack --broker`, k2.bus.stack.Stack)."""
+
+    tansu = "tansu"  # the embedded default: milliseconds to start, memory storage unless K2_BROKER_STORAGE says
+    kafka = "kafka"  # Apache Kafka in KRaft mode, one node, its log under $K2_HOME/kafka (k2.bus.apache_kafka)
 
 
 class Settings(BaseSettings):
@@ -164,6 +172,12 @@ class Settings(BaseSettings):
     broker_storage: str = Field(
         default="memory://tansu/",
         description="Embedded broker storage: memory:// (lost on restart) or s3://bucket/ (durable, K2_S3_* endpoint)",
+    )
+
+    # --- Apache Kafka (`k2 stack --broker kafka`, k2.bus.apache_kafka) -------------------------------------------
+    apache_kafka_cache: Path | None = Field(
+        default=None,
+        description="Where Maven puts Apache Kafka's jars once (apache-kafka-<version>/); unset = ~/.cache/k2",
     )
 
     # --- Sink ------------------------------------------------------------------------------------------------

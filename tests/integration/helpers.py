@@ -6,7 +6,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from k2.bus.clients import ensure_topics, producer_config
+from k2.bus.clients import ensure_topics, fetch_committed, producer_config
 from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.topics import TopicName
@@ -67,7 +67,7 @@ def committed_offsets(bootstrap: str, group: str, targets: dict[tuple[str, int],
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        tps = consumer.committed([TopicPartition(t, p) for t, p in targets], timeout=10)
+        tps = fetch_committed(consumer, [TopicPartition(t, p) for t, p in targets])
         return {(tp.topic, tp.partition): tp.offset for tp in tps}
     finally:
         consumer.close()

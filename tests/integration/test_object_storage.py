@@ -31,6 +31,7 @@ from k2.query.engine import QueryEngine
 from k2.schema import TRADES_V2
 from k2.sources.asx import AsxSource
 from tests.api.conftest import build_lake, lake_trades, serving
+from tests.conftest import only_on_tansu
 from tests.integration.helpers import lake_query
 from tests.query.records import append_trades, at, trade
 from tests.s3 import S3Server
@@ -226,6 +227,7 @@ def _committed(bootstrap: str, group: str, partitions: int) -> dict[int, int]:
     return {tp.partition: tp.offset for tp in tps}
 
 
+@only_on_tansu
 def test_broker_on_s3_keeps_its_log_offsets_and_topic_id_across_kill_9(
     settings: Settings, s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,6 +36,7 @@ from k2.schema.arrow import records_to_arrow
 from k2.schema.avro import avro_schema
 from k2.schema.fields import AssetClass, DataType
 from k2.sources.asx import AsxSource
+from tests.conftest import only_on_tansu
 from tests.integration.helpers import TEST_TOPIC, all_committed, lake_count, lake_query, make_trade, produce_test_trades
 from tests.waiting import wait_until
 
@@ -183,6 +184,7 @@ def test_undecodable_messages_are_dead_lettered_alone(settings: Settings) -> Non
     assert lake_count(settings, "trades_v2", "WHERE exchange = 'test'") == 8
 
 
+@only_on_tansu
 def test_embedded_stack_leaves_no_process_behind(settings: Settings) -> None:
     stack = Stack(settings)
     with stack:

@@ -24,6 +24,7 @@ from k2.query.fresh import FreshReader, FreshSource, feeding_topics, fresh_event
 from k2.query.market import events
 from k2.schema import TRADES_V2
 from k2.schema.fields import AssetClass, DataType
+from tests.conftest import only_on_tansu
 from tests.integration.helpers import make_trade
 
 pytestmark = pytest.mark.integration
@@ -158,6 +159,7 @@ def restart_broker(stack: Stack) -> None:
     stack.broker.start()
 
 
+@only_on_tansu
 def test_a_restarted_broker_does_not_inherit_old_offsets(live: Live) -> None:
     live.produce([make_trade(n) for n in range(10)])
     live.sink_everything()  # the lake now says "next offset 10" for the old log

@@ -24,21 +24,22 @@ from fastapi import FastAPI, Request, Response
 from rich.console import Console
 
 from k2.config import Settings
+from k2.ingest.pipeline import load
 from k2.lake.catalog import open_catalog
 from k2.lake.engines import fetch_jars, jdbc_catalog_properties, rest_catalog_properties, spark_config
 from k2.lake.rest_catalog import rest_catalog_app
-from k2.pipeline import load
+from k2.samples import BINANCE_PUBLIC_DATA
 from k2.sources.asx import AsxSource
 from k2.sources.binance.files import BinanceFileSource
 from tests.api.conftest import Server
-from tests.conftest import SHARED, isolated_settings
+from tests.conftest import isolated_settings
 from tests.postgres import PostgresServer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 QUIET = Console(quiet=True)
-KLINES = SHARED / "data" / "binance" / "data-binance-vision"
+KLINES = BINANCE_PUBLIC_DATA
 REST = "k2rest"  # the Spark catalog reading through `k2 catalog-serve`
 SMALL = ("3153", "7181")  # whole files: 11 + 232 trades, 60 + 549 quotes
 BIG = ("7078", "7458")  # every STRIDE-th line of each

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from k2.config import Settings
@@ -84,3 +85,28 @@ def topic_ids(admin: AdminClient, topics: Iterable[str]) -> dict[str, str]:
         return {}
     futures = admin.describe_topics(TopicCollection(names))
     return {name: str(fut.result().topic_id) for name, fut in futures.items()}
+
+
+# What a group coordinator answers while its partition of __consumer_offsets is being created, loaded or moved. On
+# Apache Kafka that is the first group request after the offsets topic is created and any broker restart or leader
+# change (seen here: NOT_COORDINATOR from `k2 up`'s first committed() on a fresh Kafka); librdkafka finds the new
+# coordinator, but hands the error of the attempt in flight to the caller of committed().
+_COORDINATOR_MOVING = frozenset(
+    {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
+)
+
+
+def fetch_committed(
+    consumer: Consumer, partitions: list[TopicPartition], timeout: float = 30.0
+) -> list[TopicPartition]:
+    """The group's committed offsets for `partitions`, asked again while the coordinator is moving or loading;
+    raises KafkaException for any other error, or when `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=max(deadline - time.monotonic(), 1.0))
+        except KafkaException as exc:
+            if exc.args[0].code() not in _COORDINATOR_MOVING or time.monotonic() >= deadline:
+                raise
+            log.info("kafka.coordinator_moving", error=exc.args[0].name())
+            time.sleep(0.1)  # librdkafka is looking the coordinator up again; ask once it had a moment

@@ -3,8 +3,11 @@
 Resolution order for each of Kafka and the registry:
   1. K2_KAFKA_BOOTSTRAP / K2_SCHEMA_REGISTRY_URL when set (real clusters);
   2. a stack another K2 process runs on this $K2_HOME (recorded in run/stack.json while it lives);
-  3. otherwise this process starts its own (Tansu broker subprocess + registry thread), records it in
+  3. otherwise this process starts its own (a broker subprocess + registry thread), records it in
      run/stack.json for the duration so sink workers can find it, and stops both on exit.
+
+The broker it starts is the embedded Tansu by default, or a local Apache Kafka node with `broker="kafka"`
+(`k2 stack --broker kafka`, k2.bus.apache_kafka). Other processes find either one the same way, in run/stack.json.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from pathlib import Path
 
 import structlog
 
+from k2.bus.apache_kafka import ApacheKafkaCluster
 from k2.bus.broker import EmbeddedBroker
 from k2.bus.registry import EmbeddedRegistry
-from k2.config import Settings
+from k2.config import BrokerKind, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -42,14 +46,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def reachable(hostport: str) -> bool:
-    """Something accepts TCP connections at host:port (within half a second)."""
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
+def reachable(hostports: str) -> bool:
+    """Something accepts TCP connections at host:port, or at one of a comma-separated list (within half a second
+    each)."""
+    for hostport in hostports.split(","):
+        host, _, port = hostport.strip().rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _state_file(settings: Settings) -> Path:
@@ -90,12 +97,19 @@ def existing_endpoints(settings: Settings) -> Endpoints | None:
 class Stack:
     """Context manager yielding Endpoints; stops whatever it started (and only that) on exit."""
 
-    def __init__(self, settings: Settings, broker_port: int = 0, registry_port: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker_port: int = 0,
+        registry_port: int = 0,
+        broker: BrokerKind | str = BrokerKind.tansu,
+    ) -> None:
         self.settings = settings
         self._broker_port = broker_port
         self._registry_port = registry_port
+        self._kind = BrokerKind(broker)
         self._exit = ExitStack()
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | ApacheKafkaCluster | None = None
         self.registry: EmbeddedRegistry | None = None
         self._owns_state = False
 
@@ -105,7 +119,7 @@ class Stack:
         try:
             bootstrap = s.kafka_bootstrap or (shared.bootstrap if shared else None)
             if bootstrap is None:
-                self.broker = EmbeddedBroker.for_settings(s, port=self._broker_port)
+                self.broker = self._new_broker()
                 self._exit.enter_context(self.broker)
                 bootstrap = self.broker.bootstrap
             registry_url = s.schema_registry_url or (shared.registry_url if shared else None)
@@ -117,13 +131,21 @@ class Stack:
         except BaseException:
             self._exit.close()
             raise
-        if self.broker is not None:
-            _state_file(s).write_text(
-                json.dumps({"pid": os.getpid(), "bootstrap": bootstrap, "registry_url": registry_url})
-            )
+        # Recorded whenever this process serves something others need: its broker, or the registry beside a
+        # configured Kafka (a `k2 sink` on this home then finds the registry, and the bootstrap is the same).
+        if self.broker is not None or self.registry is not None:
+            state = {"pid": os.getpid(), "bootstrap": bootstrap, "registry_url": registry_url}
+            if self.broker is not None:
+                state["broker"] = self._kind.value
+            _state_file(s).write_text(json.dumps(state))
             self._owns_state = True
         embedded = self.broker is not None or shared is not None
         return Endpoints(bootstrap, registry_url, embedded=embedded)
+
+    def _new_broker(self) -> EmbeddedBroker | ApacheKafkaCluster:
+        if self._kind is BrokerKind.kafka:
+            return ApacheKafkaCluster.for_settings(self.settings, port=self._broker_port)
+        return EmbeddedBroker.for_settings(self.settings, port=self._broker_port)
 
     def __exit__(self, *exc: object) -> None:
         if self._owns_state:

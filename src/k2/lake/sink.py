@@ -39,7 +39,7 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2.bus.batch_decode import BatchDecodeError, decode_batch
-from k2.bus.clients import consumer_config, producer_config, topic_ids
+from k2.bus.clients import consumer_config, fetch_committed, producer_config, topic_ids
 from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.serde import DecodeError, decode, schema_id_of
@@ -167,7 +167,7 @@ class IcebergSink:
             table.refresh()
             lake_next.update(next_offsets(table, self._topic_ids))
             self._indexes[spec.name].clear()
-        group = self._consumer.committed(partitions, timeout=10)
+        group = fetch_committed(self._consumer, partitions)
         positions = []
         for tp in group:
             lake = lake_next.get((tp.topic, tp.partition), -1)
@@ -511,7 +511,7 @@ class IcebergSink:
     def group_committed(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Offsets the whole consumer group has committed (any worker), for "is it all in the lake?"."""
         tps = [TopicPartition(t, p) for t, p in partitions]
-        return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(tps, timeout=10)}
+        return {(tp.topic, tp.partition): tp.offset for tp in fetch_committed(self._consumer, tps)}
 
     def run(
         self,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from k2.bus.clients import base_config
+from k2.bus.clients import base_config, fetch_committed
 from k2.bus.topics import DLQ_PREFIX, TOPIC_PREFIX
 from k2.config import Settings
 
@@ -107,7 +107,9 @@ def log_report(settings: Settings, bootstrap: str, budget_seconds: float = 2.0) 
         market = [tp for tp in partitions if tp[0].startswith(TOPIC_PREFIX)]
         committed = {
             (tp.topic, tp.partition): tp.offset
-            for tp in (consumer.committed([TopicPartition(t, p) for t, p in market], timeout=5) if market else [])
+            for tp in (
+                fetch_committed(consumer, [TopicPartition(t, p) for t, p in market], timeout=5) if market else []
+            )
         }
     finally:
         consumer.close()

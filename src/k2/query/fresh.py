@@ -41,7 +41,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from k2.bus.batch_decode import BatchDecodeError, decode_batch
-from k2.bus.clients import consumer_config, topic_ids
+from k2.bus.clients import consumer_config, fetch_committed, topic_ids
 from k2.bus.registry_client import RegistryClient, RegistryError
 from k2.bus.serde import DecodeError, decode, schema_id_of
 from k2.bus.stack import Endpoints
@@ -151,7 +151,7 @@ class FreshReader:
             metadata = consumer.list_topics(timeout=10)
             partitions = [TopicPartition(t, p) for t in topics for p in sorted(metadata.topics[t].partitions)]
             # Group offsets first, the table second: anything the group had committed is in the snapshot loaded next.
-            group = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=10)}
+            group = {(tp.topic, tp.partition): tp.offset for tp in fetch_committed(consumer, partitions)}
             table = engine.table(spec.name)
             snapshot_id = table.metadata.current_snapshot_id if table is not None else None
             lake_next = next_offsets(table, ids) if table is not None else {}
