@@ -76,6 +76,9 @@ S3_VARS = (
 TEST_BROKER = os.environ.get("K2_TEST_BROKER", "tansu")
 ON_APACHE_KAFKA = TEST_BROKER == "apache_kafka"
 only_on_tansu = pytest.mark.skipif(ON_APACHE_KAFKA, reason="Tansu-specific: the broker is the session's Apache Kafka")
+# Tests whose broker is incidental (the lake on S3, catalog races, the REST catalog, the dashboard's drawing) run once,
+# on the embedded broker: on Apache Kafka they would cost minutes of CI and test nothing of the broker.
+broker_incidental = pytest.mark.skipif(ON_APACHE_KAFKA, reason="the broker is incidental here: run on Tansu only")
 
 
 @pytest.fixture(scope="session")

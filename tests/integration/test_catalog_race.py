@@ -11,8 +11,9 @@ from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.lake.tables import ensure_table
 from k2.schema import ALL_RECORDS
+from tests.conftest import broker_incidental
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, broker_incidental]
 
 PROCESSES = 4
 

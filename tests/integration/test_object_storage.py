@@ -31,12 +31,12 @@ from k2.query.engine import QueryEngine
 from k2.schema import TRADES_V2
 from k2.sources.asx import AsxSource
 from tests.api.conftest import build_lake, lake_trades, serving
-from tests.conftest import only_on_tansu
+from tests.conftest import broker_incidental, only_on_tansu
 from tests.integration.helpers import lake_query
 from tests.query.records import append_trades, at, trade
 from tests.s3 import S3Server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, broker_incidental]
 
 TOPIC = "k2.durability.test"
 

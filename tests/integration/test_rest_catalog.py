@@ -33,6 +33,7 @@ from k2.schema import TRADES_V2
 from k2.schema.arrow import records_to_arrow
 from k2.sources.asx import AsxSource
 from tests.api.conftest import Server
+from tests.conftest import broker_incidental
 from tests.integration.helpers import (
     TEST_TOPIC,
     all_committed,
@@ -43,7 +44,7 @@ from tests.integration.helpers import (
     raw_line_count,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, broker_incidental]
 
 QUIET = Console(quiet=True)
 TRADES = f"/v1/namespaces/{NAMESPACE}/tables/{TRADES_V2.name}"

@@ -22,6 +22,7 @@ from k2.query.engine import QueryEngine
 from k2.schema.arrow import records_to_arrow
 from k2.schema.fields import TRADES_V2
 from k2.sources.asx import AsxSource
+from tests.conftest import broker_incidental
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 DAY = "03/11/2014"  # the files write MM/DD/YYYY, in Sydney wall-clock time
@@ -76,6 +77,7 @@ def load_trades(sample: Path, table: Table) -> int:
 
 
 @pytest.mark.integration
+@broker_incidental
 def test_one_minute_bhp_bars_equal_bars_from_the_raw_file(
     asx_sample: Path, catalog: Catalog, tables: dict[str, Table]
 ) -> None:
