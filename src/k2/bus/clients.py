@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
@@ -12,6 +13,29 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from k2.config import Settings
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# What a client sees while the cluster changes under it — a broker killed, the partition leaders, the controller or a
+# group coordinator moving — until librdkafka's metadata catches up: worth asking again, not worth a worker's life.
+# (KafkaError.retriable() is not set on several of these, e.g. "Timed out waiting for controller".)
+TRANSIENT_ERRORS = frozenset(
+    {
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_CONTROLLER,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
+# Per attempt when retrying an admin request: the default (socket.timeout.ms, 60 s) spends a minute on a controller
+# that was killed before librdkafka's metadata names another.
+ATTEMPT_TIMEOUT = 10.0
 
 
 def base_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
@@ -75,11 +99,40 @@ def ensure_topics(admin: AdminClient, settings: Settings, topics: Iterable[str])
                 raise
 
 
-def topic_ids(admin: AdminClient, topics: Iterable[str]) -> dict[str, str]:
+def is_transient(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (err.retriable() or err.code() in TRANSIENT_ERRORS)
+
+
+def retry_transient(call: Callable[[], T], what: str, patience: float) -> T:
+    """`call()`, tried again after 0.5, 1, 2, then every 5 s while it fails with a transient error
+    (TRANSIENT_ERRORS), for up to `patience` seconds; then, or on any other error, the error is raised."""
+    deadline = time.monotonic() + patience
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("kafka.retrying", what=what, error=exc.args[0].str(), retry_in_seconds=delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def topic_ids(admin: AdminClient, topics: Iterable[str], patience: float = 0.0) -> dict[str, str]:
     """Topic id per topic: the identity of a log. A broker that lost its data recreates topics with new ids,
-    so offsets remembered for an old id must not be applied to the new log (STACK-NOTES.md)."""
+    so offsets remembered for an old id must not be applied to the new log (STACK-NOTES.md).
+
+    `patience` > 0: transient errors (a killed controller or leader) are retried for that long, each attempt
+    limited to ATTEMPT_TIMEOUT; 0: one attempt, an error raised at once (an interactive read)."""
     names = list(dict.fromkeys(topics))
     if not names:
         return {}
-    futures = admin.describe_topics(TopicCollection(names))
-    return {name: str(fut.result().topic_id) for name, fut in futures.items()}
+
+    def describe() -> dict[str, str]:
+        timeout = {"request_timeout": ATTEMPT_TIMEOUT} if patience > 0 else {}
+        futures = admin.describe_topics(TopicCollection(names), **timeout)
+        return {name: str(fut.result().topic_id) for name, fut in futures.items()}
+
+    return retry_transient(describe, "describe_topics", patience) if patience > 0 else describe()
