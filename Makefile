@@ -37,8 +37,8 @@ test: setup lint $(S3RVER)
 	command -v java >/dev/null && command -v mvn >/dev/null || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless maven)
 	$(BIN)/pytest -q -ra -m "not faults and not apache_kafka"
-	# kill -9 drills over a million messages each (tests/faults, ~6 min; with the 3-broker Apache Kafka drill, up to
-	# 8 min more); -s prints each drill's figures
+	# kill -9 drills over a million messages each (tests/faults, ~6 min, plus the 3-broker Apache Kafka drill, budget
+	# 8 min); -s prints each drill's figures
 	$(BIN)/pytest -q -ra -s -m faults
 	# the integration suite again on a PostgreSQL SQL catalog and an S3 warehouse (s3rver on 127.0.0.1), both throwaway
 	K2_TEST_CATALOG=postgres K2_TEST_WAREHOUSE=s3 $(BIN)/pytest -q -ra -m integration

@@ -64,9 +64,10 @@ MIN_KILLS = 20
 SINK_PAUSE = (0.0, 2.0)
 FEED_PAUSE = (0.0, 2.0)
 NODE_PAUSE = (1.0, 4.0)
-# How long after passing its kill point the feed dies: up to about one batch's sending, so the kill lands anywhere
-# between two checkpoints.
-FEED_DELAY = (0.0, 1.0)
+# How long after passing its kill point the feed dies, in units of the time its last batch took (from one checkpoint
+# to the next): the kill lands anywhere in the next batch — after some of it was acknowledged, those trades are in
+# Kafka twice once the restarted feed sends them again.
+FEED_DELAY = (0.1, 1.2)
 # How long after the cluster is whole again the next partition leader dies.
 LEADER_GAP = (0.0, 4.0)
 NODE_START_TIMEOUT = 600.0
@@ -254,11 +255,16 @@ def test_kill_9_of_sink_producer_and_partition_leaders_on_three_brokers_loses_an
     cluster_drill: ClusterDrill,
 ) -> None:
     drill, rng = cluster_drill, cluster_drill.rng
-    sink_points = sorted(rng.uniform(0.03, 0.95) for _ in range(SINK_KILLS))  # fractions of the feed in the lake
+    # Fractions of the feed in the lake; not beyond 0.8: with the feed done, the sink drains the rest in a few large
+    # commits, and a restarted sink must commit before it is killed again.
+    sink_points = sorted(rng.uniform(0.02, 0.8) for _ in range(SINK_KILLS))
     feed_points = sorted(rng.uniform(0.0, 0.85) for _ in range(FEED_KILLS))  # fractions of the feed acknowledged
     restart_at: dict[str, float] = {}
     feed_kill_at: float | None = None
     feed_started_at = 0  # the checkpoint the running feed started from
+    sink_started_at = 0  # the rows in the lake when the running sink started
+    last_checkpoint = (0, time.monotonic())  # the feed's latest checkpoint and when the drill saw it
+    batch_seconds = 1.0  # how long the feed took from one checkpoint to the next, last time it did
     next_leader_kill = 0.0
     drill.start_stack()
     drill.start_sink()
@@ -268,8 +274,12 @@ def test_kill_9_of_sink_producer_and_partition_leaders_on_three_brokers_loses_an
         drill.check_alive("the feed to land")
         now = time.monotonic()
         drill.tend_nodes()
-        fed = drill.fed()
-        if sink_points and landed >= sink_points[0] * MESSAGES and drill.running("sink"):
+        if (fed := drill.fed()) != last_checkpoint[0]:
+            batch_seconds = now - last_checkpoint[1] if last_checkpoint[0] > feed_started_at else batch_seconds
+            last_checkpoint = (fed, now)
+        # Likewise a sink run must commit something of its own first (not die while still importing).
+        sink_due = sink_points and landed >= sink_points[0] * MESSAGES and landed > sink_started_at
+        if sink_due and drill.running("sink"):
             sink_points.pop(0)
             drill.kill("sink")
             restart_at["sink"] = now + rng.uniform(*SINK_PAUSE)
@@ -279,7 +289,7 @@ def test_kill_9_of_sink_producer_and_partition_leaders_on_three_brokers_loses_an
         feed_due = feed_points and fed >= feed_points[0] * MESSAGES and fed > feed_started_at
         if feed_due and feed_kill_at is None and drill.running("feed"):
             feed_points.pop(0)
-            feed_kill_at = now + rng.uniform(*FEED_DELAY)
+            feed_kill_at = now + rng.uniform(*FEED_DELAY) * batch_seconds
         if feed_kill_at is not None and now >= feed_kill_at:
             feed_kill_at = None
             if drill.running("feed"):
@@ -296,6 +306,7 @@ def test_kill_9_of_sink_producer_and_partition_leaders_on_three_brokers_loses_an
             if now >= when:
                 del restart_at[name]
                 if name == "sink":
+                    sink_started_at = landed
                     drill.start_sink()
                 else:
                     feed_started_at = drill.fed()
