@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
@@ -13,6 +13,29 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from k2.config import Settings
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# What a client sees while the cluster changes under it — a broker killed, the partition leaders, the controller or a
+# group coordinator moving — until librdkafka's metadata catches up: worth asking again, not worth a worker's life.
+# (KafkaError.retriable() is not set on several of these, e.g. "Timed out waiting for controller".)
+TRANSIENT_ERRORS = frozenset(
+    {
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_CONTROLLER,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
+# Per attempt when retrying an admin request: the default (socket.timeout.ms, 60 s) spends a minute on a controller
+# that was killed before librdkafka's metadata names another.
+ATTEMPT_TIMEOUT = 10.0
 
 
 def base_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
@@ -77,36 +100,52 @@ def ensure_topics(admin: AdminClient, settings: Settings, topics: Iterable[str])
                 raise
 
 
-def topic_ids(admin: AdminClient, topics: Iterable[str]) -> dict[str, str]:
+def is_transient(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (err.retriable() or err.code() in TRANSIENT_ERRORS)
+
+
+def retry_transient(call: Callable[[], T], what: str, patience: float) -> T:
+    """`call()`, tried again after 0.5, 1, 2, then every 5 s while it fails with a transient error
+    (TRANSIENT_ERRORS), for up to `patience` seconds; then, or on any other error, the error is raised."""
+    deadline = time.monotonic() + patience
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("kafka.retrying", what=what, error=exc.args[0].str(), retry_in_seconds=delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def topic_ids(admin: AdminClient, topics: Iterable[str], patience: float = 0.0) -> dict[str, str]:
     """Topic id per topic: the identity of a log. A broker that lost its data recreates topics with new ids,
-    so offsets remembered for an old id must not be applied to the new log (docs/stack-notes.md, "Embedded broker")."""
+    so offsets remembered for an old id must not be applied to the new log (docs/stack-notes.md, "Embedded broker").
+
+    `patience` > 0: transient errors (a killed controller or leader) are retried for that long, each attempt
+    limited to ATTEMPT_TIMEOUT; 0: one attempt, an error raised at once (an interactive read)."""
     names = list(dict.fromkeys(topics))
     if not names:
         return {}
-    futures = admin.describe_topics(TopicCollection(names))
-    return {name: str(fut.result().topic_id) for name, fut in futures.items()}
 
+    def describe() -> dict[str, str]:
+        timeout = {"request_timeout": ATTEMPT_TIMEOUT} if patience > 0 else {}
+        futures = admin.describe_topics(TopicCollection(names), **timeout)
+        return {name: str(fut.result().topic_id) for name, fut in futures.items()}
 
-# What a group coordinator answers while its partition of __consumer_offsets is being created, loaded or moved. On
-# Apache Kafka that is the first group request after the offsets topic is created and any broker restart or leader
-# change (seen here: NOT_COORDINATOR from `k2 up`'s first committed() on a fresh Kafka); librdkafka finds the new
-# coordinator, but hands the error of the attempt in flight to the caller of committed().
-_COORDINATOR_MOVING = frozenset(
-    {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
-)
+    return retry_transient(describe, "describe_topics", patience) if patience > 0 else describe()
 
 
 def fetch_committed(
-    consumer: Consumer, partitions: list[TopicPartition], timeout: float = 30.0
+    consumer: Consumer, partitions: list[TopicPartition], patience: float = 30.0
 ) -> list[TopicPartition]:
-    """The group's committed offsets for `partitions`, asked again while the coordinator is moving or loading;
-    raises KafkaException for any other error, or when `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return consumer.committed(partitions, timeout=max(deadline - time.monotonic(), 1.0))
-        except KafkaException as exc:
-            if exc.args[0].code() not in _COORDINATOR_MOVING or time.monotonic() >= deadline:
-                raise
-            log.info("kafka.coordinator_moving", error=exc.args[0].name())
-            time.sleep(0.1)  # librdkafka is looking the coordinator up again; ask once it had a moment
+    """The group's committed offsets for `partitions`, asked again while the cluster is changing for up to
+    `patience` seconds. On Apache Kafka a group coordinator answers NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS
+    while its partition of __consumer_offsets is created, loaded or moved: the first group request after the offsets
+    topic is created (seen: `k2 up`'s first committed() on a fresh Kafka) and after any broker restart or leader
+    change; librdkafka finds the new coordinator but hands the error of the attempt in flight to the caller."""
+    attempt = max(1.0, min(ATTEMPT_TIMEOUT, patience))  # a short probe (the lag gauge) never waits a whole attempt
+    return retry_transient(lambda: consumer.committed(partitions, timeout=attempt), "committed offsets", patience)

@@ -60,6 +60,10 @@ log = structlog.get_logger(__name__)
 _MAX_DECIMAL = Decimal(10) ** (PRICE_PRECISION - PRICE_SCALE)
 _APPEND_ATTEMPTS = 4
 _MAX_DEFERRED_COMMITS = 30  # ~5 minutes of a failing catalog (10 s apart) before the worker gives up
+# How long an assignment waits out a cluster in change (a killed broker that was the controller or the group
+# coordinator: Kafka notices after broker.session.timeout.ms, 9 s by default) before the worker gives up; well within
+# max.poll.interval.ms, which the assignment callback runs against.
+_KAFKA_PATIENCE = 120.0
 # Failures of the catalog or the warehouse, as opposed to bugs: worth waiting out
 # A failed commit the sink defers and retries: SQL catalog and warehouse errors, and a REST catalog that is down or
 # failed mid-commit (its "state unknown" is safe here: the retry re-reads the lake before deduplicating).
@@ -160,14 +164,14 @@ class IcebergSink:
 
     def _resume_positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         topics = sorted({p.topic for p in partitions})
-        self._topic_ids.update(topic_ids(self._admin, topics))
+        self._topic_ids.update(topic_ids(self._admin, topics, patience=_KAFKA_PATIENCE))
         lake_next: dict[tuple[str, int], int] = {}
         for spec in {TopicName.parse(t).spec for t in topics}:
             table = self._table(spec)
             table.refresh()
             lake_next.update(next_offsets(table, self._topic_ids))
             self._indexes[spec.name].clear()
-        group = fetch_committed(self._consumer, partitions)
+        group = fetch_committed(self._consumer, partitions, patience=_KAFKA_PATIENCE)
         positions = []
         for tp in group:
             lake = lake_next.get((tp.topic, tp.partition), -1)

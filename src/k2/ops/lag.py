@@ -108,7 +108,7 @@ def log_report(settings: Settings, bootstrap: str, budget_seconds: float = 2.0) 
         committed = {
             (tp.topic, tp.partition): tp.offset
             for tp in (
-                fetch_committed(consumer, [TopicPartition(t, p) for t, p in market], timeout=5) if market else []
+                fetch_committed(consumer, [TopicPartition(t, p) for t, p in market], patience=5) if market else []
             )
         }
     finally:
