@@ -46,6 +46,7 @@ def test_spark_config_names_each_catalog_with_utc_sessions_and_the_extensions(tm
         "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.catalog.k2rest": "org.apache.iceberg.spark.SparkCatalog",
+        "spark.sql.catalog.k2rest.cache-enabled": "false",
         "spark.sql.catalog.k2rest.type": "rest",
         "spark.sql.catalog.k2rest.uri": "http://127.0.0.1:8181",
     }

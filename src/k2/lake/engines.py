@@ -110,7 +110,11 @@ def jdbc_catalog_properties(settings: Settings) -> dict[str, str]:
 
 def spark_config(catalogs: Mapping[str, Mapping[str, str]], jars: Iterable[Path]) -> dict[str, str]:
     """SparkSession settings that open each of `catalogs` (Spark catalog name -> Iceberg catalog properties) with
-    Iceberg's SQL extensions (CALL procedures, MERGE) and UTC as the session time zone."""
+    Iceberg's SQL extensions (CALL procedures, MERGE) and UTC as the session time zone.
+
+    Each catalog has Spark's table cache off unless `properties` say otherwise: K2's sink commits every few seconds
+    and other writers (another catalog, another session) commit too; a cached table would keep answering from the
+    snapshot it first loaded for up to 30 s (Iceberg's `cache.expiration-interval-ms`)."""
     conf = {
         "spark.jars": ",".join(str(p) for p in jars),
         "spark.sql.extensions": _ICEBERG_EXTENSIONS,
@@ -118,6 +122,6 @@ def spark_config(catalogs: Mapping[str, Mapping[str, str]], jars: Iterable[Path]
     }
     for name, properties in catalogs.items():
         conf[f"spark.sql.catalog.{name}"] = _SPARK_CATALOG
-        for key, value in properties.items():
+        for key, value in {"cache-enabled": "false", **properties}.items():
             conf[f"spark.sql.catalog.{name}.{key}"] = value
     return conf
