@@ -7,7 +7,8 @@ not on Maven Central: `mvn dependency:get -Dartifact=org.apache.iceberg:iceberg-
 404. So the plugin is assembled the way its Gradle build does it: `org.apache.iceberg:iceberg-kafka-connect` with
 its runtime dependencies, plus `iceberg-parquet` (the data files), Hadoop's shaded client (Iceberg's Parquet writer
 needs Hadoop's Configuration class), and the sqlite-jdbc driver for Iceberg's JdbcCatalog over the same SQLite file
-K2's pyiceberg SQL catalog uses. The worker is `org.apache.kafka:connect-runtime` of the launcher's Kafka version.
+K2's pyiceberg SQL catalog uses. The worker is `org.apache.kafka:connect-runtime` 4.3.2 (CONNECT_VERSION says why not
+the launcher's 4.4.0).
 
 Both sets of jars are fetched once with Maven by k2.bus.apache_kafka.maven_libs into the cache K2 owns
 (K2_APACHE_KAFKA_CACHE, default ~/.cache/k2): `apache-kafka-connect-<v>/libs` (the worker's classpath) and
@@ -27,10 +28,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from k2.bus.apache_kafka import KAFKA_VERSION, LOG4J_VERSION, ApacheKafkaError, default_cache, maven_libs
+from k2.bus.apache_kafka import LOG4J_VERSION, ApacheKafkaError, default_cache, maven_libs
 from k2.bus.broker import _die_with_parent, free_port
 
 ICEBERG_VERSION = "1.12.0"  # the newest iceberg-kafka-connect on Maven Central here (December 2026)
+# Not the broker's 4.4.0: Kafka 4.4 moved org.apache.kafka.common.utils.AppInfoParser to ...utils.internals, and
+# Iceberg 1.12.0's IcebergSinkTask.start still calls the old class, so on a 4.4.0 worker every task fails with
+# NoClassDefFoundError. 4.3.2 (the newest release with the class in its old place) runs it; its clients speak to
+# the 4.4.0 broker like any older client.
+CONNECT_VERSION = "4.3.2"
 HADOOP_VERSION = "3.4.2"
 SQLITE_JDBC_VERSION = "3.50.3.0"
 CONNECTOR_CLASS = "org.apache.iceberg.connect.IcebergSinkConnector"
@@ -49,13 +55,13 @@ JVM_OPTS = (
 
 def connect_libs(cache: Path | None = None) -> Path:
     """The worker's classpath: connect-runtime (with connect-json and the transforms) and the slf4j binding."""
-    home = (cache or default_cache()).expanduser() / f"apache-kafka-connect-{KAFKA_VERSION}"
+    home = (cache or default_cache()).expanduser() / f"apache-kafka-connect-{CONNECT_VERSION}"
     deps = [
-        ("org.apache.kafka", "connect-runtime", KAFKA_VERSION),
-        ("org.apache.kafka", "connect-json", KAFKA_VERSION),
+        ("org.apache.kafka", "connect-runtime", CONNECT_VERSION),
+        ("org.apache.kafka", "connect-json", CONNECT_VERSION),
         ("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
     ]
-    return maven_libs(home, deps, f"Kafka Connect {KAFKA_VERSION}")
+    return maven_libs(home, deps, f"Kafka Connect {CONNECT_VERSION}")
 
 
 def iceberg_plugin(cache: Path | None = None) -> Path:
@@ -154,6 +160,12 @@ class ConnectWorker:
 
     def start(self, timeout: float = 420.0) -> ConnectWorker:
         """Launch the JVM and return once its REST API lists the Iceberg sink among its plugins."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the JVM without waiting for it. Call it from the thread that lives as long as the worker should:
+        the JVM is killed when the thread that started it ends (PR_SET_PDEATHSIG follows the parent thread)."""
         libs, plugin = connect_libs(self.cache), iceberg_plugin(self.cache)
         properties = self._configure(plugin)
         command = [
@@ -174,6 +186,11 @@ class ConnectWorker:
                 preexec_fn=_die_with_parent,
                 process_group=0,
             )
+
+    def wait_ready(self, timeout: float = 420.0) -> ConnectWorker:
+        """Return once the REST API lists the Iceberg sink among the worker's plugins; on 2 cores at load 40 a
+        worker took 150 s to get there, most of it scanning plugins (hence plugin.discovery=service_load)."""
+        assert self._proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
