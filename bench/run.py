@@ -7,6 +7,8 @@ Rows (each module's docstring says exactly what it measures):
   4 bench_binance_parse.py  Binance frame parse + normalize vs cryptofeed on the same captured frames
   5 bench_arctic.py         query p50/p99 on a 10 M-trade lake vs ArcticDB holding the same data
   6 bench_fresh.py          produce → visible (fresh read vs the API's lake read); peak memory under load
+  7 bench_connect.py        K2's sink vs Apache Iceberg's Kafka Connect sink on Apache Kafka: throughput, freshness,
+                            peak memory, kill -9 (needs a JDK 17+ and Maven; jars fetched once)
 
 Ratios are always "how many times better K2 is" (baseline time / K2 time, or K2 rate / baseline rate): > 1 is K2
 ahead. Run from the repo root: `make bench` (full, ~15 min: the first run also writes the 10 M-trade lake and its
@@ -39,6 +41,7 @@ MODULES = {
     "binance": "bench_binance_parse",
     "queries": "bench_arctic",
     "fresh": "bench_fresh",
+    "connect": "bench_connect",
 }
 
 

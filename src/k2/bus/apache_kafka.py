@@ -64,17 +64,22 @@ def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "k2"
 
 
-def _pom(version: str) -> str:
+def _pom(name: str, dependencies: list[tuple[str, str, str]]) -> str:
     dependency = "<dependency><groupId>{}</groupId><artifactId>{}</artifactId><version>{}</version></dependency>"
-    deps = [
-        dependency.format("org.apache.kafka", f"kafka_{SCALA_VERSION}", version),
-        dependency.format("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
-    ]
+    deps = "".join(dependency.format(*coordinate) for coordinate in dependencies)
     return (
         '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
-        f"<groupId>k2</groupId><artifactId>k2-apache-kafka</artifactId><version>{version}</version>"
-        f"<packaging>pom</packaging><dependencies>{''.join(deps)}</dependencies></project>\n"
+        f"<groupId>k2</groupId><artifactId>k2-{name}</artifactId><version>1</version>"
+        f"<packaging>pom</packaging><dependencies>{deps}</dependencies></project>\n"
     )
+
+
+def kafka_dependencies(version: str) -> list[tuple[str, str, str]]:
+    """kafka_2.13 and the slf4j binding its dependencies lack (LOG4J_VERSION)."""
+    return [
+        ("org.apache.kafka", f"kafka_{SCALA_VERSION}", version),
+        ("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
+    ]
 
 
 def _dist(cache: Path | None, version: str) -> Path:
@@ -88,7 +93,13 @@ def is_cached(cache: Path | None = None, version: str = KAFKA_VERSION) -> bool:
 
 def kafka_libs(cache: Path | None = None, version: str = KAFKA_VERSION) -> Path:
     """The folder of Kafka's jars, fetched with Maven into `cache` the first time (one process at a time)."""
-    home = _dist(cache, version)
+    return maven_libs(_dist(cache, version), kafka_dependencies(version), f"Apache Kafka {version}")
+
+
+def maven_libs(home: Path, dependencies: list[tuple[str, str, str]], what: str) -> Path:
+    """`home`/libs holding the (group, artifact, version) `dependencies` and their runtime dependencies, fetched
+    with `mvn dependency:copy-dependencies` the first time; a file lock makes concurrent first calls fetch once.
+    `what` names them in errors and logs."""
     libs = home / "libs"
     done = home / ".complete"
     if done.exists():
@@ -101,7 +112,7 @@ def kafka_libs(cache: Path | None = None, version: str = KAFKA_VERSION) -> Path:
         _require(["mvn"])
         started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=home) as work:
-            (Path(work) / "pom.xml").write_text(_pom(version))
+            (Path(work) / "pom.xml").write_text(_pom(home.name, dependencies))
             fetched = Path(work) / "libs"
             cmd = [
                 "mvn",
@@ -116,11 +127,11 @@ def kafka_libs(cache: Path | None = None, version: str = KAFKA_VERSION) -> Path:
             result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if result.returncode != 0:
                 tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
-                raise ApacheKafkaError(f"Maven could not fetch Apache Kafka {version}: {' / '.join(tail)}")
+                raise ApacheKafkaError(f"Maven could not fetch {what}: {' / '.join(tail)}")
             shutil.rmtree(libs, ignore_errors=True)
             fetched.rename(libs)
         done.write_text(f"{time.monotonic() - started:.1f} s\n")
-        log.info("kafka.fetched", version=version, libs=str(libs), seconds=round(time.monotonic() - started, 1))
+        log.info("maven.fetched", what=what, libs=str(libs), seconds=round(time.monotonic() - started, 1))
     return libs
 
 
