@@ -12,16 +12,39 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from k2.config import BrokerKind, Settings, describe_errors, settings_table
+from k2.core.errors import UserError
 from k2.logs import configure_logging
 
-app = typer.Typer(help="K2 market data platform: exchanges → Kafka → Iceberg → DuckDB.", no_args_is_help=True)
+err = Console(stderr=True)
+out = Console()
+
+
+class _K2Command(TyperGroup):
+    """`k2` itself: a UserError raised by any command is one line on stderr and exit code 2, not a traceback
+    (`k2 --debug ...` lets it through)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if ctx.params.get("debug"):
+                raise
+            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_K2Command, help="K2 market data platform: exchanges → Kafka → Iceberg → DuckDB.", no_args_is_help=True
+)
 load_app = typer.Typer(help="Load data from a source through Kafka into the lake.", no_args_is_help=True)
 app.add_typer(load_app, name="load")
 stream_app = typer.Typer(help="Stream live market data through Kafka into the lake.", no_args_is_help=True)
@@ -33,9 +56,6 @@ emulate_app = typer.Typer(
 )
 app.add_typer(emulate_app, name="emulate")
 
-err = Console(stderr=True)
-out = Console()
-
 
 class OutputFormat(StrEnum):
     table = "table"
@@ -46,6 +66,7 @@ class OutputFormat(StrEnum):
 @app.callback()
 def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (structured) to stderr."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind a one-line error."),
 ) -> None:
     # Every command reads the same K2_* settings: a malformed one is one clear line here, not a traceback later.
     try:

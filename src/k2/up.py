@@ -33,6 +33,7 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Endpoints, Stack, running_stack
 from k2.config import Settings
 from k2.core.batch import SourceBatch
+from k2.core.errors import UserError
 from k2.ingest.pipeline import produce
 from k2.lake.catalog import open_catalog
 from k2.lake.maintenance import maintain
@@ -40,6 +41,7 @@ from k2.lake.sink import IcebergSink
 from k2.lake.tables import ensure_tables
 from k2.redact import redact
 from k2.samples import ASX_SAMPLE, BINANCE_CAPTURE_2021_04_04, BINANCE_CAPTURE_2021_10_12
+from k2.sources.asx.source import AsxSource
 from k2.sources.base import Source
 from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT
 
@@ -125,6 +127,9 @@ class _Stoppable:
 
     def describe(self) -> str:
         return self._source.describe()
+
+    def check(self) -> None:
+        self._source.check()
 
     def batches(self) -> Iterator[SourceBatch]:
         for batch in self._source.batches():
@@ -222,8 +227,13 @@ class Platform:
                 f"another K2 stack already runs on K2_HOME={settings.home_dir} (Kafka {other.bootstrap}): stop it "
                 "(Ctrl-C in its terminal) or point K2_HOME elsewhere"
             )
-        if options.asx is not None and not options.asx.is_dir():
-            raise UpError(f"ASX sample not found at {options.asx}: pass --asx DIR, set K2_ASX_SAMPLE, or --no-asx")
+        if options.asx is not None:
+            if not options.asx.is_dir():
+                raise UpError(f"ASX sample not found at {options.asx}: pass --asx DIR, set K2_ASX_SAMPLE, or --no-asx")
+            try:
+                AsxSource(options.asx).check()
+            except UserError as exc:
+                raise UpError(f"{exc}; or --no-asx") from None
         api_socket = _bind(options.host, options.port)  # first: a taken port fails before anything starts
         self._exit.callback(api_socket.close)
 
@@ -349,8 +359,6 @@ class Platform:
         self._start_worker(Worker("binance", run, stop))
 
     def _load_asx(self, directory: Path) -> None:
-        from k2.sources.asx.source import AsxSource
-
         assert self.endpoints is not None and self.sink is not None
         started = time.monotonic()
         recon, produced = produce(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from k2.api.settings import KEYS_FILE
 from k2.config import Settings
+from k2.core.errors import UserError
 
 _PREFIX = "k2"
 _SCHEMA = """
@@ -80,9 +81,9 @@ def create_key(settings: Settings, name: str, *, rate_limit_per_minute: int | No
     digest is kept. `rate_limit_per_minute` overrides the server default for this key.
     """
     if not name or not name.strip():
-        raise ValueError("a key needs a name, e.g. the person or service that will use it")
+        raise UserError("a key needs a name, e.g. the person or service that will use it: k2 keys create research")
     if rate_limit_per_minute is not None and rate_limit_per_minute < 1:
-        raise ValueError(f"rate_limit_per_minute must be a positive integer, got {rate_limit_per_minute}")
+        raise UserError(f"the rate limit is requests per minute, at least 1 (got {rate_limit_per_minute})")
     key_id = secrets.token_hex(6)
     key = f"{_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
     salt = secrets.token_bytes(16)

@@ -201,6 +201,7 @@ def load(source: Source, settings: Settings, console: Console | None = None) -> 
     Parquet writing — run outside the GIL); return once everything produced is in the lake."""
     console = console or Console(stderr=True)
     started = time.monotonic()
+    source.check()  # a wrong folder or a corrupt download: one line, before a broker starts
     stack = Stack(settings)
     with stack as endpoints:
         registry = RegistryClient(endpoints.registry_url)

@@ -13,8 +13,12 @@ from k2.core.batch import SourceBatch
 
 
 class Source(Protocol):
-    """Anything that yields SourceBatches. `describe()` names it in logs and reconciliation output."""
+    """Anything that yields SourceBatches. `describe()` names it in logs and reconciliation output; `check()`
+    raises k2.core.errors.UserError when the source cannot be read at all (a wrong folder, a corrupt download), and
+    runs before any broker or sink starts, so such a mistake costs one line and nothing else."""
 
     def batches(self) -> Iterator[SourceBatch]: ...
 
     def describe(self) -> str: ...
+
+    def check(self) -> None: ...

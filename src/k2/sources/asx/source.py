@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from k2.core.batch import SourceBatch
+from k2.core.errors import UserError
 from k2.schema.codecs import now_micros
 from k2.schema.fields import QUOTES_V2, TRADES_V2, AssetClass, RecordSpec
 from k2.sources.asx.columnar import plain_tick_chunks
@@ -62,14 +63,19 @@ class AsxSource:
         """Bytes `batches()` will read: every file it loads, reference data included."""
         return sum(path.stat().st_size for path in self._paths())
 
+    def check(self) -> None:
+        company_path = self.directory / "reference-data" / "company_info.csv"
+        if not company_path.is_file():
+            raise UserError(
+                f"{self.directory} is not an ASX dataset: {company_path.relative_to(self.directory)} is missing (it"
+                " maps the company ids naming the tick files to symbols); point at the folder holding trades/,"
+                " quotes/ and reference-data/, e.g. data/samples/asx"
+            )
+
     def batches(self) -> Iterator[SourceBatch]:
+        self.check()
         reference = self.directory / "reference-data"
         company_path = reference / "company_info.csv"
-        if not company_path.is_file():
-            raise FileNotFoundError(
-                f"{company_path} is missing: ASX tick files are named by company id and this file maps ids to"
-                " symbols. Point AsxSource at the directory holding trades/, quotes/ and reference-data/."
-            )
         self.empty_files = []
         self.companies, batch, file = load_companies(company_path, now_micros())
         yield from self._reference_batches(batch, file)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from k2.core.batch import Reject, SourceBatch
+from k2.core.errors import UserError
 from k2.schema.codecs import message_id, now_micros
 from k2.schema.fields import BARS_V2, TRADES_V2, AssetClass, DataType, RecordSpec
 from k2.sources.binance.normalize import (
@@ -80,7 +81,7 @@ _NAME = re.compile(
 )
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError):
     """A file whose sha256 differs from its .CHECKSUM: it is corrupt or truncated; download it again."""
 
 
@@ -96,11 +97,11 @@ class FileInfo:
 
 
 def describe_file(path: Path, kind: FileKind | str | None = None) -> FileInfo:
-    """Parse a data.binance.vision file name; ValueError saying what a good name looks like."""
+    """Parse a data.binance.vision file name; UserError saying what a good name looks like."""
     stem = path.name.removesuffix(".zip").removesuffix(".csv")
     match = _NAME.fullmatch(stem)
     if match is None:
-        raise ValueError(
+        raise UserError(
             f"{path.name}: cannot tell symbol and kind from the name; expected data.binance.vision names like"
             " BTCUSDT-trades-2024-01-01.zip, BTCUSDT-aggTrades-2024-01.zip or BTCUSDT-1m-2021-11-27.csv"
         )
@@ -108,7 +109,7 @@ def describe_file(path: Path, kind: FileKind | str | None = None) -> FileInfo:
     interval = None if named in ("trades", "aggTrades") else named
     found = FileKind(kind) if kind is not None else FileKind.KLINES if interval else FileKind(named)
     if found is FileKind.KLINES and interval is None:
-        raise ValueError(f"{path.name}: kind klines needs the interval in the name (SYMBOL-1m-DATE)")
+        raise UserError(f"{path.name}: kind klines needs the interval in the name (SYMBOL-1m-DATE)")
     market = match["market"]
     if market is None:
         parts = {p.lower() for p in path.parts}  # the data.binance.vision tree: data/futures/cm/daily/klines/...
@@ -320,16 +321,23 @@ class BinanceFileSource:
         self.kind = FileKind(kind) if kind is not None else None
         self.market = Market(market) if market is not None else None
         self.chunk_rows = chunk_rows
-        self.verified: list[Path] = []  # files whose CHECKSUM matched, after batches() started
+        self.verified: list[Path] = []  # files whose CHECKSUM matched, once check() ran
+        self._infos: list[FileInfo] | None = None
 
     def describe(self) -> str:
         names = ", ".join(p.name for p in self.paths[:3]) + (", ..." if len(self.paths) > 3 else "")
         return f"Binance public-data files ({len(self.paths)}: {names})"
 
-    def batches(self) -> Iterator[SourceBatch]:
-        infos = [describe_file(path, self.kind) for path in self.paths]  # name errors before any work
+    def check(self) -> None:
+        """Every name readable and every CHECKSUM sidecar matching, before any work (UserError otherwise)."""
+        self._infos = [describe_file(path, self.kind) for path in self.paths]
         self.verified = [path for path in self.paths if verify_checksum(path)]
-        for info in infos:
+
+    def batches(self) -> Iterator[SourceBatch]:
+        if self._infos is None:
+            self.check()
+        assert self._infos is not None
+        for info in self._infos:
             yield from self._file_batches(info)
 
     def _file_batches(self, info: FileInfo) -> Iterator[SourceBatch]:
