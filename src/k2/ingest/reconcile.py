@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape
 
 from k2.core.batch import SourceBatch
 from k2.lake.sink import SinkStats
@@ -57,32 +58,33 @@ class Reconciliation:
         return self.landed and self.source_balanced and self.sink_balanced
 
     def render(self, console: Console) -> None:
+        # Reasons, names and descriptions come from data: print them as they are (`bad_field:a` is not an emoji,
+        # `[x]` not markup).
+        def say(text: str) -> None:
+            console.print(text, emoji=False)
+
         rate = self.read / self.seconds if self.seconds else 0.0
-        console.print(f"[bold]Reconciliation[/bold] — {self.source} ({self.seconds:.2f} s, {rate:,.0f} records/s)")
+        say(f"[bold]Reconciliation[/bold] — {escape(self.source)} ({self.seconds:.2f} s, {rate:,.0f} records/s)")
         rejected = sum(self.rejected.values())
-        by_reason = ", ".join(f"{r}: {n:,}" for r, n in sorted(self.rejected.items())) or "none"
+        by_reason = ", ".join(f"{escape(r)}: {n:,}" for r, n in sorted(self.rejected.items())) or "none"
         skipped = ""
         if self.skipped:
-            parts = ", ".join(f"{r}: {n:,}" for r, n in sorted(self.skipped.items()))
+            parts = ", ".join(f"{escape(r)}: {n:,}" for r, n in sorted(self.skipped.items()))
             skipped = f" + skipped {sum(self.skipped.values()):,} ({parts})"
-        console.print(
-            f"  read {self.read:,} = produced {self.produced:,} + rejected {rejected:,} ({by_reason}){skipped}"
-        )
+        say(f"  read {self.read:,} = produced {self.produced:,} + rejected {rejected:,} ({by_reason}){skipped}")
         if self.sink is not None and self.sink.consumed == self.sent:
             s = self.sink
             sink_rejected = sum(s.rejected.values())
             sent = f"produced {self.produced:,}" + (f" + gap records {self.gap_records:,}" if self.gap_records else "")
-            console.print(
+            say(
                 f"  {sent} = written {sum(s.written.values()):,}"
                 f" + already in lake {sum(s.duplicates.values()):,} + rejected by sink {sink_rejected:,}"
             )
             for table in sorted(set(s.written) | set(s.duplicates)):
-                console.print(
-                    f"    market_data.{table}: written {s.written[table]:,}, already in lake {s.duplicates[table]:,}"
-                )
+                say(f"    market_data.{table}: written {s.written[table]:,}, already in lake {s.duplicates[table]:,}")
             for reason, n in sorted(s.rejected.items()):
-                console.print(f"    rejected by sink, {reason}: {n:,} (kept in dlq.* topics)")
+                say(f"    rejected by sink, {escape(reason)}: {n:,} (kept in dlq.* topics)")
         for name in self.empty_files:
-            console.print(f"  {name}: no records (the file says so)")
+            say(f"  {escape(name)}: no records (the file says so)")
         verdict = "[green]OK: every record accounted for[/green]" if self.ok else "[red]MISMATCH[/red]"
-        console.print(f"  {verdict}; landed in the lake: {'yes' if self.landed else 'NO'}")
+        say(f"  {verdict}; landed in the lake: {'yes' if self.landed else 'NO'}")
