@@ -46,3 +46,9 @@ def test_settings_repr_shows_no_credentials() -> None:
     assert not any(secret in shown for secret in SECRETS), shown
     assert "postgresql+psycopg2://k2:***@db:5432/k2" in shown and "SASL_SSL" in shown
     assert settings.catalog_config["uri"] == "postgresql+psycopg2://k2:s3cr3t@db:5432/k2"  # the real value is kept
+
+
+def test_k2_api_keys_are_masked_wherever_they_appear_but_keep_their_id() -> None:
+    key = "k2_0afd971e71e9_" + "Ab-_9" * 9
+    assert redact(f"GET /v1/trades?key={key}&symbol=BHP") == "GET /v1/trades?key=k2_0afd971e71e9_***&symbol=BHP"
+    assert redact(f"X-API-Key: {key}") == "X-API-Key: ***"  # the header name looks secret: all of it goes

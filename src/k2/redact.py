@@ -22,9 +22,14 @@ _SECRET_PAIR = re.compile(
 )
 
 
+# K2's API keys (k2.api.keys: k2_<key id>_<secret>) wherever they appear; the key id is no secret and stays
+_API_KEY = re.compile(r"\b(?P<id>k2_[0-9a-f]{12}_)[A-Za-z0-9_\-]{16,}")
+
+
 def redact(text: str) -> str:
-    """`text` with URL passwords and the values of secret-looking keys replaced by ***."""
+    """`text` with URL passwords, K2 API keys and the values of secret-looking keys replaced by ***."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = _API_KEY.sub(lambda m: f"{m['id']}{MASK}", text)
     return _SECRET_PAIR.sub(lambda m: f"{m['key']}{m['quote']}{MASK}", text)
 
 

@@ -6,10 +6,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
 
 import httpx
 
 from k2.api import ApiSettings, create_key
+from k2.config import Settings
 from tests.api.conftest import Lake, serving
 from tests.api.test_auth import assert_envelope
 from tests.waiting import wait_until
@@ -93,29 +98,52 @@ def test_unexpected_error_is_500_without_details(lake: Lake, api_key: str) -> No
         assert "secret" not in response.text
 
 
-def test_serve_runs_the_api_on_loopback(lake: Lake, api_key: str) -> None:
+@contextmanager
+def serve_process(settings: Settings, log_level: str, output: IO[bytes] | None = None) -> Iterator[str]:
+    """`k2.api.serve` in its own process on a free loopback port (stdout and stderr to `output`); yields its base
+    URL once it answers."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     script = (
         "import sys; from k2.api import serve; from k2.config import Settings;"
-        " serve(Settings(home=sys.argv[1]), port=int(sys.argv[2]), log_level='warning')"
+        " serve(Settings(home=sys.argv[1]), port=int(sys.argv[2]), log_level=sys.argv[3])"
     )
-    process = subprocess.Popen([sys.executable, "-c", script, str(lake.settings.home_dir), str(port)])
+    args = [sys.executable, "-c", script, str(settings.home_dir), str(port), log_level]
+    process = subprocess.Popen(args, stdout=output, stderr=output)
+    url = f"http://127.0.0.1:{port}"
 
-    def stats() -> httpx.Response | None:
+    def listening() -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/v1/stats", headers={"X-API-Key": api_key})
+            return httpx.get(f"{url}/health").status_code > 0
         except httpx.ConnectError:
-            return None  # not listening yet
+            return False  # not listening yet
 
     def alive() -> None:
         assert process.poll() is None, "serve() exited"
 
     try:
-        response = wait_until(stats, 30, "serve() to answer", check=alive)
-        assert response.status_code == 200
-        assert response.json()["data"][0]["table"] == "market_data.trades_v2"
+        wait_until(listening, 30, "serve() to answer", check=alive)
+        yield url
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_serve_runs_the_api_on_loopback(lake: Lake, api_key: str) -> None:
+    with serve_process(lake.settings, "warning") as url:
+        response = httpx.get(f"{url}/v1/stats", headers={"X-API-Key": api_key})
+        assert response.status_code == 200
+        assert response.json()["data"][0]["table"] == "market_data.trades_v2"
+
+
+def test_a_key_in_the_query_string_is_refused_and_not_logged(lake: Lake, api_key: str, tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"  # uvicorn's access lines go to stdout, the rest to stderr
+    with log.open("wb") as output, serve_process(lake.settings, "info", output) as url:
+        refused = httpx.get(f"{url}/v1/trades", params={"symbol": "BHP", "api_key": api_key})
+        other = httpx.get(f"{url}/v1/trades", params={"token": "hunter2-token-value"})
+    assert (refused.status_code, other.status_code) == (401, 401)
+    text = log.read_text()
+    assert '"GET /v1/trades?symbol=BHP&api_key=*** HTTP/1.1" 401' in text
+    assert '"GET /v1/trades?token=*** HTTP/1.1" 401' in text
+    assert api_key not in text and api_key.split("_", 2)[2] not in text and "hunter2" not in text
