@@ -34,7 +34,7 @@ def lake(settings: Settings) -> Settings:
 def test_k2_trades_csv_prints_exact_decimals_and_utc(lake: Settings) -> None:
     result = runner.invoke(app, ["trades", "BHP", "--format", "csv", "--limit", "2"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines()
     header = lines[0].split(",")
     first = dict(zip(header, lines[1].split(","), strict=False))
     assert len(lines) == 3
@@ -59,7 +59,7 @@ def test_k2_bars_one_minute_json(lake: Settings) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [(r["open"], r["high"], r["low"], r["close"], r["trade_count"]) for r in rows] == [
         ("36.66700000", "36.70000000", "36.66700000", "36.70000000", 2),
         ("36.60000000", "36.60000000", "36.60000000", "36.60000000", 1),
@@ -71,7 +71,7 @@ def test_k2_sql_csv_has_a_header_then_rows(lake: Settings) -> None:
         app, ["sql", "SELECT symbol, count(*) AS n FROM market_data.trades_v2 GROUP BY 1 ORDER BY 1", "-f", "csv"]
     )
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == ["symbol,n", "BHP,3", "MWR,1"]
+    assert result.stdout.splitlines() == ["symbol,n", "BHP,3", "MWR,1"]
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,17 @@ def test_bad_input_exits_nonzero_with_what_to_do(lake: Settings, args: list[str]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_a_cut_answer_says_so_on_stderr_and_keeps_the_data_clean(lake: Settings) -> None:
+    cut = runner.invoke(app, ["trades", "BHP", "--format", "csv", "--limit", "2"])
+    assert [line.split(",")[1] for line in cut.stdout.splitlines()[1:]] == ["1", "2"]  # trade ids, oldest first
+    assert cut.stderr == "note: the first 2 rows (oldest first); more match: raise --limit or narrow --start/--end\n"
+    whole = runner.invoke(app, ["trades", "BHP", "--format", "csv", "--limit", "3"])
+    assert (len(whole.stdout.splitlines()), whole.stderr) == (4, "")
+
+
+def test_latest_says_it_prints_the_newest_oldest_first(lake: Settings) -> None:
+    result = runner.invoke(app, ["trades", "BHP", "--latest", "--limit", "2", "--format", "json"])
+    assert [row["trade_id"] for row in json.loads(result.stdout)] == ["2", "3"]
+    assert result.stderr == "note: the newest 2 trades of each symbol, printed oldest first\n"

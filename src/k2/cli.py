@@ -217,8 +217,10 @@ def _print_result(result: Any, fmt: OutputFormat) -> None:
         print_table(result, out)
 
 
-def _run_query(fn: Callable[[Any], Any], fmt: OutputFormat) -> None:
-    """Open the engine over this K2_HOME, run `fn(engine)`, print the table; bad input exits 2 with the reason."""
+def _run_query(fn: Callable[[Any], Any], fmt: OutputFormat, *, limit: int | None = None, note: str = "") -> None:
+    """Open the engine over this K2_HOME, run `fn(engine)`, print the table; bad input exits 2 with the reason.
+    `fn` asked for `limit` + 1 rows when `limit` is given: the extra row, not printed, says the answer was cut.
+    Notes go to stderr, never into the CSV/JSON on stdout."""
     from k2.lake.catalog import open_catalog
     from k2.query.engine import QueryEngine, QueryError
     from k2.query.filters import InvalidQueryError
@@ -229,6 +231,11 @@ def _run_query(fn: Callable[[Any], Any], fmt: OutputFormat) -> None:
     except (QueryError, InvalidQueryError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
+    if limit is not None and result.num_rows > limit:
+        result = result.slice(0, limit)
+        note = f"the first {limit:,} rows (oldest first); more match: raise --limit or narrow --start/--end"
+    if note:
+        err.print(f"note: {note}", markup=False, soft_wrap=True)
     _print_result(result, fmt)
 
 
@@ -244,7 +251,7 @@ def _events_command(kind: str) -> Callable[..., None]:
         start: str = _START,
         end: str = _END,
         exchange: str = typer.Option(None, help="Venue code, e.g. asx, binance"),
-        limit: int = typer.Option(100, help="At most this many rows (oldest first within the range)"),
+        limit: int = typer.Option(100, min=1, help="At most this many rows (oldest first within the range)"),
         latest: bool = typer.Option(False, "--latest", help="The newest LIMIT rows instead of the oldest"),
         fmt: OutputFormat = _FORMAT,
         as_of: str = _AS_OF,
@@ -259,11 +266,15 @@ def _events_command(kind: str) -> Callable[..., None]:
                     e, kind, symbols, limit, exchange=exchange, start=begin, end=finish, as_of=pinned
                 ),
                 fmt,
+                note=f"the newest {limit:,} {kind} of each symbol, printed oldest first",
             )
         else:
             _run_query(
-                lambda e: market.events(e, kind, symbols, begin, finish, exchange=exchange, limit=limit, as_of=pinned),
+                lambda e: market.events(
+                    e, kind, symbols, begin, finish, exchange=exchange, limit=limit + 1, as_of=pinned
+                ),
                 fmt,
+                limit=limit,
             )
 
     command.__doc__ = f"{kind.capitalize()} of SYMBOL in [--start, --end), in event order."
