@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -100,3 +101,40 @@ def test_latest_says_it_prints_the_newest_oldest_first(lake: Settings) -> None:
     result = runner.invoke(app, ["trades", "BHP", "--latest", "--limit", "2", "--format", "json"])
     assert [row["trade_id"] for row in json.loads(result.stdout)] == ["2", "3"]
     assert result.stderr == "note: the newest 2 trades of each symbol, printed oldest first\n"
+
+
+def test_a_mistyped_k2_home_is_refused_not_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "k2hmoe"
+    monkeypatch.setenv("K2_HOME", str(home))
+    for command in (["trades", "BHP"], ["sql", "SELECT 1"], ["symbols"]):
+        result = runner.invoke(app, command)
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr == (
+            f"error: K2_HOME={home} does not exist: check K2_HOME, or load data first (make run; k2 load asx"
+            " data/samples/asx)\n"
+        )
+    assert not home.exists()
+
+
+def test_no_rows_says_why_and_where_to_look(lake: Settings) -> None:
+    result = runner.invoke(app, ["trades", "BHPX", "--format", "csv", "--start", "2024-03-04T00:00:00Z"])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[1:] == []  # the CSV header, no rows
+    assert result.stderr == (
+        "note: no trades of BHPX in [2024-03-04T00:00:00Z, the last); `k2 symbols` lists what the lake holds\n"
+    )
+    listed = runner.invoke(app, ["symbols", "--format", "json"])
+    assert [(row["symbol"], row["exchange"], row["count"]) for row in json.loads(listed.stdout)] == [
+        ("BHP", "asx", 3),
+        ("MWR", "asx", 1),
+    ]
+
+
+def test_snapshots_list_what_as_of_accepts(lake: Settings) -> None:
+    listed = json.loads(runner.invoke(app, ["snapshots", "trades", "--format", "json"]).stdout)
+    assert [row["operation"] for row in listed] == ["append"]
+    snapshot_id = listed[0]["snapshot_id"]
+    pinned = runner.invoke(app, ["trades", "MWR", "--as-of", str(snapshot_id), "--format", "json"])
+    assert [row["price"] for row in json.loads(pinned.stdout)] == ["1.11000000"]
+    none = runner.invoke(app, ["snapshots", "quotes"])
+    assert none.stderr == "note: quotes has no snapshot yet: nothing was committed to it\n"

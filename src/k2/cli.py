@@ -217,16 +217,32 @@ def _print_result(result: Any, fmt: OutputFormat) -> None:
         print_table(result, out)
 
 
-def _run_query(fn: Callable[[Any], Any], fmt: OutputFormat, *, limit: int | None = None, note: str = "") -> None:
+def _lake_settings() -> Settings:
+    """Settings of a lake that exists: reading a mistyped K2_HOME must not create an empty one and answer 0 rows."""
+    settings = Settings()
+    local_catalog = settings.catalog_uri is None and "uri" not in settings.catalog_properties
+    home = settings.home.expanduser().resolve()
+    if local_catalog and not (home / "catalog.db").exists():
+        where = "does not exist" if not home.exists() else "holds no lake yet (no catalog.db)"
+        raise UserError(
+            f"K2_HOME={home} {where}: check K2_HOME, or load data first (make run; k2 load asx data/samples/asx)"
+        )
+    return settings
+
+
+def _run_query(
+    fn: Callable[[Any], Any], fmt: OutputFormat, *, limit: int | None = None, note: str = "", empty: str = ""
+) -> None:
     """Open the engine over this K2_HOME, run `fn(engine)`, print the table; bad input exits 2 with the reason.
     `fn` asked for `limit` + 1 rows when `limit` is given: the extra row, not printed, says the answer was cut.
-    Notes go to stderr, never into the CSV/JSON on stdout."""
+    `empty` is the note for an answer with no rows. Notes go to stderr, never into the CSV/JSON on stdout."""
     from k2.lake.catalog import open_catalog
     from k2.query.engine import QueryEngine, QueryError
     from k2.query.filters import InvalidQueryError
 
+    settings = _lake_settings()
     try:
-        with QueryEngine(open_catalog(Settings())) as engine:
+        with QueryEngine(open_catalog(settings)) as engine:
             result = fn(engine)
     except (QueryError, InvalidQueryError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
@@ -234,6 +250,8 @@ def _run_query(fn: Callable[[Any], Any], fmt: OutputFormat, *, limit: int | None
     if limit is not None and result.num_rows > limit:
         result = result.slice(0, limit)
         note = f"the first {limit:,} rows (oldest first); more match: raise --limit or narrow --start/--end"
+    if empty and result.num_rows == 0:
+        note = empty
     if note:
         err.print(f"note: {note}", markup=False, soft_wrap=True)
     _print_result(result, fmt)
@@ -267,6 +285,7 @@ def _events_command(kind: str) -> Callable[..., None]:
                 ),
                 fmt,
                 note=f"the newest {limit:,} {kind} of each symbol, printed oldest first",
+                empty=_no_rows(kind, symbols, start, end),
             )
         else:
             _run_query(
@@ -275,6 +294,7 @@ def _events_command(kind: str) -> Callable[..., None]:
                 ),
                 fmt,
                 limit=limit,
+                empty=_no_rows(kind, symbols, start, end),
             )
 
     command.__doc__ = f"{kind.capitalize()} of SYMBOL in [--start, --end), in event order."
@@ -307,7 +327,46 @@ def bars(
             e, symbols, interval, begin, finish, exchange=exchange, gap_fill=gap_fill, tz=tz, as_of=pinned
         ),
         fmt,
+        empty=_no_rows("trades", symbols, start, end),
     )
+
+
+@app.command("symbols")
+def list_symbols(
+    quotes: bool = typer.Option(False, "--quotes", help="Symbols of quotes_v2 instead of trades_v2"),
+    exchange: str = typer.Option(None, help="Venue code, e.g. asx, binance"),
+    fmt: OutputFormat = _FORMAT,
+    as_of: str = _AS_OF,
+) -> None:
+    """The symbols in the lake: exchange, first and last event time (UTC) and row count of each."""
+    from k2.query.summary import symbols
+
+    kind = "quotes" if quotes else "trades"
+    _run_query(
+        lambda e: symbols(e, kind, exchange=exchange, as_of=_as_of(as_of)),
+        fmt,
+        empty=f"no {kind} in the lake yet",
+    )
+
+
+@app.command("snapshots")
+def list_snapshots(
+    table: str = typer.Argument("trades", help="trades, quotes, bars or reference_data"),
+    fmt: OutputFormat = _FORMAT,
+) -> None:
+    """The table's snapshots, oldest first: the ids and times --as-of accepts, what each commit added."""
+    from k2.query.snapshots import snapshots
+
+    _run_query(
+        lambda e: snapshots(e, table).select(["snapshot_id", "committed_at", "operation", "rows"]),
+        fmt,
+        empty=f"{table} has no snapshot yet: nothing was committed to it",
+    )
+
+
+def _no_rows(kind: str, symbols: list[str], start: str | None, end: str | None) -> str:
+    window = f" in [{start or 'the first'}, {end or 'the last'})" if start or end else ""
+    return f"no {kind} of {', '.join(symbols)}{window}; `k2 symbols` lists what the lake holds"
 
 
 @app.command()
