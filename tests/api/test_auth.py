@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import httpx
 
 from k2.api import create_key, list_keys, revoke_key
 from k2.api.keys import keys_path
-from tests.api.conftest import Lake, Server
+from k2.config import Settings
+from k2.lake.catalog import open_catalog
+from k2.lake.tables import ensure_table
+from k2.schema import TRADES_V2
+from tests.api.conftest import Lake, Server, lake_trades, serving
+from tests.query.records import append_trades
 
 
 def assert_envelope(response: httpx.Response, status: int, code: str) -> dict:
@@ -81,3 +87,17 @@ def test_docs_and_openapi_are_served(anonymous: httpx.Client, server: Server) ->
     assert {"401", "429", "504"} <= set(trades["responses"])
     assert "text/csv" in trades["responses"]["200"]["content"]
     assert anonymous.get("/docs").status_code == 200
+
+
+def test_ready_on_a_lake_where_only_some_tables_exist(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "k2home")
+    catalog = open_catalog(settings)
+    snapshot = append_trades(ensure_table(catalog, TRADES_V2), lake_trades(count=1))
+    with serving(settings) as server, httpx.Client(base_url=server.url) as http:
+        ready = http.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "tables": {"trades_v2": snapshot, "quotes_v2": None, "reference_data_v2": None, "bars_v2": None}
+        | {"stream_gaps": None},  # not created yet: no data yet, like a table without snapshots
+    }
