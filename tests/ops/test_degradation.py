@@ -9,6 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import structlog
+import structlog.testing
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -49,6 +51,19 @@ def test_levels_rise_at_once_and_fall_one_step_at_a_time() -> None:
     assert controller.observe(0, 1 << 42) is Level.AGGRESSIVE  # memory drives it too
     after = REGISTRY.get_sample_value("k2_degradation_transitions_total", {"frm": "NORMAL", "to": "AGGRESSIVE"})
     assert after - before == 2
+
+
+def test_pacing_is_info_and_setting_batches_aside_a_warning() -> None:
+    controller = Controller(SMALL)
+    with structlog.testing.capture_logs() as logs:
+        for lag in (10, 20, 0, 0, 0):  # SOFT, GRACEFUL, then down one step at a time
+            controller.observe(lag, NO_MEMORY)
+    assert [(e["frm"], e["to"], e["log_level"]) for e in logs] == [
+        ("NORMAL", "SOFT", "info"),  # a bulk load outrunning its sink: paced, nothing else
+        ("SOFT", "GRACEFUL", "warning"),
+        ("GRACEFUL", "SOFT", "warning"),
+        ("SOFT", "NORMAL", "info"),
+    ]
 
 
 @pytest.mark.parametrize(

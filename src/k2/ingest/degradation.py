@@ -113,7 +113,10 @@ class Controller:
         return self.level
 
     def _move(self, to: Level, lag: int, memory: int) -> None:
-        log.warning("degradation.level", frm=self.level.name, to=to.name, lag=lag, memory_mib=memory // MIB)
+        # SOFT only paces the source (a bulk load outruns its sink in the normal course): info. From GRACEFUL on,
+        # batches are set aside or refused: a warning the operator should see.
+        emit = log.warning if max(self.level, to) >= Level.GRACEFUL else log.info
+        emit("degradation.level", frm=self.level.name, to=to.name, lag=lag, memory_mib=memory // MIB)
         metrics.DEGRADATION_TRANSITIONS.labels(self.level.name, to.name).inc()
         metrics.DEGRADATION_LEVEL.set(int(to))
         self.level = to
