@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
 
 from k2.api import create_key, list_keys, revoke_key
 from k2.api.keys import keys_path
@@ -101,3 +102,21 @@ def test_ready_on_a_lake_where_only_some_tables_exist(tmp_path: Path) -> None:
         "tables": {"trades_v2": snapshot, "quotes_v2": None, "reference_data_v2": None, "bars_v2": None}
         | {"stream_gaps": None},  # not created yet: no data yet, like a table without snapshots
     }
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard",
+        "/dashboard/assets/app.js",
+        "/dashboard/assets/style.css",
+        "/docs",
+        "/docs/assets/swagger-ui/swagger-ui.css",
+    ],
+)
+def test_pages_and_their_assets_carry_the_same_security_headers(anonymous: httpx.Client, path: str) -> None:
+    response = anonymous.get(path)
+    assert response.status_code == 200
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]

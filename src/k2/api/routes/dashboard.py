@@ -11,7 +11,8 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
-from fastapi.staticfiles import StaticFiles
+
+from k2.api.routes.static_files import StaticFilesWithHeaders
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 DASHBOARD_PATH = "/dashboard"
@@ -44,4 +45,5 @@ async def dashboard() -> FileResponse:
 def install(app: FastAPI) -> None:
     """Serve the dashboard page and its assets (the vendored charting library among them) on `app`."""
     app.include_router(router)
-    app.mount(ASSETS_PATH, StaticFiles(directory=DASHBOARD_DIR, check_dir=True), name="dashboard-assets")
+    assets = StaticFilesWithHeaders(directory=DASHBOARD_DIR, check_dir=True, headers=_HEADERS)
+    app.mount(ASSETS_PATH, assets, name="dashboard-assets")

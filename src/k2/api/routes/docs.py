@@ -12,7 +12,8 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
-from fastapi.staticfiles import StaticFiles
+
+from k2.api.routes.static_files import StaticFilesWithHeaders
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DOCS_PATH = "/docs"
@@ -32,9 +33,11 @@ _CSP = (
 router = APIRouter(include_in_schema=False)
 
 
+_HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
+
+
 def _own_assets_only(page: HTMLResponse) -> HTMLResponse:
-    page.headers["Content-Security-Policy"] = _CSP
-    page.headers["X-Content-Type-Options"] = "nosniff"
+    page.headers.update(_HEADERS)
     return page
 
 
@@ -85,4 +88,5 @@ async def redoc(request: Request) -> HTMLResponse:
 def install(app: FastAPI) -> None:
     """Serve /docs and /redoc and their vendored assets on `app` (made with docs_url=None, redoc_url=None)."""
     app.include_router(router)
-    app.mount(ASSETS_PATH, StaticFiles(directory=STATIC_DIR, check_dir=True), name="docs-assets")
+    assets = StaticFilesWithHeaders(directory=STATIC_DIR, check_dir=True, headers=_HEADERS)
+    app.mount(ASSETS_PATH, assets, name="docs-assets")
