@@ -37,6 +37,11 @@ class ApiSettings(BaseSettings):
     rate_limit_per_minute: int = Field(
         default=600, ge=1, description="Requests per minute per API key (token bucket; the burst is the same size)"
     )
+    auth_failures_per_minute: int = Field(
+        default=10,
+        ge=1,
+        description="Unknown API keys one client address may present per minute (the same burst); then 429",
+    )
     query_timeout_seconds: float = Field(
         default=30.0, gt=0, description="A read taking longer answers 504; also the limit per replay batch"
     )

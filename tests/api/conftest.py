@@ -24,7 +24,13 @@ from tests.waiting import wait_until
 
 SYMBOLS = ("BHP", "CBA", "RIO")
 # Generous, so only the rate-limit test (with its own server) ever sees a 429.
-FAST = ApiSettings(rate_limit_per_minute=1_000_000, query_timeout_seconds=20, replay_batch_rows=7, refresh_seconds=0)
+FAST = ApiSettings(
+    rate_limit_per_minute=1_000_000,
+    auth_failures_per_minute=1_000_000,
+    query_timeout_seconds=20,
+    replay_batch_rows=7,
+    refresh_seconds=0,
+)
 
 
 def lake_trades(day: int = 0, count: int = 20) -> list[dict]:

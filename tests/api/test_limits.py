@@ -41,6 +41,25 @@ def test_over_the_rate_limit_is_429_with_retry_after(lake: Lake) -> None:
         assert http.get("/health").status_code == 200
 
 
+def test_an_address_guessing_keys_is_held_off_whatever_key_it_sends_next(lake: Lake) -> None:
+    key = create_key(lake.settings, "guessed-at")
+    guesser = httpx.HTTPTransport(local_address="127.0.0.1")
+    neighbour = httpx.HTTPTransport(local_address="127.0.0.2")  # another client address on the loopback
+    with (
+        serving(lake.settings, ApiSettings(auth_failures_per_minute=3)) as server,
+        httpx.Client(base_url=server.url, transport=guesser) as http,
+        httpx.Client(base_url=server.url, transport=neighbour) as other,
+    ):
+        guesses = [http.get("/v1/stats", headers={"X-API-Key": f"k2_000000000000_guess{n}"}) for n in range(3)]
+        assert [r.status_code for r in guesses] == [401, 401, 401]
+        held = http.get("/v1/stats", headers={"X-API-Key": key})  # even the right key, from that address
+        error = assert_envelope(held, 429, "rate_limited")
+        assert error["message"].startswith("too many unknown API keys from 127.0.0.1: retry after ")
+        assert 1 <= int(held.headers["Retry-After"]) <= 20
+        assert other.get("/v1/stats", headers={"X-API-Key": key}).status_code == 200
+        assert http.get("/health").status_code == 200  # health needs no key and is never held off
+
+
 def test_oversized_body_is_413_and_long_url_414(client: httpx.Client) -> None:
     body = b"x" * (1024 * 1024 + 1)
     assert_envelope(client.request("GET", "/v1/trades", content=body), 413, "request_too_large")

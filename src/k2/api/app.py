@@ -38,6 +38,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
         api=options,
         keys_file=keys_path(settings),
         limiter=RateLimiter(options.rate_limit_per_minute),
+        auth_failures=RateLimiter(options.auth_failures_per_minute),
         engine=engine,
     )
 

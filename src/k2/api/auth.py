@@ -31,13 +31,25 @@ def presented_key(connection: HTTPConnection) -> str | None:
 
 
 def authenticate(connection: HTTPConnection) -> ApiKey:
-    """The caller's active key after one rate-limit token; 401 without a valid key, 429 over the limit."""
+    """The caller's active key after one rate-limit token; 401 without a valid key, 429 over the limit, and 429
+    for an address that presented too many unknown keys lately (K2_API_AUTH_FAILURES_PER_MINUTE): guessing keys
+    costs a minute per few tries, whatever key comes next."""
     state = api_state(connection)
+    address = connection.client.host if connection.client is not None else "unknown"
+    wait = state.auth_failures.waiting(address)
+    if wait:
+        raise ApiError(
+            429,
+            f"too many unknown API keys from {address}: retry after {wait} s",
+            details={"retry_after_seconds": wait},
+            headers={"Retry-After": str(wait)},
+        )
     presented = presented_key(connection)
     if presented is None:
         raise ApiError(401, _MISSING, headers={"WWW-Authenticate": "Bearer"})
     key = verify_key(state.keys_file, presented)
     if key is None:
+        state.auth_failures.acquire(address)
         raise ApiError(401, _UNKNOWN, headers={"WWW-Authenticate": "Bearer"})
     wait = state.limiter.acquire(key.key_id, key.rate_limit_per_minute)
     if wait:

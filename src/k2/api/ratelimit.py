@@ -28,6 +28,13 @@ class RateLimiter:
         """Spend one token of `key_id`'s bucket. Returns 0 if allowed, else the whole seconds until a token is due
         (what `Retry-After` says). `per_minute` overrides the default for this key.
         """
+        return self._take(key_id, per_minute, spend=True)
+
+    def waiting(self, key_id: str, per_minute: int | None = None) -> int:
+        """As `acquire`, without spending: 0 while `key_id` has a token, else the seconds until it has one."""
+        return self._take(key_id, per_minute, spend=False)
+
+    def _take(self, key_id: str, per_minute: int | None, *, spend: bool) -> int:
         rate = per_minute or self._default
         now = time.monotonic()
         with self._lock:
@@ -35,6 +42,6 @@ class RateLimiter:
             bucket.tokens = min(float(rate), bucket.tokens + (now - bucket.updated) * rate / 60.0)
             bucket.updated = now
             if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+                bucket.tokens -= 1.0 if spend else 0.0
                 return 0
             return max(1, math.ceil((1.0 - bucket.tokens) * 60.0 / rate))

@@ -37,6 +37,7 @@ class ApiState:
     api: ApiSettings
     keys_file: Path
     limiter: RateLimiter
+    auth_failures: RateLimiter  # unknown keys presented, per client address
     engine: QueryEngine | None = None
     executor: ThreadPoolExecutor = field(init=False)
     _reading: threading.Lock = field(init=False, default_factory=threading.Lock)
