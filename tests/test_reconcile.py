@@ -32,3 +32,13 @@ def test_reasons_and_names_from_the_data_print_as_they_are() -> None:
     assert "Reconciliation — files in [data] (1.00 s, 3 records/s)" in text
     assert "rejected 3 (bad_field:a: 2, bad_field:x: 1)" in text  # not 🅰 or ❌
     assert "[empty].csv: no records" in text
+
+
+def test_a_balanced_run_that_rejected_every_row_is_not_ok() -> None:
+    recon = Reconciliation("file", read=3, landed=True)
+    recon.rejected.update({"unknown_symbol": 3})
+    assert recon.source_balanced and not recon.ok
+    assert recon.verdict().startswith("every one of the 3 rows read was rejected (unknown_symbol: 3)")
+    fine = Reconciliation("file", read=3, produced=2, landed=True)
+    fine.rejected.update({"unknown_symbol": 1})
+    assert fine.ok and fine.verdict() == "OK: every record accounted for"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import typer
@@ -23,6 +23,9 @@ from typer.core import TyperGroup
 from k2.config import BrokerKind, Settings, describe_errors, settings_table
 from k2.core.errors import UserError
 from k2.logs import configure_logging
+
+if TYPE_CHECKING:
+    from k2.ingest.reconcile import Reconciliation
 
 err = Console(stderr=True)
 out = Console()
@@ -97,9 +100,7 @@ def load_asx(
     from k2.ingest.pipeline import load
     from k2.sources.asx.source import AsxSource
 
-    recon = load(AsxSource(directory), Settings(), err)
-    recon.render(Console(soft_wrap=True))
-    raise typer.Exit(0 if recon.ok else 1)
+    _finish_load(load(AsxSource(directory), Settings(), err))
 
 
 @load_app.command("binance-files")
@@ -110,8 +111,14 @@ def load_binance_files(
     from k2.ingest.pipeline import load
     from k2.sources.binance.files import BinanceFileSource
 
-    recon = load(BinanceFileSource(paths), Settings(), err)
+    _finish_load(load(BinanceFileSource(paths), Settings(), err))
+
+
+def _finish_load(recon: Reconciliation) -> None:
+    """Print the reconciliation; exit 1 when something is unaccounted for or nothing usable was read."""
     recon.render(Console(soft_wrap=True))
+    if recon.nothing_usable:
+        err.print(f"error: {recon.verdict()}", markup=False, soft_wrap=True)
     raise typer.Exit(0 if recon.ok else 1)
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
+from typer.testing import CliRunner
 
 from k2.bus.broker import free_port
+from k2.cli import app
 from k2.config import Settings
 from k2.ingest.pipeline import load
 from k2.ingest.streaming import stream_binance
@@ -128,6 +131,19 @@ def test_kline_files_land_with_utc_times_in_both_timestamp_eras(settings: Settin
     )
     assert rows == [("2021-11-27T00:00:00.000000",)]  # ms era
     assert lake_query(settings, "SELECT count(*) FROM market_data.bars_v2")[0][0] == 19
+
+
+def test_a_file_whose_every_row_is_rejected_fails_the_load_in_one_line(settings: Settings, tmp_path: Path) -> None:
+    broken = tmp_path / "ADABTC-1m-2021-11-27.csv"
+    # a header line (skipped, as in futures files), two short rows and one with a price that is not a number
+    broken.write_text("open,high\n" * 3 + "1637971200000,not-a-price,1,1,1,1,1637971259999,1,1,1,1,0\n")
+    result = CliRunner().invoke(app, ["load", "binance-files", str(broken)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: every one of the 3 rows read was rejected (wrong_column_count: 2, bad_price: 1); nothing was"
+        " loaded; the rows are kept in the dlq.* topics with their reasons"
+    )
+    assert "Traceback" not in result.output
 
 
 def test_connections_are_replaced_before_their_lifetime_ends_with_overlap(settings: Settings) -> None:

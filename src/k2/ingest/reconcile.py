@@ -55,7 +55,24 @@ class Reconciliation:
 
     @property
     def ok(self) -> bool:
-        return self.landed and self.source_balanced and self.sink_balanced
+        return self.landed and self.source_balanced and self.sink_balanced and not self.nothing_usable
+
+    @property
+    def nothing_usable(self) -> bool:
+        """Rows were read and every one was rejected: balanced, and still a failed load."""
+        return self.read > 0 and self.produced == 0 and sum(self.rejected.values()) == self.read
+
+    def verdict(self) -> str:
+        """The run's outcome in one line, without markup."""
+        if self.nothing_usable:
+            reasons = ", ".join(f"{r}: {n:,}" for r, n in self.rejected.most_common(3))
+            return (
+                f"every one of the {self.read:,} rows read was rejected ({reasons}); nothing was loaded; the rows"
+                " are kept in the dlq.* topics with their reasons"
+            )
+        if self.ok:
+            return "OK: every record accounted for"
+        return "MISMATCH: records unaccounted for (see above)"
 
     def render(self, console: Console) -> None:
         # Reasons, names and descriptions come from data: print them as they are (`bad_field:a` is not an emoji,
@@ -86,5 +103,5 @@ class Reconciliation:
                 say(f"    rejected by sink, {escape(reason)}: {n:,} (kept in dlq.* topics)")
         for name in self.empty_files:
             say(f"  {escape(name)}: no records (the file says so)")
-        verdict = "[green]OK: every record accounted for[/green]" if self.ok else "[red]MISMATCH[/red]"
-        say(f"  {verdict}; landed in the lake: {'yes' if self.landed else 'NO'}")
+        colour = "green" if self.ok else "red"
+        say(f"  [{colour}]{escape(self.verdict())}[/{colour}]; landed in the lake: {'yes' if self.landed else 'NO'}")
