@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -69,8 +70,10 @@ def test_an_instant_between_commits_reads_the_earlier_one(engine: QueryEngine, h
     before_everything = committed_at(engine, history["first"]) - timedelta(milliseconds=1)
 
     assert trades(engine, "BHP", at(9), at(11), as_of=between).num_rows == 2
-    assert trades(engine, "BHP", at(9), at(11), as_of=before_everything).num_rows == 0
-    assert engine.at(before_everything).snapshot_ids["trades_v2"] is None
+    # Before the first commit nothing existed: an error saying where history starts, not an empty answer.
+    first = committed_at(engine, history["first"]).isoformat(timespec="milliseconds")
+    with pytest.raises(QueryError, match=re.escape(f"is before the lake's history, which starts at {first}")):
+        trades(engine, "BHP", at(9), at(11), as_of=before_everything)
 
 
 def test_every_query_function_honours_as_of(engine: QueryEngine, history: dict[str, int]) -> None:

@@ -12,7 +12,7 @@ the same millisecond counts as current.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pyiceberg.table import Table
 
@@ -22,11 +22,16 @@ from k2.schema.codecs import micros_from_datetime
 AsOf = int | datetime | None
 """A snapshot id, a timezone-aware instant, or None for the engine's current snapshots."""
 
-_SNAPSHOTS_HINT = "k2.query.snapshots.snapshots(engine, table) lists each table's snapshot ids and commit times."
+_SNAPSHOTS_HINT = "`k2 snapshots TABLE` (or GET /v1/snapshots) lists each table's snapshot ids and commit times."
 
 
 class SnapshotNotFoundError(LookupError):
-    """No table has the snapshot id asked for (expired, or from another catalog)."""
+    """No table has the snapshot id asked for (expired, or from another catalog), or the instant asked for is
+    before every snapshot the lake keeps."""
+
+
+def _logged(table: Table | None) -> bool:
+    return table is not None and bool(table.metadata.snapshot_log)
 
 
 def _current_at(table: Table | None, timestamp_ms: int) -> int | None:
@@ -42,7 +47,16 @@ def resolve_pins(tables: Mapping[str, Table | None], as_of: int | datetime) -> d
         raise TypeError(f"as_of must be a snapshot id (int) or a timezone-aware datetime, not {as_of!r}")
     if isinstance(as_of, datetime):
         timestamp_ms = micros_from_datetime(utc(as_of, "as_of")) // 1000
-        return {name: _current_at(table, timestamp_ms) for name, table in tables.items()}
+        pins = {name: _current_at(table, timestamp_ms) for name, table in tables.items()}
+        firsts = [min(e.timestamp_ms for e in t.metadata.snapshot_log) for t in tables.values() if _logged(t)]
+        if firsts and all(pin is None for pin in pins.values()):
+            # Reading nothing at all is not what anyone asking for a past instant means: say where history starts.
+            first = datetime.fromtimestamp(min(firsts) / 1000, UTC).isoformat(timespec="milliseconds")
+            raise SnapshotNotFoundError(
+                f"as_of {utc(as_of, 'as_of').isoformat()} is before the lake's history, which starts at {first}"
+                f" (the oldest snapshot kept): pass a later time. {_SNAPSHOTS_HINT}"
+            )
+        return pins
     for name, table in tables.items():
         snapshot = table.snapshot_by_id(as_of) if table is not None else None
         if snapshot is not None:
