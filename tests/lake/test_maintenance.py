@@ -99,6 +99,27 @@ def test_compaction_leaves_one_sorted_file_per_partition_with_the_same_rows(sett
     table.refresh()
     assert table.current_snapshot().summary.operation.value == "overwrite"
 
+    # What the run left, and why: the 40 rewritten files stay for time travel; the chix pair waits for --min-files.
+    assert stats.held_files == 40 and stats.held_bytes > 0
+    oldest = min(s.timestamp_ms for s in table.snapshots()) / 1000
+    assert stats.held_until is not None and stats.held_until.timestamp() == pytest.approx(oldest + 7 * 86400)
+    assert stats.partitions_under_min_files == 1
+    notes = report.notes()
+    assert notes[0].startswith(f"market_data.trades_v2: {stats.held_bytes / 1e6:.2f} MB in 40 data files the current")
+    assert notes[0].endswith("`k2 maintain --expire-days 0 --retain-last 1` frees them now")
+    assert notes[1] == (
+        "market_data.trades_v2: 1 partitions have 2 to 3 small files, under --min-files 4: `k2 maintain --min-files 2`"
+        " compacts them"
+    )
+    second = maintain(settings, tables=["trades_v2"], retain_last=1, min_files=2, **EVERYTHING)
+    freed = second.table("trades_v2")
+    assert (freed.held_files, freed.partitions_under_min_files, freed.data_files_after) == (0, 0, 3)
+    assert freed.unreferenced_files == 42  # no snapshot names them now; deleted by a run once an hour old
+    assert second.notes() == [
+        f"market_data.trades_v2: {freed.unreferenced_bytes / 1e6:.2f} MB in 42 data files no snapshot names any more"
+        " are deleted by a later `k2 maintain` once 1 h old (the safety age for commits in flight)"
+    ]
+
 
 def test_resume_offsets_survive_compaction_and_expiry_of_all_but_the_last_snapshot(settings: Settings) -> None:
     table = _trades_table(settings)

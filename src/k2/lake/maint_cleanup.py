@@ -84,6 +84,30 @@ def referenced_files(table: Table) -> set[str]:
     return {_split(p)[1] for p in paths}
 
 
+@dataclass(frozen=True)
+class LeftoverFiles:
+    """Data files stored but not read by the current snapshot, and why they are still there."""
+
+    held_files: int  # older snapshots still name them (time travel): they go when those snapshots expire
+    held_bytes: int
+    unreferenced_files: int  # no snapshot names them: a maintenance run deletes them once past the safety age
+    unreferenced_bytes: int
+
+
+def leftover_data_files(table: Table) -> LeftoverFiles:
+    table.refresh()
+    live = {_split(task.file.file_path)[1] for task in table.scan().plan_files()}
+    referenced = referenced_files(table)
+    root = _split(table.location().rstrip("/"))[1]
+    held, unreferenced = [], []
+    for stored in stored_files(table):
+        path = _split(stored.uri)[1]
+        if not path[len(root) :].lstrip("/").startswith("data/") or not path.endswith(".parquet") or path in live:
+            continue
+        (held if path in referenced else unreferenced).append(stored)
+    return LeftoverFiles(len(held), sum(f.size for f in held), len(unreferenced), sum(f.size for f in unreferenced))
+
+
 def find_orphans(table: Table, min_age: timedelta, now: datetime) -> list[StoredFile]:
     table.refresh()
     referenced = referenced_files(table)

@@ -18,8 +18,8 @@ from rich.table import Table as RichTable
 
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
-from k2.lake.maint_cleanup import drop_old_partitions, expire, remove_orphans, stored_files
-from k2.lake.maint_compact import compact
+from k2.lake.maint_cleanup import drop_old_partitions, expire, leftover_data_files, remove_orphans, stored_files
+from k2.lake.maint_compact import candidates, compact
 from k2.lake.tables import table_identifier
 from k2.schema.fields import ALL_RECORDS, RecordSpec
 
@@ -60,6 +60,13 @@ class TableReport:
     partitions_dropped: list[str] = field(default_factory=list)
     latency_before: Latency | None = None
     latency_after: Latency | None = None
+    # after the run: what it left, and why
+    held_files: int = 0  # data files only older snapshots read (time travel), deleted when those expire
+    held_bytes: int = 0
+    held_until: datetime | None = None  # when the oldest snapshot holding them is past --expire-days
+    unreferenced_files: int = 0  # no snapshot names them; younger than the orphan safety age, so still stored
+    unreferenced_bytes: int = 0
+    partitions_under_min_files: int = 0  # with 2 .. min_files-1 small files: not compacted by this run
 
 
 @dataclass
@@ -67,6 +74,9 @@ class MaintenanceReport:
     tables: list[TableReport]
     dry_run: bool
     seconds: float
+    min_files: int = 4
+    retain_last: int = 10
+    orphan_min_age: timedelta = timedelta(hours=1)
 
     def table(self, name: str) -> TableReport:
         return next(t for t in self.tables if name in (t.table, t.table.split(".")[-1]))
@@ -103,6 +113,36 @@ class MaintenanceReport:
                 f"{t.latency_before or '-'} → {t.latency_after or '-'}",
             )
         console.print(grid)
+        for line in self.notes():
+            console.print(f"note: {line}", markup=False, soft_wrap=True)
+
+    def notes(self) -> list[str]:
+        """What the run left behind and why, one line each: files kept for time travel, partitions not compacted."""
+        lines = []
+        for t in self.tables:
+            if t.held_files:
+                until = f"; the oldest is due {t.held_until:%Y-%m-%d %H:%M} UTC" if t.held_until else ""
+                lines.append(
+                    f"{t.table}: {_mb(t.held_bytes)} MB in {t.held_files} data files the current snapshot no longer"
+                    f" reads are kept for time travel until the snapshots holding them expire (older than"
+                    f" --expire-days and not among the newest --retain-last {self.retain_last}{until});"
+                    " `k2 maintain --expire-days 0 --retain-last 1` frees them now"
+                )
+            if t.unreferenced_files:
+                lines.append(
+                    f"{t.table}: {_mb(t.unreferenced_bytes)} MB in {t.unreferenced_files} data files no snapshot"
+                    f" names any more are deleted by a later `k2 maintain` once {self.orphan_min_age / _HOUR:g} h"
+                    " old (the safety age for commits in flight)"
+                )
+            if t.partitions_under_min_files:
+                lines.append(
+                    f"{t.table}: {t.partitions_under_min_files} partitions have 2 to {self.min_files - 1} small"
+                    f" files, under --min-files {self.min_files}: `k2 maintain --min-files 2` compacts them"
+                )
+        return lines
+
+
+_HOUR = timedelta(hours=1)
 
 
 def _mb(size: int) -> str:
@@ -181,7 +221,17 @@ def maintain(
         table.refresh()
         report.data_files_after, report.data_bytes_after = _live_files(table)
         report.stored_files_after, report.stored_bytes_after = _stored(table)
+        leftover = leftover_data_files(table)
+        report.held_files, report.held_bytes = leftover.held_files, leftover.held_bytes
+        report.unreferenced_files, report.unreferenced_bytes = leftover.unreferenced_files, leftover.unreferenced_bytes
+        older = [s for s in table.snapshots() if s.snapshot_id != table.metadata.current_snapshot_id]
+        if report.held_files and older:
+            oldest = datetime.fromtimestamp(min(s.timestamp_ms for s in older) / 1000, UTC)
+            report.held_until = oldest + expire_older_than
+        if min_files > 2:
+            waiting = candidates(table, target_file_mb * 1024 * 1024, 2)
+            report.partitions_under_min_files = sum(1 for n in waiting.values() if n < min_files)
         if measure is not None:
             report.latency_after = measure(spec, table)
         reports.append(report)
-    return MaintenanceReport(reports, dry_run, time.monotonic() - started)
+    return MaintenanceReport(reports, dry_run, time.monotonic() - started, min_files, retain_last, orphan_min_age)
