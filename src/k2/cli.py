@@ -171,12 +171,21 @@ def emulate_binance(
     synthetic: bool = typer.Option(False, help="Serve a synthetic market too"),
     symbol_count: int = typer.Option(3, "--symbols", help="Synthetic symbols"),
     rate: float = typer.Option(100.0, help="Synthetic frames per second"),
+    faults: str = typer.Option(
+        "",
+        help="Faults to inject, comma-separated: drop, duplicate, reorder, malformed (per-frame probabilities),"
+        " disconnect-every, stall-every, stall-seconds, shutdown-after (seconds; serverShutdown), seed, streams"
+        " (kinds joined by +), e.g. drop=0.01,disconnect-every=30,streams=aggTrade",
+    ),
     metrics_port: int = _METRICS_PORT,
 ) -> None:
     """Serve the Binance spot WebSocket + REST API on 127.0.0.1 from captures or synthetic traffic."""
+    from k2.sources.binance.emulator.faults import FaultSpec
     from k2.sources.binance.emulator.server import main as emulator_main
 
+    FaultSpec.parse(faults)  # a mistake is one line here, before anything starts
     argv = ["--speed", str(speed), "--port", str(port), "--symbols", str(symbol_count), "--rate", str(rate)]
+    argv += ["--faults", faults]
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
     for path in capture:

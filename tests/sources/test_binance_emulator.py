@@ -6,7 +6,11 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
+import subprocess
+import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +23,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 
+from k2.core.errors import UserError
 from k2.core.metrics import REGISTRY
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as APRIL
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as OCTOBER
@@ -514,3 +519,52 @@ def test_synthetic_market_ids_only_increase(start: Callable[..., Endpoints]) -> 
     assert all(b["u"] > a["u"] for a, b in itertools.pairwise(books))
     rest = httpx.get(f"{rest_url}/api/v3/aggTrades", params={"symbol": "SYN1USDT", "fromId": aggs[0]["a"], "limit": 3})
     assert [row["a"] for row in rest.json()] == [aggs[0]["a"], aggs[0]["a"] + 1, aggs[0]["a"] + 2]
+
+
+def test_fault_specs_read_as_the_cli_writes_them() -> None:
+    spec = FaultSpec.parse("drop=0.01, duplicate=0.005,disconnect-every=30,seed=7,streams=aggTrade+bookTicker")
+    assert spec == FaultSpec(
+        drop_probability=0.01,
+        duplicate_probability=0.005,
+        disconnect_every=30.0,
+        seed=7,
+        stream_kinds=("aggTrade", "bookTicker"),
+    )
+    assert spec.describe() == "drop=0.01,duplicate=0.005,disconnect-every=30.0,seed=7,streams=aggTrade+bookTicker"
+    assert FaultSpec.parse("") == FaultSpec() and FaultSpec().describe() == "none"
+    for bad, says in [
+        ("drop=1.5", "a probability is between 0 and 1"),
+        ("stall-every=-1", "seconds are 0 (off) or more"),
+        ("drop", "is not name=value"),
+        ("dorp=0.1", "with a name among drop, duplicate, reorder, malformed"),
+        ("seed=x", "'x' is not a number"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(says)):
+            FaultSpec.parse(bad)
+
+
+@pytest.mark.timeout(60)
+def test_k2_emulate_binance_injects_the_faults_it_is_given() -> None:
+    command = [sys.executable, "-m", "k2.cli", "emulate", "binance", "--synthetic", "--symbols", "1", "--rate", "50"]
+    command += ["--port", "0", "--faults", "shutdown-after=5,duplicate=1,streams=bookTicker"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        ws_url = re.search(r"ws (ws://127\.0\.0\.1:\d+)", banner)
+        assert ws_url is not None, banner + process.stderr.read()  # type: ignore[union-attr]
+        assert process.stdout.readline() == "faults: duplicate=1.0,shutdown-after=5.0,streams=bookTicker\n"
+
+        async def until_shutdown() -> list[dict[str, Any]]:
+            async with connect(f"{ws_url[1]}/ws/syn0usdt@bookTicker") as ws:
+                return [json.loads(text) async for text in ws]
+
+        messages = run(until_shutdown)
+        assert messages[-1]["e"] == "serverShutdown"
+        ids = [m["u"] for m in messages[:-1]]
+        counts = Counter(ids)
+        whole = set(ids) - {ids[0], ids[-1]}  # the first and last may be cut by the connect and the shutdown
+        assert len(whole) >= 2 and {counts[i] for i in whole} == {2}  # duplicate=1: every frame twice
+    finally:
+        process.terminate()
+        process.wait(15)

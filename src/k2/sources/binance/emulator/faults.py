@@ -8,8 +8,10 @@ the REST store: a client that notices the gap can fill it with ``/api/v3/aggTrad
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
+
+from k2.core.errors import UserError
 
 
 class FrameFault(StrEnum):
@@ -45,6 +47,47 @@ class FaultSpec:
     seed: int = 0
     # Only frames of these stream suffixes (e.g. "aggTrade") are damaged; empty means every stream.
     stream_kinds: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        """`k2 emulate binance --faults` text: comma-separated name=value, names as the fields with `-` for `_`
+        and without `_probability` (e.g. "drop=0.01,duplicate=0.005,disconnect-every=30,seed=7,streams=aggTrade";
+        `streams` takes `+`-separated kinds). UserError naming the accepted names otherwise."""
+        names = {f.name.removesuffix("_probability").replace("_", "-"): f.name for f in fields(cls)}
+        names["streams"] = names.pop("stream-kinds")
+        spec = cls()
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            field = names.get(name.strip())
+            if field is None or not value.strip():
+                raise UserError(f"--faults: {item!r} is not name=value with a name among {', '.join(names)}")
+            spec = replace(spec, **{field: _fault_value(field, value.strip(), item)})
+        return spec
+
+    def describe(self) -> str:
+        """The active faults, as `parse` reads them ("none" when there are none)."""
+        default = FaultSpec()
+        active = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != getattr(default, f.name):
+                name = "streams" if f.name == "stream_kinds" else f.name.removesuffix("_probability").replace("_", "-")
+                active.append(f"{name}={'+'.join(value) if f.name == 'stream_kinds' else value}")
+        return ",".join(active) or "none"
+
+
+def _fault_value(field: str, value: str, item: str) -> float | int | tuple[str, ...]:
+    if field == "stream_kinds":
+        return tuple(kind for kind in value.split("+") if kind)
+    try:
+        number = int(value) if field == "seed" else float(value)
+    except ValueError:
+        raise UserError(f"--faults: {item!r}: {value!r} is not a number") from None
+    if field.endswith("_probability") and not 0.0 <= number <= 1.0:
+        raise UserError(f"--faults: {item!r}: a probability is between 0 and 1")
+    if number < 0:
+        raise UserError(f"--faults: {item!r}: seconds are 0 (off) or more")
+    return number
 
 
 @dataclass(slots=True)

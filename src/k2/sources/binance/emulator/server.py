@@ -283,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="synthetic frames per second")
     parser.add_argument("--no-wait", action="store_true", help="start replay at once, not on the first subscriber")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    parser.add_argument(
+        "--faults",
+        type=FaultSpec.parse,
+        default=FaultSpec(),
+        help="faults to inject, e.g. drop=0.01,duplicate=0.005,reorder=0.01,malformed=0.001,disconnect-every=30,"
+        "stall-every=60,stall-seconds=5,shutdown-after=300,seed=7,streams=aggTrade+bookTicker",
+    )
     args = parser.parse_args(argv)
     if args.metrics_port is not None:
         serve_metrics(args.metrics_port)
@@ -293,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.capture,
         SyntheticSpec(args.symbols, args.rate) if args.synthetic else None,
         args.speed,
+        faults=args.faults,
         host=args.host,
         ws_port=args.port,
         rest_port=rest_port,
@@ -305,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if summary := capture.summary():
                 print(summary, file=sys.stderr, flush=True)
         print(f"Binance emulator: ws {endpoints.ws_url}  rest {endpoints.rest_url}  (Ctrl-C stops)", flush=True)
+        print(f"faults: {emulator.fault_spec.describe()}", flush=True)
         stopped = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
