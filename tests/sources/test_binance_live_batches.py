@@ -149,7 +149,8 @@ def _same_as_frame_by_frame(frames: list[Frame], resume_from: dict[tuple[str, st
     assert _outcome(batched) == _outcome(per_frame)
     stats = batched.stats
     read = stats.frames + stats.backfilled  # the reconciliation's rows read
-    assert read == stats.records + sum(stats.rejected.values()) + stats.duplicates + stats.control_frames
+    dropped = stats.duplicates + stats.stale
+    assert read == stats.records + sum(stats.rejected.values()) + dropped + stats.control_frames
     return batched
 
 
@@ -188,6 +189,16 @@ def test_a_repeated_frame_mid_batch_is_dropped_as_frame_by_frame() -> None:
     assert all(b.table is None for b in live.emitted)  # type: ignore[attr-defined]  # taken apart, id by id
     trades = [r["source_sequence"] for b in live.emitted for r in b.all_records() if b.spec.name == "trades_v2"]  # type: ignore[attr-defined]
     assert trades == list(range(1_000, 1_100))
+
+
+def test_an_older_book_ticker_never_seen_is_stale_and_one_seen_again_a_duplicate() -> None:
+    frames = _stream(range(1_000, 1_100))  # ETHBTC bookTicker update ids 9000, 9003, ... 9297
+    frames.insert(81, (book_ticker("ETHBTC", 9_100), START_US + 79, 1))  # after 9117: older, never sent before
+    frames.insert(101, (book_ticker("ETHBTC", 9_060), START_US + 99, 1))  # after 9147: 9060 went through before
+    live = _same_as_frame_by_frame(frames)
+    assert (live.stats.stale, live.stats.duplicates) == (1, 1)
+    quotes = [r["source_sequence"] for b in live.emitted for r in b.all_records() if b.spec.name == "quotes_v2"]  # type: ignore[attr-defined]
+    assert quotes == list(range(9_000, 9_300, 3))  # in update-id order; the superseded quote is not the book top
 
 
 def test_frames_at_or_below_the_resume_point_are_duplicates() -> None:

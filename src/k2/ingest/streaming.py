@@ -126,7 +126,9 @@ def stream_binance(
         recon.landed = True
     stats = live.stats
     recon.read = stats.frames + stats.backfilled
-    recon.skipped.update({"duplicate_frame": stats.duplicates, "not_trade_or_quote": stats.control_frames})
+    recon.skipped.update(
+        {"duplicate_frame": stats.duplicates, "stale_quote": stats.stale, "not_trade_or_quote": stats.control_frames}
+    )
     recon.seconds = time.monotonic() - started
     return recon, live
 

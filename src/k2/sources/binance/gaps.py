@@ -2,7 +2,9 @@
 
 Binance ids are contiguous per symbol for `trade` (t) and `aggTrade` (a): a jump is a gap, an id at or below the
 last one is a duplicate (reconnect overlap, replays). bookTicker update ids (u) are shared with the depth stream and
-skip by design, so they are deduplicated but never treated as gaps. Gaps are filled from REST
+skip by design, so they are never treated as gaps; an update id below the newest one let through is a duplicate
+when it was let through recently (a replacement connection's overlap), else stale: an older quote arriving after
+a newer one, superseded by Binance's rule that the highest update id is the current book top. Gaps are filled from REST
 (`/api/v3/aggTrades?fromId=` — fromId inclusive — and `/api/v3/historicalTrades?fromId=`) *before* the live id
 that revealed them is let through, so downstream sees ids in order.
 """
@@ -10,6 +12,7 @@ that revealed them is let through, so downstream sees ids in order.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +25,8 @@ import structlog
 log = structlog.get_logger(__name__)
 
 CONTIGUOUS_CHANNELS = frozenset({"trade", "aggTrade"})
+# Update ids remembered per (symbol, channel) whose ids skip: enough to recognise a reconnect overlap's frames.
+RECENT_IDS = 4096
 REST_PAGE_LIMIT = 1000  # the documented maximum `limit` of aggTrades/historicalTrades
 
 
@@ -47,14 +52,20 @@ class SequenceTracker:
 
     last: dict[tuple[str, str], int] = field(default_factory=dict)
     duplicates: int = 0
+    stale: int = 0
+    # the newest ids let through on channels whose ids skip (bookTicker), to tell a duplicate from a stale frame
+    recent: dict[tuple[str, str], deque[int]] = field(default_factory=dict)
 
     def classify(self, symbol: str, channel: str, seq: int) -> tuple[str, int | None]:
-        """("new", None), ("duplicate", None) or ("gap", first missing id)."""
+        """("new", None), ("duplicate", None), ("stale", None) or ("gap", first missing id)."""
         key = (symbol, channel)
         last = self.last.get(key)
         if last is not None and seq <= last:
-            self.duplicates += 1
-            return "duplicate", None
+            if channel in CONTIGUOUS_CHANNELS or seq == last or seq in self.recent.get(key, ()):
+                self.duplicates += 1
+                return "duplicate", None
+            self.stale += 1
+            return "stale", None
         if last is not None and channel in CONTIGUOUS_CHANNELS and seq > last + 1:
             return "gap", last + 1
         return "new", None
@@ -63,6 +74,11 @@ class SequenceTracker:
         key = (symbol, channel)
         if seq > self.last.get(key, -1):
             self.last[key] = seq
+            if channel not in CONTIGUOUS_CHANNELS:
+                self._remember(key, [seq])
+
+    def _remember(self, key: tuple[str, str], seqs: list[int]) -> None:
+        self.recent.setdefault(key, deque(maxlen=RECENT_IDS)).extend(seqs[-RECENT_IDS:])
 
     def advance_if_all_new(self, symbols: pa.Array, channels: pa.Array, seqs: pa.Array) -> bool:
         """Rows (symbol, channel, seq) in arrival order: when `classify` then `advance` row by row would call every
@@ -92,15 +108,16 @@ class SequenceTracker:
         starts = np.flatnonzero(np.concatenate([[True], ~same_key]))
         ends = np.append(starts[1:], len(codes)) - 1
         runs = []
-        for code, first, last in zip(
-            codes[starts].tolist(), values[starts].tolist(), values[ends].tolist(), strict=True
-        ):
+        for code, start, end in zip(codes[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
             key = (symbol_names[code // width], channel_names[code % width])
-            previous = self.last.get(key)
+            first, previous = int(values[start]), self.last.get(key)
             if previous is not None and (first != previous + 1 if key[1] in CONTIGUOUS_CHANNELS else first <= previous):
                 return False
-            runs.append((key, last))
-        self.last.update(runs)
+            runs.append((key, start, end))
+        for key, start, end in runs:
+            self.last[key] = int(values[end])
+            if key[1] not in CONTIGUOUS_CHANNELS:
+                self._remember(key, values[max(start, end + 1 - RECENT_IDS) : end + 1].tolist())
         return True
 
 

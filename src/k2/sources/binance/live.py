@@ -6,7 +6,7 @@ normalized together (`normalize_frames`, ~3x `normalize_frame` a frame on batche
 simply continue every stream goes out as Arrow tables; one holding a duplicate or a gap is taken apart into
 records and goes id by id, exactly as a frame-by-frame reader would, REST backfill first. Counters (read,
 rejected by reason, duplicates dropped, gaps) feed the run's reconciliation: frames read = records emitted +
-rejected + duplicates dropped + non-data frames.
+rejected + duplicates dropped + stale quotes dropped + non-data frames.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class LiveStats:
     backfilled: int = 0
     control_frames: int = 0  # subscription acks, depth/kline events: not data for these tables
     duplicates: int = 0
+    stale: int = 0  # bookTicker updates older than one already let through (superseded)
     rejected: Counter[str] = field(default_factory=Counter)
     gaps: list[Gap] = field(default_factory=list)
 
@@ -247,6 +248,9 @@ class BinanceLive:
         verdict, first_missing = self._tracker.classify(symbol, channel, seq)
         if verdict == "duplicate":
             self.stats.duplicates += 1
+            return
+        if verdict == "stale":
+            self.stats.stale += 1
             return
         if verdict == "gap" and first_missing is not None:
             await self._fill(symbol, channel, first_missing, seq - 1)
