@@ -139,6 +139,7 @@ def _outcome(live: BinanceLive) -> dict[str, Any]:
     stats = asdict(live.stats)
     stats["gaps"] = [{**gap, "detected_us": None} for gap in stats["gaps"]]
     read = sum(batch.rows_read for batch in live.emitted)  # type: ignore[attr-defined]
+    rejects.sort(key=lambda r: (r[2], r[3]))  # by connection and frame: DLQ topics of two data types have no order
     return {"records": by_kind, "rejects": rejects, "stats": stats, "rows_read": read, "last": live._tracker.last}
 
 
@@ -281,3 +282,17 @@ def test_advancing_a_batch_at_once_agrees_with_classify_row_by_row(seed: int) ->
     )
     assert moved == all_new
     assert batched.last == (reference.last if all_new else last)
+
+
+def test_a_rejected_book_ticker_frame_goes_with_the_quotes_to_their_dlq() -> None:
+    frames = _stream(range(1_000, 1_010))
+    frames.insert(3, (b'{"stream":"ethbtc@bookTicker","data":{"u":9001,"s":"ETHBTC","b":"0.0', START_US, 1))  # torn
+    frames.insert(5, (b'{"u":9002,"s":"ETHBTC","b":"x","B":"1","a":"0.07","A":"1"}', START_US, 1))  # raw stream
+    frames.insert(7, (b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade"', START_US, 1))
+    live = _same_as_frame_by_frame(frames)
+    dlq = {(b.spec.name, r.raw[:20]) for b in live.emitted for r in b.rejects}  # type: ignore[attr-defined]
+    assert dlq == {
+        ("quotes_v2", b'{"stream":"ethbtc@bo'),
+        ("quotes_v2", b'{"u":9002,"s":"ETHBT'),
+        ("trades_v2", b'{"stream":"btcusdt@a'),
+    }

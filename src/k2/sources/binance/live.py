@@ -73,6 +73,16 @@ async def fetch_symbols(rest_endpoint: str, symbols: list[str]) -> SymbolDirecto
         return SymbolDirectory.from_json(response.content, source=f"{rest_endpoint}/api/v3/exchangeInfo")
 
 
+def intended_spec(raw: bytes) -> RecordSpec:
+    """The table a rejected frame was meant for, as far as its bytes tell, so it goes to that data type's DLQ:
+    quotes for a bookTicker frame (a combined stream's name, or a raw payload's update id with best bid and ask),
+    trades otherwise."""
+    head = raw[:200]
+    if b"@bookTicker" in head or (b'"u":' in head and b'"b":' in head and b'"e":' not in head):
+        return QUOTES_V2
+    return TRADES_V2
+
+
 def gap_record(gap: Gap) -> dict[str, Any]:
     """A gap as a stream_gaps record: the audit trail that every hole was seen and what became of it."""
     return {
@@ -292,7 +302,7 @@ class BinanceLive:
 
     def _reject(self, reject: Reject) -> None:
         self.stats.rejected[reject.reason] += 1
-        batch = self._buffer(TRADES_V2)
+        batch = self._buffer(intended_spec(reject.raw))
         batch.rejects.append(reject)
         batch.rows_read += 1
 
