@@ -135,6 +135,14 @@ def test_dashboard_draws_the_lake_in_headless_chromium(settings: Settings, asx_s
             assert drawn["interval"] == "1s"  # 92 s of recorded trades
             binance_shot = browser.screenshot(shots / "dashboard-binance.png")
 
+            # LRCBTC quotes at 0.00000637 BTC: the quote chart's price scale keeps all eight decimals, not 0.00.
+            check_symbol(client, browser, "LRCBTC", "binance")
+            browser.wait_for(f"(() => {{ const d = {DRAWN}; return d && d.symbol === 'LRCBTC' && d.quotes > 0; }})()")
+            scales = browser.evaluate(
+                "['bid', 'ask', 'spread'].map(name => window.k2dash.charts[name].options().priceFormat.precision)"
+            )
+            assert scales == [8, 8, 8]
+
             errors = [line for line in browser.console if line.startswith(("exception", "console.error"))]
             assert not errors, errors
     assert asx_shot.stat().st_size > 50_000 and binance_shot.stat().st_size > 50_000

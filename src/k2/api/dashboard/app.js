@@ -55,6 +55,12 @@
     const trimmed = frac.replace(/0+$/, "");
     return `${whole}.${trimmed.padEnd(2, "0")}`;
   }
+  // A price scale shows as many decimals as its prices have (2 to 8): LRCBTC at 0.00000637 must not read 0.00.
+  function showDecimals(seriesList, prices) {
+    const places = prices.slice(-50).map((p) => (decimal(p).split(".")[1] || "").length);
+    const precision = Math.min(8, Math.max(2, ...places));
+    for (const s of seriesList) s.applyOptions({ priceFormat: { type: "price", precision, minMove: 10 ** -precision } });
+  }
   const count = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
   const clock = (iso) => (iso ? iso.replace("T", " ").replace(/\+00:00$|Z$/, "").slice(0, 23) : "–");
   const ago = (iso) => {
@@ -185,8 +191,7 @@
     state.bars = bars;
     state.barsInterval = interval;
     state.loadedFor = drawnFor;
-    const precision = Math.min(8, Math.max(2, ...bars.slice(-50).map((b) => decimal(b.close).split(".")[1].length)));
-    charts.candles.applyOptions({ priceFormat: { type: "price", precision, minMove: 10 ** -precision } });
+    showDecimals([charts.candles], bars.map((b) => b.close));
     $("chart-title").textContent = `${row.symbol} · ${row.exchange} · ${interval} bars`;
     $("chart-note").textContent =
       `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot_id})`;
@@ -238,6 +243,7 @@
     charts.bid.setData(series(quotes.map((q) => point(q, num(q.bid_price)))));
     charts.ask.setData(series(quotes.map((q) => point(q, num(q.ask_price)))));
     charts.spread.setData(series(quotes.map((q) => point(q, num(q.ask_price) - num(q.bid_price)))));
+    showDecimals([charts.bid, charts.ask, charts.spread], quotes.flatMap((q) => [q.bid_price, q.ask_price]));
     charts.quotesChart.timeScale().fitContent();
     const last = quotes[quotes.length - 1];
     if (!last) {
