@@ -82,7 +82,12 @@ class Browser:
             port = self._devtools_port()
             pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
             page = next(p for p in pages if p.get("type") == "page")
-            self._ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=10)
+            # No keepalive pings: while a test waits on something else, CDP events fill the client's queue, it stops
+            # reading, and a ping's answer would go unread (a "keepalive ping timeout" on a healthy browser).
+            # Chromium is a child process on loopback: its death shows as a closed socket.
+            self._ws = connect(
+                page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=10, ping_interval=None
+            )
             self.call("Runtime.enable")
             self.call("Page.enable")
             self.call("Network.enable")

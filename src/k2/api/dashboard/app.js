@@ -151,18 +151,22 @@
             class: `symbol${selected ? " selected" : ""}`,
             "data-symbol": row.symbol,
             "data-exchange": row.exchange,
-            title: `${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC`,
+            title: `${row.quotesOnly ? "quotes only" : `${count(row.count)} trades`}, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC`,
             onclick: () => select(row.symbol, row.exchange),
-          }, row.symbol, el("small", {}, count(row.count))),
+          }, row.symbol, el("small", {}, row.quotesOnly ? "quotes" : count(row.count))),
         );
       }
     }
-    if (!state.symbols.length) nav.append(el("p", { class: "note" }, "No trades in the lake yet: waiting for the first commit…"));
+    if (!state.symbols.length) nav.append(el("p", { class: "note" }, "Nothing in the lake yet: waiting for the first commit…"));
   }
 
   async function loadSymbols() {
     const [trades, quotes] = await Promise.all([api("symbols", { kind: "trades" }), api("symbols", { kind: "quotes" })]);
-    state.symbols = trades.data;
+    // Symbols with quotes and no trades (a book watched, nothing printed yet) are listed too, after the traded ones
+    // of their exchange, with their quote times and no trade count.
+    const traded = new Set(trades.data.map(keyOf));
+    const quotedOnly = quotes.data.filter((row) => !traded.has(keyOf(row))).map((row) => ({ ...row, count: 0, quotesOnly: true }));
+    state.symbols = [...trades.data, ...quotedOnly].sort((a, b) => a.exchange.localeCompare(b.exchange) || (a.quotesOnly ? 1 : 0) - (b.quotesOnly ? 1 : 0));
     state.quoted = new Set(quotes.data.map(keyOf));
     if (state.selected) {
       state.selected = state.symbols.find((row) => keyOf(row) === keyOf(state.selected)) || state.selected;
