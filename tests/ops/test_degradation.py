@@ -4,6 +4,7 @@ a load driven through every level lands exactly the source's records in the lake
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -55,9 +56,14 @@ def test_levels_rise_at_once_and_fall_one_step_at_a_time() -> None:
 
 def test_pacing_is_info_and_setting_batches_aside_a_warning() -> None:
     controller = Controller(SMALL)
-    with structlog.testing.capture_logs() as logs:
-        for lag in (10, 20, 0, 0, 0):  # SOFT, GRACEFUL, then down one step at a time
-            controller.observe(lag, NO_MEMORY)
+    config = structlog.get_config()  # whatever level an earlier test configured, every level is seen here
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for lag in (10, 20, 0, 0, 0):  # SOFT, GRACEFUL, then down one step at a time
+                controller.observe(lag, NO_MEMORY)
+    finally:
+        structlog.configure(**config)
     assert [(e["frm"], e["to"], e["log_level"]) for e in logs] == [
         ("NORMAL", "SOFT", "info"),  # a bulk load outrunning its sink: paced, nothing else
         ("SOFT", "GRACEFUL", "warning"),
