@@ -69,6 +69,7 @@ LABELS = ("last 1000 trades of 1 symbol", "1-min bars of 1 symbol-day", "as-of j
 ILP_FLUSH_ROWS = 100_000  # rows per ILP/HTTP request (one QuestDB transaction each); the client's default is 75 000
 COMMIT_ROWS = 1_000_000  # K2's commit size: the sink's and lakegen's default
 SYMBOL_COLUMNS = ("symbol", "exchange", "asset_class", "currency", "side")
+PARQUET_INPUT = "trades-flat.parquet"  # in QuestDB's import root (cairo.sql.copy.root, default <root>/import)
 
 TRADES_DDL = """CREATE TABLE {name} (
   message_id VARCHAR, trade_id VARCHAR, symbol SYMBOL, exchange SYMBOL, asset_class SYMBOL, timestamp TIMESTAMP,
@@ -120,17 +121,23 @@ def read_lake(home: Path) -> tuple[pa.Table, pa.Table]:
     return tables[0].sort_by("timestamp"), tables[1].sort_by("timestamp")
 
 
-def questdb_frame(table: pa.Table) -> Any:
-    """`table` as the DataFrame QuestDB's client takes: decimals stay pyarrow decimal128 (exact), strings
-    pyarrow-backed, SYMBOL columns categorical, the string list joined with commas, the all-null map dropped."""
-    import pandas as pd
-
+def flat(table: pa.Table) -> pa.Table:
+    """`table` with columns QuestDB can hold: the string list joined with commas, the all-null map dropped."""
     table = table.drop_columns([c for c in ("vendor_data",) if c in table.column_names])
     if "trade_conditions" in table.column_names:
         lists = table["trade_conditions"].cast(pa.list_(pa.string()))
         table = table.set_column(
             table.schema.get_field_index("trade_conditions"), "trade_conditions", pc.binary_join(lists, ",")
         )
+    return table
+
+
+def questdb_frame(table: pa.Table) -> Any:
+    """`flat(table)` as the DataFrame QuestDB's client takes: decimals stay pyarrow decimal128 (exact), strings
+    pyarrow-backed, SYMBOL columns categorical."""
+    import pandas as pd
+
+    table = flat(table)
     for name in SYMBOL_COLUMNS:
         if name in table.column_names:
             table = table.set_column(table.schema.get_field_index(name), name, pc.dictionary_encode(table[name]))
@@ -160,15 +167,30 @@ def wait_rows(server: QuestDBServer, table: str, n: int, timeout: float = 900.0)
         time.sleep(0.02)
 
 
-def questdb_ingest(server: QuestDBServer, frame: Any) -> tuple[float, float]:
-    """Seconds until the client had every row acknowledged, and until `count()` saw them all (the figure)."""
+def _fresh_trades(server: QuestDBServer) -> None:
     server.exec("DROP TABLE IF EXISTS trades")
     server.exec(TRADES_DDL.format(name="trades"))
+
+
+def questdb_ingest(server: QuestDBServer, frame: Any) -> tuple[float, float]:
+    """ILP/HTTP from the DataFrame: seconds until the client had every row acknowledged, and until `count()` saw
+    them all (the figure)."""
+    _fresh_trades(server)
     started = time.perf_counter()
     send_frame(server, frame, "trades")
     acked = time.perf_counter() - started
     wait_rows(server, "trades", len(frame))
     return acked, time.perf_counter() - started
+
+
+def questdb_ingest_parquet(server: QuestDBServer, n: int) -> float:
+    """`INSERT INTO trades SELECT * FROM read_parquet(...)` of a flat Parquet file of the same rows in QuestDB's
+    import root (written beforehand, like the DataFrame): seconds until `count()` saw every row."""
+    _fresh_trades(server)
+    started = time.perf_counter()
+    server.exec(f"INSERT INTO trades SELECT * FROM read_parquet('{PARQUET_INPUT}')")
+    wait_rows(server, "trades", n)
+    return time.perf_counter() - started
 
 
 def k2_ingest(home: Path, trades: pa.Table) -> float:
@@ -292,29 +314,43 @@ def rows(quick: bool) -> list[Row]:
     try:
         server.start()
         progress(f"questdb: QuestDB {QUESTDB_VERSION} pid {server.pid} on {server.http} (pg {server.pg_port})")
-        k2_times, qdb_times, qdb_acked = [], [], []
+        input_file = server.root / "import" / PARQUET_INPUT
+        input_file.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(flat(trades), input_file)
+        k2_times, ilp_times, ilp_acked, parquet_times = [], [], [], []
         for run in range(ingest_runs):
             acked, visible = questdb_ingest(server, trades_frame)
-            qdb_times.append(visible)
-            qdb_acked.append(acked)
+            ilp_times.append(visible)
+            ilp_acked.append(acked)
+            parquet_times.append(questdb_ingest_parquet(server, n_trades))
             k2_times.append(k2_ingest(scratch / f"k2-{run}", trades))
             progress(
-                f"questdb: ingest run {run + 1}: QuestDB {rate(n_trades, visible)} (acked in {acked:.1f} s, "
-                f"readable in {visible:.1f} s), K2 {rate(n_trades, k2_times[-1])} ({k2_times[-1]:.1f} s)"
+                f"questdb: ingest run {run + 1}: QuestDB ILP/HTTP {rate(n_trades, visible)} (acked in {acked:.1f} s, "
+                f"readable in {visible:.1f} s), QuestDB read_parquet {rate(n_trades, parquet_times[-1])} "
+                f"({parquet_times[-1]:.1f} s), K2 {rate(n_trades, k2_times[-1])} ({k2_times[-1]:.1f} s)"
             )
-        k2_s, qdb_s = statistics.median(k2_times), statistics.median(qdb_times)
+        input_file.unlink()
+        stored = server.exec("SELECT count(), sum(price), sum(quantity) FROM trades")["dataset"][0]
+        lake = [trades.num_rows, str(pc.sum(trades["price"]).as_py()), str(pc.sum(trades["quantity"]).as_py())]
+        ingest_check = f"QuestDB holds count/sum(price)/sum(quantity) {stored}, the lake {lake}"
+        ingest_check = ("stored rows agree: " if stored == lake else "STORED ROWS DIFFER: ") + ingest_check
+        progress(f"questdb check, ingest: {ingest_check}")
+        k2_s, ilp_s, parquet_s = (statistics.median(t) for t in (k2_times, ilp_times, parquet_times))
+        qdb_s, path = (ilp_s, "ILP/HTTP DataFrame") if ilp_s <= parquet_s else (parquet_s, "read_parquet INSERT")
         out.append(
             Row(
                 f"8 QuestDB bulk ingest, {n_trades / 1e6:g} M trades",
                 rate(n_trades, k2_s),
-                f"QuestDB {QUESTDB_VERSION} ILP/HTTP",
+                f"QuestDB {QUESTDB_VERSION} ({path})",
                 rate(n_trades, qdb_s),
                 qdb_s / k2_s,
                 "report",
                 None,
-                f"{ingest_runs} run(s) each, interleaved; QuestDB timed until count() sees every row (client acked "
-                f"after a median {statistics.median(qdb_acked):.1f} s), prices DECIMAL(18,8); K2 Iceberg appends of "
-                f"{COMMIT_ROWS:,}-row commits in write order; DataFrame built beforehand in {frame_seconds:.1f} s",
+                f"{ingest_runs} run(s) each, interleaved; QuestDB timed until count() sees every row: ILP/HTTP from "
+                f"a DataFrame {rate(n_trades, ilp_s)} (client acked after a median "
+                f"{statistics.median(ilp_acked):.1f} s), INSERT ... SELECT FROM read_parquet of a flat file "
+                f"{rate(n_trades, parquet_s)}; prices DECIMAL(18,8); K2 Iceberg appends of {COMMIT_ROWS:,}-row "
+                f"commits in write order; DataFrame built beforehand in {frame_seconds:.1f} s; {ingest_check}",
             )
         )
         server.exec(QUOTES_DDL)
