@@ -26,7 +26,8 @@ defaults of a table made by SQL).
   (K2's quote look-back), with mid, spread and effective spread, vs `trades_with_quotes(...)`.
   QuestDB's answer is fetched into Python two ways, both timed: PostgreSQL wire with psycopg 3 (binary, fetchall:
   tuples of Decimals) and the REST /exp endpoint with fmt=parquet read by pyarrow (an Arrow table, as K2 returns);
-  the faster one is the baseline. Warm: one uncounted call per side, then rounds of one call per side until
+  the faster one is the baseline (also timed, as a diagnostic: the query wrapped in `SELECT sum(...)`, computed
+  on the server with one row sent back). Warm: one uncounted call per side, then rounds of one call per side until
   `runs` or `budget` s. The answers are checked against each other (rows, trade ids, sums of the OHLC decimals,
   quote matches) and the check is printed.
 Run: `python bench/bench_questdb.py [--quick]`; needs `pip install -e '.[bench]'` (questdb, psycopg), a JDK 17+ and
@@ -69,6 +70,13 @@ LABELS = ("last 1000 trades of 1 symbol", "1-min bars of 1 symbol-day", "as-of j
 ILP_FLUSH_ROWS = 100_000  # rows per ILP/HTTP request (one QuestDB transaction each); the client's default is 75 000
 COMMIT_ROWS = 1_000_000  # K2's commit size: the sink's and lakegen's default
 SYMBOL_COLUMNS = ("symbol", "exchange", "asset_class", "currency", "side")
+# Diagnostic: each QuestDB query wrapped in SELECT sum(<column>) FROM (...), so the server computes the whole
+# answer but sends one row: how much of QuestDB's time is shipping and decoding the rows.
+SERVER_SUM = {
+    "last 1000 trades, 1 symbol": "price",
+    "1m bars, 1 symbol-day": "close",
+    "as-of join, 1 symbol-day": "effective_spread",
+}
 PARQUET_INPUT = "trades-flat.parquet"  # in QuestDB's import root (cairo.sql.copy.root, default <root>/import)
 
 TRADES_DDL = """CREATE TABLE {name} (
@@ -381,13 +389,17 @@ def compare_queries(engine: QueryEngine, reader: QuestDBReader, runs: int, budge
                 "k2": lambda name=name: k2_queries[name].run(engine),
                 "pg": lambda name=name: reader.pg(sql[name]),
                 "parquet": lambda name=name: reader.parquet(sql[name]),
+                "server": lambda name=name: reader.pg(f"SELECT sum({SERVER_SUM[name]}) FROM ({sql[name]})"),
             },
             runs,
             budget,
         )
-        k2, pg, parquet = (_ms(times[side]) for side in ("k2", "pg", "parquet"))
+        k2, pg, parquet, server = (_ms(times[side]) for side in ("k2", "pg", "parquet", "server"))
         best, transport = (pg, "PG wire") if pg <= parquet else (parquet, "/exp Parquet")
-        progress(f"questdb: {name}: k2 {k2:.1f} ms, QuestDB pg {pg:.1f} ms, parquet {parquet:.1f} ms")
+        progress(
+            f"questdb: {name}: k2 {k2:.1f} ms, QuestDB pg {pg:.1f} ms, parquet {parquet:.1f} ms, "
+            f"server-side sum {server:.1f} ms"
+        )
         out.append(
             Row(
                 f"8 QuestDB query: {label}",
@@ -398,7 +410,7 @@ def compare_queries(engine: QueryEngine, reader: QuestDBReader, runs: int, budge
                 "report",
                 None,
                 f"medians of {len(times['k2'])} interleaved rounds; QuestDB PG wire {_fmt_ms(pg)}, /exp Parquet "
-                f"{_fmt_ms(parquet)}; {verdict}",
+                f"{_fmt_ms(parquet)}, the same query summed on the server (one row back) {_fmt_ms(server)}; {verdict}",
             )
         )
     return out
