@@ -2,8 +2,9 @@
 bulk ingest rows/s and three queries, each pair measured in the same run, interleaved, medians and ratios.
 
 Data: lakegen.py's lake (10 M trades + 3.3 M quotes, 8 symbols, 5 days; `--quick`: 1 M trades; the environment
-variable K2_BENCH_QUESTDB_TRADES picks another size, e.g. 100000 for a smoke run). Its trades and quotes are read
-once into memory (Arrow, timestamp order) and both systems get those same rows.
+variable K2_BENCH_QUESTDB_TRADES picks another size, e.g. 100000 for a smoke run, and K2_BENCH_QUESTDB_RUNS the
+number of ingest runs, 3 by default). Its trades and quotes are read once into memory (Arrow, timestamp order) and
+both systems get those same rows.
 
 QuestDB: the server jar from Maven Central (questdb_server.py: 9.3.4, Java 17, 127.0.0.1 only, a fresh root under
 /tmp, stopped at the end). Tables `trades` / `quotes` with every lake column QuestDB can hold: prices and quantities
@@ -312,7 +313,7 @@ def _fmt_ms(value: float) -> str:
 def rows(quick: bool) -> list[Row]:
     n_trades = int(os.environ.get("K2_BENCH_QUESTDB_TRADES") or (1_000_000 if quick else 10_000_000))
     home = lake_home(n_trades)
-    ingest_runs = 1 if quick else 3
+    ingest_runs = int(os.environ.get("K2_BENCH_QUESTDB_RUNS") or (1 if quick else 3))
     runs, budget = (5, 2.0) if quick else (20, 20.0)
     progress(f"questdb: lake {home} ({n_trades:,} trades)")
     build_lake(home, n_trades, n_trades // 3, replace_stale=True)
