@@ -9,11 +9,13 @@ Rows (each module's docstring says exactly what it measures):
   6 bench_fresh.py          produce → visible (fresh read vs the API's lake read); peak memory under load
   7 bench_connect.py        K2's sink vs Apache Iceberg's Kafka Connect sink on Apache Kafka: throughput, freshness,
                             peak memory, kill -9 (needs a JDK 17+ and Maven; jars fetched once)
+  8 bench_questdb.py        bulk ingest and latest / 1-min bars / as-of join vs a QuestDB server on the same lake
+                            (needs a JDK 17+ and Maven; the server jar fetched once)
 
 Ratios are always "how many times better K2 is" (baseline time / K2 time, or K2 rate / baseline rate): > 1 is K2
 ahead. Run from the repo root: `make bench` (full, ~15 min: the first run also writes the 10 M-trade lake and its
 ArcticDB copy under /tmp) or `make bench-quick` (smaller sizes, single runs, about a minute), i.e.
-`python bench/run.py [--quick] [--only sink,fresh] [--markdown FILE]`.
+`python bench/run.py [--quick] [--only sink,fresh,questdb] [--markdown FILE]`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MODULES = {
     "queries": "bench_arctic",
     "fresh": "bench_fresh",
     "connect": "bench_connect",
+    "questdb": "bench_questdb",
 }
 
 
