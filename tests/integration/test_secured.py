@@ -2,8 +2,9 @@
 Kafka's StandardAuthorizer) and K2's registry behind HTTPS and basic auth, reached only through the typed
 K2_KAFKA_* / K2_SCHEMA_REGISTRY_* settings.
 
-Proven: `k2 load` + `k2 sink` land the ASX sample with exact counts, and a fresh=true read through the HTTP API sees
-records only Kafka holds. A wrong password, an untrusted CA or a user without ACLs stop the command with one line
+Proven: `k2 load` + `k2 sink` land the ASX sample with exact counts, a Binance stream (the emulator) lands every
+aggTrade once, `k2 up` serves both and stops cleanly, and a fresh=true read through the HTTP API sees records only
+Kafka holds. A wrong password, an untrusted CA or a user without ACLs stop the command with one line
 and exit code 2, nothing produced or committed, and no password in any output or file under $K2_HOME.
 """
 
@@ -29,16 +30,21 @@ from confluent_kafka.admin import (
     ResourcePatternType,
     ResourceType,
 )
+from rich.console import Console
 
 from k2.api import create_key
 from k2.bus.apache_kafka import ApacheKafkaCluster, SaslSslListener
 from k2.bus.registry import EmbeddedRegistry, RegistryTls
 from k2.bus.stack import Endpoints
 from k2.config import Settings
+from k2.ingest.streaming import stream_binance
 from k2.lake.catalog import open_catalog
 from k2.lake.tables import ensure_tables
+from k2.samples import BINANCE_CAPTURE_2021_04_04
+from k2.sources.binance.emulator.server import BinanceEmulator
 from tests.apache_kafka import INTERNAL_PREFIX, empty
 from tests.api.conftest import FAST, serving
+from tests.dashboard.k2up import k2_up, wait_for_exchanges
 from tests.integration.helpers import lake_count, produce_test_trades
 from tests.tls import make_ca, make_server_certificate
 
@@ -197,6 +203,41 @@ def test_a_fresh_read_through_the_api_sees_what_only_kafka_holds(secured: Secure
         rows = fresh.json()["data"]
     assert sorted(int(row["trade_id"]) for row in rows) == list(range(300))
     assert lake_count(home, "trades_v2") == 0
+
+
+def test_a_binance_stream_lands_every_aggtrade_once_over_sasl_ssl(secured: SecuredCluster, home: Settings) -> None:
+    with BinanceEmulator([BINANCE_CAPTURE_2021_04_04], speed=0).run_in_thread() as venue:
+        recon, _live = stream_binance(
+            home,
+            ["BTCUSDT", "ETHUSDT", "DOTUSDT"],
+            ["aggTrade"],
+            venue.ws_url,
+            venue.rest_url,
+            duration=6,
+            console=Console(quiet=True),
+        )
+    assert recon.ok
+    assert recon.produced == 1910  # every aggTrade frame of the three symbols in the capture
+    assert lake_count(home, "trades_v2", "WHERE exchange = ?", ["binance"]) == 1910
+
+
+def test_k2_up_serves_asx_and_binance_from_the_secured_cluster_and_stops_cleanly(
+    secured: SecuredCluster, home: Settings
+) -> None:
+    with k2_up(home.home_dir, "--binance", "emulator", "--maintain-every", "0") as up:
+        with up.client() as client:
+            wait_for_exchanges(client, {"asx", "binance"}, timeout=180)
+            up.wait_for_line(r"ASX: all [\d,]+ records are in the lake", 240)
+            asx = client.get("/v1/symbols", params={"kind": "trades", "exchange": "asx"}).json()["data"]
+            assert sum(row["count"] for row in asx) == TRADES
+            # The lag probe reads the secured cluster too: every ASX trade produced, all of it committed.
+            topics = {t["topic"]: t for t in client.get("/v1/pipeline").json()["kafka"]["topics"]}
+            assert topics["market.equities.trades.asx"]["end_offset"] == TRADES
+            assert topics["market.equities.trades.asx"]["lag"] == 0
+            assert topics["market.crypto.trades.binance"]["end_offset"] > 0
+        assert up.stop(timeout=60) == 0, up.output
+    assert "stopped." in up.output
+    _assert_no_secret(secured, home.home_dir, up.output)
 
 
 @pytest.mark.parametrize(
