@@ -83,3 +83,17 @@ def test_an_untrusted_certificate_is_one_line_naming_the_ca_setting(registry: Em
     message = str(raised.value)
     assert "failed the TLS handshake" in message and "K2_SCHEMA_REGISTRY_CA_LOCATION" in message
     assert "\n" not in message and PASSWORD not in message
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Basic !!!not-base64", "Bearer abc", "Basic " + "azI=", "Basic " + "bm9ib2R5OnJlZ2lzdHJ5LXMzY3JldC1wdw=="],
+)
+def test_malformed_or_unknown_credentials_answer_401(
+    registry: EmbeddedRegistry, certificate: ServerCertificate, authorization: str
+) -> None:
+    # "azI=" is "k2" without a password; the last is nobody:<the right password>
+    response = httpx.get(
+        f"{registry.url}/subjects", headers={"Authorization": authorization}, verify=str(certificate.ca)
+    )
+    assert response.status_code == 401
