@@ -44,12 +44,14 @@ TRANSIENT_ERRORS = frozenset(
 ATTEMPT_TIMEOUT = 10.0
 
 
+_LOGIN_REFUSED = (
+    "refused K2's SASL login (check K2_KAFKA_SASL_USERNAME / K2_KAFKA_SASL_PASSWORD and K2_KAFKA_SASL_MECHANISM)"
+)
 # What a broker answers when it will not have K2 at all: retrying cannot help, the operator must fix a setting.
+# (librdkafka reports a refused SASL login as _AUTHENTICATION; the broker's own code is SASL_AUTHENTICATION_FAILED.)
 REFUSALS = {
-    KafkaError._AUTHENTICATION: "refused K2's SASL login (check K2_KAFKA_SASL_USERNAME / K2_KAFKA_SASL_PASSWORD and"
-    " K2_KAFKA_SASL_MECHANISM)",
-    KafkaError.SASL_AUTHENTICATION_FAILED: "refused K2's SASL login (check K2_KAFKA_SASL_USERNAME /"
-    " K2_KAFKA_SASL_PASSWORD and K2_KAFKA_SASL_MECHANISM)",
+    KafkaError._AUTHENTICATION: _LOGIN_REFUSED,
+    KafkaError.SASL_AUTHENTICATION_FAILED: _LOGIN_REFUSED,
     KafkaError._SSL: "failed the TLS handshake (is its certificate signed by a CA in K2_KAFKA_SSL_CA_LOCATION, and"
     " for this host name?)",
 }
