@@ -34,6 +34,7 @@ from rich.console import Console
 
 from k2.api import create_key
 from k2.bus.apache_kafka import ApacheKafkaCluster, SaslSslListener
+from k2.bus.broker import free_port
 from k2.bus.registry import EmbeddedRegistry, RegistryTls
 from k2.bus.stack import Endpoints
 from k2.config import Settings
@@ -245,10 +246,12 @@ def test_k2_up_serves_asx_and_binance_from_the_secured_cluster_and_stops_cleanly
     [
         ("wrong_kafka_password", "load", "refused K2's SASL login"),
         ("wrong_kafka_password", "sink", "refused K2's SASL login"),
+        ("wrong_kafka_password", "up", "refused K2's SASL login"),
         ("untrusted_kafka_ca", "load", "failed the TLS handshake"),
         ("user_without_acl", "load", "lacks an ACL"),
         ("user_without_acl", "sink", "lacks an ACL"),
         ("wrong_registry_password", "load", "refused K2's credentials (401)"),
+        ("wrong_registry_password", "up", "refused K2's credentials (401)"),
         ("untrusted_registry_ca", "load", "failed the TLS handshake"),
     ],
 )
@@ -273,7 +276,11 @@ def test_a_refusal_is_one_line_exit_2_nothing_written_no_secret(
     }[case]
     for name, value in changes.items():
         monkeypatch.setenv(name, value)
-    args = ("load", "asx", str(asx_sample)) if command == "load" else ("sink",)
+    args = {
+        "load": ("load", "asx", str(asx_sample)),
+        "sink": ("sink",),
+        "up": ("up", "--port", str(free_port()), "--binance", "off", "--no-asx"),
+    }[command]
     done = subprocess.run(_k2(*args), capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 2, done.stdout + done.stderr
