@@ -68,13 +68,30 @@ def test_a_malformed_setting_is_one_line_naming_it_and_exit_2(variable: str, val
     assert "Traceback" not in done.stderr
 
 
-def test_a_sasl_protocol_without_credentials_is_one_line_naming_what_is_missing(tmp_path: Path) -> None:
-    env = {**_BARE_ENV, "K2_HOME": str(tmp_path), "K2_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+@pytest.mark.parametrize(
+    ("variables", "line"),
+    [
+        (
+            {"K2_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "error: K2_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs K2_KAFKA_SASL_USERNAME and K2_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {"K2_SCHEMA_REGISTRY_PASSWORD": "hunter2"},
+            "error: K2_SCHEMA_REGISTRY_USERNAME and K2_SCHEMA_REGISTRY_PASSWORD go together: set both",
+        ),
+        ({"K2_KAFKA_SSL_CA_LOCATION": "/nonexistent/ca.pem"}, "error: K2_KAFKA_SSL_CA_LOCATION: no such file"),
+        ({"K2_KAFKA_SECURITY_PROTOCOL": "TLS"}, "error: K2_KAFKA_SECURITY_PROTOCOL: Input should be 'PLAINTEXT'"),
+    ],
+)
+def test_incomplete_or_wrong_security_settings_are_one_line_and_exit_2(
+    tmp_path: Path, variables: dict[str, str], line: str
+) -> None:
+    env = {**_BARE_ENV, "K2_HOME": str(tmp_path), **variables}
     done = subprocess.run([sys.executable, "-m", "k2.cli", "settings"], env=env, capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "error: K2_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs K2_KAFKA_SASL_USERNAME and K2_KAFKA_SASL_PASSWORD"
-    ]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
 
 
 def test_typed_kafka_security_settings_become_librdkafka_settings_and_stay_out_of_reprs(tmp_path: Path) -> None:
