@@ -71,6 +71,19 @@ S3_VARS = (
 )
 
 
+# A machine's own Kafka/registry credentials must not reach a test's embedded, unsecured broker and registry.
+SECURITY_VARS = (
+    "K2_KAFKA_SECURITY_PROTOCOL",
+    "K2_KAFKA_SASL_MECHANISM",
+    "K2_KAFKA_SASL_USERNAME",
+    "K2_KAFKA_SASL_PASSWORD",
+    "K2_KAFKA_SSL_CA_LOCATION",
+    "K2_SCHEMA_REGISTRY_USERNAME",
+    "K2_SCHEMA_REGISTRY_PASSWORD",
+    "K2_SCHEMA_REGISTRY_CA_LOCATION",
+)
+
+
 # K2_TEST_BROKER=apache_kafka points every test that uses `settings` at one Apache Kafka broker (KRaft, 127.0.0.1)
 # started for the session, emptied before each test (tests/apache_kafka.py); it combines with the two above.
 TEST_BROKER = os.environ.get("K2_TEST_BROKER", "tansu")
@@ -110,7 +123,14 @@ def isolated_settings(home: Path, monkeypatch: pytest.MonkeyPatch, request: pyte
     """Settings for a fresh `home` on the catalog under test, exported to the environment through `monkeypatch`
     (a fixture of any scope may pass `pytest.MonkeyPatch.context()`)."""
     monkeypatch.setenv("K2_HOME", str(home))
-    for var in ("K2_KAFKA_BOOTSTRAP", "K2_SCHEMA_REGISTRY_URL", "K2_CATALOG_URI", "K2_WAREHOUSE", *S3_VARS):
+    for var in (
+        "K2_KAFKA_BOOTSTRAP",
+        "K2_SCHEMA_REGISTRY_URL",
+        "K2_CATALOG_URI",
+        "K2_WAREHOUSE",
+        *S3_VARS,
+        *SECURITY_VARS,
+    ):
         monkeypatch.delenv(var, raising=False)
     if TEST_CATALOG == "postgres":
         uri = request.getfixturevalue("postgres").create_database()

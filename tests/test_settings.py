@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from k2.bus.clients import base_config
 from k2.config import Settings, environment_variables, settings_table
 
+# No K2_* of the machine; PYTHONPATH kept, so the subprocess imports the k2 under test.
+_BARE_ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLE = re.compile(r"<!-- settings-table:begin -->\n(.*?)<!-- settings-table:end -->", re.S)
 
@@ -56,9 +60,61 @@ def test_json_settings_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_a_malformed_setting_is_one_line_naming_it_and_exit_2(variable: str, value: str, message: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", variable: value}
+    env = {**_BARE_ENV, variable: value}
     done = subprocess.run([sys.executable, "-m", "k2.cli", "settings"], env=env, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith(message)
     assert len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "line"),
+    [
+        (
+            {"K2_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "error: K2_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs K2_KAFKA_SASL_USERNAME and K2_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {"K2_SCHEMA_REGISTRY_PASSWORD": "hunter2"},
+            "error: K2_SCHEMA_REGISTRY_USERNAME and K2_SCHEMA_REGISTRY_PASSWORD go together: set both",
+        ),
+        ({"K2_KAFKA_SSL_CA_LOCATION": "/nonexistent/ca.pem"}, "error: K2_KAFKA_SSL_CA_LOCATION: no such file"),
+        ({"K2_KAFKA_SECURITY_PROTOCOL": "TLS"}, "error: K2_KAFKA_SECURITY_PROTOCOL: Input should be 'PLAINTEXT'"),
+    ],
+)
+def test_incomplete_or_wrong_security_settings_are_one_line_and_exit_2(
+    tmp_path: Path, variables: dict[str, str], line: str
+) -> None:
+    env = {**_BARE_ENV, "K2_HOME": str(tmp_path), **variables}
+    done = subprocess.run([sys.executable, "-m", "k2.cli", "settings"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+
+
+def test_typed_kafka_security_settings_become_librdkafka_settings_and_stay_out_of_reprs(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = Settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="k2",
+        kafka_sasl_password="hunter2",
+        kafka_ssl_ca_location=ca,
+        kafka_extra={"ssl.endpoint.identification.algorithm": "none"},
+        schema_registry_username="k2",
+        schema_registry_password="registry-hunter2",
+    )
+    config = base_config(settings, "broker:9093")
+    assert {k: config[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password")} == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "k2",
+        "sasl.password": "hunter2",
+    }
+    assert config["ssl.ca.location"] == str(ca)
+    assert config["ssl.endpoint.identification.algorithm"] == "none"  # K2_KAFKA_EXTRA still applies, last
+    assert settings.schema_registry_auth == ("k2", "registry-hunter2")
+    assert "hunter2" not in repr(settings)
+    assert Settings().kafka_security_config == {}  # PLAINTEXT: nothing added

@@ -510,7 +510,7 @@ def sink(
     """Run a sink worker: market.* topics → Iceberg, exactly once, until SIGTERM/Ctrl-C (then commit, exit)."""
     _serve_metrics(metrics_port)
     from k2.bus.registry_client import RegistryClient
-    from k2.bus.stack import NO_KAFKA, existing_endpoints
+    from k2.bus.stack import NO_KAFKA, check_configured, existing_endpoints
     from k2.lake.catalog import open_catalog
     from k2.lake.sink import IcebergSink
 
@@ -519,10 +519,12 @@ def sink(
     if endpoints is None:
         err.print(f"[red]error:[/red] {NO_KAFKA}.")
         raise typer.Exit(2)
+    check_configured(settings, endpoints)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    worker = IcebergSink(settings, endpoints.bootstrap, RegistryClient(endpoints.registry_url), open_catalog(settings))
+    registry = RegistryClient.for_settings(settings, endpoints.registry_url)
+    worker = IcebergSink(settings, endpoints.bootstrap, registry, open_catalog(settings))
     stats = worker.run(stop=stop)
     err.print(f"sink stopped: consumed {stats.consumed:,}, written {dict(stats.written)}, commits {stats.commits}")
 
@@ -594,5 +596,19 @@ def stack(
         raise typer.Exit(2) from None
 
 
+def run() -> None:
+    """The `k2` command's entry point: `app` with a refused login, an untrusted certificate or a missing ACL (of
+    Kafka or the registry) reported as one line and exit code 2 instead of a traceback."""
+    from k2.bus.clients import KafkaAccessError
+    from k2.bus.registry_client import RegistryError
+    from k2.redact import redact
+
+    try:
+        app()
+    except (KafkaAccessError, RegistryError) as exc:
+        err.print(f"error: {redact(str(exc))}", markup=False, soft_wrap=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    run()

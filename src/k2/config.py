@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
@@ -96,6 +96,21 @@ class BrokerKind(StrEnum):
     kafka = "kafka"  # Apache Kafka in KRaft mode, one node, its log under $K2_HOME/kafka (k2.bus.apache_kafka)
 
 
+class KafkaSecurityProtocol(StrEnum):
+    """librdkafka's security.protocol: how K2's clients talk to the brokers."""
+
+    plaintext = "PLAINTEXT"
+    ssl = "SSL"
+    sasl_plaintext = "SASL_PLAINTEXT"
+    sasl_ssl = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    scram_sha_512 = "SCRAM-SHA-512"
+    scram_sha_256 = "SCRAM-SHA-256"
+    plain = "PLAIN"
+
+
 class Settings(BaseSettings):
     # populate_by_name: fields with AWS_* fallbacks are still set as Settings(s3_endpoint=...)
     model_config = SettingsConfigDict(env_prefix="K2_", extra="ignore", populate_by_name=True)
@@ -113,6 +128,23 @@ class Settings(BaseSettings):
         description="JSON object of extra librdkafka settings applied to every client (the escape hatch for options"
         " K2 has no setting of its own for)",
     )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default=KafkaSecurityProtocol.plaintext,
+        description="How clients talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        default=SaslMechanism.scram_sha_512,
+        description="SASL mechanism with a SASL_* protocol: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN",
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user (needed with a SASL_* protocol)")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (needed with a SASL_* protocol; never logged)"
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the brokers' certificates (SSL, SASL_SSL); unset = the"
+        " system's trusted CAs",
+    )
     topic_partitions: int = Field(default=3, ge=1, description="Partitions of topics K2 creates")
     topic_replication: int = Field(default=1, ge=1, description="Replication factor of topics K2 creates")
     topic_retention_ms: int = Field(
@@ -124,6 +156,17 @@ class Settings(BaseSettings):
     # --- Schema registry -------------------------------------------------------------------------------------
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible registry URL; unset = the embedded registry"
+    )
+    schema_registry_username: str | None = Field(
+        default=None, description="Registry basic-auth user (else a user:password in the URL)"
+    )
+    schema_registry_password: SecretStr | None = Field(
+        default=None, description="Registry basic-auth password (with the user; never logged)"
+    )
+    schema_registry_ca_location: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed an https:// registry's certificate; unset = the system's"
+        " trusted CAs",
     )
 
     # --- Iceberg ---------------------------------------------------------------------------------------------
@@ -222,6 +265,47 @@ class Settings(BaseSettings):
         if not all(0 <= v <= 2 for v in value.values()):
             raise ValueError('must map "asset_class/exchange" to 0, 1 or 2, e.g. {"crypto/binance": 2}')
         return {k.lower(): v for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> Settings:
+        # Raised here, at start, rather than as a broker's "authentication failed" minutes into a load.
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"K2_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs K2_KAFKA_SASL_USERNAME and"
+                " K2_KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.schema_registry_username) != bool(self.schema_registry_password):
+            raise ValueError("K2_SCHEMA_REGISTRY_USERNAME and K2_SCHEMA_REGISTRY_PASSWORD go together: set both")
+        for name in ("kafka_ssl_ca_location", "schema_registry_ca_location"):
+            path = getattr(self, name)
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"K2_{name.upper()}: no such file: {path}")
+        return self
+
+    @property
+    def kafka_security_config(self) -> dict[str, str]:
+        """The librdkafka settings of the typed K2_KAFKA_* security settings (empty for PLAINTEXT). Holds the
+        password: pass it to a client, never log it."""
+        protocol = self.kafka_security_protocol
+        if protocol is KafkaSecurityProtocol.plaintext:
+            return {}
+        config = {"security.protocol": protocol.value}
+        if protocol.startswith("SASL_") and self.kafka_sasl_username and self.kafka_sasl_password:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism.value
+            config["sasl.username"] = self.kafka_sasl_username
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if protocol.endswith("SSL") and self.kafka_ssl_ca_location is not None:
+            config["ssl.ca.location"] = str(self.kafka_ssl_ca_location.expanduser())
+        return config
+
+    @property
+    def schema_registry_auth(self) -> tuple[str, str] | None:
+        """(user, password) for the registry's basic auth, when set. Holds the password: never log it."""
+        if self.schema_registry_username and self.schema_registry_password:
+            return self.schema_registry_username, self.schema_registry_password.get_secret_value()
+        return None
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Passwords in URIs (K2_CATALOG_URI) and secret values in JSON settings (K2_KAFKA_EXTRA's sasl.password,
@@ -359,7 +443,10 @@ def describe_errors(exc: ValidationError | SettingsError) -> list[str]:
     prefix = model.model_config.get("env_prefix", "")
     lines = []
     for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else ""
+        if not error["loc"]:  # a rule over several settings (Settings._credentials_complete) names them itself
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(error["loc"][0])
         variable = name if name.isupper() else f"{prefix}{name}".upper()
         lines.append(f"{variable}: {error['msg']}")
     return lines

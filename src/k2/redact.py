@@ -2,7 +2,8 @@
 
 K2 takes credentials from configuration (K2_CATALOG_URI with a password, K2_SCHEMA_REGISTRY_URL with user:password,
 SASL/SSL settings in K2_KAFKA_EXTRA, S3 keys); every repr, log line and error message that may hold them passes
-through `redact`.
+through `redact`. The typed secrets (K2_KAFKA_SASL_PASSWORD, K2_SCHEMA_REGISTRY_PASSWORD, K2_S3_SECRET_ACCESS_KEY)
+are SecretStr: masked in any repr, handed out only where a client is built.
 """
 
 from __future__ import annotations

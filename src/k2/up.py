@@ -240,7 +240,7 @@ class Platform:
         stack = Stack(settings)
         # Started by this (main) thread: the broker's parent-death signal follows the thread that forked it.
         self.endpoints = endpoints = self._exit.enter_context(stack)
-        registry = RegistryClient(endpoints.registry_url)
+        registry = RegistryClient.for_settings(settings, endpoints.registry_url)
         catalog = open_catalog(settings)
         ensure_tables(catalog)  # /ready and the dashboard see every table from the first second
 

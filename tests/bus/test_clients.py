@@ -50,3 +50,26 @@ def test_patience_runs_out(no_sleeping: list[float]) -> None:
     with pytest.raises(KafkaException):
         retry_transient(call, "committed offsets", patience=0.1)
     assert len(calls) == 1  # the first back-off (0.5 s) is already beyond 0.1 s of patience
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (KafkaError._AUTHENTICATION, "refused K2's SASL login"),
+        (KafkaError.SASL_AUTHENTICATION_FAILED, "refused K2's SASL login"),
+        (KafkaError._SSL, "failed the TLS handshake"),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "lacks an ACL"),
+        (KafkaError.GROUP_AUTHORIZATION_FAILED, "lacks an ACL"),
+    ],
+)
+def test_a_refusal_or_denial_is_one_line_naming_what_to_check(code: int, says: str) -> None:
+    error = clients.access_error(KafkaError(code, "sasl.password=hunter2 rejected"), "broker:9093")
+    assert error is not None
+    message = str(error)
+    assert message.startswith("Kafka at broker:9093 ") and says in message
+    assert "\n" not in message and "hunter2" not in message
+
+
+def test_a_transient_error_is_no_access_error() -> None:
+    assert clients.access_error(KafkaError(KafkaError._TRANSPORT, "broker down")) is None
+    assert clients.access_error(KafkaError(KafkaError.NOT_COORDINATOR, "moving")) is None

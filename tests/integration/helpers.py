@@ -6,7 +6,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from k2.bus.clients import ensure_topics, fetch_committed, producer_config
+from k2.bus.clients import base_config, ensure_topics, fetch_committed, producer_config
 from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.topics import TopicName
@@ -81,10 +81,10 @@ def all_committed(bootstrap: str, group: str, targets: dict[tuple[str, int], int
 def produce_test_trades(settings: Settings, endpoints, count: int, first: int = 0) -> tuple[RegistryClient, dict]:
     """Trades `first`..`first + count - 1` (make_trade) on TEST_TOPIC, acknowledged; the registry client and the
     end offsets to land."""
-    admin = AdminClient({"bootstrap.servers": endpoints.bootstrap})
+    admin = AdminClient(base_config(settings, endpoints.bootstrap))
     ensure_topics(admin, settings, [str(TEST_TOPIC), TEST_TOPIC.dlq])
     del admin
-    registry = RegistryClient(endpoints.registry_url)
+    registry = RegistryClient.for_settings(settings, endpoints.registry_url)
     producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
     records = [make_trade(i) for i in range(first, first + count)]
     producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))

@@ -23,8 +23,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -33,6 +34,7 @@ from confluent_kafka.admin import AdminClient
 
 from k2.bus.broker import _die_with_parent, free_port
 from k2.config import Settings
+from k2.redact import redact
 
 log = structlog.get_logger(__name__)
 
@@ -165,19 +167,54 @@ _LOG4J2 = """Configuration:
 """
 
 
-class KafkaNode:
-    """One Kafka JVM (broker + controller) on 127.0.0.1 with its own ports and log directory."""
+SCRAM_MECHANISM = "SCRAM-SHA-512"
 
-    def __init__(self, node_id: int, directory: Path, port: int = 0) -> None:
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A client listener speaking SASL_SSL beside the PLAINTEXT one: TLS with `certificate` (PEM: the server's
+    certificate, then its chain) and `key` (PEM, unencrypted PKCS#8), SCRAM-SHA-512 logins for `users` (name ->
+    password, written into the log at format time), and Kafka's StandardAuthorizer: a user may do only what an ACL
+    allows. The PLAINTEXT and CONTROLLER listeners stay on loopback for the nodes themselves and the operator; their
+    principal (User:ANONYMOUS) is the super user that creates the ACLs."""
+
+    certificate: Path
+    key: Path
+    users: Mapping[str, str]
+
+    def __repr__(self) -> str:  # the passwords stay out of reprs (and so of logs and test reports)
+        return f"SaslSslListener(certificate={self.certificate}, key={self.key}, users={sorted(self.users)})"
+
+    def scram_arguments(self) -> list[str]:
+        """StorageTool's `--add-scram` arguments creating every user's credentials."""
+        args: list[str] = []
+        for name, password in self.users.items():
+            args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
+        return args
+
+
+class KafkaNode:
+    """One Kafka JVM (broker + controller) on 127.0.0.1 with its own ports and log directory; with `secured`, also
+    a SASL_SSL listener on `secured_port`."""
+
+    def __init__(self, node_id: int, directory: Path, port: int = 0, secured: SaslSslListener | None = None) -> None:
         self.node_id = node_id
         self.directory = directory
         self.port = port or free_port()
         self.controller_port = free_port()
+        self.secured = secured
+        self.secured_port = free_port() if secured else None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def secured_bootstrap(self) -> str:
+        if self.secured_port is None:
+            raise ApacheKafkaError(f"Kafka node {self.node_id} has no SASL_SSL listener")
+        return f"127.0.0.1:{self.secured_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -227,8 +264,31 @@ class KafkaNode:
             # sink workers should not pay that on every load.
             "group.initial.rebalance.delay.ms": 0,
         }
+        if self.secured is not None:
+            props.update(self._sasl_ssl_properties(self.secured))
         self.properties.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.directory / "log4j2.yaml").write_text(_LOG4J2.format(log=self.log_file))
+
+    def _sasl_ssl_properties(self, secured: SaslSslListener) -> dict[str, object]:
+        # Kafka's PEM key store (KIP-651) is one file holding the private key and the certificate chain.
+        key_store = self.directory / "server-keystore.pem"
+        key_store.write_text(secured.key.read_text() + secured.certificate.read_text())
+        key_store.chmod(0o600)
+        listener = f"SASL_SSL://127.0.0.1:{self.secured_port}"
+        return {
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},{listener}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port},{listener}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.keystore.location": key_store,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # The loopback PLAINTEXT/CONTROLLER listeners' principal: the nodes themselves and the operator.
+            "super.users": "User:ANONYMOUS",
+        }
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
         return [
@@ -245,11 +305,15 @@ class KafkaNode:
         """Format the log directory for `cluster_id` (Kafka's StorageTool); a directory already formatted is kept."""
         if (self.data_dir / "meta.properties").exists():
             return
-        cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties))
+        scram = self.secured.scram_arguments() if self.secured else []
+        # --cluster-id=...: an id starting with "-" (1 in 64 are) would be taken for an option after a bare -t
+        cmd = self._java(
+            libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.properties), *scram
+        )
         result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             raise ApacheKafkaError(
-                f"Kafka could not format {self.data_dir}: {(result.stdout + result.stderr).strip()[-300:]}"
+                f"Kafka could not format {self.data_dir}: {redact((result.stdout + result.stderr).strip()[-300:])}"
             )
 
     def launch(self, libs: Path) -> None:
@@ -333,14 +397,16 @@ class ApacheKafkaCluster:
         port: int = 0,
         cache: Path | None = None,
         version: str = KAFKA_VERSION,
+        secured: SaslSslListener | None = None,
     ) -> None:
-        """`port`: the first node's client port (0 = any free one; the others always take free ones)."""
+        """`port`: the first node's client port (0 = any free one; the others always take free ones). `secured`:
+        every node also listens for SASL_SSL clients (`secured_bootstrap`)."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.root = root
         self.cache = cache
         self.version = version
-        self.nodes = [KafkaNode(i, root / f"node-{i}", port if i == 1 else 0) for i in range(1, nodes + 1)]
+        self.nodes = [KafkaNode(i, root / f"node-{i}", port if i == 1 else 0, secured) for i in range(1, nodes + 1)]
         self._libs: Path | None = None
 
     @classmethod
@@ -351,6 +417,11 @@ class ApacheKafkaCluster:
     @property
     def bootstrap(self) -> str:
         return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def secured_bootstrap(self) -> str:
+        """The SASL_SSL listeners (a cluster started with `secured`)."""
+        return ",".join(node.secured_bootstrap for node in self.nodes)
 
     @property
     def pid(self) -> int | None:

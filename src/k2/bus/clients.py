@@ -1,4 +1,9 @@
-"""Kafka client settings and admin helpers shared by the producer and the sink."""
+"""Kafka client settings and admin helpers shared by the producer and the sink.
+
+`base_config` is the one place K2's settings become librdkafka settings: the typed K2_KAFKA_SECURITY_PROTOCOL /
+_SASL_* / _SSL_CA_LOCATION first, then K2_KAFKA_EXTRA (the escape hatch) over them. `check_access` turns a broker
+refusing K2 (a wrong password, an untrusted certificate) into one `KafkaAccessError` line before anything runs.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollectio
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from k2.config import Settings
+from k2.redact import redact
 
 log = structlog.get_logger(__name__)
 
@@ -38,10 +44,85 @@ TRANSIENT_ERRORS = frozenset(
 ATTEMPT_TIMEOUT = 10.0
 
 
+_LOGIN_REFUSED = (
+    "refused K2's SASL login (check K2_KAFKA_SASL_USERNAME / K2_KAFKA_SASL_PASSWORD and K2_KAFKA_SASL_MECHANISM)"
+)
+# What a broker answers when it will not have K2 at all: retrying cannot help, the operator must fix a setting.
+# (librdkafka reports a refused SASL login as _AUTHENTICATION; the broker's own code is SASL_AUTHENTICATION_FAILED.)
+REFUSALS = {
+    KafkaError._AUTHENTICATION: _LOGIN_REFUSED,
+    KafkaError.SASL_AUTHENTICATION_FAILED: _LOGIN_REFUSED,
+    KafkaError._SSL: "failed the TLS handshake (is its certificate signed by a CA in K2_KAFKA_SSL_CA_LOCATION, and"
+    " for this host name?)",
+}
+# A login that worked but an ACL that does not allow the request.
+DENIALS = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    }
+)
+
+
+class KafkaAccessError(RuntimeError):
+    """The brokers refused K2: bad credentials, an untrusted certificate, or an ACL that does not allow it. The
+    message is one line, saying what to check; it holds no secret."""
+
+
+class _ClientLog:
+    """librdkafka's own log lines, routed into structlog at INFO (shown with -v) instead of straight to stderr: a
+    broker that refuses a login would otherwise print one line per reconnect attempt, dozens a second, around the
+    one error K2 reports. Every failure that matters reaches K2 as an error or exception anyway."""
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        log.info("kafka.client", librdkafka_level=level, message=redact(message % args if args else message))
+
+
+_CLIENT_LOG = _ClientLog()
+
+
 def base_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
-    # kafka_extra carries SASL/SSL settings for real clusters; never logged (it may hold secrets).
+    """Settings every client shares. Holds the SASL password: never log it (redact_mapping masks it)."""
     # log.connection.close=False: a broker closing idle connections at shutdown is not worth a log line
-    return {"bootstrap.servers": bootstrap, "log.connection.close": False, **settings.kafka_extra}
+    return {
+        "bootstrap.servers": bootstrap,
+        "log.connection.close": False,
+        "logger": _CLIENT_LOG,
+        **settings.kafka_security_config,
+        **settings.kafka_extra,
+    }
+
+
+def access_error(error: KafkaError, bootstrap: str | None = None) -> KafkaAccessError | None:
+    """The one-line KafkaAccessError `error` means, or None when it is not a refusal or a denial."""
+    kafka = f"Kafka at {bootstrap}" if bootstrap else "Kafka"
+    if error.code() in REFUSALS:
+        return KafkaAccessError(f"{kafka} {REFUSALS[error.code()]}: {redact(error.str())}")
+    if error.code() in DENIALS:
+        return KafkaAccessError(
+            f"{kafka} denied the request ({error.name()}): the user K2 logs in as lacks an ACL for it"
+            " (see README, Running on a real cluster)"
+        )
+    return None
+
+
+def check_access(settings: Settings, bootstrap: str, timeout: float = 15.0) -> None:
+    """Raise KafkaAccessError when the brokers refuse K2's login or certificate. A broker that does not answer
+    within `timeout` is not an access problem: that is left to the callers' own waiting and retries."""
+    refusals: list[KafkaError] = []
+    admin = AdminClient({**base_config(settings, bootstrap), "error_cb": refusals.append})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except KafkaException:
+            admin.poll(0)  # error_cb runs in poll(): a refused login arrives as _AUTHENTICATION, a bad CA as _SSL
+        for error in refusals:
+            if (refused := access_error(error, bootstrap)) is not None:
+                raise refused
 
 
 def producer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
@@ -96,6 +177,8 @@ def ensure_topics(admin: AdminClient, settings: Settings, topics: Iterable[str])
             future.result()
             log.info("topic.created", topic=topic, partitions=settings.topic_partitions)
         except KafkaException as exc:
+            if exc.args[0].code() in DENIALS:
+                raise access_error(exc.args[0]) from None
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
 

@@ -7,12 +7,15 @@ message in a hot loop, so every answer that cannot change is cached and the HTTP
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from k2.config import Settings
 from k2.redact import redact
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -43,13 +46,25 @@ def _key(schema: dict[str, Any]) -> str:
 class RegistryClient:
     """Register and fetch Avro schemas; thread-safe, with answers cached per process."""
 
-    def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        auth: tuple[str, str] | None = None,
+        timeout: float = 10.0,
+        ca_location: Path | None = None,
+    ) -> None:
+        """`auth`: basic-auth (user, password), else any user:password in `url`; `ca_location`: a PEM file of the
+        CA(s) an https:// registry's certificate must be signed by (default: the system's trusted CAs)."""
         self.url = url.rstrip("/")
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_location.expanduser())) if ca_location is not None else True
+        )
         # Idle connections are dropped after 2 s, before a server drops them (uvicorn, K2's embedded registry: 5 s,
         # httpx's own default) and a request goes out on a connection being closed.
         self._http = httpx.Client(
             base_url=self.url,
             auth=auth,
+            verify=verify,
             timeout=timeout,
             headers={"Accept": CONTENT_TYPE},
             limits=httpx.Limits(keepalive_expiry=2.0),
@@ -58,6 +73,15 @@ class RegistryClient:
         self._ids: dict[tuple[str, str], int] = {}  # (subject, schema key) -> id
         self._schemas: dict[int, dict[str, Any]] = {}  # id -> schema (ids are immutable)
         self._latest: dict[str, tuple[float, tuple[int, int, dict[str, Any]]]] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings, url: str) -> RegistryClient:
+        """A client of the registry at `url` with K2_SCHEMA_REGISTRY_USERNAME/_PASSWORD/_CA_LOCATION."""
+        return cls(url, auth=settings.schema_registry_auth, ca_location=settings.schema_registry_ca_location)
+
+    def check(self) -> None:
+        """Raise RegistryError unless the registry answers an authenticated request (GET /config)."""
+        self._call("GET", "/config")
 
     def register(self, subject: str, schema: dict[str, Any]) -> int:
         """The id of `schema` under `subject`, registering it if new (idempotent).
@@ -124,11 +148,21 @@ class RegistryClient:
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None, subject: str = "") -> Any:
         try:
             response = self._send(method, path, body)
+        except httpx.ConnectError as exc:
+            if _tls_refused(exc):
+                raise RegistryError(
+                    f"schema registry at {redact(self.url)} failed the TLS handshake ({_tls_reason(exc)}): is its"
+                    " certificate signed by a CA in K2_SCHEMA_REGISTRY_CA_LOCATION, and for this host name?"
+                ) from None
+            raise self._unreachable(exc) from exc
         except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code in (401, 403):
             raise RegistryError(
-                f"schema registry at {redact(self.url)} is unreachable ({exc}); start it (K2 starts its own when "
-                f"K2_SCHEMA_REGISTRY_URL is unset) or fix K2_SCHEMA_REGISTRY_URL"
-            ) from exc
+                f"schema registry at {redact(self.url)} refused K2's credentials ({response.status_code}): check"
+                " K2_SCHEMA_REGISTRY_USERNAME and K2_SCHEMA_REGISTRY_PASSWORD",
+                response.status_code,
+            )
         if response.is_success:
             return response.json()
         try:
@@ -139,6 +173,30 @@ class RegistryClient:
         if response.status_code == 409:
             raise SchemaIncompatibleError(subject, message, list(error.get("messages") or [error.get("message")]))
         raise RegistryError(message, response.status_code, error.get("error_code"))
+
+    def _unreachable(self, exc: httpx.TransportError) -> RegistryError:
+        return RegistryError(
+            f"schema registry at {redact(self.url)} is unreachable ({exc}); start it (K2 starts its own when "
+            f"K2_SCHEMA_REGISTRY_URL is unset) or fix K2_SCHEMA_REGISTRY_URL"
+        )
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    return any(isinstance(e, ssl.SSLError) for e in _causes(exc))
+
+
+def _tls_reason(exc: BaseException) -> str:
+    error = next(e for e in _causes(exc) if isinstance(e, ssl.SSLError))
+    return str(getattr(error, "verify_message", None) or getattr(error, "reason", None) or error)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def _body_headers(body: dict[str, Any] | None) -> dict[str, str]:

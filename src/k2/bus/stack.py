@@ -23,7 +23,9 @@ import structlog
 
 from k2.bus.apache_kafka import ApacheKafkaCluster
 from k2.bus.broker import EmbeddedBroker
+from k2.bus.clients import check_access
 from k2.bus.registry import EmbeddedRegistry
+from k2.bus.registry_client import RegistryClient
 from k2.config import BrokerKind, Settings
 
 log = structlog.get_logger(__name__)
@@ -94,6 +96,17 @@ def existing_endpoints(settings: Settings) -> Endpoints | None:
     return Endpoints(bootstrap, registry_url, embedded=settings.kafka_bootstrap is None)
 
 
+def check_configured(settings: Settings, endpoints: Endpoints) -> None:
+    """Fail at once, with one line, when a configured Kafka or registry refuses K2's credentials or certificate
+    (clients.KafkaAccessError, registry_client.RegistryError), before a run has produced or consumed anything.
+    Endpoints K2 started itself on loopback are not checked: they take no credentials."""
+    if settings.kafka_bootstrap:
+        check_access(settings, endpoints.bootstrap)
+    if settings.schema_registry_url:
+        with RegistryClient.for_settings(settings, endpoints.registry_url) as registry:
+            registry.check()
+
+
 class Stack:
     """Context manager yielding Endpoints; stops whatever it started (and only that) on exit."""
 
@@ -128,6 +141,7 @@ class Stack:
                 self.registry.start()
                 self._exit.callback(self.registry.stop)
                 registry_url = self.registry.url
+            check_configured(s, Endpoints(bootstrap, registry_url, embedded=False))
         except BaseException:
             self._exit.close()
             raise

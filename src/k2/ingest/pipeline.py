@@ -46,7 +46,7 @@ def produce(
     `governor` (k2.ingest.degradation; default: memory-driven, spilling under $K2_HOME/spill), which may slow the
     source or set batches aside on disk; whatever it set aside is sent before this returns."""
     recon = Reconciliation(source.describe())
-    registry = RegistryClient(endpoints.registry_url)
+    registry = RegistryClient.for_settings(settings, endpoints.registry_url)
     admin = AdminClient(base_config(settings, endpoints.bootstrap))
     producer = RecordProducer(producer_config(settings, endpoints.bootstrap), registry)
     governor = governor or default_governor(settings)
@@ -204,7 +204,7 @@ def load(source: Source, settings: Settings, console: Console | None = None) -> 
     source.check()  # a wrong folder or a corrupt download: one line, before a broker starts
     stack = Stack(settings)
     with stack as endpoints:
-        registry = RegistryClient(endpoints.registry_url)
+        registry = RegistryClient.for_settings(settings, endpoints.registry_url)
         # A broker this run started has no other sink: assign topics directly as they appear and skip the ~3 s
         # group join; on a shared stack, join the group like any other worker.
         own_broker = stack.broker is not None

@@ -88,7 +88,7 @@ def stream_binance(
     recon = Reconciliation(f"Binance {','.join(symbols)} {','.join(channels)} via {ws_endpoint}")
     stack = Stack(settings)
     with stack as endpoints:
-        registry = RegistryClient(endpoints.registry_url)
+        registry = RegistryClient.for_settings(settings, endpoints.registry_url)
         admin = AdminClient(base_config(settings, endpoints.bootstrap))
         ensure_topics(admin, settings, [name for t in BINANCE_TOPICS for name in (str(t), t.dlq)])
         del admin

@@ -39,7 +39,7 @@ from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from k2.bus.batch_decode import BatchDecodeError, decode_batch
-from k2.bus.clients import consumer_config, fetch_committed, producer_config, topic_ids
+from k2.bus.clients import access_error, base_config, consumer_config, fetch_committed, producer_config, topic_ids
 from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.serde import DecodeError, decode, schema_id_of
@@ -133,7 +133,7 @@ class IcebergSink:
         self._registry = registry
         self._catalog = catalog
         self._topics = topics
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, **settings.kafka_extra})
+        self._admin = AdminClient(base_config(settings, bootstrap))
         self._consumer = Consumer(consumer_config(settings, bootstrap, settings.sink_group))
         self._dlq = RecordProducer(producer_config(settings, bootstrap), registry)
         self._tables: dict[str, Table] = {}
@@ -247,6 +247,8 @@ class IcebergSink:
         buffered = consumed = 0
         for msg in messages:
             if msg.error():
+                if (refused := access_error(msg.error())) is not None:
+                    raise refused  # no ACL for the group or topics, or a login refused: waiting cannot fix it
                 log.warning("sink.consume_error", error=msg.error().str())
                 continue
             topic, offset = msg.topic(), msg.offset()

@@ -41,7 +41,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from k2.bus.batch_decode import BatchDecodeError, decode_batch
-from k2.bus.clients import consumer_config, fetch_committed, topic_ids
+from k2.bus.clients import base_config, consumer_config, fetch_committed, topic_ids
 from k2.bus.registry_client import RegistryClient, RegistryError
 from k2.bus.serde import DecodeError, decode, schema_id_of
 from k2.bus.stack import Endpoints
@@ -133,8 +133,8 @@ class FreshReader:
 
     def __init__(self, source: FreshSource) -> None:
         self.source = source
-        self._admin = AdminClient({"bootstrap.servers": source.bootstrap, **source.settings.kafka_extra})
-        self._registry = RegistryClient(source.registry_url)
+        self._admin = AdminClient(base_config(source.settings, source.bootstrap))
+        self._registry = RegistryClient.for_settings(source.settings, source.registry_url)
 
     def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None) -> Tail:
         """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded.

@@ -7,7 +7,7 @@ in SQLite, and the compatibility decisions), `routes` (the HTTP API over a store
 """
 
 from k2.bus.registry.routes import CONTENT_TYPE
-from k2.bus.registry.server import EmbeddedRegistry, create_registry_app
+from k2.bus.registry.server import EmbeddedRegistry, RegistryTls, create_registry_app
 from k2.bus.registry.store import DB_FILE, LATEST, RegistryError, SchemaStore
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "LATEST",
     "EmbeddedRegistry",
     "RegistryError",
+    "RegistryTls",
     "SchemaStore",
     "create_registry_app",
 ]
