@@ -31,17 +31,28 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _for_the_user(exc: Exception) -> bool:
+    """A mistake the user fixes (k2.core.errors.UserError) or a refusal they answer for: a login Kafka or the
+    registry refused, an untrusted certificate, a missing ACL."""
+    from k2.bus.clients import KafkaAccessError  # imported when needed: most commands never touch Kafka
+    from k2.bus.registry_client import RegistryError
+
+    return isinstance(exc, UserError | KafkaAccessError | RegistryError)
+
+
 class _K2Command(TyperGroup):
-    """`k2` itself: a UserError raised by any command is one line on stderr and exit code 2, not a traceback
-    (`k2 --debug ...` lets it through)."""
+    """`k2` itself: a user's mistake or a refused login anywhere below is one line on stderr (secrets redacted) and
+    exit code 2, not a traceback (`k2 --debug ...` lets it through)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except UserError as exc:
-            if ctx.params.get("debug"):
+        except Exception as exc:
+            if ctx.params.get("debug") or not _for_the_user(exc):
                 raise
-            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            from k2.redact import redact
+
+            err.print(f"error: {redact(str(exc))}", markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
 
@@ -596,19 +607,5 @@ def stack(
         raise typer.Exit(2) from None
 
 
-def run() -> None:
-    """The `k2` command's entry point: `app` with a refused login, an untrusted certificate or a missing ACL (of
-    Kafka or the registry) reported as one line and exit code 2 instead of a traceback."""
-    from k2.bus.clients import KafkaAccessError
-    from k2.bus.registry_client import RegistryError
-    from k2.redact import redact
-
-    try:
-        app()
-    except (KafkaAccessError, RegistryError) as exc:
-        err.print(f"error: {redact(str(exc))}", markup=False, soft_wrap=True)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    run()
+    app()
