@@ -158,13 +158,18 @@ def _partition(admin: AdminClient, topic: str) -> PartitionMetadata:
     return admin.list_topics(topic, timeout=10).topics[topic].partitions[0]
 
 
+def _partition_or_none(admin: AdminClient, topic: str) -> PartitionMetadata | None:
+    return admin.list_topics(topic, timeout=10).topics[topic].partitions.get(0)
+
+
 @pytest.mark.apache_kafka
 def test_three_node_cluster_keeps_acks_all_writes_through_a_kill_9_of_the_leader(cluster: ApacheKafkaCluster) -> None:
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     assert set(admin.list_topics(timeout=10).brokers) == {1, 2, 3}
     topic = "k2.smoke"
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3)])[topic].result()
-    _wait(lambda: len(_partition(admin, topic).isrs) == 3, 60, "3 in-sync replicas")
+    # Metadata may not list the new topic's partition for a moment after the controller created it.
+    _wait(lambda: len(getattr(_partition_or_none(admin, topic), "isrs", ())) == 3, 60, "3 in-sync replicas")
 
     _produce(cluster.bootstrap, topic, range(100))
     assert _read_all(cluster.bootstrap, topic, 100) == list(range(100))
