@@ -28,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from common import stop_process
+
 from k2.bus.apache_kafka import LOG4J_VERSION, ApacheKafkaError, default_cache, maven_libs
 from k2.bus.broker import _die_with_parent, free_port
 
@@ -239,11 +241,4 @@ class ConnectWorker:
 
     def stop(self, timeout: float = 60.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout)

@@ -13,9 +13,7 @@ after a timeout.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -23,6 +21,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from common import stop_process
 
 from k2.bus.apache_kafka import default_cache, maven_libs
 from k2.bus.broker import _die_with_parent, free_port
@@ -134,14 +134,7 @@ class QuestDBServer:
 
     def stop(self, timeout: float = 60.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc, timeout)
 
     def __enter__(self) -> QuestDBServer:
         return self.start()
