@@ -58,10 +58,10 @@ system-packages:
 
 test: setup lint system-packages $(S3RVER) $(VENV)/.spark-deps
 	$(BIN)/pytest -q -ra -m "not faults and not spark and not apache_kafka"
-	# Spark (one local JVM) reads K2's tables over REST and JDBC, prunes, commits; K2 goes on exactly once (~4 min)
+	# Spark (one local JVM) reads K2's tables over REST and JDBC, prunes, commits; K2 goes on exactly once (~3 min)
 	$(BIN)/pytest -q -ra -m spark
-	# kill -9 drills over a million messages each (tests/faults, ~6 min, plus the 3-broker Apache Kafka drill, budget
-	# 8 min); -s prints each drill's figures
+	# kill -9 drills over a million messages each, the 3-broker Apache Kafka drill among them (~13 min on 2 cores;
+	# that drill ~3 min); -s prints each drill's figures
 	$(BIN)/pytest -q -ra -s -m faults
 	# the integration suite again on a PostgreSQL SQL catalog and an S3 warehouse (s3rver on 127.0.0.1), both throwaway
 	K2_TEST_CATALOG=postgres K2_TEST_WAREHOUSE=s3 $(BIN)/pytest -q -ra -m integration
