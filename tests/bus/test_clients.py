@@ -9,6 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from k2.bus import clients
 from k2.bus.clients import retry_transient
+from k2.bus.producer import RecordProducer
 
 
 @pytest.fixture(autouse=True)
@@ -73,3 +74,16 @@ def test_a_refusal_or_denial_is_one_line_naming_what_to_check(code: int, says: s
 def test_a_transient_error_is_no_access_error() -> None:
     assert clients.access_error(KafkaError(KafkaError._TRANSPORT, "broker down")) is None
     assert clients.access_error(KafkaError(KafkaError.NOT_COORDINATOR, "moving")) is None
+
+
+def test_a_producer_denied_its_producer_id_reports_the_denial_in_one_line() -> None:
+    # A user without the cluster ACL an idempotent producer needs: librdkafka's fatal error surfaces in flush().
+    producer = RecordProducer({"bootstrap.servers": "127.0.0.1:9"}, registry=None)  # type: ignore[arg-type]
+    fatal = KafkaError(KafkaError.CLUSTER_AUTHORIZATION_FAILED, "Failed to acquire idempotence PID", fatal=True)
+
+    def flush(_timeout: float) -> int:
+        raise KafkaException(fatal)
+
+    producer._producer = type("Denied", (), {"flush": staticmethod(flush)})()  # type: ignore[assignment]
+    with pytest.raises(clients.KafkaAccessError, match=r"denied the request \(CLUSTER_AUTHORIZATION_FAILED\)"):
+        producer.flush(1.0)

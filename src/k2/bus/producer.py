@@ -10,8 +10,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from k2.bus.clients import access_error
 from k2.bus.registry_client import RegistryClient
 from k2.bus.serde import encode_columns, encoder
 from k2.bus.topics import DLQ_PREFIX, TopicName
@@ -89,7 +90,14 @@ class RecordProducer:
         """Run `wait` (a poll or flush, which serves delivery reports); a failing breaker is told of a success when
         anything was acknowledged meanwhile. Returns what `wait` returned."""
         before = sum(self.stats.acked.values()) if self.breaker is not None and self.breaker.failing else None
-        result = wait()
+        try:
+            result = wait()
+        except KafkaException as exc:
+            # An idempotent producer's first request asks the cluster for a producer id: a user without the ACL
+            # for it gets a fatal CLUSTER_AUTHORIZATION_FAILED here, which is a denial to report in one line.
+            if exc.args and isinstance(exc.args[0], KafkaError) and (denied := access_error(exc.args[0])):
+                raise denied from None
+            raise
         if before is not None and sum(self.stats.acked.values()) != before:
             self.breaker.record_success()  # type: ignore[union-attr]
         return result
