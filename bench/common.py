@@ -12,9 +12,7 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -102,18 +100,6 @@ def asx_sample(quick: bool, lines: int = 5_000) -> Iterator[Path]:
                     head = [line for _, line in zip(range(lines), f, strict=False)]
                 (root / kind / path.name).write_bytes(b"".join(head))
         yield root
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 60.0) -> None:
-    """SIGTERM a peer's server process (a JVM) and wait up to `timeout` s for it, then SIGKILL it."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
 
 
 def progress(message: str) -> None:

@@ -28,10 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common import stop_process
-
 from k2.bus.apache_kafka import LOG4J_VERSION, ApacheKafkaError, default_cache, maven_libs
-from k2.bus.broker import _die_with_parent, free_port
+from k2.bus.broker import _die_with_parent, free_port, stop_process
 
 ICEBERG_VERSION = "1.12.0"  # the newest iceberg-kafka-connect on Maven Central here (December 2026)
 # Not the broker's 4.4.0: Kafka 4.4 moved org.apache.kafka.common.utils.AppInfoParser to ...utils.internals, and

@@ -22,10 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common import stop_process
-
 from k2.bus.apache_kafka import default_cache, maven_libs
-from k2.bus.broker import _die_with_parent, free_port
+from k2.bus.broker import _die_with_parent, free_port, stop_process
 
 # The newest org.questdb:questdb on Maven Central on 2026-12-07 (`mvn dependency:get
 # -Dartifact=org.questdb:questdb:RELEASE` resolved 9.3.4; QuestDB's site names newer 9.4.x docker images, which

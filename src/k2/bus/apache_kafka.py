@@ -32,7 +32,7 @@ import structlog
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from k2.bus.broker import _die_with_parent, free_port
+from k2.bus.broker import _die_with_parent, free_port, stop_process
 from k2.config import Settings
 from k2.redact import redact
 
@@ -345,15 +345,8 @@ class KafkaNode:
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (a controlled shutdown: leadership moves away, logs are flushed), SIGKILL after `timeout`."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if not stop_process(proc, timeout):
             log.warning("kafka.node.kill", node=self.node_id, pid=proc.pid, reason=f"no exit {timeout}s after SIGTERM")
-            proc.kill()
-            proc.wait()
         log.info("kafka.node.stopped", node=self.node_id, pid=proc.pid)
 
     def kill(self) -> None:

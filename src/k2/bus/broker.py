@@ -49,6 +49,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
+    """SIGTERM `proc` (a server this process started) and wait up to `timeout` s; SIGKILL it if it is still up.
+    False when it had to be killed; True when it exited in time or was not running."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+
+
 def _die_with_parent() -> None:
     # If the owning K2 process is killed -9, the kernel sends SIGTERM to the broker: nothing is left behind.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -140,13 +155,8 @@ class EmbeddedBroker:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if not stop_process(proc, timeout):
             log.warning("broker.kill", pid=proc.pid, reason=f"no exit {timeout}s after SIGTERM")
-            proc.kill()
-            proc.wait()
         log.info("broker.stopped", pid=proc.pid)
 
     def kill(self) -> None:
