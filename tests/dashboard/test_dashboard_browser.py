@@ -81,13 +81,24 @@ def check_symbol(client: httpx.Client, browser: Browser, symbol: str, exchange: 
     assert candles == expected
     assert browser.evaluate(COUNT_CANDLE_PIXELS) > 200, "the candle canvas holds (almost) no candle-coloured pixels"
 
-    latest = client.get("/v1/trades/latest", params={"symbols": symbol, "exchange": exchange, "n": 30}).json()["data"]
-    tape = browser.evaluate("[...document.querySelectorAll('#tape tbody tr')].map(r => r.dataset.price)")
-    shown = browser.evaluate(
-        "[...document.querySelectorAll('#tape tbody tr td:nth-child(2)')].map(td => td.textContent)"
+    # One read of the tape (id, data-price, shown text), then the API's latest trades. A live stream keeps landing
+    # trades between the two, so the tape must be a contiguous run of the API's newest trades, price for price.
+    tape = browser.evaluate(
+        "[...document.querySelectorAll('#tape tbody tr')]"
+        ".map(r => [r.dataset.messageId, r.dataset.price, r.cells[1].textContent])"
     )
-    assert tape == [t["price"] for t in reversed(latest)]
-    assert [Decimal(text) for text in shown] == [Decimal(t["price"]) for t in reversed(latest)]
+    assert 0 < len(tape) <= 30
+    latest = client.get("/v1/trades/latest", params={"symbols": symbol, "exchange": exchange, "n": 1000}).json()["data"]
+    newest_first = list(reversed(latest))
+    ids = [t["message_id"] for t in newest_first]
+    assert tape[0][0] in ids, "the tape's newest trade is not among the API's latest trades"
+    start = ids.index(tape[0][0])
+    expected = newest_first[start : start + len(tape)]
+    assert [row[0] for row in tape] == [t["message_id"] for t in expected]
+    assert [row[1] for row in tape] == [t["price"] for t in expected]
+    assert [Decimal(row[2]) for row in tape] == [Decimal(t["price"]) for t in expected]
+    if start == 0 or len(latest) < 1000:  # a symbol that stopped trading shows a full tape of its last trades
+        assert len(tape) == min(30, len(latest) - start)
     return drawn
 
 
