@@ -125,6 +125,17 @@ def load_binance_files(
     _finish_load(load(BinanceFileSource(paths), Settings(), err))
 
 
+@load_app.command("capture")
+def load_capture(
+    paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Recorded cryptofeed capture files"),
+) -> None:
+    """Load the trades and quotes of recorded Binance captures, stamped with the capture's own receive times."""
+    from k2.ingest.pipeline import load
+    from k2.sources.binance.capture_source import CaptureSource
+
+    _finish_load(load(CaptureSource(paths), Settings(), err))
+
+
 def _finish_load(recon: Reconciliation) -> None:
     """Print the reconciliation; exit 1 when something is unaccounted for or nothing usable was read."""
     recon.render(Console(soft_wrap=True))

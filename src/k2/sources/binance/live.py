@@ -36,6 +36,7 @@ from k2.sources.binance.gaps import CONTIGUOUS_CHANNELS, REST_PAGE_LIMIT, Gap, R
 from k2.sources.binance.normalize import (
     PayloadError,
     TimeUnit,
+    intended_spec,
     normalize_agg_trade,
     normalize_rest_trade,
 )
@@ -71,16 +72,6 @@ async def fetch_symbols(rest_endpoint: str, symbols: list[str]) -> SymbolDirecto
         response = await client.get(rest_endpoint.rstrip("/") + "/api/v3/exchangeInfo")
         response.raise_for_status()
         return SymbolDirectory.from_json(response.content, source=f"{rest_endpoint}/api/v3/exchangeInfo")
-
-
-def intended_spec(raw: bytes) -> RecordSpec:
-    """The table a rejected frame was meant for, as far as its bytes tell, so it goes to that data type's DLQ:
-    quotes for a bookTicker frame (a combined stream's name, or a raw payload's update id with best bid and ask),
-    trades otherwise."""
-    head = raw[:200]
-    if b"@bookTicker" in head or (b'"u":' in head and b'"b":' in head and b'"e":' not in head):
-        return QUOTES_V2
-    return TRADES_V2
 
 
 def gap_record(gap: Gap) -> dict[str, Any]:

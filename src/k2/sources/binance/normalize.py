@@ -392,6 +392,16 @@ def normalize_book_ticker(
     }
 
 
+def intended_spec(raw: bytes) -> RecordSpec:
+    """The table a rejected frame was meant for, as far as its bytes tell, so it goes to that data type's DLQ:
+    quotes for a bookTicker frame (a combined stream's name, or a raw payload's update id with best bid and ask),
+    trades otherwise."""
+    head = raw[:200]
+    if b"@bookTicker" in head or (b'"u":' in head and b'"b":' in head and b'"e":' not in head):
+        return QUOTES_V2
+    return TRADES_V2
+
+
 def record_spec(record: Mapping[str, Any]) -> RecordSpec:
     """Which V2 spec a record from this module belongs to (trades_v2 or quotes_v2)."""
     return QUOTES_V2 if "quote_id" in record else TRADES_V2
