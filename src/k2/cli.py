@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 from k2.config import BrokerKind, Settings, describe_errors, settings_table
 from k2.core.errors import UserError
 from k2.logs import configure_logging
+from k2.sources.binance.capture import ReplayClock
 
 if TYPE_CHECKING:
     from k2.ingest.reconcile import Reconciliation
@@ -189,6 +190,9 @@ def stream_binance_cmd(
 def emulate_binance(
     capture: list[Path] = typer.Option([], exists=True, dir_okay=False, help="Recorded capture file (repeatable)"),
     speed: float = typer.Option(1.0, help="Replay speed factor; 0 = as fast as possible"),
+    clock: ReplayClock = typer.Option(
+        ReplayClock.NOW, help="now: re-base each capture's times to when its replay starts; recorded: as recorded"
+    ),
     port: int = typer.Option(9443, help="WebSocket port; REST listens on port + 1"),
     synthetic: bool = typer.Option(False, help="Serve a synthetic market too"),
     symbol_count: int = typer.Option(3, "--symbols", help="Synthetic symbols"),
@@ -207,7 +211,7 @@ def emulate_binance(
 
     FaultSpec.parse(faults)  # a mistake is one line here, before anything starts
     argv = ["--speed", str(speed), "--port", str(port), "--symbols", str(symbol_count), "--rate", str(rate)]
-    argv += ["--faults", faults]
+    argv += ["--faults", faults, "--clock", clock.value]
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
     for path in capture:
