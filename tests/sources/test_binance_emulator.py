@@ -402,7 +402,7 @@ def replayed_times(ws_url: str) -> dict[str, int]:
 @pytest.mark.parametrize("clock", list(ReplayClock))
 def test_a_replay_puts_trades_and_quotes_on_one_clock(start: Callable[..., Endpoints], clock: ReplayClock) -> None:
     # The capture's own clock: trades at their trade time, quotes (no time in a spot bookTicker) at their receipt.
-    recorded = {r["message_id"]: r["timestamp"] for b in CaptureSource([OCTOBER]).batches() for r in b.records}
+    recorded = {r["message_id"]: r["timestamp"] for b in CaptureSource([OCTOBER]).batches() for r in b.all_records()}
     before = time.time_ns() // 1000
     ws_url, _ = start([OCTOBER], speed=0, clock=clock)
     replayed = replayed_times(ws_url)

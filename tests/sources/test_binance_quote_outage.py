@@ -21,7 +21,7 @@ from k2.sources.binance.symbols import SymbolDirectory
 RECORDED = [
     (r["source_sequence"], r["timestamp"])
     for b in CaptureSource([OCTOBER]).batches()
-    for r in b.records
+    for r in b.all_records()
     if r["symbol"] == "NKNUSDT" and "quote_id" in r
 ]
 DROP_AFTER = 20  # quotes received before the connection is dropped

@@ -1,10 +1,10 @@
 """Recorded Binance captures (cryptofeed's raw files, see `k2.sources.binance.capture`) → trades_v2 and quotes_v2.
 
 `k2 load capture FILE...` reads a capture as data, without replaying it: every aggTrade, trade and bookTicker frame
-becomes the record the live client makes of it (`normalize_frame`, the same ids), stamped with the capture's own
-clock: `ingestion_timestamp` and vendor_data.receive_time_us are the line's receipt time, exactly as recorded (a
-bookTicker, which carries no event time, takes it as its timestamp too, like a live quote); trade times come from
-the frame. A capture recorded with `timeUnit=MICROSECOND` in its URL is read in microseconds.
+becomes the record the live client makes of it (its batch normalizer, `normalize_frames`: the same ids), stamped
+with the capture's own clock: `ingestion_timestamp` and vendor_data.receive_time_us are the line's receipt time,
+exactly as recorded (a bookTicker, which carries no event time, takes it as its timestamp too, like a live quote);
+trade times come from the frame. A capture recorded with `timeUnit=MICROSECOND` in its URL is read in microseconds.
 
 Counting, for the reconciliation (read = written + rejected): a trade or quote frame, a frame that should have been
 one but does not normalize, and a line of no known kind are each one row read. A line of no known kind is rejected
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from k2.core.batch import Reject, SourceBatch
 from k2.core.errors import UserError
-from k2.schema.fields import AssetClass, RecordSpec
+from k2.schema.fields import QUOTES_V2, TRADES_V2, AssetClass
 from k2.sources.binance.capture import (
     BadLine,
     CaptureFormatError,
@@ -30,7 +30,8 @@ from k2.sources.binance.capture import (
     parse_line,
     read_capture,
 )
-from k2.sources.binance.normalize import EXCHANGE, TimeUnit, intended_spec, normalize_frame, record_spec
+from k2.sources.binance.normalize import EXCHANGE, TimeUnit, intended_spec, normalize_frame
+from k2.sources.binance.normalize_columnar import normalize_frames
 from k2.sources.binance.symbols import QuoteResolver, SuffixQuotes
 
 BAD_LINE = "bad_capture_line"
@@ -40,7 +41,8 @@ class CaptureSource:
     """Capture files → SourceBatches of trades_v2 and quotes_v2, in file (= receipt) order.
 
     `symbols` gives each symbol's quote asset; without it the quote is inferred from the symbol's ending, as for
-    public-data files. Batches hold at most `chunk_rows` rows read (records + rejects) and never mix files.
+    public-data files. A chunk of at most `chunk_rows` frames and bad lines makes one trades and one quotes batch
+    (Arrow tables); batches never mix files.
     """
 
     def __init__(self, paths: list[Path], symbols: QuoteResolver | None = None, chunk_rows: int = 50_000) -> None:
@@ -78,48 +80,60 @@ class CaptureSource:
             yield from self._file_batches(path)
 
     def _file_batches(self, path: Path) -> Iterator[SourceBatch]:
-        origin, name = str(path), path.name
+        origin = str(path)
         time_unit = TimeUnit.MILLISECOND
-        pending: dict[str, SourceBatch] = {}
-        rows = total = 0
-
-        def add(spec: RecordSpec) -> SourceBatch:
-            nonlocal rows, total
-            rows += 1
-            total += 1
-            batch = pending.get(spec.name)
-            if batch is None:
-                batch = pending[spec.name] = SourceBatch(spec, AssetClass.CRYPTO, EXCHANGE)
-            batch.rows_read += 1
-            return batch
-
+        frames: list[WsFrame] = []
+        bad: list[BadLine] = []
+        read = 0
         for entry in read_capture(path, strict=False):
-            if isinstance(entry, BadLine):
-                detail = f"{name} line {entry.line_no}: {entry.reason}"
-                reject = Reject(BAD_LINE, detail, entry.raw, origin, entry.line_no)
-                add(intended_spec(entry.raw)).rejects.append(reject)
-            elif isinstance(entry, WsFrame):
-                result = normalize_frame(
-                    entry.raw, self.resolver, entry.receipt_us, time_unit, origin=f"{name} line {entry.line_no}"
-                )
-                if result is None:
-                    self.passed += 1
-                    continue
-                if isinstance(result, Reject):
-                    result = dataclasses.replace(result, origin=origin, position=entry.line_no)
-                    add(intended_spec(entry.raw)).rejects.append(result)
-                else:
-                    add(record_spec(result)).records.append(result)
+            if isinstance(entry, WsFrame):
+                frames.append(entry)
+            elif isinstance(entry, BadLine):
+                bad.append(entry)
             else:
                 self.passed += 1
                 if isinstance(entry, WsConnect) and "timeunit=microsecond" in entry.url.lower():
+                    # frames so far were in the unit of the connection before
+                    for batch in self._chunk_batches(path, frames, bad, time_unit):
+                        read += batch.rows_read
+                        yield batch
+                    frames, bad = [], []
                     time_unit = TimeUnit.MICROSECOND
-            if rows >= self.chunk_rows:
-                yield from (batch for batch in pending.values() if batch.rows_read)
-                pending, rows = {}, 0
-        yield from (batch for batch in pending.values() if batch.rows_read)
-        if not total:
+            if len(frames) + len(bad) >= self.chunk_rows:
+                for batch in self._chunk_batches(path, frames, bad, time_unit):
+                    read += batch.rows_read
+                    yield batch
+                frames, bad = [], []
+        for batch in self._chunk_batches(path, frames, bad, time_unit):
+            read += batch.rows_read
+            yield batch
+        if not read:
             self.empty_files.append(origin)
+
+    def _chunk_batches(
+        self, path: Path, frames: list[WsFrame], bad: list[BadLine], time_unit: TimeUnit
+    ) -> Iterator[SourceBatch]:
+        """One chunk of a file's lines as a trades batch and a quotes batch (Arrow tables, via the live client's
+        batch normalizer), each with the rejects meant for it."""
+        name = path.name
+        normalized = normalize_frames([(f.raw, f.receipt_us) for f in frames], self.resolver, time_unit)
+        self.passed += normalized.control_frames
+        rejects = [Reject(BAD_LINE, f"{name} line {b.line_no}: {b.reason}", b.raw, str(path), b.line_no) for b in bad]
+        for reject in normalized.rejects:
+            # the batch normalizer numbers frames; the reject is made again where its line is known
+            frame = frames[reject.position - 1]
+            located = normalize_frame(
+                frame.raw, self.resolver, frame.receipt_us, time_unit, origin=f"{name} line {frame.line_no}"
+            )
+            assert isinstance(located, Reject)
+            rejects.append(dataclasses.replace(located, origin=str(path), position=frame.line_no))
+        rejects.sort(key=lambda r: r.position)
+        for spec, table in ((TRADES_V2, normalized.trades), (QUOTES_V2, normalized.quotes)):
+            mine = [r for r in rejects if intended_spec(r.raw) is spec]
+            if table.num_rows or mine:
+                batch = SourceBatch(spec, AssetClass.CRYPTO, EXCHANGE, rejects=mine, table=table)
+                batch.rows_read = table.num_rows + len(mine)
+                yield batch
 
 
 def _first_line(path: Path, most: int = 1 << 20) -> tuple[int, bytes] | None:
