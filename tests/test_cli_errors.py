@@ -84,3 +84,10 @@ def test_debug_lets_the_error_through_with_its_traceback(settings: Settings) -> 
     result = runner.invoke(app, ["--debug", "keys", "create", ""])
     assert isinstance(result.exception, UserError)
     assert result.exit_code == 1
+
+
+def test_a_file_that_is_not_a_capture_loads_nothing(settings: Settings, no_stack: None) -> None:
+    result = runner.invoke(app, ["load", "capture", str(KLINES)])
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert line.startswith(f"error: {KLINES} is not a cryptofeed capture: line 1 starts b'1637971200000,0.00002853,")

@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 from k2.config import BrokerKind, Settings, describe_errors, settings_table
 from k2.core.errors import UserError
 from k2.logs import configure_logging
+from k2.sources.binance.capture import ReplayClock
 
 if TYPE_CHECKING:
     from k2.ingest.reconcile import Reconciliation
@@ -125,6 +126,17 @@ def load_binance_files(
     _finish_load(load(BinanceFileSource(paths), Settings(), err))
 
 
+@load_app.command("capture")
+def load_capture(
+    paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Recorded cryptofeed capture files"),
+) -> None:
+    """Load the trades and quotes of recorded Binance captures, stamped with the capture's own receive times."""
+    from k2.ingest.pipeline import load
+    from k2.sources.binance.capture_source import CaptureSource
+
+    _finish_load(load(CaptureSource(paths), Settings(), err))
+
+
 def _finish_load(recon: Reconciliation) -> None:
     """Print the reconciliation; exit 1 when something is unaccounted for or nothing usable was read."""
     recon.render(Console(soft_wrap=True))
@@ -178,6 +190,9 @@ def stream_binance_cmd(
 def emulate_binance(
     capture: list[Path] = typer.Option([], exists=True, dir_okay=False, help="Recorded capture file (repeatable)"),
     speed: float = typer.Option(1.0, help="Replay speed factor; 0 = as fast as possible"),
+    clock: ReplayClock = typer.Option(
+        ReplayClock.NOW, help="now: re-base each capture's times to when its replay starts; recorded: as recorded"
+    ),
     port: int = typer.Option(9443, help="WebSocket port; REST listens on port + 1"),
     synthetic: bool = typer.Option(False, help="Serve a synthetic market too"),
     symbol_count: int = typer.Option(3, "--symbols", help="Synthetic symbols"),
@@ -196,7 +211,7 @@ def emulate_binance(
 
     FaultSpec.parse(faults)  # a mistake is one line here, before anything starts
     argv = ["--speed", str(speed), "--port", str(port), "--symbols", str(symbol_count), "--rate", str(rate)]
-    argv += ["--faults", faults]
+    argv += ["--faults", faults, "--clock", clock.value]
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
     for path in capture:

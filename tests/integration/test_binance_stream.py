@@ -163,7 +163,8 @@ def test_connections_are_replaced_before_their_lifetime_ends_with_overlap(settin
 
 def test_gaps_are_recorded_as_data_with_what_became_of_them(settings: Settings) -> None:
     faults = FaultSpec(drop_probability=0.05, seed=7, stream_kinds=("aggTrade",))
-    recon, live = _stream(settings, BinanceEmulator([CAPTURE_2021_04_04], speed=0, faults=faults), duration=6)
+    emulator = BinanceEmulator([CAPTURE_2021_04_04], speed=0, faults=faults, clock="recorded")
+    recon, live = _stream(settings, emulator, duration=6)
     assert recon.ok
     assert live.stats.gaps
     rows = lake_query(

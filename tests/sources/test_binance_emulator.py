@@ -27,7 +27,10 @@ from k2.core.errors import UserError
 from k2.core.metrics import REGISTRY
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as APRIL
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as OCTOBER
-from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, SyntheticSpec
+from k2.sources.binance.capture_source import CaptureSource
+from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, ReplayClock, SyntheticSpec
+from k2.sources.binance.normalize import TimeUnit, normalize_frame
+from k2.sources.binance.symbols import SuffixQuotes
 
 # data/samples/binance/README.md: BTCUSDT has 1,227 consecutive aggregate ids in the April capture.
 BTC_AGG_IDS = list(range(665076760, 665077987))
@@ -155,7 +158,8 @@ def test_combined_stream_wraps_and_raw_stream_does_not(start: Callable[..., Endp
     assert set(wrapped) == {"stream", "data"}
     assert wrapped["stream"] in ("nknusdt@bookTicker", "nknusdt@depth@100ms")
     assert wrapped["data"]["s"] == "NKNUSDT"
-    assert set(plain) == {"u", "s", "b", "B", "a", "A"}  # a bookTicker payload, no wrapper
+    # a bookTicker payload, no wrapper; E is the replay clock's time (spot bookTicker has none of its own)
+    assert set(plain) == {"u", "s", "b", "B", "a", "A", "E"}
 
 
 @pytest.mark.timeout(30)
@@ -344,7 +348,7 @@ def test_server_shutdown_event_is_delivered_then_the_connection_closes(start: Ca
 
 @pytest.mark.timeout(30)
 def test_time_unit_microsecond_scales_every_time_field(start: Callable[..., Endpoints]) -> None:
-    ws_url, _ = start([APRIL], speed=0)
+    ws_url, _ = start([APRIL], speed=0, clock="recorded")
     first: dict[str, dict[str, Any]] = {}
     for line in APRIL.read_text().splitlines()[1:]:
         if line.startswith("https://"):
@@ -371,6 +375,49 @@ def test_time_unit_microsecond_scales_every_time_field(start: Callable[..., Endp
         want_kline["k"]["t"] * 1000,
         want_kline["k"]["T"] * 1000,
     )
+
+
+OCTOBER_STREAMS = [f"{s}@{c}" for s in ("nknusdt", "lrcbtc", "blzeth") for c in ("aggTrade", "bookTicker")]
+
+
+def replayed_times(ws_url: str) -> dict[str, int]:
+    """Every October trade and quote as the live client normalizes them (in µs): message id → timestamp."""
+
+    async def scenario() -> list[bytes]:
+        frames: list[bytes] = []
+        async with connect(f"{ws_url}/stream?streams={'/'.join(OCTOBER_STREAMS)}&timeUnit=MICROSECOND") as ws:
+            while len(frames) < 86:  # 84 bookTickers and 2 aggTrades of these symbols
+                frames.append((await ws.recv()).encode())
+        return frames
+
+    times = {}
+    for raw in run(scenario):
+        record = normalize_frame(raw, SuffixQuotes(), 0, TimeUnit.MICROSECOND)
+        assert isinstance(record, dict), record
+        times[record["message_id"]] = record["timestamp"]
+    return times
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("clock", list(ReplayClock))
+def test_a_replay_puts_trades_and_quotes_on_one_clock(start: Callable[..., Endpoints], clock: ReplayClock) -> None:
+    # The capture's own clock: trades at their trade time, quotes (no time in a spot bookTicker) at their receipt.
+    recorded = {r["message_id"]: r["timestamp"] for b in CaptureSource([OCTOBER]).batches() for r in b.all_records()}
+    before = time.time_ns() // 1000
+    ws_url, _ = start([OCTOBER], speed=0, clock=clock)
+    replayed = replayed_times(ws_url)
+    after = time.time_ns() // 1000
+    assert replayed.keys() == recorded.keys()
+    # one offset for all 86, to the microsecond: every difference between two times is the capture's
+    offsets = {replayed[key] - recorded[key] for key in recorded}
+    assert len(offsets) == 1
+    (offset,) = offsets
+    first_receipt = 1633998512063356  # the capture's first frame
+    if clock is ReplayClock.RECORDED:
+        assert offset == 0
+    else:  # whole milliseconds, from the capture's first frame to the moment the replay started
+        assert offset % 1000 == 0
+        assert before - first_receipt - 1000 <= offset <= after - first_receipt
 
 
 @pytest.mark.timeout(30)

@@ -255,3 +255,15 @@ def test_bookticker_side_priced_zero_is_null_and_event_time_wins_when_present(sy
     assert timed["vendor_data"]["T"] == "1633998512999"  # unknown extras kept verbatim as strings
     raw_stream = normalize_frame(orjson.dumps(data), symbols, 99)  # /ws/<symbol>@bookTicker: no wrapper, no "e"
     assert isinstance(raw_stream, dict) and raw_stream["quote_id"] == "1"
+
+
+def test_a_rest_trade_id_past_int64_is_a_payload_error() -> None:
+    item = {"id": 2**63, "price": "1.0", "qty": "1.0", "time": 1617566591314, "isBuyerMaker": True}
+    with pytest.raises(PayloadError) as caught:
+        normalize_rest_trade(item, "BTCUSDT", SuffixQuotes(), 1)
+    assert (caught.value.reason, caught.value.detail) == (
+        "bad_field:id",
+        "field 'id' is 9223372036854775808, beyond a 64-bit integer",
+    )
+    item |= {"id": 2**63 - 1}
+    assert normalize_rest_trade(item, "BTCUSDT", SuffixQuotes(), 1)["source_sequence"] == 2**63 - 1

@@ -355,3 +355,59 @@ def test_message_ids_column_equals_message_id_row_by_row(rows: int) -> None:
     names = pa.array([f"{symbol}|aggTrade:{665076760 + i}" for i, symbol in enumerate(symbols)])
     ids = message_ids_column(names, prefix="binance|trades|").to_pylist()
     assert ids == [message_id("binance", "trades", s, f"aggTrade:{665076760 + i}") for i, s in enumerate(symbols)]
+
+
+# Values at and past the int64 edge (ids, and times once in µs) and numbers where Binance sends decimal strings.
+AGG = (
+    '{{"stream":"btcusdt@aggTrade","data":{{"e":"aggTrade","E":1617566591315,"s":"BTCUSDT","a":{a},'
+    '"p":{p},"q":"0.08620500","f":745522877,"l":745522877,"T":{t},"m":true,"M":true}}}}'
+)
+EDGE_FRAMES = {
+    "trade time past int64 µs": (AGG.format(a=1, p='"58001.03000000"', t=9_300_000_000_000_000), "bad_field:T"),
+    "last ms that fits": (AGG.format(a=2, p='"58001.03000000"', t=9_223_372_036_854_775), None),
+    "first ms that does not": (AGG.format(a=3, p='"58001.03000000"', t=9_223_372_036_854_776), "bad_field:T"),
+    "aggregate id 2^63": (AGG.format(a=2**63, p='"58001.03000000"', t=1617566591314), "bad_field:a"),
+    "aggregate id 10^23": (AGG.format(a=10**23, p='"58001.03000000"', t=1617566591314), "bad_field:a"),
+    "price a JSON number 10^23": (AGG.format(a=4, p=10**23, t=1617566591314), "bad_price"),
+    "price a JSON decimal number": (AGG.format(a=5, p="58001.03", t=1617566591314), "bad_price"),
+    "trade id 2^63": (
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":1617566591315,"s":"BTCUSDT","t":9223372036854775808,'
+        '"p":"1.00000000","q":"1.00000000","T":1617566591314,"m":true,"M":true}}',
+        "bad_field:t",
+    ),
+    "event time past int64 µs": (
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":9300000000000000,"s":"BTCUSDT","t":7,'
+        '"p":"1.00000000","q":"1.00000000","T":1617566591314,"m":true,"M":true}}',
+        "bad_field:E",
+    ),
+    "update id 2^63": (
+        '{"stream":"btcusdt@bookTicker","data":{"u":9223372036854775808,"s":"BTCUSDT","b":"1.00000000",'
+        '"B":"1.00000000","a":"2.00000000","A":"1.00000000"}}',
+        "bad_field:u",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(EDGE_FRAMES))
+def test_a_frame_at_the_int64_edge_is_one_reject_and_the_batch_survives(
+    symbols: SymbolDirectory, captured: Frames, name: str
+) -> None:
+    text, reason = EDGE_FRAMES[name]
+    good = [frame for frame in captured if b"@aggTrade" in frame[0]][:100]  # canonical: the columnar path
+    frames = [*good[:50], (text.encode(), 1617566592000000), *good[50:]]
+    batch = normalize_frames(frames, symbols, first_position=1)
+    if reason is None:
+        assert (batch.trades.num_rows, batch.rejects) == (101, [])
+        assert records_from_arrow(batch.trades)[50]["timestamp"] == 9_223_372_036_854_775_000
+        return
+    assert [(r.reason, r.position) for r in batch.rejects] == [(reason, 51)]
+    assert batch.rejects[0].raw == text.encode()
+    assert batch.trades.num_rows + batch.quotes.num_rows == 100
+    assert batch.trade_frames.tolist() == [*range(50), *range(51, 101)]
+
+
+def test_a_json_number_price_is_named_as_such() -> None:
+    text, _ = EDGE_FRAMES["price a JSON number 10^23"]
+    reject = normalize_frame(text.encode(), symbols=SymbolDirectory.from_file(EXCHANGE_INFO), receive_us=1)
+    assert isinstance(reject, Reject)
+    assert reject.detail == "binance-ws: field 'p' should be a decimal string, got float 1e+23"

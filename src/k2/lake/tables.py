@@ -6,7 +6,7 @@ import contextlib
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.table import Table
 
 from k2.lake.catalog import CREATION_RACE_ERRORS, NAMESPACE
@@ -37,7 +37,7 @@ def ensure_table(catalog: Catalog, spec: RecordSpec) -> Table:
         catalog.create_namespace(NAMESPACE)
     ident = table_identifier(spec)
     if catalog.table_exists(ident):
-        return catalog.load_table(ident)
+        return with_new_columns(catalog, catalog.load_table(ident), spec)
     try:
         return catalog.create_table(
             ident,
@@ -48,6 +48,20 @@ def ensure_table(catalog: Catalog, spec: RecordSpec) -> Table:
         )
     except TableAlreadyExistsError:
         return catalog.load_table(ident)
+
+
+def with_new_columns(catalog: Catalog, table: Table, spec: RecordSpec) -> Table:
+    """`table` with every column `spec` has gained since the table was made: only optional columns are ever added
+    to a spec, so rows written before read them as null (safe to race: a writer that lost reloads)."""
+    have = set(table.schema().column_names)
+    if all(name in have for name in spec.field_names):
+        return table
+    try:
+        with table.update_schema() as update:
+            update.union_by_name(iceberg_schema(spec))
+    except CommitFailedException:
+        pass  # another writer added them first
+    return catalog.load_table(table_identifier(spec))
 
 
 def ensure_tables(catalog: Catalog) -> dict[str, Table]:

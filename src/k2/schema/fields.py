@@ -213,20 +213,51 @@ BARS_V2 = RecordSpec(
 STREAM_GAPS = RecordSpec(
     name="stream_gaps",
     data_type=DataType.GAPS,
-    doc="A hole found in a live stream's id sequence and what became of it; the audit trail of 'no gaps'.",
+    doc="A hole found in a live stream and what became of it, the audit trail of 'no gaps': ids that skipped"
+    " (REST fills them), or quotes a lost connection may have cost (reason disconnect; never refillable).",
     fields=(
         FieldSpec("message_id", Kind.STRING, "UUIDv5 over exchange, symbol, channel and first missing id."),
         FieldSpec("symbol", Kind.STRING, "Instrument symbol."),
         FieldSpec("exchange", Kind.STRING, "Venue code, lower case."),
         FieldSpec("asset_class", Kind.STRING, "equities | crypto | futures | options.", enum=AssetClass),
-        FieldSpec("channel", Kind.STRING, "The stream whose ids skipped, e.g. aggTrade, trade."),
-        FieldSpec("first_missing", Kind.LONG, "First id that did not arrive."),
-        FieldSpec("last_missing", Kind.LONG, "Last id that did not arrive."),
-        FieldSpec("missing_count", Kind.LONG, "last_missing - first_missing + 1."),
+        FieldSpec("channel", Kind.STRING, "The stream's channel, e.g. aggTrade, trade, bookTicker."),
+        FieldSpec(
+            "first_missing",
+            Kind.LONG,
+            "First id that did not arrive (disconnect: the update id after the last quote; 0 if none came before).",
+        ),
+        FieldSpec(
+            "last_missing",
+            Kind.LONG,
+            "Last id that did not arrive (disconnect: the update id before the next quote, first_missing - 1 when"
+            " none came; bookTicker update ids skip, so any id in between may be a lost update, none is sure to be).",
+        ),
+        FieldSpec("missing_count", Kind.LONG, "last_missing - first_missing + 1 (disconnect: an upper bound)."),
         FieldSpec("filled_count", Kind.LONG, "How many of them were fetched from REST and landed."),
         FieldSpec("status", Kind.STRING, "filled | partial | unrecoverable."),
         FieldSpec("timestamp", Kind.TIMESTAMP, "When the gap was detected, microseconds UTC."),
         FieldSpec("detail", Kind.STRING, "Why a gap could not be filled, when it could not.", required=False),
+        # Added later, optional: tables made before them read them as null.
+        FieldSpec("stream", Kind.STRING, "The stream that missed data, e.g. btcusdt@bookTicker.", required=False),
+        FieldSpec(
+            "reason",
+            Kind.STRING,
+            "id_gap: the stream's ids skipped; disconnect: the connection dropped and the stream (bookTicker, which"
+            " REST cannot backfill) lost what was sent until it was back.",
+            required=False,
+        ),
+        FieldSpec(
+            "missing_from",
+            Kind.TIMESTAMP,
+            "disconnect: the time of the stream's last quote before the drop; data after it may be missing.",
+            required=False,
+        ),
+        FieldSpec(
+            "missing_to",
+            Kind.TIMESTAMP,
+            "disconnect: the time of the stream's first quote after it; null if none came before the stream stopped.",
+            required=False,
+        ),
     ),
 )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal, overload
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +34,13 @@ _REST = re.compile(rb"(https?://\S+) -> " + _TIME + rb": ")
 _SENT = re.compile(rb"(wss?://\S+) <- " + _TIME + rb": ")
 _FRAME = re.compile(_TIME + rb": ")
 _CONFIG = b"configuration: "
+
+
+class ReplayClock(StrEnum):
+    """Which clock the emulator replays a capture's times on (k2.sources.binance.emulator.feed)."""
+
+    NOW = "now"  # re-based: the capture's first frame is the moment its replay starts
+    RECORDED = "recorded"  # as recorded
 
 
 class CaptureFormatError(ValueError):

@@ -97,8 +97,10 @@ class BinanceStreamClient:
         ws_endpoint: str = DEFAULT_WS_ENDPOINT,
         limits: ClientLimits | None = None,
         query: str = "",
+        on_disconnect: Callable[[list[str]], None] | None = None,
     ) -> None:
-        """`query` is appended to the stream URL, e.g. "timeUnit=MICROSECOND"."""
+        """`query` is appended to the stream URL, e.g. "timeUnit=MICROSECOND". `on_disconnect(streams)` is called
+        when a connection is lost (not replaced), after its last frame was handed to `on_frame`."""
         if not streams:
             raise ValueError("no streams to subscribe: give at least one symbol and one channel")
         self.limits = limits or ClientLimits()
@@ -107,6 +109,7 @@ class BinanceStreamClient:
             for i in range(0, len(streams), self.limits.max_streams_per_connection)
         ]
         self._on_frame = on_frame
+        self._on_disconnect = on_disconnect
         self._url = ws_endpoint.rstrip("/") + "/stream" + (f"?{query}" if query else "")
         self._stopping = asyncio.Event()
         self._ids = itertools.count(1)
@@ -161,6 +164,8 @@ class BinanceStreamClient:
                 if reason == "closed":
                     self.stats.disconnects += 1
                     metrics.STREAM_RECONNECTS.labels("disconnect").inc()
+                    if self._on_disconnect is not None:
+                        self._on_disconnect(streams)
                 return
             # lifetime or serverShutdown: open the successor first, then drop the old one (overlap, no gap)
             self.stats.replacements += 1

@@ -32,6 +32,10 @@ REST_PAGE_LIMIT = 1000  # the documented maximum `limit` of aggTrades/historical
 
 @dataclass
 class Gap:
+    """Ids first_missing..last_missing of (symbol, channel) that did not arrive. `reason` "id_gap": the ids skipped
+    (REST fills them); "disconnect": a bookTicker stream lost its connection between the quotes timed
+    `missing_from` and `missing_to` (None: none came after), and any update id in between may be lost for good."""
+
     symbol: str
     channel: str
     first_missing: int
@@ -40,6 +44,13 @@ class Gap:
     filled: int = 0
     status: str = "open"  # open | filled | partial | unrecoverable
     detail: str = ""
+    reason: str = "id_gap"
+    missing_from: int | None = None
+    missing_to: int | None = None
+
+    @property
+    def stream(self) -> str:
+        return f"{self.symbol.lower()}@{self.channel}"
 
     @property
     def size(self) -> int:

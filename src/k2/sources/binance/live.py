@@ -36,6 +36,7 @@ from k2.sources.binance.gaps import CONTIGUOUS_CHANNELS, REST_PAGE_LIMIT, Gap, R
 from k2.sources.binance.normalize import (
     PayloadError,
     TimeUnit,
+    intended_spec,
     normalize_agg_trade,
     normalize_rest_trade,
 )
@@ -73,16 +74,6 @@ async def fetch_symbols(rest_endpoint: str, symbols: list[str]) -> SymbolDirecto
         return SymbolDirectory.from_json(response.content, source=f"{rest_endpoint}/api/v3/exchangeInfo")
 
 
-def intended_spec(raw: bytes) -> RecordSpec:
-    """The table a rejected frame was meant for, as far as its bytes tell, so it goes to that data type's DLQ:
-    quotes for a bookTicker frame (a combined stream's name, or a raw payload's update id with best bid and ask),
-    trades otherwise."""
-    head = raw[:200]
-    if b"@bookTicker" in head or (b'"u":' in head and b'"b":' in head and b'"e":' not in head):
-        return QUOTES_V2
-    return TRADES_V2
-
-
 def gap_record(gap: Gap) -> dict[str, Any]:
     """A gap as a stream_gaps record: the audit trail that every hole was seen and what became of it."""
     return {
@@ -98,6 +89,10 @@ def gap_record(gap: Gap) -> dict[str, Any]:
         "status": gap.status,
         "timestamp": gap.detected_us,
         "detail": gap.detail or None,
+        "stream": gap.stream,
+        "reason": gap.reason,
+        "missing_from": gap.missing_from,
+        "missing_to": gap.missing_to,
     }
 
 
@@ -129,6 +124,7 @@ class BinanceLive:
             ws_endpoint,
             limits,
             query="timeUnit=MICROSECOND",
+            on_disconnect=self._on_disconnect,
         )
         self._tracker = SequenceTracker(dict(resume_from or {}))
         self._backfiller = RestBackfiller(rest_endpoint)
@@ -138,6 +134,11 @@ class BinanceLive:
         self._flush_records = flush_records
         self._last_flush = time.monotonic()
         self._lock = asyncio.Lock()  # frames from overlapping connections are queued, and drained, one at a time
+        # Quote outages: (frame number of the last frame before a lost connection, its streams), not yet drained;
+        # each quoted symbol's last quote time let through; outages waiting for their symbol's next quote.
+        self._disconnects: list[tuple[int, list[str]]] = []
+        self._last_quote_us: dict[str, int] = {}
+        self._quote_outages: dict[str, Gap] = {}
         self.stats = LiveStats()
 
     @property
@@ -155,6 +156,7 @@ class BinanceLive:
             await self._client.run()
             await self._last_drain(flusher)  # the tail check starts from the last id of every frame read
             await self._close_tails(time.time_ns() // 1000)
+            self._end_open_outages()
         finally:
             try:
                 await self._last_drain(flusher)  # after an error too: frames read are still handled (and counted)
@@ -198,12 +200,21 @@ class BinanceLive:
         run of frames from one connection is normalized at once, so a reject keeps its origin (`ws#<conn>`)
         and position (the frame's number in the whole stream)."""
         pending, self._pending = self._pending, []
+        marks, self._disconnects = self._disconnects, []
         assert self._directory is not None
+
+        def lost_up_to(frame_number: int) -> None:  # connections lost after this frame or before: outages begin
+            while marks and marks[0][0] <= frame_number:
+                self._begin_outages(marks.pop(0)[1])
+
         start = 0
         while start < len(pending):
+            lost_up_to(pending[start][3] - 1)
             conn_id = pending[start][2]
+            # a run is one connection's frames, ending at the last frame before a lost connection
+            cut = marks[0][0] if marks else None
             end = start + 1
-            while end < len(pending) and pending[end][2] == conn_id:
+            while end < len(pending) and pending[end][2] == conn_id and (cut is None or pending[end - 1][3] < cut):
                 end += 1
             frames = [(raw, receive_us) for raw, receive_us, _, _ in pending[start:end]]
             first_position = pending[start][3]
@@ -211,7 +222,10 @@ class BinanceLive:
                 frames, self._directory, self._time_unit, origin=f"ws#{conn_id}", first_position=first_position
             )
             await self._take(batch, len(frames))
+            lost_up_to(pending[end - 1][3])
             start = end
+        for _, streams in marks:
+            self._begin_outages(streams)
         self.flush()
 
     async def _take(self, batch: FrameBatch, frames: int) -> None:
@@ -220,8 +234,10 @@ class BinanceLive:
         self.stats.control_frames += batch.control_frames
         for reject in batch.rejects:
             self._reject(reject)
-        if self._continues(batch.trades, batch.quotes):
+        # while a quote outage waits for its symbol's next quote, quotes go record by record (`_accept` ends it)
+        if not self._quote_outages and self._continues(batch.trades, batch.quotes):
             self.flush()  # records of earlier runs (and their backfills) go first
+            self._note_last_quotes(batch.quotes)
             for spec, table in ((TRADES_V2, batch.trades), (QUOTES_V2, batch.quotes)):
                 if table.num_rows:
                     self.stats.records += table.num_rows
@@ -265,6 +281,10 @@ class BinanceLive:
         if verdict == "gap" and first_missing is not None:
             await self._fill(symbol, channel, first_missing, seq - 1)
         self._tracker.advance(symbol, channel, seq)
+        if channel == "bookTicker":
+            if symbol in self._quote_outages:
+                self._end_outage(symbol, seq, record["timestamp"])
+            self._last_quote_us[symbol] = record["timestamp"]
         self._add(record)
 
     async def _fill(
@@ -299,6 +319,61 @@ class BinanceLive:
         self.stats.gaps.append(gap)
         metrics.STREAM_GAPS.labels(gap.symbol, gap.channel, gap.status).inc()
         self._add(gap_record(gap), STREAM_GAPS)
+
+    # --- quote outages -----------------------------------------------------------------------------------------
+    def _on_disconnect(self, streams: list[str]) -> None:
+        """The client lost the connection of `streams`; its frames so far are queued (up to frame number now)."""
+        self._disconnects.append((self.stats.frames, streams))
+
+    def _begin_outages(self, streams: list[str]) -> None:
+        """bookTicker streams whose connection was lost: REST cannot backfill quotes, so what was sent meanwhile is
+        lost; the outage runs from the symbol's last quote to its next one (`_end_outage`)."""
+        for stream in streams:
+            name, _, channel = stream.partition("@")
+            symbol = name.upper()
+            if channel != "bookTicker" or symbol in self._quote_outages:
+                continue
+            last = self._tracker.last.get((symbol, channel))
+            self._quote_outages[symbol] = Gap(
+                symbol,
+                channel,
+                0 if last is None else last + 1,
+                -1,
+                detected_us=time.time_ns() // 1000,
+                status="unrecoverable",
+                detail="the connection was lost; bookTicker updates cannot be fetched from REST",
+                reason="disconnect",
+                missing_from=self._last_quote_us.get(symbol),
+            )
+
+    def _end_outage(self, symbol: str, update_id: int | None, quoted_us: int | None) -> None:
+        """The symbol quotes again with `update_id` at `quoted_us` (None: the stream stopped first): a stream_gaps
+        row, unless the update ids show nothing was missed (the next id followed the last one directly)."""
+        gap = self._quote_outages.pop(symbol)
+        if update_id is not None:
+            if update_id == gap.first_missing:
+                return
+            gap.last_missing = update_id - 1
+        else:  # no later update id bounds it: an empty id range, and the detail says so
+            gap.last_missing = gap.first_missing - 1
+            gap.detail += "; the stream stopped before the symbol quoted again, so how many were lost is unknown"
+        gap.missing_to = quoted_us
+        log.info("binance.quote_outage", symbol=symbol, missing_from=gap.missing_from, missing_to=quoted_us)
+        self.stats.gaps.append(gap)
+        metrics.STREAM_GAPS.labels(gap.symbol, gap.channel, gap.status).inc()
+        self._add(gap_record(gap), STREAM_GAPS)
+
+    def _end_open_outages(self) -> None:
+        """The stream stops: outages whose symbol has not quoted since lasted to the end (missing_to null)."""
+        for symbol in sorted(self._quote_outages):
+            self._end_outage(symbol, None, None)
+
+    def _note_last_quotes(self, quotes: pa.Table) -> None:
+        """Each symbol's last quote time in a table let through whole (rows of a symbol are in update-id order)."""
+        if quotes.num_rows:
+            last = quotes.group_by("symbol", use_threads=False).aggregate([("timestamp", "last")])
+            times = last["timestamp_last"].cast(pa.int64()).to_pylist()
+            self._last_quote_us.update(zip(last["symbol"].to_pylist(), times, strict=True))
 
     def _reject(self, reject: Reject) -> None:
         self.stats.rejected[reject.reason] += 1

@@ -11,6 +11,9 @@ Field meanings are Binance's (https://developers.binance.com/docs/binance-spot-a
   bookTicker  u order book update id, s, b/B best bid price/qty, a/A best ask price/qty (no event time on spot)
 Times are milliseconds unless the connection asked for `timeUnit=MICROSECOND` (spot, since 2024-01), in which
 case every time field is already in microseconds: pass `TimeUnit.MICROSECOND`.
+Ids and times must fit the int64 columns they land in (times once in µs): an id of 2^63 or a trade time past
+9,223,372,036,854,775 ms is a `bad_field:<key>` reject, as is an integer orjson could only read as a float
+(10^23); a price or quantity that is a JSON number, not a decimal string, is rejected, never taken through float.
 
 Ids: message_id = UUIDv5("binance", data type, symbol, "<channel>:<venue id>"), with channel "trade" or
 "aggTrade" whether the payload came from the stream, REST or a data.binance.vision file, so a backfill of the
@@ -38,6 +41,8 @@ _TRADES = DataType.TRADES.value
 _QUOTES = DataType.QUOTES.value
 _BUY, _SELL = Side.BUY.value, Side.SELL.value
 _ZERO = Decimal(0)
+# Ids and times are int64 columns (times in µs): a JSON integer beyond that is a reject, not an OverflowError later.
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class TimeUnit(StrEnum):
@@ -84,14 +89,20 @@ def _get(data: Mapping[str, Any], key: str) -> Any:
 def _int(data: Mapping[str, Any], key: str) -> int:
     value = _get(data, key)
     if type(value) is not int:  # bool is an int subclass; the exact check refuses it too
+        # orjson reads an integer beyond 64 bits as a float (10^23 → 1e+23): refused here as not an integer
         raise PayloadError(f"bad_field:{key}", f"field {key!r} should be an integer, got {value!r}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise PayloadError(f"bad_field:{key}", f"field {key!r} is {value}, beyond a 64-bit integer")
     return value
 
 
 def _time(data: Mapping[str, Any], key: str, scale: int) -> int:
+    """A time field in µs (`scale` 1000: it was in ms); PayloadError unless after 1970 and within int64 µs."""
     value = _int(data, key)
     if value <= 0:
         raise PayloadError(f"bad_field:{key}", f"time {key!r} is {value}, not a time after 1970")
+    if value > _INT64_MAX // scale:
+        raise PayloadError(f"bad_field:{key}", f"time {key!r} is {value}, beyond 64-bit microseconds")
     return value * scale
 
 
@@ -105,8 +116,8 @@ def _bool(data: Mapping[str, Any], key: str) -> bool:
 def parse_amount(text: Any, name: str, reason: str) -> Decimal:
     """A price or quantity string → Decimal (scale 8, never via float); PayloadError(reason) if it is not one."""
     # Binance sends every price and quantity as a string; a JSON number would already have been through float.
-    if type(text) is not str:
-        raise PayloadError(reason, f"field {name!r} should be a decimal string, got {text!r}")
+    if type(text) is not str:  # a JSON number was parsed as a float (10^23 → 1e+23) or an int: never taken
+        raise PayloadError(reason, f"field {name!r} should be a decimal string, got {type(text).__name__} {text!r}")
     try:
         value = _decimal(text)
     except DecimalError as exc:
@@ -267,13 +278,14 @@ def normalize_agg_trade(
     if (
         type(found) is str and type(agg_id) is int and type(p) is str and type(q) is str and type(maker) is bool
         and type(first) is int and type(last) is int and first >= 0 and last >= 0 and type(ts) is int and ts > 0
+        and agg_id <= _INT64_MAX and first <= _INT64_MAX and last <= _INT64_MAX and ts <= _INT64_MAX // scale
     ):  # fmt: skip
         try:
             price, qty = _decimal(p), _decimal(q)
         except DecimalError:
             price = None
     if price is None or qty is None or price <= _ZERO or qty <= _ZERO:
-        found, agg_id, price, qty, first, last, ts, maker = _checked_agg_trade(data, symbol)
+        found, agg_id, price, qty, first, last, ts, maker = _checked_agg_trade(data, symbol, scale)
     vendor = {
         "channel": "aggTrade",
         "receive_time_us": str(receive_us),
@@ -291,7 +303,7 @@ def normalize_agg_trade(
     )  # fmt: skip
 
 
-def _checked_agg_trade(data: Mapping[str, Any], symbol: str | None) -> tuple[Any, ...]:
+def _checked_agg_trade(data: Mapping[str, Any], symbol: str | None, scale: int) -> tuple[Any, ...]:
     """The aggTrade fields validated one by one, so the PayloadError names the first fault (T stays unscaled)."""
     symbol = _symbol(data, symbol)
     agg_id = _int(data, "a")
@@ -304,7 +316,7 @@ def _checked_agg_trade(data: Mapping[str, Any], symbol: str | None) -> tuple[Any
     price = _decimal_field(data, "p", "bad_price")
     qty = _decimal_field(data, "q", "bad_quantity")
     first, last = _int(data, "f"), _int(data, "l")
-    ts = _time(data, "T", 1)
+    ts = _time(data, "T", scale) // scale
     return symbol, agg_id, price, qty, first, last, ts, _bool(data, "m")
 
 
@@ -390,6 +402,16 @@ def normalize_book_ticker(
         "platform_sequence": platform_sequence,
         "vendor_data": vendor,
     }
+
+
+def intended_spec(raw: bytes) -> RecordSpec:
+    """The table a rejected frame was meant for, as far as its bytes tell, so it goes to that data type's DLQ:
+    quotes for a bookTicker frame (a combined stream's name, or a raw payload's update id with best bid and ask),
+    trades otherwise."""
+    head = raw[:200]
+    if b"@bookTicker" in head or (b'"u":' in head and b'"b":' in head and b'"e":' not in head):
+        return QUOTES_V2
+    return TRADES_V2
 
 
 def record_spec(record: Mapping[str, Any]) -> RecordSpec:

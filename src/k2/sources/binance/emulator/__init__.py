@@ -4,6 +4,7 @@ Live Binance is unreachable from K2's environments; this emulator replays real c
 Binance's URL scheme, request/response envelopes, limits, keepalive and lifetime rules, and injects faults on demand.
 """
 
+from k2.sources.binance.capture import ReplayClock
 from k2.sources.binance.emulator.faults import ConnectionFault, FaultSpec, FrameFault
 from k2.sources.binance.emulator.limits import Limits
 from k2.sources.binance.emulator.server import BinanceEmulator, Endpoints, main
@@ -16,6 +17,7 @@ __all__ = [
     "FaultSpec",
     "FrameFault",
     "Limits",
+    "ReplayClock",
     "SyntheticSpec",
     "main",
 ]

@@ -3,6 +3,13 @@
 ``Hub.publish`` is the only way a frame reaches clients. It first records the frame (aggTrades, derived raw trades,
 last depth update id, last book ticker) so REST is consistent with the stream, then applies the fault plan, then fans
 the frame out to every subscribed connection's queue in publish order.
+
+A replay runs on one clock (``ReplayClock``). Spot bookTicker frames carry no time, so a client times a quote by
+when it receives it, while a trade carries the time it happened: replayed as recorded, a capture's quotes would land
+today and its trades years ago. So the replay gives every bookTicker an event time ``E``, the moment the capture
+received it, and by default (``NOW``) re-bases each capture to the moment its replay starts: every time field of
+every frame (E, T, O, C, kline t/T) and the bookTicker ``E`` move by the same whole-millisecond offset, so the times
+differ exactly as they did in the capture. ``RECORDED`` keeps the recorded times (offset 0).
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import copy
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -18,6 +26,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from k2.sources.binance.capture import ReplayClock
 from k2.sources.binance.emulator.capture import Capture
 from k2.sources.binance.emulator.faults import FaultPlan, FrameFault
 
@@ -29,31 +38,45 @@ _KLINE_TIME_FIELDS = ("t", "T")
 log = structlog.get_logger(__name__)
 
 
-def to_microseconds(data: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``data`` with every millisecond time field multiplied by 1000."""
+def _map_times(data: dict[str, Any], change: Callable[[int], int]) -> dict[str, Any]:
+    """A copy of ``data`` with ``change`` applied to every time field (the kline's too)."""
     out = dict(data)
     for key in _TIME_FIELDS:
-        if isinstance(out.get(key), int):
-            out[key] = out[key] * 1000
+        if type(out.get(key)) is int:
+            out[key] = change(out[key])
     kline = out.get("k")
     if isinstance(kline, dict):
         kline = dict(kline)
         for key in _KLINE_TIME_FIELDS:
-            if isinstance(kline.get(key), int):
-                kline[key] = kline[key] * 1000
+            if type(kline.get(key)) is int:
+                kline[key] = change(kline[key])
         out["k"] = kline
     return out
 
 
+def to_microseconds(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with every millisecond time field multiplied by 1000."""
+    return _map_times(data, lambda ms: ms * 1000)
+
+
+def shift_times(data: dict[str, Any], offset_ms: int) -> dict[str, Any]:
+    """A copy of ``data`` with every (millisecond) time field moved by ``offset_ms``."""
+    return _map_times(data, lambda ms: ms + offset_ms)
+
+
 class Outgoing:
-    """One frame on its way out; serialised at most once per (combined, timeUnit) variant for all connections."""
+    """One frame on its way out; serialised at most once per (combined, timeUnit) variant for all connections.
 
-    __slots__ = ("_cache", "data", "malformed", "stream")
+    ``event_us`` (a replayed bookTicker's time, see the module doc) is sent as ``E``: exact in microseconds, whole
+    milliseconds otherwise."""
 
-    def __init__(self, stream: str, data: dict[str, Any], malformed: bool = False) -> None:
+    __slots__ = ("_cache", "data", "event_us", "malformed", "stream")
+
+    def __init__(self, stream: str, data: dict[str, Any], malformed: bool = False, event_us: int | None = None) -> None:
         self.stream = stream
         self.data = data
         self.malformed = malformed
+        self.event_us = event_us
         self._cache: dict[tuple[bool, bool], str] = {}
 
     def text(self, combined: bool, micro: bool) -> str:
@@ -61,7 +84,10 @@ class Outgoing:
         key = (combined, micro)
         cached = self._cache.get(key)
         if cached is None:
-            payload = orjson.dumps(to_microseconds(self.data) if micro else self.data)
+            data = to_microseconds(self.data) if micro else self.data
+            if self.event_us is not None:
+                data = {**data, "E": self.event_us if micro else self.event_us // 1000}
+            payload = orjson.dumps(data)
             if combined:
                 payload = b'{"stream":' + orjson.dumps(self.stream) + b',"data":' + payload + b"}"
             cached = payload.decode()
@@ -159,8 +185,9 @@ class Hub:
             sinks.discard(sink)
         self.connections.discard(sink)
 
-    def publish(self, stream: str, data: dict[str, Any]) -> None:
-        """Record ``data`` for REST, then send it (or its fault) to every subscriber of ``stream``."""
+    def publish(self, stream: str, data: dict[str, Any], event_us: int | None = None) -> None:
+        """Record ``data`` for REST, then send it (or its fault) to every subscriber of ``stream``; ``event_us``:
+        see `Outgoing`."""
         self._record(stream, data)
         self.counts["published"] += 1
         fault = self.faults.decide(stream)
@@ -169,7 +196,7 @@ class Hub:
         self.counts[fault.value] += 1
         if fault is FrameFault.DROP:
             return
-        item = Outgoing(stream, data, malformed=fault is FrameFault.MALFORMED)
+        item = Outgoing(stream, data, malformed=fault is FrameFault.MALFORMED, event_us=event_us)
         if fault is FrameFault.REORDER:
             self._held[stream] = item
             return
@@ -212,11 +239,19 @@ class Hub:
         self.snapshots.setdefault(symbol, body)
 
 
-async def replay(hub: Hub, captures: Sequence[Capture], speed: float, wait_for_subscriber: bool) -> None:
+async def replay(
+    hub: Hub,
+    captures: Sequence[Capture],
+    speed: float,
+    wait_for_subscriber: bool,
+    clock: ReplayClock = ReplayClock.NOW,
+) -> None:
     """Publish every captured frame in receipt order; gaps between receipt times are divided by ``speed``.
 
-    Captures play one after another. ``speed`` 0 publishes as fast as the loop allows (yielding between frames so
-    connections drain). Frames are copied so faults and unit conversion never touch the parsed capture.
+    Captures play one after another, each on the ``clock`` (see the module doc) from the moment its replay starts;
+    the replayed times keep the capture's spacing whatever the ``speed``. ``speed`` 0 publishes as fast as the loop
+    allows (yielding between frames so connections drain). Frames are copied so faults and unit conversion never
+    touch the parsed capture.
     """
     loop = asyncio.get_running_loop()
     if wait_for_subscriber:
@@ -226,6 +261,8 @@ async def replay(hub: Hub, captures: Sequence[Capture], speed: float, wait_for_s
             continue
         origin_us = capture.frames[0].receipt_us
         started = loop.time()
+        # whole milliseconds, so that millisecond time fields move exactly
+        offset_ms = (time.time_ns() // 1000 - origin_us) // 1000 if clock is ReplayClock.NOW else 0
         for frame in capture.frames:
             if speed > 0:
                 delay = started + (frame.receipt_us - origin_us) / 1e6 / speed - loop.time()
@@ -235,8 +272,12 @@ async def replay(hub: Hub, captures: Sequence[Capture], speed: float, wait_for_s
                     await asyncio.sleep(0)
             else:
                 await asyncio.sleep(0)
+            data = copy.deepcopy(frame.data)
+            event_us = None
+            if frame.stream.endswith("@bookTicker") and "E" not in data:
+                event_us = frame.receipt_us + offset_ms * 1000
             try:
-                hub.publish(frame.stream, copy.deepcopy(frame.data))
+                hub.publish(frame.stream, shift_times(data, offset_ms) if offset_ms else data, event_us)
             except (KeyError, TypeError, ValueError) as exc:
                 # A payload missing a field its stream always has: the replay goes on without it, counted and said.
                 hub.counts["unusable"] += 1

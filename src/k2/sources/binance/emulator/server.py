@@ -19,6 +19,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from k2.core.metrics import serve_metrics
 from k2.samples import BINANCE_EXCHANGE_INFO
+from k2.sources.binance.capture import ReplayClock
 from k2.sources.binance.emulator.capture import Capture, load_capture
 from k2.sources.binance.emulator.faults import ConnectionFault, FaultPlan, FaultSpec, FrameFault
 from k2.sources.binance.emulator.feed import Hub, replay
@@ -42,6 +43,8 @@ class BinanceEmulator:
 
     ``speed`` divides the recorded receipt-time gaps (0 = as fast as possible). With ``wait_for_subscriber`` the
     replay starts when the first connection subscribes, so a client connecting first sees every captured frame.
+    ``clock``: a capture's times re-based to the moment its replay starts (``now``) or as recorded (``recorded``);
+    either way trades and quotes share one clock (k2.sources.binance.emulator.feed).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class BinanceEmulator:
         rest_port: int = 0,
         wait_for_subscriber: bool = True,
         exchange_info: Path = BINANCE_EXCHANGE_INFO,
+        clock: ReplayClock | str = ReplayClock.NOW,
     ) -> None:
         if speed < 0:
             raise ValueError("speed must be >= 0 (0 replays as fast as possible)")
@@ -64,6 +68,7 @@ class BinanceEmulator:
         self.captures: list[Capture] = []  # as loaded by start(), with the lines each skipped
         self.synthetic = synthetic
         self.speed = speed
+        self.clock = ReplayClock(clock)
         self.fault_spec = faults or FaultSpec()
         self.limits = limits or Limits()
         self.host, self.ws_port, self.rest_port = host, ws_port, rest_port
@@ -136,7 +141,7 @@ class BinanceEmulator:
         self.rest_port = self._rest_server.servers[0].sockets[0].getsockname()[1]
 
         if captures:
-            self._replay = asyncio.create_task(replay(hub, captures, self.speed, self.wait_for_subscriber))
+            self._replay = asyncio.create_task(replay(hub, captures, self.speed, self.wait_for_subscriber, self.clock))
             self._replay.add_done_callback(_report_failure)
             self._tasks.append(self._replay)
         if self.synthetic:
@@ -281,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="also run a synthetic market")
     parser.add_argument("--symbols", type=int, default=3, help="synthetic symbols (SYN0USDT, ...)")
     parser.add_argument("--rate", type=float, default=100.0, help="synthetic frames per second")
+    parser.add_argument(
+        "--clock",
+        choices=[c.value for c in ReplayClock],
+        default=ReplayClock.NOW.value,
+        help="now: re-base each capture's times to when its replay starts; recorded: keep the recorded times",
+    )
     parser.add_argument("--no-wait", action="store_true", help="start replay at once, not on the first subscriber")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on 127.0.0.1:PORT")
     parser.add_argument(
@@ -305,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_port=args.port,
         rest_port=rest_port,
         wait_for_subscriber=not args.no_wait,
+        clock=args.clock,
     )
 
     async def run() -> None:
