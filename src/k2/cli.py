@@ -117,12 +117,24 @@ def load_asx(
 @load_app.command("binance-files")
 def load_binance_files(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="data.binance.vision CSV or zip files"),
+    exchange_info: Path = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="A saved GET /api/v3/exchangeInfo response (.json or .json.gz) naming each symbol's quote asset"
+        " (default: the 2021-10-12 response shipped in data/samples)",
+    ),
 ) -> None:
     """Load Binance public-data files (trades, aggTrades, klines; .CHECKSUM verified when present)."""
     from k2.ingest.pipeline import load
     from k2.sources.binance.files import BinanceFileSource
+    from k2.sources.binance.symbols import SymbolDirectory
 
-    _finish_load(load(BinanceFileSource(paths), Settings(), err))
+    try:
+        symbols = SymbolDirectory.from_file(exchange_info) if exchange_info else None
+    except ValueError as exc:
+        raise UserError(f"--exchange-info: {exc}") from None
+    _finish_load(load(BinanceFileSource(paths, symbols=symbols), Settings(), err))
 
 
 def _finish_load(recon: Reconciliation) -> None:

@@ -27,7 +27,7 @@ from k2.sources.binance.normalize import (
     normalize_trade,
     record_spec,
 )
-from k2.sources.binance.symbols import SuffixQuotes, SymbolDirectory, UnknownSymbolError
+from k2.sources.binance.symbols import SymbolDirectory, UnknownSymbolError, shipped_directory
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _first_agg_trade() -> dict[str, Any]:
 
 
 def test_symbol_directory_knows_base_quote_and_status_from_exchange_info(symbols: SymbolDirectory) -> None:
-    assert len(symbols) == 9
+    assert len(symbols) == 15
     blz = symbols["BLZETH"]
     assert (blz.base_asset, blz.quote_asset, blz.status) == ("BLZ", "ETH", "TRADING")
     assert symbols.quote_asset("RUNEEUR") == "EUR"
@@ -65,13 +65,22 @@ def test_unknown_symbol_is_a_clear_error_with_the_reject_reason(symbols: SymbolD
         SymbolDirectory.from_json(b'{"serverTime": 1}')
 
 
-def test_suffix_inference_prefers_the_longest_quote() -> None:
-    quotes = SuffixQuotes()
-    assert [quotes.quote_asset(s) for s in ("BTCFDUSD", "ETHBUSD", "ADABTC", "BTCUSD_PERP", "ETHUSD_231229")] == [
-        "FDUSD", "BUSD", "BTC", "USD", "USD",
-    ]  # fmt: skip
-    with pytest.raises(UnknownSymbolError):
-        quotes.quote_asset("BTCXYZ")
+def test_currency_is_the_quote_asset_exchange_info_names_never_a_guess_from_the_letters() -> None:
+    """Pairs a suffix guess got wrong (TUSD read as USD) or could not tell (PAX), from the shipped recording."""
+    agg = _first_agg_trade()["data"]
+    quotes = {
+        symbol: normalize_agg_trade({**agg, "s": symbol}, shipped_directory(), 1)["currency"]
+        for symbol in ("QTUMETH", "MATICBNB", "LINKUSDC", "BNBTUSD", "XRPTUSD", "WAVESPAX")
+    }
+    assert quotes == {
+        "QTUMETH": "ETH", "MATICBNB": "BNB", "LINKUSDC": "USDC",
+        "BNBTUSD": "TUSD", "XRPTUSD": "TUSD", "WAVESPAX": "PAX",
+    }  # fmt: skip
+    wavespax = shipped_directory()["WAVESPAX"]
+    assert (wavespax.base_asset, wavespax.status) == ("WAVES", "BREAK")
+    with pytest.raises(PayloadError, match=r"'BTCXYZ' is not in .*exchangeInfo") as caught:
+        normalize_agg_trade({**agg, "s": "BTCXYZ"}, shipped_directory(), 1)
+    assert caught.value.reason == "unknown_symbol"
 
 
 # --- aggTrade stream -----------------------------------------------------------------------------------------------
