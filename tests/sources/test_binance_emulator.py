@@ -27,7 +27,11 @@ from k2.core.errors import UserError
 from k2.core.metrics import REGISTRY
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as APRIL
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as OCTOBER
+from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, SyntheticSpec
+from k2.sources.binance.emulator.faults import FaultPlan
+from k2.sources.binance.emulator.feed import Hub
+from k2.sources.binance.emulator.rest import create_app
 
 # data/samples/binance/README.md: BTCUSDT has 1,227 consecutive aggregate ids in the April capture.
 BTC_AGG_IDS = list(range(665076760, 665077987))
@@ -415,6 +419,25 @@ def test_rest_agg_trades_from_id_is_inclusive_and_matches_the_stream(start: Call
         assert client.get("/api/v3/aggTrades", params={"symbol": "BTCUSDT", "limit": 1001}).status_code == 400
         info = client.get("/api/v3/exchangeInfo").json()
         assert {"BTCUSDT", "ETHUSDT", "DOTUSDT"} <= {entry["symbol"] for entry in info["symbols"]}
+
+
+def test_exchange_info_is_the_recorded_response_and_a_symbol_it_lacks_is_not_made_up() -> None:
+    from fastapi.testclient import TestClient
+
+    hub = Hub(FaultPlan(FaultSpec()))
+    hub.symbols.update({"BTCUSDT", "QTUMETH", "BNBTUSD", "WAVESPAX", "BTCXYZ"})
+    app = create_app(hub, Limits(), own_symbols=SyntheticSpec(symbols=1).exchange_info_symbols())
+    recorded = json.loads(BINANCE_EXCHANGE_INFO.read_bytes())["symbols"]
+    with TestClient(app) as client:
+        info = client.get("/api/v3/exchangeInfo").json()
+        one = client.get("/api/v3/exchangeInfo", params={"symbol": "BNBTUSD"}).json()
+        lacking = client.get("/api/v3/exchangeInfo", params={"symbol": "BTCXYZ"})
+    assert info["symbols"][: len(recorded)] == recorded  # every recorded entry as Binance sent it
+    quotes = {s["symbol"]: s["quoteAsset"] for s in info["symbols"]}
+    assert [quotes[s] for s in ("QTUMETH", "BNBTUSD", "WAVESPAX", "SYN0USDT")] == ["ETH", "TUSD", "PAX", "USDT"]
+    assert len(info["symbols"]) == len(recorded) + 1 and "BTCXYZ" not in quotes
+    assert [(s["symbol"], s["baseAsset"]) for s in one["symbols"]] == [("BNBTUSD", "BNB")]
+    assert (lacking.status_code, lacking.json()) == (400, {"code": -1121, "msg": "Invalid symbol."})
 
 
 @pytest.mark.timeout(30)

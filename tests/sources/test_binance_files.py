@@ -20,22 +20,12 @@ from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import BARS_V2, TRADES_V2
 from k2.sources.binance.files import BinanceFileSource, ChecksumError, describe_file
 from k2.sources.binance.normalize import normalize_agg_trade, normalize_rest_trade
-from k2.sources.binance.symbols import SymbolDirectory, SymbolInfo, shipped_directory
+from k2.sources.binance.symbols import SymbolDirectory, shipped_directory
+from tests.binance_metadata import SAMPLE_PAIRS
 
 ADABTC = VISION / "ADABTC-1m-2021-11-27.csv"
 DOGE = VISION / "DOGEUSDT-1s-2025-01-01.excerpt.csv"
 FUTURES = VISION / "futures-cm-BTCUSD_PERP-1h-2023-10-27.excerpt.csv"
-
-
-# The shipped exchangeInfo recording lists 15 symbols; the kline samples' pairs are stated here as exchangeInfo
-# lists them (ADA/BTC, DOGE/USDT), the way a user passes a full exchangeInfo with --exchange-info.
-SAMPLE_PAIRS = SymbolDirectory(
-    [
-        *shipped_directory(),
-        SymbolInfo("ADABTC", "ADA", "BTC", "TRADING"),
-        SymbolInfo("DOGEUSDT", "DOGE", "USDT", "TRADING"),
-    ]
-)
 
 
 def _load(paths: list[Path], **options: Any) -> list[SourceBatch]:
