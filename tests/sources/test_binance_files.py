@@ -211,14 +211,15 @@ def test_unknown_quote_asset_rejects_every_row_unless_exchange_info_knows_it(tmp
 def test_currency_of_a_file_is_the_quote_asset_from_exchange_info(tmp_path: Path) -> None:
     """Pairs whose quote a suffix guess got wrong (TUSD as USD) or could not tell (PAX), with the shipped metadata."""
     currencies = {}
-    for symbol in ("QTUMETH", "MATICBNB", "LINKUSDC", "BNBTUSD", "WAVESPAX"):
+    for symbol in ("QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "WAVESPAX"):
         path = tmp_path / f"{symbol}-trades-2021-10-22.csv"
         path.write_text("\n".join(_rest_trade_rows()[:2]) + "\n")
         (batch,) = list(BinanceFileSource([path]).batches())
         assert len(batch.records) == 2 and not batch.rejects
         currencies[symbol] = {r["currency"] for r in batch.records}
     assert currencies == {
-        "QTUMETH": {"ETH"}, "MATICBNB": {"BNB"}, "LINKUSDC": {"USDC"}, "BNBTUSD": {"TUSD"}, "WAVESPAX": {"PAX"},
+        "QTUMETH": {"ETH"}, "AXSBNB": {"BNB"}, "NEOUSDC": {"USDC"},
+        "BNBBRL": {"BRL"}, "BNBTUSD": {"TUSD"}, "WAVESPAX": {"PAX"},
     }  # fmt: skip
 
 

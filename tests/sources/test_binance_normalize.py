@@ -50,7 +50,7 @@ def _first_agg_trade() -> dict[str, Any]:
 
 
 def test_symbol_directory_knows_base_quote_and_status_from_exchange_info(symbols: SymbolDirectory) -> None:
-    assert len(symbols) == 15
+    assert len(symbols) == 20
     blz = symbols["BLZETH"]
     assert (blz.base_asset, blz.quote_asset, blz.status) == ("BLZ", "ETH", "TRADING")
     assert symbols.quote_asset("RUNEEUR") == "EUR"
@@ -66,18 +66,18 @@ def test_unknown_symbol_is_a_clear_error_with_the_reject_reason(symbols: SymbolD
 
 
 def test_currency_is_the_quote_asset_exchange_info_names_never_a_guess_from_the_letters() -> None:
-    """Pairs a suffix guess got wrong (TUSD read as USD) or could not tell (PAX), from the shipped recording."""
+    """From the shipped recording, including pairs a suffix guess got wrong (TUSD read as USD) or could not tell."""
     agg = _first_agg_trade()["data"]
     quotes = {
         symbol: normalize_agg_trade({**agg, "s": symbol}, shipped_directory(), 1)["currency"]
-        for symbol in ("QTUMETH", "MATICBNB", "LINKUSDC", "BNBTUSD", "XRPTUSD", "WAVESPAX")
+        for symbol in ("QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "XRPTUSD", "WAVESPAX", "RENBTCBTC")
     }
     assert quotes == {
-        "QTUMETH": "ETH", "MATICBNB": "BNB", "LINKUSDC": "USDC",
-        "BNBTUSD": "TUSD", "XRPTUSD": "TUSD", "WAVESPAX": "PAX",
+        "QTUMETH": "ETH", "AXSBNB": "BNB", "NEOUSDC": "USDC", "BNBBRL": "BRL",
+        "BNBTUSD": "TUSD", "XRPTUSD": "TUSD", "WAVESPAX": "PAX", "RENBTCBTC": "BTC",
     }  # fmt: skip
-    wavespax = shipped_directory()["WAVESPAX"]
-    assert (wavespax.base_asset, wavespax.status) == ("WAVES", "BREAK")
+    wavespax, renbtc = shipped_directory()["WAVESPAX"], shipped_directory()["RENBTCBTC"]
+    assert (wavespax.base_asset, wavespax.status, renbtc.base_asset) == ("WAVES", "BREAK", "RENBTC")
     with pytest.raises(PayloadError, match=r"'BTCXYZ' is not in .*exchangeInfo") as caught:
         normalize_agg_trade({**agg, "s": "BTCXYZ"}, shipped_directory(), 1)
     assert caught.value.reason == "unknown_symbol"
