@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -17,6 +21,7 @@ from k2.samples import BINANCE_REST_RESPONSES as REST
 from k2.schema.codecs import datetime_from_micros, message_id
 from k2.schema.fields import QUOTES_V2, TRADES_V2
 from k2.sources.binance.capture import ws_frames
+from k2.sources.binance.live import fetch_symbols
 from k2.sources.binance.normalize import (
     PayloadError,
     TimeUnit,
@@ -27,7 +32,13 @@ from k2.sources.binance.normalize import (
     normalize_trade,
     record_spec,
 )
-from k2.sources.binance.symbols import SymbolDirectory, UnknownSymbolError, shipped_directory
+from k2.sources.binance.symbols import (
+    SymbolDirectory,
+    UnknownSymbolError,
+    load_saved_exchange_info,
+    save_exchange_info,
+    shipped_directory,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +92,25 @@ def test_currency_is_the_quote_asset_exchange_info_names_never_a_guess_from_the_
     with pytest.raises(PayloadError, match=r"'BTCXYZ' is not in .*exchangeInfo") as caught:
         normalize_agg_trade({**agg, "s": "BTCXYZ"}, shipped_directory(), 1)
     assert caught.value.reason == "unknown_symbol"
+
+
+def test_a_fetched_exchange_info_is_kept_with_its_fetch_time_and_used_when_the_venue_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "binance" / "exchangeInfo.json"
+    before = time.time_ns() // 1000
+    saved = save_exchange_info(cache, EXCHANGE_INFO.read_bytes(), source="https://api.binance.com/api/v3/exchangeInfo")
+    directory, fetched_at_us = load_saved_exchange_info(cache)
+    assert before <= fetched_at_us <= time.time_ns() // 1000
+    assert len(directory) == len(saved) == 20 and directory.quote_asset("BNBBRL") == "BRL"
+    # nothing listens on port 1: the saved response answers, and without one the error is raised
+    offline = asyncio.run(fetch_symbols("http://127.0.0.1:1", ["BNBBRL"], cache))
+    assert offline.quote_asset("AXSBNB") == "BNB" and "saved" in offline.source
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(fetch_symbols("http://127.0.0.1:1", ["BNBBRL"], tmp_path / "none.json"))
+    cache.write_text("{}")
+    with pytest.raises(ValueError, match="not a saved exchangeInfo"):
+        load_saved_exchange_info(cache)
 
 
 # --- aggTrade stream -----------------------------------------------------------------------------------------------
