@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections import Counter
 from decimal import Decimal
@@ -92,6 +93,12 @@ def test_currency_is_the_quote_asset_exchange_info_names_never_a_guess_from_the_
     with pytest.raises(PayloadError, match=r"'BTCXYZ' is not in .*exchangeInfo") as caught:
         normalize_agg_trade({**agg, "s": "BTCXYZ"}, shipped_directory(), 1)
     assert caught.value.reason == "unknown_symbol"
+
+
+def test_a_gzipped_exchange_info_file_reads_like_the_plain_one(tmp_path: Path) -> None:
+    packed = tmp_path / "exchangeInfo.json.gz"
+    packed.write_bytes(gzip.compress(EXCHANGE_INFO.read_bytes()))
+    assert list(SymbolDirectory.from_file(packed)) == list(SymbolDirectory.from_file(EXCHANGE_INFO))
 
 
 def test_a_fetched_exchange_info_is_kept_with_its_fetch_time_and_used_when_the_venue_is_unreachable(

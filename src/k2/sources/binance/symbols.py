@@ -44,6 +44,12 @@ class QuoteResolver(Protocol):
     def quote_asset(self, symbol: str) -> str: ...
 
 
+def exchange_info_bytes(path: Path) -> bytes:
+    """The bytes of an exchangeInfo body kept in a file; a `.gz` file (a full response is ~2 MB) is gunzipped."""
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if path.suffix == ".gz" else raw
+
+
 @dataclass(frozen=True)
 class SymbolInfo:
     symbol: str
@@ -79,10 +85,8 @@ class SymbolDirectory:
 
     @classmethod
     def from_file(cls, path: Path | str) -> SymbolDirectory:
-        """An exchangeInfo body saved as a file (`.gz` files are read through gzip)."""
-        path = Path(path)
-        raw = path.read_bytes()
-        return cls.from_json(gzip.decompress(raw) if path.suffix == ".gz" else raw, source=str(path))
+        """An exchangeInfo body saved as a file (see `exchange_info_bytes`)."""
+        return cls.from_json(exchange_info_bytes(Path(path)), source=str(path))
 
     def __len__(self) -> int:
         return len(self._infos)

@@ -6,7 +6,6 @@ market-data-endpoints); limits and error bodies follow "LIMITS" and "Error codes
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import time
@@ -21,6 +20,7 @@ from fastapi.responses import JSONResponse
 from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.sources.binance.emulator.feed import Hub
 from k2.sources.binance.emulator.limits import Limits
+from k2.sources.binance.symbols import exchange_info_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -68,8 +68,7 @@ def load_exchange_info(
 ) -> tuple[dict[str, Any], list[str]]:
     """The recorded exchangeInfo as Binance sent it, plus `own_symbols` (a synthetic market's own definitions), and
     the served symbols it does not list: those are reported, never made up from the symbol's letters."""
-    raw = path.read_bytes()
-    info = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+    info = json.loads(exchange_info_bytes(path))
     info["symbols"] = [*info["symbols"], *own_symbols]
     known = {entry["symbol"] for entry in info["symbols"]}
     for rule in info["rateLimits"]:
