@@ -64,6 +64,18 @@ def test_a_binance_file_whose_name_says_nothing(settings: Settings, tmp_path: Pa
     assert one_error_line(result).startswith("error: klines.csv: cannot tell symbol and kind from the name")
 
 
+def test_an_exchange_info_file_that_is_not_one(settings: Settings, tmp_path: Path, no_stack: None) -> None:
+    copy = tmp_path / KLINES.name
+    shutil.copyfile(KLINES, copy)
+    info = tmp_path / "exchangeInfo.json"
+    info.write_text('{"serverTime": 1}')
+    result = runner.invoke(app, ["load", "binance-files", "--exchange-info", str(info), str(copy)])
+    assert result.exit_code == 2
+    assert one_error_line(result) == (
+        f"error: --exchange-info: {info}: no 'symbols' list; expected a GET /api/v3/exchangeInfo response body"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -27,6 +27,7 @@ from k2.sources.binance.capture import ReplayClock
 
 if TYPE_CHECKING:
     from k2.ingest.reconcile import Reconciliation
+    from k2.sources.binance.symbols import SymbolDirectory
 
 err = Console(stderr=True)
 out = Console()
@@ -115,26 +116,47 @@ def load_asx(
     _finish_load(load(AsxSource(directory), Settings(), err))
 
 
+_EXCHANGE_INFO = typer.Option(
+    None,
+    exists=True,
+    dir_okay=False,
+    help="A saved GET /api/v3/exchangeInfo response (.json or .json.gz) naming each symbol's quote asset"
+    " (default: the 2021-10-12 response shipped in data/samples)",
+)
+
+
+def _binance_symbols(exchange_info: Path | None) -> SymbolDirectory:
+    """The symbol metadata a Binance load resolves currencies with: `--exchange-info` or the shipped response."""
+    from k2.sources.binance.symbols import SymbolDirectory, shipped_directory
+
+    try:
+        return SymbolDirectory.from_file(exchange_info) if exchange_info else shipped_directory()
+    except ValueError as exc:
+        raise UserError(f"--exchange-info: {exc}") from None
+
+
 @load_app.command("binance-files")
 def load_binance_files(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="data.binance.vision CSV or zip files"),
+    exchange_info: Path = _EXCHANGE_INFO,
 ) -> None:
     """Load Binance public-data files (trades, aggTrades, klines; .CHECKSUM verified when present)."""
     from k2.ingest.pipeline import load
     from k2.sources.binance.files import BinanceFileSource
 
-    _finish_load(load(BinanceFileSource(paths), Settings(), err))
+    _finish_load(load(BinanceFileSource(paths, symbols=_binance_symbols(exchange_info)), Settings(), err))
 
 
 @load_app.command("capture")
 def load_capture(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Recorded cryptofeed capture files"),
+    exchange_info: Path = _EXCHANGE_INFO,
 ) -> None:
     """Load the trades and quotes of recorded Binance captures, stamped with the capture's own receive times."""
     from k2.ingest.pipeline import load
     from k2.sources.binance.capture_source import CaptureSource
 
-    _finish_load(load(CaptureSource(paths), Settings(), err))
+    _finish_load(load(CaptureSource(paths, symbols=_binance_symbols(exchange_info)), Settings(), err))
 
 
 def _finish_load(recon: Reconciliation) -> None:

@@ -23,6 +23,7 @@ from k2.sources.binance.client import ClientLimits
 from k2.sources.binance.emulator.faults import FaultSpec
 from k2.sources.binance.emulator.server import BinanceEmulator
 from k2.sources.binance.files import BinanceFileSource
+from tests.binance_metadata import SAMPLE_PAIRS
 from tests.integration.helpers import lake_query
 from tests.waiting import wait_until
 
@@ -114,7 +115,7 @@ def test_book_ticker_frames_land_in_quotes(settings: Settings) -> None:
 
 def test_kline_files_land_with_utc_times_in_both_timestamp_eras(settings: Settings) -> None:
     files = sorted(BINANCE_PUBLIC_DATA.glob("*.csv"))
-    recon = load(BinanceFileSource(files), settings, QUIET)
+    recon = load(BinanceFileSource(files, symbols=SAMPLE_PAIRS), settings, QUIET)
     assert recon.ok
     rows = lake_query(
         settings,
@@ -144,6 +145,28 @@ def test_a_file_whose_every_row_is_rejected_fails_the_load_in_one_line(settings:
         " loaded; the rows are kept in the dlq.* topics with their reasons"
     )
     assert "Traceback" not in result.output
+
+
+def test_files_land_in_the_currency_exchange_info_names_and_an_unknown_symbol_fails_the_load(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # BNBTUSD is quoted in TUSD (a guess from the symbol's ending said USD); the shipped exchangeInfo says so
+    rows = "1111468873,600.10000000,0.50000000,300.05000000,1634944096633,True,True\n"
+    tusd = tmp_path / "BNBTUSD-trades-2021-10-22.csv"
+    tusd.write_text(rows + rows.replace("1111468873", "1111468874"))
+    result = CliRunner().invoke(app, ["load", "binance-files", str(tusd)])
+    assert result.exit_code == 0, result.output
+    assert lake_query(settings, "SELECT symbol, currency, count(*) FROM market_data.trades_v2 GROUP BY ALL") == [
+        ("BNBTUSD", "TUSD", 2)
+    ]
+    unknown = tmp_path / "BTCXYZ-trades-2021-10-22.csv"
+    unknown.write_text(rows)
+    result = CliRunner().invoke(app, ["load", "binance-files", str(unknown)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: every one of the 1 rows read was rejected (unknown_symbol: 1); nothing was loaded; the rows are"
+        " kept in the dlq.* topics with their reasons"
+    )
 
 
 def test_connections_are_replaced_before_their_lifetime_ends_with_overlap(settings: Settings) -> None:

@@ -27,10 +27,14 @@ from k2.core.errors import UserError
 from k2.core.metrics import REGISTRY
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as APRIL
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as OCTOBER
+from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.sources.binance.capture_source import CaptureSource
 from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, ReplayClock, SyntheticSpec
+from k2.sources.binance.emulator.faults import FaultPlan
+from k2.sources.binance.emulator.feed import Hub
+from k2.sources.binance.emulator.rest import create_app
 from k2.sources.binance.normalize import TimeUnit, normalize_frame
-from k2.sources.binance.symbols import SuffixQuotes
+from k2.sources.binance.symbols import shipped_directory
 
 # data/samples/binance/README.md: BTCUSDT has 1,227 consecutive aggregate ids in the April capture.
 BTC_AGG_IDS = list(range(665076760, 665077987))
@@ -392,7 +396,7 @@ def replayed_times(ws_url: str) -> dict[str, int]:
 
     times = {}
     for raw in run(scenario):
-        record = normalize_frame(raw, SuffixQuotes(), 0, TimeUnit.MICROSECOND)
+        record = normalize_frame(raw, shipped_directory(), 0, TimeUnit.MICROSECOND)
         assert isinstance(record, dict), record
         times[record["message_id"]] = record["timestamp"]
     return times
@@ -462,6 +466,28 @@ def test_rest_agg_trades_from_id_is_inclusive_and_matches_the_stream(start: Call
         assert client.get("/api/v3/aggTrades", params={"symbol": "BTCUSDT", "limit": 1001}).status_code == 400
         info = client.get("/api/v3/exchangeInfo").json()
         assert {"BTCUSDT", "ETHUSDT", "DOTUSDT"} <= {entry["symbol"] for entry in info["symbols"]}
+
+
+def test_exchange_info_is_the_recorded_response_and_a_symbol_it_lacks_is_not_made_up() -> None:
+    from fastapi.testclient import TestClient
+
+    hub = Hub(FaultPlan(FaultSpec()))
+    hub.symbols.update({"BTCUSDT", "QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "WAVESPAX", "BTCAUD"})
+    app = create_app(hub, Limits(), own_symbols=SyntheticSpec(symbols=1).exchange_info_symbols())
+    recorded = json.loads(BINANCE_EXCHANGE_INFO.read_bytes())["symbols"]
+    with TestClient(app) as client:
+        info = client.get("/api/v3/exchangeInfo").json()
+        one = client.get("/api/v3/exchangeInfo", params={"symbol": "BNBTUSD"}).json()
+        lacking = client.get("/api/v3/exchangeInfo", params={"symbol": "BTCAUD"})
+    assert info["symbols"][: len(recorded)] == recorded  # every recorded entry as Binance sent it
+    quotes = {s["symbol"]: s["quoteAsset"] for s in info["symbols"]}
+    assert [quotes[s] for s in ("QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "WAVESPAX", "SYN0USDT")] == [
+        "ETH", "BNB", "USDC", "BRL", "TUSD", "PAX", "USDT",
+    ]  # fmt: skip
+    # BTCAUD is not in the recorded excerpt: it is left out and named as unknown, never built from its letters
+    assert len(info["symbols"]) == len(recorded) + 1 and "BTCAUD" not in quotes
+    assert [(s["symbol"], s["baseAsset"]) for s in one["symbols"]] == [("BNBTUSD", "BNB")]
+    assert (lacking.status_code, lacking.json()) == (400, {"code": -1121, "msg": "Invalid symbol."})
 
 
 @pytest.mark.timeout(30)

@@ -20,7 +20,8 @@ from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import BARS_V2, TRADES_V2
 from k2.sources.binance.files import BinanceFileSource, ChecksumError, describe_file
 from k2.sources.binance.normalize import normalize_agg_trade, normalize_rest_trade
-from k2.sources.binance.symbols import SuffixQuotes, SymbolDirectory
+from k2.sources.binance.symbols import SymbolDirectory, shipped_directory
+from tests.binance_metadata import SAMPLE_PAIRS
 
 ADABTC = VISION / "ADABTC-1m-2021-11-27.csv"
 DOGE = VISION / "DOGEUSDT-1s-2025-01-01.excerpt.csv"
@@ -28,7 +29,7 @@ FUTURES = VISION / "futures-cm-BTCUSD_PERP-1h-2023-10-27.excerpt.csv"
 
 
 def _load(paths: list[Path], **options: Any) -> list[SourceBatch]:
-    return list(BinanceFileSource(paths, **options).batches())
+    return list(BinanceFileSource(paths, **{"symbols": SAMPLE_PAIRS, **options}).batches())
 
 
 def _utc(micros: int) -> str:
@@ -114,7 +115,7 @@ def test_zip_with_matching_checksum_is_verified_and_loaded(tmp_path: Path) -> No
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
         z.write(ADABTC, ADABTC.name)
     _write_checksum(archive)
-    source = BinanceFileSource([archive])
+    source = BinanceFileSource([archive], symbols=SAMPLE_PAIRS)
     (batch,) = list(source.batches())
     assert source.verified == [archive]
     assert [r["message_id"] for r in batch.records] == [r["message_id"] for r in _load([ADABTC])[0].records]
@@ -128,7 +129,7 @@ def test_checksum_mismatch_refuses_the_whole_load(tmp_path: Path) -> None:
     _write_checksum(bad, "0" * 64)
     yielded: list[SourceBatch] = []
     with pytest.raises(ChecksumError, match=r"does not match .*download it again"):
-        yielded.extend(BinanceFileSource([good, bad]).batches())
+        yielded.extend(BinanceFileSource([good, bad], symbols=SAMPLE_PAIRS).batches())
     assert yielded == []  # not even the good file's rows
 
 
@@ -141,7 +142,7 @@ def test_trades_file_rows_match_the_rest_api_records(tmp_path: Path) -> None:
     (batch,) = _load([path])
     assert batch.spec is TRADES_V2 and batch.rows_read == 10 and not batch.rejects
     rest = [
-        normalize_rest_trade(i, "BTCUSDT", SuffixQuotes(), 1)
+        normalize_rest_trade(i, "BTCUSDT", shipped_directory(), 1)
         for i in orjson.loads((REST / "spot_market_trades.json").read_bytes())
     ]
     assert [r["message_id"] for r in batch.records] == [r["message_id"] for r in rest]
@@ -167,7 +168,7 @@ def test_backfilled_aggtrades_get_the_ids_the_live_stream_gave_them(tmp_path: Pa
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("BTCUSDT-aggTrades-2021-10-22.csv", rows)
     (batch,) = _load([path], symbols=SymbolDirectory.from_file(EXCHANGE_INFO))
-    live = [normalize_agg_trade({**a, "s": "BTCUSDT"}, SuffixQuotes(), 1) for a in items]
+    live = [normalize_agg_trade({**a, "s": "BTCUSDT"}, shipped_directory(), 1) for a in items]
     assert [r["message_id"] for r in batch.records] == [r["message_id"] for r in live]
     assert [r["source_sequence"] for r in batch.records] == list(range(966492862, 966492872))
 
@@ -201,6 +202,25 @@ def test_unknown_quote_asset_rejects_every_row_unless_exchange_info_knows_it(tmp
     shutil.copy(ADABTC, path)
     (batch,) = _load([path])
     assert not batch.records and {r.reason for r in batch.rejects} == {"unknown_symbol"}
+    # by default only the shipped exchangeInfo is asked: ADABTC is not in that recording, so nothing is guessed
+    (default,) = list(BinanceFileSource([ADABTC]).batches())
+    assert not default.records and len(default.rejects) == 10
+    assert "'ADABTC' is not in" in default.rejects[0].detail
+
+
+def test_currency_of_a_file_is_the_quote_asset_from_exchange_info(tmp_path: Path) -> None:
+    """Pairs whose quote a suffix guess got wrong (TUSD as USD) or could not tell (PAX), with the shipped metadata."""
+    currencies = {}
+    for symbol in ("QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "WAVESPAX"):
+        path = tmp_path / f"{symbol}-trades-2021-10-22.csv"
+        path.write_text("\n".join(_rest_trade_rows()[:2]) + "\n")
+        (batch,) = list(BinanceFileSource([path]).batches())
+        assert len(batch.records) == 2 and not batch.rejects
+        currencies[symbol] = {r["currency"] for r in batch.records}
+    assert currencies == {
+        "QTUMETH": {"ETH"}, "AXSBNB": {"BNB"}, "NEOUSDC": {"USDC"},
+        "BNBBRL": {"BRL"}, "BNBTUSD": {"TUSD"}, "WAVESPAX": {"PAX"},
+    }  # fmt: skip
 
 
 def test_kind_comes_from_the_name_and_can_be_overridden(tmp_path: Path) -> None:

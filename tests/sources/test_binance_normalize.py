@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import time
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -17,6 +22,7 @@ from k2.samples import BINANCE_REST_RESPONSES as REST
 from k2.schema.codecs import datetime_from_micros, message_id
 from k2.schema.fields import QUOTES_V2, TRADES_V2
 from k2.sources.binance.capture import ws_frames
+from k2.sources.binance.live import fetch_symbols
 from k2.sources.binance.normalize import (
     PayloadError,
     TimeUnit,
@@ -27,7 +33,13 @@ from k2.sources.binance.normalize import (
     normalize_trade,
     record_spec,
 )
-from k2.sources.binance.symbols import SuffixQuotes, SymbolDirectory, UnknownSymbolError
+from k2.sources.binance.symbols import (
+    SymbolDirectory,
+    UnknownSymbolError,
+    load_saved_exchange_info,
+    save_exchange_info,
+    shipped_directory,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +62,7 @@ def _first_agg_trade() -> dict[str, Any]:
 
 
 def test_symbol_directory_knows_base_quote_and_status_from_exchange_info(symbols: SymbolDirectory) -> None:
-    assert len(symbols) == 9
+    assert len(symbols) == 20
     blz = symbols["BLZETH"]
     assert (blz.base_asset, blz.quote_asset, blz.status) == ("BLZ", "ETH", "TRADING")
     assert symbols.quote_asset("RUNEEUR") == "EUR"
@@ -65,13 +77,47 @@ def test_unknown_symbol_is_a_clear_error_with_the_reject_reason(symbols: SymbolD
         SymbolDirectory.from_json(b'{"serverTime": 1}')
 
 
-def test_suffix_inference_prefers_the_longest_quote() -> None:
-    quotes = SuffixQuotes()
-    assert [quotes.quote_asset(s) for s in ("BTCFDUSD", "ETHBUSD", "ADABTC", "BTCUSD_PERP", "ETHUSD_231229")] == [
-        "FDUSD", "BUSD", "BTC", "USD", "USD",
-    ]  # fmt: skip
-    with pytest.raises(UnknownSymbolError):
-        quotes.quote_asset("BTCXYZ")
+def test_currency_is_the_quote_asset_exchange_info_names_never_a_guess_from_the_letters() -> None:
+    """From the shipped recording, including pairs a suffix guess got wrong (TUSD read as USD) or could not tell."""
+    agg = _first_agg_trade()["data"]
+    quotes = {
+        symbol: normalize_agg_trade({**agg, "s": symbol}, shipped_directory(), 1)["currency"]
+        for symbol in ("QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "XRPTUSD", "WAVESPAX", "RENBTCBTC")
+    }
+    assert quotes == {
+        "QTUMETH": "ETH", "AXSBNB": "BNB", "NEOUSDC": "USDC", "BNBBRL": "BRL",
+        "BNBTUSD": "TUSD", "XRPTUSD": "TUSD", "WAVESPAX": "PAX", "RENBTCBTC": "BTC",
+    }  # fmt: skip
+    wavespax, renbtc = shipped_directory()["WAVESPAX"], shipped_directory()["RENBTCBTC"]
+    assert (wavespax.base_asset, wavespax.status, renbtc.base_asset) == ("WAVES", "BREAK", "RENBTC")
+    with pytest.raises(PayloadError, match=r"'BTCXYZ' is not in .*exchangeInfo") as caught:
+        normalize_agg_trade({**agg, "s": "BTCXYZ"}, shipped_directory(), 1)
+    assert caught.value.reason == "unknown_symbol"
+
+
+def test_a_gzipped_exchange_info_file_reads_like_the_plain_one(tmp_path: Path) -> None:
+    packed = tmp_path / "exchangeInfo.json.gz"
+    packed.write_bytes(gzip.compress(EXCHANGE_INFO.read_bytes()))
+    assert list(SymbolDirectory.from_file(packed)) == list(SymbolDirectory.from_file(EXCHANGE_INFO))
+
+
+def test_a_fetched_exchange_info_is_kept_with_its_fetch_time_and_used_when_the_venue_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "binance" / "exchangeInfo.json"
+    before = time.time_ns() // 1000
+    saved = save_exchange_info(cache, EXCHANGE_INFO.read_bytes(), source="https://api.binance.com/api/v3/exchangeInfo")
+    directory, fetched_at_us = load_saved_exchange_info(cache)
+    assert before <= fetched_at_us <= time.time_ns() // 1000
+    assert len(directory) == len(saved) == 20 and directory.quote_asset("BNBBRL") == "BRL"
+    # nothing listens on port 1: the saved response answers, and without one the error is raised
+    offline = asyncio.run(fetch_symbols("http://127.0.0.1:1", ["BNBBRL"], cache))
+    assert offline.quote_asset("AXSBNB") == "BNB" and "saved" in offline.source
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(fetch_symbols("http://127.0.0.1:1", ["BNBBRL"], tmp_path / "none.json"))
+    cache.write_text("{}")
+    with pytest.raises(ValueError, match="not a saved exchangeInfo"):
+        load_saved_exchange_info(cache)
 
 
 # --- aggTrade stream -----------------------------------------------------------------------------------------------
@@ -260,10 +306,10 @@ def test_bookticker_side_priced_zero_is_null_and_event_time_wins_when_present(sy
 def test_a_rest_trade_id_past_int64_is_a_payload_error() -> None:
     item = {"id": 2**63, "price": "1.0", "qty": "1.0", "time": 1617566591314, "isBuyerMaker": True}
     with pytest.raises(PayloadError) as caught:
-        normalize_rest_trade(item, "BTCUSDT", SuffixQuotes(), 1)
+        normalize_rest_trade(item, "BTCUSDT", shipped_directory(), 1)
     assert (caught.value.reason, caught.value.detail) == (
         "bad_field:id",
         "field 'id' is 9223372036854775808, beyond a 64-bit integer",
     )
     item |= {"id": 2**63 - 1}
-    assert normalize_rest_trade(item, "BTCUSDT", SuffixQuotes(), 1)["source_sequence"] == 2**63 - 1
+    assert normalize_rest_trade(item, "BTCUSDT", shipped_directory(), 1)["source_sequence"] == 2**63 - 1

@@ -115,6 +115,7 @@ def stream_binance(
                 emit,
                 resume_from=resume_points(settings, endpoints, symbols),
                 limits=limits,
+                exchange_info_cache=settings.home_dir / "binance" / "exchangeInfo.json",
             )
             try:
                 asyncio.run(_run_live(live, duration))

@@ -9,6 +9,6 @@
 Nothing here knows about Kafka or Iceberg.
 """
 
-from k2.sources.binance.symbols import SuffixQuotes, SymbolDirectory, SymbolInfo, UnknownSymbolError
+from k2.sources.binance.symbols import SymbolDirectory, SymbolInfo, UnknownSymbolError, shipped_directory
 
-__all__ = ["SuffixQuotes", "SymbolDirectory", "SymbolInfo", "UnknownSymbolError"]
+__all__ = ["SymbolDirectory", "SymbolInfo", "UnknownSymbolError", "shipped_directory"]

@@ -32,7 +32,7 @@ from k2.sources.binance.capture import (
 )
 from k2.sources.binance.normalize import EXCHANGE, TimeUnit, intended_spec, normalize_frame
 from k2.sources.binance.normalize_columnar import normalize_frames
-from k2.sources.binance.symbols import QuoteResolver, SuffixQuotes
+from k2.sources.binance.symbols import QuoteResolver, shipped_directory
 
 BAD_LINE = "bad_capture_line"
 
@@ -40,8 +40,9 @@ BAD_LINE = "bad_capture_line"
 class CaptureSource:
     """Capture files → SourceBatches of trades_v2 and quotes_v2, in file (= receipt) order.
 
-    `symbols` gives each symbol's quote asset; without it the quote is inferred from the symbol's ending, as for
-    public-data files. A chunk of at most `chunk_rows` frames and bad lines makes one trades and one quotes batch
+    `symbols` gives each symbol's quote asset (default: the exchangeInfo shipped in data/samples); a symbol it does
+    not list is rejected as `unknown_symbol`.
+    A chunk of at most `chunk_rows` frames and bad lines makes one trades and one quotes batch
     (Arrow tables); batches never mix files.
     """
 
@@ -49,7 +50,7 @@ class CaptureSource:
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
         self.paths = [Path(p) for p in paths]
-        self.resolver: QuoteResolver = symbols if symbols is not None else SuffixQuotes()
+        self.resolver: QuoteResolver = symbols if symbols is not None else shipped_directory()
         self.chunk_rows = chunk_rows
         self.passed = 0  # lines and frames that are not trade or quote data (see the module doc)
         self.empty_files: list[str] = []  # captures that held no trade or quote frame

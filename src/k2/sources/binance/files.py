@@ -49,7 +49,7 @@ from k2.sources.binance.normalize import (
     normalize_rest_trade,
     parse_amount,
 )
-from k2.sources.binance.symbols import QuoteResolver, SuffixQuotes, UnknownSymbolError, infer_quote_asset
+from k2.sources.binance.symbols import QuoteResolver, UnknownSymbolError, shipped_directory
 
 _MICROS_FROM = 10**14  # a time value at or above this is microseconds (see module doc)
 _BARS = DataType.BARS.value
@@ -75,6 +75,11 @@ _VENUE = {
 }
 _COLUMNS = {FileKind.TRADES: (6, 7), FileKind.AGG_TRADES: (7, 8), FileKind.KLINES: (12,)}
 _INTERVAL = r"\d+[smhdw]|1mo"
+# COIN-M contracts are named <base>USD_PERP or <base>USD_<yymmdd> (binance-public-data, dapi exchangeInfo): every one
+# is an inverse contract priced in USD. USD-M perpetuals are named like their spot pair (BTCUSDT), deliveries add
+# _<yymmdd>; their prices are in the quote asset of that pair.
+_COINM_CONTRACT = re.compile(r"[A-Z0-9]+USD_(?:PERP|\d{6})")
+_CONTRACT_SUFFIX = re.compile(r"_(?:PERP|\d{6})$")
 _NAME = re.compile(
     rf"(?:(?P<market>spot|futures-um|futures-cm|um|cm)-)?(?P<symbol>[A-Z0-9_]+)-"
     rf"(?P<kind>trades|aggTrades|{_INTERVAL})-(?P<date>\d{{4}}-\d\d(?:-\d\d)?)(?:\.[\w-]+)*"
@@ -195,20 +200,25 @@ class _FileReader:
         self.symbol = info.symbol
         self.exchange, self.asset_class = _VENUE[market]
         self.market = market
-        self.resolver = resolver
         self.ingested = now_micros()
         self.currency = ""
-        self.currency_error: PayloadError | None = None  # every row rejects with it: the symbol is unknown
+        self.unknown: UnknownSymbolError | None = None  # every row rejects with it: metadata lacks the symbol
         try:
-            self.currency = resolver.quote_asset(info.symbol)
+            self.currency = _currency(info.symbol, market, resolver)
         except UnknownSymbolError as exc:
-            self.currency_error = PayloadError(exc.reason, exc.detail)
+            self.unknown = exc
         self.spec: RecordSpec = BARS_V2 if info.kind is FileKind.KLINES else TRADES_V2
         self.parse: Callable[[list[str], int], dict[str, Any]] = {
             FileKind.TRADES: self.trade,
             FileKind.AGG_TRADES: self.agg_trade,
             FileKind.KLINES: self.bar,
         }[info.kind]
+
+    def quote_asset(self, symbol: str) -> str:
+        """The QuoteResolver the normalisers ask: this file's currency, decided once for its symbol and market."""
+        if self.unknown is not None:
+            raise self.unknown
+        return self.currency
 
     def _file_vendor(self, record: dict[str, Any]) -> dict[str, Any]:
         vendor = record["vendor_data"]
@@ -231,7 +241,7 @@ class _FileReader:
         record = normalize_rest_trade(
             item,
             self.symbol,
-            self.resolver,
+            self,
             self.ingested,
             unit,
             exchange=self.exchange,
@@ -255,7 +265,7 @@ class _FileReader:
             item["M"] = _bool(cells[7], "isBestMatch")
         record = normalize_agg_trade(
             item,
-            self.resolver,
+            self,
             self.ingested,
             unit,
             symbol=self.symbol,
@@ -275,8 +285,8 @@ class _FileReader:
         if close_us < open_us:
             raise PayloadError("bad_field:close_time", f"close time {cells[6]} is before open time {cells[0]}")
         values = {name: parse_amount(cells[i], name, reason) for i, name, reason in _KLINE_AMOUNTS}
-        if self.currency_error is not None:
-            raise PayloadError(self.currency_error.reason, self.currency_error.detail)
+        if self.unknown is not None:
+            raise PayloadError(self.unknown.reason, self.unknown.detail)
         interval = self.info.interval
         vendor = {"currency": self.currency, "source_file": self.info.path.name}
         if self.market is Market.COINM:
@@ -297,13 +307,24 @@ class _FileReader:
         }
 
 
+def _currency(symbol: str, market: Market, resolver: QuoteResolver) -> str:
+    """The currency prices of `symbol` are in on `market`: from exchangeInfo, or USD for a COIN-M contract."""
+    if market is Market.COINM:
+        return "USD"  # inverse contracts: the contract value and every price are in USD
+    if market is Market.USDM:
+        # The symbol directory is spot exchangeInfo: a USD-M contract quotes in the quote asset of its spot pair.
+        return resolver.quote_asset(_CONTRACT_SUFFIX.sub("", symbol))
+    return resolver.quote_asset(symbol)
+
+
 class BinanceFileSource:
     """data.binance.vision CSV / zip files → SourceBatches of trades_v2 (trades, aggTrades) or bars_v2 (klines).
 
-    `symbols` gives each symbol's quote asset (a SymbolDirectory); without it the quote is inferred from the
-    symbol's ending (see symbols.COMMON_QUOTES). `kind` overrides the kind read from every file name; `market`
-    overrides spot/um/cm. All CHECKSUM sidecars are verified before the first batch, so a bad download stops the
-    run with nothing loaded. Batches hold at most `chunk_rows` rows and never mix files.
+    `symbols` gives each symbol's quote asset (a SymbolDirectory from exchangeInfo; by default the exchangeInfo
+    shipped in data/samples). A symbol it does not list rejects every row of its file as `unknown_symbol`. `kind`
+    overrides the kind read from every file name; `market` overrides spot/um/cm. All CHECKSUM sidecars are verified
+    before the first batch, so a bad download stops the run with nothing loaded. Batches hold at most `chunk_rows`
+    rows and never mix files.
     """
 
     def __init__(
@@ -317,7 +338,7 @@ class BinanceFileSource:
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
         self.paths = [Path(p) for p in paths]
-        self.resolver: QuoteResolver = symbols if symbols is not None else SuffixQuotes()
+        self.resolver: QuoteResolver = symbols if symbols is not None else shipped_directory()
         self.kind = FileKind(kind) if kind is not None else None
         self.market = Market(market) if market is not None else None
         self.chunk_rows = chunk_rows
@@ -385,8 +406,9 @@ class BinanceFileSource:
     def _market_from_header(info: FileInfo, first_line: bytes) -> Market:
         if first_line[:1].isdigit():
             return Market.SPOT  # no header: spot
-        # A header means futures; COIN-M symbols are quoted in USD (BTCUSD_PERP), USD-M ones in USDT/USDC.
-        return Market.COINM if infer_quote_asset(info.symbol) == "USD" else Market.USDM
+        # A header means futures. Neither path nor name said which kind, so the contract's naming does (see
+        # _COINM_CONTRACT): BTCUSD_PERP is COIN-M, BTCUSDT and BTCUSDT_231229 are USD-M.
+        return Market.COINM if _COINM_CONTRACT.fullmatch(info.symbol) else Market.USDM
 
     @staticmethod
     def _new_batch(reader: _FileReader) -> SourceBatch:

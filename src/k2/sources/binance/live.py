@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,7 +42,7 @@ from k2.sources.binance.normalize import (
     normalize_rest_trade,
 )
 from k2.sources.binance.normalize_columnar import FrameBatch, normalize_frames
-from k2.sources.binance.symbols import SymbolDirectory
+from k2.sources.binance.symbols import SymbolDirectory, load_saved_exchange_info, save_exchange_info
 
 log = structlog.get_logger(__name__)
 
@@ -66,12 +67,26 @@ class LiveStats:
     gaps: list[Gap] = field(default_factory=list)
 
 
-async def fetch_symbols(rest_endpoint: str, symbols: list[str]) -> SymbolDirectory:
-    """exchangeInfo for the symbols we stream: base/quote assets (currency = quote asset)."""
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        response = await client.get(rest_endpoint.rstrip("/") + "/api/v3/exchangeInfo")
-        response.raise_for_status()
-        return SymbolDirectory.from_json(response.content, source=f"{rest_endpoint}/api/v3/exchangeInfo")
+async def fetch_symbols(rest_endpoint: str, symbols: list[str], cache: Path | None = None) -> SymbolDirectory:
+    """exchangeInfo for the symbols we stream: base/quote assets (currency = quote asset).
+
+    With `cache`, a fetched response is kept there with its fetch time, and used when the venue cannot be reached.
+    """
+    url = rest_endpoint.rstrip("/") + "/api/v3/exchangeInfo"
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            response = await client.get(url)
+            response.raise_for_status()
+    except httpx.HTTPError as exc:
+        if cache is None or not cache.is_file():
+            raise
+        directory, fetched_at_us = load_saved_exchange_info(cache)
+        age_hours = (time.time_ns() // 1000 - fetched_at_us) / 3.6e9
+        log.warning("binance.exchange_info_from_cache", error=str(exc), cache=str(cache), age_hours=round(age_hours, 1))
+        return directory
+    if cache is None:
+        return SymbolDirectory.from_json(response.content, source=url)
+    return save_exchange_info(cache, response.content, source=url)
 
 
 def gap_record(gap: Gap) -> dict[str, Any]:
@@ -106,6 +121,7 @@ class BinanceLive:
         emit: Callable[[SourceBatch], None],
         *,
         directory: SymbolDirectory | None = None,
+        exchange_info_cache: Path | None = None,
         resume_from: dict[tuple[str, str], int] | None = None,
         limits: ClientLimits | None = None,
         flush_seconds: float = 0.1,
@@ -116,6 +132,7 @@ class BinanceLive:
         self._rest_endpoint = rest_endpoint
         self._emit = emit
         self._directory = directory
+        self._exchange_info_cache = exchange_info_cache
         # Times in µs straight from the exchange: no ms→µs rounding question (Binance `timeUnit` parameter).
         self._time_unit = TimeUnit.MICROSECOND
         self._client = BinanceStreamClient(
@@ -150,7 +167,7 @@ class BinanceLive:
 
     async def run(self) -> None:
         if self._directory is None:
-            self._directory = await fetch_symbols(self._rest_endpoint, self.symbols)
+            self._directory = await fetch_symbols(self._rest_endpoint, self.symbols, self._exchange_info_cache)
         flusher = asyncio.ensure_future(self._flush_periodically())
         try:
             await self._client.run()

@@ -1,19 +1,25 @@
-"""Binance symbols → base asset, quote asset and trading status, from a recorded `GET /api/v3/exchangeInfo`.
+"""Binance symbols → base asset, quote asset and trading status, from a `GET /api/v3/exchangeInfo` response.
 
 The quote asset is the currency of every price on a symbol (BTCUSDT prices are in USDT), so each normaliser asks a
-`QuoteResolver` for it. `SymbolDirectory` answers from exchangeInfo; `SuffixQuotes` guesses from the symbol's
-ending for backfill files read without exchangeInfo at hand.
+`QuoteResolver` for it. There is one source of that metadata, a `SymbolDirectory` built from an exchangeInfo
+document: the live response (cached under $K2_HOME with its fetch time), or offline the recorded response shipped
+in data/samples (`shipped_directory`). Nothing is guessed from a symbol's letters: BTCAUD is quoted in AUD and
+ETHBRL in BRL because exchangeInfo says so, and a symbol exchangeInfo does not list is `unknown_symbol`.
 """
 
 from __future__ import annotations
 
-import re
+import gzip
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Protocol
 
 import orjson
+
+from k2.samples import BINANCE_EXCHANGE_INFO
 
 UNKNOWN_SYMBOL = "unknown_symbol"  # the Reject reason for a symbol no resolver knows
 
@@ -36,6 +42,12 @@ class QuoteResolver(Protocol):
     """Anything that names the quote asset of a symbol, raising UnknownSymbolError when it cannot."""
 
     def quote_asset(self, symbol: str) -> str: ...
+
+
+def exchange_info_bytes(path: Path) -> bytes:
+    """The bytes of an exchangeInfo body kept in a file; a `.gz` file (a full response is ~2 MB) is gunzipped."""
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if path.suffix == ".gz" else raw
 
 
 @dataclass(frozen=True)
@@ -73,8 +85,8 @@ class SymbolDirectory:
 
     @classmethod
     def from_file(cls, path: Path | str) -> SymbolDirectory:
-        path = Path(path)
-        return cls.from_json(path.read_bytes(), source=str(path))
+        """An exchangeInfo body saved as a file (see `exchange_info_bytes`)."""
+        return cls.from_json(exchange_info_bytes(Path(path)), source=str(path))
 
     def __len__(self) -> int:
         return len(self._infos)
@@ -102,35 +114,32 @@ class SymbolDirectory:
         return self[symbol].quote_asset
 
 
-# Longest first, so FDUSD wins over USD and BUSD over USD. The list is the quote assets with the most spot pairs
-# in the 2021-10-12 exchangeInfo (1,695 symbols) plus FDUSD (listed 2023); USD is for coin-margined futures.
-COMMON_QUOTES: tuple[str, ...] = ("FDUSD", "USDT", "BUSD", "USDC", "BTC", "ETH", "BNB", "EUR", "TRY", "USD")
-# Futures contract suffixes: BTCUSD_PERP (perpetual), BTCUSD_231229 (quarterly delivery).
-_CONTRACT_SUFFIX = re.compile(r"_(?:PERP|\d{6})$")
+@cache
+def shipped_directory() -> SymbolDirectory:
+    """The exchangeInfo recorded on 2021-10-12 that ships in data/samples: metadata when no live response is at hand."""
+    return SymbolDirectory.from_file(BINANCE_EXCHANGE_INFO)
 
 
-def infer_quote_asset(symbol: str) -> str | None:
-    """The quote asset by suffix (BTCUSDT → USDT, BTCUSD_PERP → USD), or None when no common quote fits."""
-    pair = _CONTRACT_SUFFIX.sub("", symbol)
-    for quote in COMMON_QUOTES:
-        if pair.endswith(quote) and len(pair) > len(quote):
-            return quote
-    return None
+# A live response is saved as {"fetched_at_us": ..., "source": ..., "body": <exchangeInfo>}.
+def save_exchange_info(path: Path, raw: bytes, source: str) -> SymbolDirectory:
+    """Parse a freshly fetched exchangeInfo body and keep it at `path` with its fetch time (written atomically)."""
+    directory = SymbolDirectory.from_json(raw, source=source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    document = {"fetched_at_us": time.time_ns() // 1_000, "source": source, "body": orjson.Fragment(raw)}
+    partial.write_bytes(orjson.dumps(document))
+    partial.replace(path)
+    return directory
 
 
-class SuffixQuotes:
-    """A QuoteResolver that guesses from the symbol's ending: used for files when no exchangeInfo is given.
-
-    A guess can be wrong for an unusual pair (a base asset ending in a quote's letters); pass a SymbolDirectory
-    for certainty.
-    """
-
-    def quote_asset(self, symbol: str) -> str:
-        quote = infer_quote_asset(symbol)
-        if quote is None:
-            raise UnknownSymbolError(
-                symbol,
-                f"cannot tell the quote asset of {symbol!r} from its name (known endings: {', '.join(COMMON_QUOTES)});"
-                " pass a SymbolDirectory built from exchangeInfo",
-            )
-        return quote
+def load_saved_exchange_info(path: Path) -> tuple[SymbolDirectory, int]:
+    """The directory kept by `save_exchange_info` and when it was fetched (unix microseconds)."""
+    try:
+        document = orjson.loads(path.read_bytes())
+        fetched_at = int(document["fetched_at_us"])
+        body = orjson.dumps(document["body"])
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a saved exchangeInfo ({exc})") from None
+    return SymbolDirectory.from_json(
+        body, source=f"{document.get('source', 'exchangeInfo')} (saved {path})"
+    ), fetched_at

@@ -6,21 +6,23 @@ market-data-endpoints); limits and error bodies follow "LIMITS" and "Error codes
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.sources.binance.emulator.feed import Hub
 from k2.sources.binance.emulator.limits import Limits
+from k2.sources.binance.symbols import exchange_info_bytes
 
-_QUOTES = ("USDT", "BUSD", "USDC", "EUR", "BTC", "ETH", "BNB")
+log = structlog.get_logger(__name__)
 
 # Request weights, rest-api market-data-endpoints.
 _WEIGHTS = {"/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20, "/api/v3/trades": 25}
@@ -61,20 +63,18 @@ def _limit(request: Request, default: int, maximum: int) -> int:
     return limit
 
 
-def load_exchange_info(path: Path, symbols: set[str], weight_limit: int) -> dict[str, Any]:
-    """The recorded exchangeInfo excerpt, plus a BTCUSDT-shaped entry for each served symbol it lacks."""
-    info = json.loads(path.read_text())
+def load_exchange_info(
+    path: Path, symbols: set[str], weight_limit: int, own_symbols: Sequence[dict[str, Any]] = ()
+) -> tuple[dict[str, Any], list[str]]:
+    """The recorded exchangeInfo as Binance sent it, plus `own_symbols` (a synthetic market's own definitions), and
+    the served symbols it does not list: those are reported, never made up from the symbol's letters."""
+    info = json.loads(exchange_info_bytes(path))
+    info["symbols"] = [*info["symbols"], *own_symbols]
     known = {entry["symbol"] for entry in info["symbols"]}
-    template = next(entry for entry in info["symbols"] if entry["symbol"] == "BTCUSDT")
-    for symbol in sorted(symbols - known):
-        quote = next((q for q in _QUOTES if symbol.endswith(q) and len(symbol) > len(q)), symbol[-4:])
-        entry = copy.deepcopy(template)
-        entry.update(symbol=symbol, baseAsset=symbol[: -len(quote)], quoteAsset=quote)
-        info["symbols"].append(entry)
     for rule in info["rateLimits"]:
         if rule["rateLimitType"] == "REQUEST_WEIGHT":
             rule["limit"] = weight_limit  # what this emulator enforces, so clients that read it pace correctly
-    return info
+    return info, sorted(symbols - known)
 
 
 class WeightMeter:
@@ -100,8 +100,16 @@ class WeightMeter:
         return True, used + weight, reset_in
 
 
-def create_app(hub: Hub, limits: Limits, exchange_info_path: Path = BINANCE_EXCHANGE_INFO) -> FastAPI:
-    """The REST app; ``hub`` is read on the emulator's loop, where uvicorn serves too."""
+def create_app(
+    hub: Hub,
+    limits: Limits,
+    exchange_info_path: Path = BINANCE_EXCHANGE_INFO,
+    own_symbols: Sequence[dict[str, Any]] = (),
+) -> FastAPI:
+    """The REST app; ``hub`` is read on the emulator's loop, where uvicorn serves too.
+
+    exchangeInfo is the recorded response at ``exchange_info_path`` plus ``own_symbols`` (a synthetic market's).
+    """
     # No /docs or /redoc: it answers Binance's own REST API, and FastAPI's pages load from a CDN (blank offline).
     app = FastAPI(title="K2 Binance spot emulator", docs_url=None, redoc_url=None)
     meter = WeightMeter(limits)
@@ -109,8 +117,15 @@ def create_app(hub: Hub, limits: Limits, exchange_info_path: Path = BINANCE_EXCH
 
     def exchange_info() -> dict[str, Any]:
         if info_cache.get("symbols_seen") != len(hub.symbols):
-            info_cache["body"] = load_exchange_info(exchange_info_path, hub.symbols, limits.rest_weight_limit)
-            info_cache["symbols_seen"] = len(hub.symbols)
+            body, missing = load_exchange_info(exchange_info_path, hub.symbols, limits.rest_weight_limit, own_symbols)
+            if missing:
+                log.warning(
+                    "emulator.symbols_not_in_exchange_info",
+                    symbols=missing,
+                    exchange_info=str(exchange_info_path),
+                    detail="exchangeInfo does not list them; clients reject their data as unknown_symbol",
+                )
+            info_cache.update(body=body, missing=missing, symbols_seen=len(hub.symbols))
         return info_cache["body"]
 
     def symbol_of(request: Request) -> str:
@@ -161,11 +176,17 @@ def create_app(hub: Hub, limits: Limits, exchange_info_path: Path = BINANCE_EXCH
 
     @app.get("/api/v3/exchangeInfo")
     async def get_exchange_info(request: Request) -> dict[str, Any]:
-        """The 2021-10-12 recorded excerpt plus every symbol the emulator streams; ``symbol=`` narrows it."""
+        """The recorded exchangeInfo (data/samples, 2021-10-12); ``symbol=`` narrows it.
+
+        A streamed symbol the recording does not list is not made up: ``symbol=`` naming it answers -1121, as
+        Binance does for a symbol it does not know.
+        """
         body = dict(exchange_info(), serverTime=int(time.time() * 1000))
         if "symbol" in request.query_params:
             symbol = symbol_of(request)
             body["symbols"] = [s for s in body["symbols"] if s["symbol"] == symbol]
+            if not body["symbols"]:
+                raise BinanceError(-1121, "Invalid symbol.")
         return body
 
     @app.get("/api/v3/depth")

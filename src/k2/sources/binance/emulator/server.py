@@ -126,7 +126,8 @@ class BinanceEmulator:
         )
         self.ws_port = self._ws_server.sockets[0].getsockname()[1]
 
-        app = create_app(hub, self.limits, self.exchange_info)
+        own_symbols = self.synthetic.exchange_info_symbols() if self.synthetic else ()
+        app = create_app(hub, self.limits, self.exchange_info, own_symbols)
         config = uvicorn.Config(
             app, host=self.host, port=self.rest_port, log_level="warning", lifespan="off", access_log=False
         )

@@ -27,6 +27,27 @@ class SyntheticSpec:
     def names(self) -> list[str]:
         return [f"SYN{index}USDT" for index in range(self.symbols)]
 
+    def exchange_info_symbols(self) -> list[dict[str, Any]]:
+        """This market's own exchangeInfo entries: SYN<i> quoted in USDT, prices to 0.01 (as `_money` prints)."""
+        return [
+            {
+                "symbol": f"SYN{index}USDT",
+                "status": "TRADING",
+                "baseAsset": f"SYN{index}",
+                "quoteAsset": "USDT",
+                "filters": [
+                    {
+                        "filterType": "PRICE_FILTER",
+                        "minPrice": "0.01000000",
+                        "maxPrice": "1000000.00000000",
+                        "tickSize": "0.01000000",
+                    },
+                ],
+                "permissions": ["SPOT"],
+            }
+            for index in range(self.symbols)
+        ]
+
 
 @dataclass(slots=True)
 class _Market:
