@@ -32,6 +32,7 @@ BAR_COLUMNS = [
     "vwap",
     "quote_volume",
     "trade_count",
+    "partial",
 ]
 
 
@@ -56,7 +57,9 @@ def session() -> list[dict]:
     ]
 
 
-def bar(minute: str, o: str, h: str, lo: str, c: str, vol: str, vwap: str | None, qv: str, n: int) -> dict:
+def bar(
+    minute: str, o: str, h: str, lo: str, c: str, vol: str, vwap: str | None, qv: str, n: int, partial: bool = False
+) -> dict:
     return {
         "minute": minute,
         "open": D(o),
@@ -67,6 +70,7 @@ def bar(minute: str, o: str, h: str, lo: str, c: str, vol: str, vwap: str | None
         "vwap": None if vwap is None else D(vwap),
         "quote_volume": D(qv),
         "trade_count": n,
+        "partial": partial,
     }
 
 
@@ -123,15 +127,18 @@ def test_fifteen_minute_bars(engine: QueryEngine) -> None:
     ]
 
 
-def test_daily_bars_per_symbol_and_exchange(engine: QueryEngine) -> None:
+def test_daily_bars_per_symbol_and_exchange_in_each_exchanges_trading_day(engine: QueryEngine) -> None:
     result = bars(engine, None, "1d", at(0, 0), at(0, 0, day=2))
 
-    days = [(r["symbol"], r["exchange"], r["timestamp"].date().isoformat()) for r in result.to_pylist()]
+    # No tz: asx days are Sydney days (midnight AEDT = 13:00 UTC the day before), chix (no entry in
+    # k2.query.venues) UTC days. The range [Mon 00:00Z, Wed 00:00Z) starts 11 hours into Sydney's Monday, which is
+    # partial; Sydney's Tuesday (Mon 13:00Z to Tue 13:00Z) lies wholly inside it.
+    days = [(r["symbol"], r["exchange"], r["timestamp"], r["partial"]) for r in result.to_pylist()]
     assert days == [
-        ("BHP", "asx", "2024-03-04"),
-        ("BHP", "asx", "2024-03-05"),
-        ("BHP", "chix", "2024-03-04"),
-        ("CBA", "asx", "2024-03-04"),
+        ("BHP", "asx", datetime(2024, 3, 3, 13, tzinfo=UTC), True),
+        ("BHP", "asx", datetime(2024, 3, 4, 13, tzinfo=UTC), False),
+        ("BHP", "chix", datetime(2024, 3, 4, tzinfo=UTC), False),
+        ("CBA", "asx", datetime(2024, 3, 3, 13, tzinfo=UTC), True),
     ]
     monday = result.to_pylist()[0]
     # 30274.6370366650 / 826.12345678 = 36.646625620...
