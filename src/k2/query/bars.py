@@ -1,8 +1,10 @@
 """OHLCV bars computed from trades, at any interval from 1 s to 1 d that tiles a day (1s, 5s, 1m, 15m, 1h, 4h, 1d).
 
 Per (symbol, exchange, bar) — columns named as in the bars_v2 record, so stored and computed bars line up:
-- timestamp: bar open, timestamp[us, tz=UTC]. Bars start at midnight of `tz` (default UTC) and tile its day; a
-  daily bar of an ASX session needs tz="Australia/Sydney", since the session (10:00-16:00 AEDT) straddles 00:00 UTC.
+- timestamp: bar open, timestamp[us, tz=UTC]. Bars start at midnight of `tz` and tile its day. Without `tz`, each
+  series uses its exchange's trading-day zone from k2.query.venues (asx: Australia/Sydney, since the session,
+  10:00-16:00 AEDT, straddles 00:00 UTC; binance and any exchange not listed: UTC), so one query over several
+  exchanges gives each its own days; `tz` puts every series on that zone's days instead.
   A daily bar is the whole local day (23 or 25 hours when DST changes) and opens at its local midnight. A shorter
   bar is `interval` of real time, on a grid through the zone's midnight of 3 January 2000 — DuckDB's and pandas'
   rule — so DST never stretches or merges bars: the hour a change repeats gives two 1h bars, and 4h bars in Sydney
@@ -14,6 +16,13 @@ Per (symbol, exchange, bar) — columns named as in the bars_v2 record, so store
   it always fits). DuckDB divides decimals in floating point, so the division is done here, exactly, on the
   unscaled integers.
 - trade_count: int64.
+- partial: bool, true when the range cuts the bar: `start` after its open or `end` before its close (the next bar's
+  open). Such a bar covers only part of its interval under the whole bar's timestamp. Gap-filled bars too.
+Which trades a bar counts: those with none of `exclude_conditions` in trade_conditions and whose
+vendor_data['venue'] is not in `exclude_venues`. A trade left out is in no column (not OHLC, volume, vwap or
+trade_count). By default (`exclude_conditions=None`) each exchange's own list from k2.query.venues applies (asx:
+1, 3, 9, the off-book prints its files mark with venue 'X', such as the 42.00 pre-open print of 11 March 2014 in
+the sample); `exclude_conditions=()` counts every trade. Lists travel as query parameters, never as SQL text.
 With `gap_fill`, bars with no trade appear from each series' first bar to the last bar before `end` (or its last
 bar when `end` is None): open = high = low = close = the previous close, volume 0, vwap null, trade_count 0. Bars
 before a series' first trade in the range are not made: there is no close to carry.

@@ -6,7 +6,8 @@ replaces them, never edits them), so a symbol's one-minute aggregates in one fil
 engine keeps them (`Reader.file_fact`), and bars of any whole number of minutes over a minute-aligned range are then
 aggregates of these partials: a few thousand rows instead of hundreds of thousands.
 
-Each partial carries what makes the combination exact, not approximate:
+Partials are of the trades a bars query counts (its condition and venue filter is part of the kept query, so each
+filter has its own). Each partial carries what makes the combination exact, not approximate:
 - open/close with the event-order key (timestamp, sequence key, message_id) of the trade they came from, so the
   first and last trade of a bar spread over several files are chosen exactly as over the rows;
 - high/low, volume, quote_volume (price x quantity summed in DECIMAL(38, 16)) and trade_count, which add up.
