@@ -82,6 +82,9 @@ def test_k2_bars_count_asx_trades_of_its_trading_day_without_off_book_prints_unl
     assert daily("--exclude-conditions", "none", "--exclude-venues", "X") == daily()
     assert daily("--tz", "UTC") == [("2024-03-04T00:00:00.000000Z", "36.70000000", 3, False)]
     assert daily("--start", "2024-03-04T00:00:00Z") == [("2024-03-03T13:00:00.000000Z", "36.70000000", 3, True)]
+    csv_lines = runner.invoke(app, ["bars", "BHP", "--interval", "1d", "-f", "csv"]).stdout.splitlines()
+    assert csv_lines[0].split(",")[-1] == "partial"
+    assert csv_lines[1].split(",")[-1] == "false"
 
 
 def test_k2_sql_csv_has_a_header_then_rows(lake: Settings) -> None:
