@@ -2,11 +2,12 @@
 condition codes it leaves out of a bar by default.
 
 - asx: Australia/Sydney (the session, 10:00-16:00 local, straddles 00:00 UTC, so UTC days would split it). Trades
-  with condition code 1, 3 or 9 are left out: in the ASX files these codes, and only these, carry the venue mark
-  'X' (data/samples/asx/README.md: column 5 is the qualifier code, column 6 the venue, 'X' or empty) and they are
-  prints off the central order book. In the sample, code 1 is the pre-open prints of 11 March 07:05 (40.00 to 42.00
-  on a stock trading near 36), code 3 block prints at any hour from 07:57 to after 17:00, code 9 crossings. The
-  files do not spell the codes out; this is what the rows themselves show.
+  with condition code 1, 3 or 9 are left out. data/samples/asx/README.md describes the columns (5: qualifier code,
+  6: venue, 'X' or empty) but the files name no code; the rows show that these codes, and only these, carry the
+  venue mark 'X', and that they are not continuous trading on the book: code 1 is the pre-open prints of 11 March
+  07:05 (40.00 to 42.00 on a stock trading near 36), code 3 large prints from 07:57 to after 17:00 (many outside
+  the session), code 9 prints marked 'X' inside the session. K2 reads 'X' as off-book; the ASX does not count
+  off-book prints towards its high, low or last. exclude_conditions=() counts them.
 - binance: UTC (24/7 crypto; Binance's own daily klines open at 00:00 UTC). No trade is left out (its trades carry
   no condition codes).
 - any other exchange: UTC, nothing left out.
