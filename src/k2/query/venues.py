@@ -6,8 +6,8 @@ condition codes it leaves out of a bar by default.
   6: venue, 'X' or empty) but the files name no code; the rows show that these codes, and only these, carry the
   venue mark 'X', and that they are not continuous trading on the book: code 1 is the pre-open prints of 11 March
   07:05 (40.00 to 42.00 on a stock trading near 36), code 3 large prints from 07:57 to after 17:00 (many outside
-  the session), code 9 prints marked 'X' inside the session. K2 reads 'X' as off-book; the ASX does not count
-  off-book prints towards its high, low or last. exclude_conditions=() counts them.
+  the session), code 9 prints marked 'X' inside the session. K2 reads 'X' as off-book and leaves these prints out,
+  so a stray one (the 42.00) does not set a bar's high; exclude_conditions=() counts them.
 - binance: UTC (24/7 crypto; Binance's own daily klines open at 00:00 UTC). No trade is left out (its trades carry
   no condition codes).
 - any other exchange: UTC, nothing left out.
