@@ -56,8 +56,10 @@ LAKE_END = DAY + timedelta(days=1)
 
 # Columns each naive scan reads: what the query's SQL touches. "*" where the query returns every column.
 ALL = ("*",)
-BAR_COLUMNS = ("symbol", "exchange", "timestamp", "price", "quantity", "source_sequence", "message_id")
-ASOF_TRADE_COLUMNS = (*BAR_COLUMNS, "trade_id", "side")
+_EVENT_COLUMNS = ("symbol", "exchange", "timestamp", "price", "quantity", "source_sequence", "message_id")
+# Bars also read trade_conditions: each exchange's default leaves some condition codes out (k2.query.venues).
+BAR_COLUMNS = (*_EVENT_COLUMNS, "trade_conditions")
+ASOF_TRADE_COLUMNS = (*_EVENT_COLUMNS, "trade_id", "side")
 ASOF_QUOTE_COLUMNS = (
     "symbol",
     "exchange",

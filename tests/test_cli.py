@@ -67,6 +67,26 @@ def test_k2_bars_one_minute_json(lake: Settings) -> None:
     ]
 
 
+def test_k2_bars_count_asx_trades_of_its_trading_day_without_off_book_prints_unless_told(lake: Settings) -> None:
+    off_book = trade(at(10, 0, 40), "42.00", "100", 4, conditions=("1",), vendor={"venue": "X"})
+    append_trades(ensure_tables(open_catalog(lake))["trades_v2"], [off_book])
+
+    def daily(*options: str) -> list[tuple]:
+        result = runner.invoke(app, ["bars", "BHP", "--interval", "1d", "-f", "json", *options])
+        assert result.exit_code == 0, result.output
+        return [(r["timestamp"], r["high"], r["trade_count"], r["partial"]) for r in json.loads(result.stdout)]
+
+    # Sydney's Monday opens at 13:00 UTC on Sunday; the 42.00 print (condition 1) is left out by default.
+    assert daily() == [("2024-03-03T13:00:00.000000Z", "36.70000000", 3, False)]
+    assert daily("--exclude-conditions", "none") == [("2024-03-03T13:00:00.000000Z", "42.00000000", 4, False)]
+    assert daily("--exclude-conditions", "none", "--exclude-venues", "X") == daily()
+    assert daily("--tz", "UTC") == [("2024-03-04T00:00:00.000000Z", "36.70000000", 3, False)]
+    assert daily("--start", "2024-03-04T00:00:00Z") == [("2024-03-03T13:00:00.000000Z", "36.70000000", 3, True)]
+    csv_lines = runner.invoke(app, ["bars", "BHP", "--interval", "1d", "-f", "csv"]).stdout.splitlines()
+    assert csv_lines[0].split(",")[-1] == "partial"
+    assert csv_lines[1].split(",")[-1] == "false"
+
+
 def test_k2_sql_csv_has_a_header_then_rows(lake: Settings) -> None:
     result = runner.invoke(
         app, ["sql", "SELECT symbol, count(*) AS n FROM market_data.trades_v2 GROUP BY 1 ORDER BY 1", "-f", "csv"]
@@ -79,6 +99,7 @@ def test_k2_sql_csv_has_a_header_then_rows(lake: Settings) -> None:
     ("args", "message"),
     [
         (["bars", "BHP", "--interval", "7m"], "invalid bar interval"),
+        (["bars", "BHP", "--exclude-conditions", "1,,3"], "invalid --exclude-conditions '1,,3': give codes"),
         (["trades", "BHP", "--start", "2024-03-04T10:00:00"], "no zone"),
         (["sql", "SELECT * FROM market_data.nope"], "market_data.trades_v2"),
     ],

@@ -175,6 +175,20 @@ def test_unreachable_server_says_what_to_check() -> None:
     assert "base_url" in str(caught.value)
 
 
+def test_bars_condition_and_venue_filters_are_sent_as_the_api_spells_them(client: Client, api: FakeApi) -> None:
+    client.bars("BHP", "1d")
+    client.bars("BHP", "1d", exclude_conditions=[])
+    client.bars("BHP", "1d", exclude_conditions=["1", "3"], exclude_venues=["X"])
+    sent = [dict(r.url.params) for r in api.requests]
+    assert [{k: v for k, v in p.items() if k.startswith("exclude") or k == "tz"} for p in sent] == [
+        {},  # the API's defaults: the exchange's trading day and conditions
+        {"exclude_conditions": "none"},
+        {"exclude_conditions": "1,3", "exclude_venues": "X"},
+    ]
+    with pytest.raises(ValueError, match="exclude_conditions must be a list of codes"):
+        client.bars("BHP", "1d", exclude_conditions="1,3")
+
+
 def test_parameters_are_sent_as_the_api_spells_them(client: Client, api: FakeApi) -> None:
     end = START + timedelta(hours=1)
     client.bars("BHP", "5m", START, end, gap_fill=True, tz="Australia/Sydney")

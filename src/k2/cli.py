@@ -377,18 +377,37 @@ def bars(
     end: str = _END,
     exchange: str = typer.Option(None, help="Venue code, e.g. asx"),
     gap_fill: bool = typer.Option(False, "--gap-fill", help="Emit empty intervals carrying the previous close"),
-    tz: str = typer.Option("UTC", help="Zone that aligns daily bars, e.g. Australia/Sydney"),
+    tz: str = typer.Option(
+        None, help="Zone whose midnight starts bars' days, e.g. UTC; default: each exchange's trading day (asx: Sydney)"
+    ),
+    exclude_conditions: str = typer.Option(
+        None,
+        help="Trade condition codes left out of bars, e.g. 1,3,9, or 'none' to count every trade;"
+        " default: each exchange's (asx: 1,3,9, its off-book prints)",
+    ),
+    exclude_venues: str = typer.Option(None, help="Venue marks (vendor_data venue) left out of bars, e.g. X"),
     fmt: OutputFormat = _FORMAT,
     as_of: str = _AS_OF,
 ) -> None:
-    """OHLCV bars with VWAP and trade count, computed from trades_v2."""
+    """OHLCV bars with VWAP, trade count and a partial flag (the range cuts the bar), computed from trades_v2."""
     from k2.query.bars import bars as compute_bars
+    from k2.query.bars import parse_codes
 
     symbols = [s.strip() for s in symbol.split(",") if s.strip()]
     begin, finish, pinned = _instant(start, "--start"), _instant(end, "--end"), _as_of(as_of)
     _run_query(
         lambda e: compute_bars(
-            e, symbols, interval, begin, finish, exchange=exchange, gap_fill=gap_fill, tz=tz, as_of=pinned
+            e,
+            symbols,
+            interval,
+            begin,
+            finish,
+            exchange=exchange,
+            gap_fill=gap_fill,
+            tz=tz,
+            exclude_conditions=parse_codes(exclude_conditions, "--exclude-conditions"),
+            exclude_venues=parse_codes(exclude_venues, "--exclude-venues") or (),
+            as_of=pinned,
         ),
         fmt,
         empty=_no_rows("trades", symbols, start, end),

@@ -132,6 +132,16 @@ def _symbols(symbols: Symbols) -> str | None:
     return ",".join(names)
 
 
+def _codes(codes: Sequence[str] | None, name: str) -> str | None:
+    """Codes as the API takes them: comma-separated, "none" for an empty list (leave nothing out)."""
+    if codes is None:
+        return None
+    values = list(codes) if not isinstance(codes, str) else None
+    if values is None or not all(isinstance(c, str) and c and "," not in c for c in values):
+        raise ValueError(f"{name} must be a list of codes (strings, no commas), got {codes!r}")
+    return ",".join(values) or "none"
+
+
 def _params(**values: Any) -> dict[str, str]:
     """Query parameters with None left out and booleans as the API spells them."""
     out = {}
@@ -312,12 +322,17 @@ class Client:
         *,
         exchange: str | None = None,
         tz: str | None = None,
+        exclude_conditions: Sequence[str] | None = None,
+        exclude_venues: Sequence[str] | None = None,
         as_of: AsOf = None,
         output: Output | None = None,
     ) -> Any:
         """OHLCV bars from trades, `interval` like 1s, 1m, 15m, 1h, 1d: timestamp (bar open), open, high, low,
-        close, volume, quote_volume, vwap, trade_count per (symbol, exchange, bar). `gap_fill` adds empty bars
-        carrying the previous close; bars start at midnight of `tz` (UTC by default)."""
+        close, volume, quote_volume, vwap, trade_count, partial per (symbol, exchange, bar). `gap_fill` adds empty
+        bars carrying the previous close. Bars start at midnight of `tz`, by default each exchange's trading day
+        (asx: Australia/Sydney, binance: UTC). Trades with a condition code in `exclude_conditions` (None: the
+        exchange's default, asx: 1, 3, 9; [] counts every trade) or a venue in `exclude_venues` are left out.
+        `partial` is true for a bar the range cuts (start after its open or end before its close)."""
         params = _params(
             symbols=_symbols(symbol),
             interval=interval,
@@ -326,6 +341,8 @@ class Client:
             exchange=exchange,
             gap_fill=gap_fill,
             tz=tz,
+            exclude_conditions=_codes(exclude_conditions, "exclude_conditions"),
+            exclude_venues=_codes(exclude_venues, "exclude_venues"),
             as_of=_as_of(as_of),
         )
         return self._table("/v1/bars", params, output)

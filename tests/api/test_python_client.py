@@ -36,6 +36,7 @@ def test_client_bars_and_pandas_output(k2_client: k2.Client, engine: QueryEngine
     want = bars_lib.bars(engine, "BHP", "1m", None, None)
     assert len(frame) == want.num_rows
     assert list(frame["close"]) == want.column("close").to_pylist()
+    assert list(frame["partial"]) == [False] * want.num_rows
 
 
 def test_client_raises_the_api_error_envelope(server: Server) -> None:

@@ -62,6 +62,46 @@ def test_bars_equal_the_library_bars(client: httpx.Client, engine: QueryEngine) 
         assert got
 
 
+def test_bars_default_to_each_exchanges_trading_day_and_flag_cut_bars(
+    client: httpx.Client, engine: QueryEngine
+) -> None:
+    params = {"symbols": "BHP,BTCUSDT", "interval": "1d", **RANGE}
+    got = client.get("/v1/bars", params=params).json()["data"]
+
+    assert got == records(bars(engine, ["BHP", "BTCUSDT"], "1d", START, END))
+    # asx: Sydney days (the range starts 11 h into Monday's); binance: UTC days, both whole.
+    assert [(r["symbol"], r["timestamp"], r["partial"]) for r in got] == [
+        ("BHP", "2024-03-03T13:00:00.000000Z", True),
+        ("BHP", "2024-03-04T13:00:00.000000Z", False),
+        ("BTCUSDT", "2024-03-04T00:00:00.000000Z", False),
+        ("BTCUSDT", "2024-03-05T00:00:00.000000Z", False),
+    ]
+
+
+def test_bars_take_condition_and_venue_filters(client: httpx.Client, engine: QueryEngine) -> None:
+    params = [("symbols", "BHP"), ("interval", "1h"), ("tz", "UTC"), *RANGE.items()]
+    every = client.get("/v1/bars", params=[*params, ("exclude_conditions", "none")]).json()["data"]
+    assert every == records(bars(engine, "BHP", "1h", START, END, tz="UTC", exclude_conditions=()))
+    listed = [("exclude_conditions", "1,3"), ("exclude_conditions", "9"), ("exclude_venues", "X")]
+    filtered = client.get("/v1/bars", params=[*params, *listed]).json()["data"]
+    library = bars(engine, "BHP", "1h", START, END, tz="UTC", exclude_conditions=["1", "3", "9"], exclude_venues=["X"])
+    assert filtered == records(library)
+    bad = client.get("/v1/bars", params=[*params, ("exclude_conditions", "1,,3")])
+    assert bad.status_code == 400
+    assert "invalid exclude_conditions" in bad.json()["error"]["message"]
+
+
+def test_openapi_describes_the_bars_defaults_filters_and_partial_flag(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    described = {p["name"]: p["description"] for p in spec["paths"]["/v1/bars"]["get"]["parameters"]}
+    assert "Omit for each exchange's trading day (asx: Australia/Sydney" in described["tz"]
+    assert "`none` counts every trade" in described["exclude_conditions"]
+    assert "vendor_data venue" in described["exclude_venues"]
+    bar_row = spec["components"]["schemas"]["BarRow"]["properties"]
+    assert bar_row["partial"]["type"] == "boolean"
+    assert "the requested range cuts the bar" in bar_row["partial"]["description"]
+
+
 def test_asof_joins_each_trade_to_its_prevailing_quote(client: httpx.Client, engine: QueryEngine) -> None:
     got = client.get("/v1/asof", params={"symbols": "BHP", **RANGE}).json()["data"]
     assert got == records(trades_with_quotes(engine, ["BHP"], START, END))

@@ -46,6 +46,8 @@ def trade(
     symbol: str = "BHP",
     exchange: str = "asx",
     mid: str | None = None,
+    conditions: tuple[str, ...] = (),
+    vendor: dict[str, str] | None = None,
 ) -> dict:
     return {
         **_common(moment, symbol, exchange, seq, mid, "t"),
@@ -53,7 +55,8 @@ def trade(
         "price": Decimal(price),
         "quantity": Decimal(quantity),
         "side": "UNKNOWN",
-        "trade_conditions": [],
+        "trade_conditions": list(conditions),
+        "vendor_data": vendor,
     }
 
 

@@ -10,11 +10,12 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
-from k2.query.bars import Interval, bars, parse_interval
+from k2.query.bars import Interval, bars, parse_codes, parse_interval
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError
 from tests.query.records import append_trades, at, trade
@@ -32,6 +33,7 @@ BAR_COLUMNS = [
     "vwap",
     "quote_volume",
     "trade_count",
+    "partial",
 ]
 
 
@@ -56,7 +58,9 @@ def session() -> list[dict]:
     ]
 
 
-def bar(minute: str, o: str, h: str, lo: str, c: str, vol: str, vwap: str | None, qv: str, n: int) -> dict:
+def bar(
+    minute: str, o: str, h: str, lo: str, c: str, vol: str, vwap: str | None, qv: str, n: int, partial: bool = False
+) -> dict:
     return {
         "minute": minute,
         "open": D(o),
@@ -67,6 +71,7 @@ def bar(minute: str, o: str, h: str, lo: str, c: str, vol: str, vwap: str | None
         "vwap": None if vwap is None else D(vwap),
         "quote_volume": D(qv),
         "trade_count": n,
+        "partial": partial,
     }
 
 
@@ -123,15 +128,18 @@ def test_fifteen_minute_bars(engine: QueryEngine) -> None:
     ]
 
 
-def test_daily_bars_per_symbol_and_exchange(engine: QueryEngine) -> None:
+def test_daily_bars_per_symbol_and_exchange_in_each_exchanges_trading_day(engine: QueryEngine) -> None:
     result = bars(engine, None, "1d", at(0, 0), at(0, 0, day=2))
 
-    days = [(r["symbol"], r["exchange"], r["timestamp"].date().isoformat()) for r in result.to_pylist()]
+    # No tz: asx days are Sydney days (midnight AEDT = 13:00 UTC the day before), chix (no entry in
+    # k2.query.venues) UTC days. The range [Mon 00:00Z, Wed 00:00Z) starts 11 hours into Sydney's Monday, which is
+    # partial; Sydney's Tuesday (Mon 13:00Z to Tue 13:00Z) lies wholly inside it.
+    days = [(r["symbol"], r["exchange"], r["timestamp"], r["partial"]) for r in result.to_pylist()]
     assert days == [
-        ("BHP", "asx", "2024-03-04"),
-        ("BHP", "asx", "2024-03-05"),
-        ("BHP", "chix", "2024-03-04"),
-        ("CBA", "asx", "2024-03-04"),
+        ("BHP", "asx", datetime(2024, 3, 3, 13, tzinfo=UTC), True),
+        ("BHP", "asx", datetime(2024, 3, 4, 13, tzinfo=UTC), False),
+        ("BHP", "chix", datetime(2024, 3, 4, tzinfo=UTC), False),
+        ("CBA", "asx", datetime(2024, 3, 3, 13, tzinfo=UTC), True),
     ]
     monday = result.to_pylist()[0]
     # 30274.6370366650 / 826.12345678 = 36.646625620...
@@ -255,3 +263,80 @@ def test_gap_filled_bars_across_a_dst_change_are_the_time_bucket_grid(
             assert len(grid) == expected_bars, interval
             assert got["trade_count"].to_pylist() == [1] + [0] * (len(grid) - 2) + [1]
             assert got["close"].to_pylist() == [D("10")] * (len(grid) - 1) + [D("11")]
+
+
+def test_conditions_and_venues_decide_which_trades_a_bar_counts(catalog: Catalog, tables: dict[str, Table]) -> None:
+    append_trades(
+        tables["trades_v2"],
+        [
+            trade(at(10, 0, 1), "36.00", "10", 1),
+            trade(at(10, 0, 2), "42.00", "1", 2, conditions=("1",), vendor={"venue": "X"}),  # off-book on asx
+            trade(at(10, 0, 3), "36.10", "10", 3, conditions=("2",)),
+            trade(at(10, 0, 4), "35.00", "5", 4, conditions=("7",), vendor={"venue": "Y"}),
+            trade(at(10, 0, 1), "100", "1", 1, exchange="chix", conditions=("1",)),  # code 1 means nothing here
+        ],
+    )
+
+    def counted(**options: object) -> list[tuple]:
+        whole = bars(engine, None, "1h", at(10), at(11), **options)  # every exchange, from the rows
+        asx = bars(engine, ["BHP"], "1h", at(10), at(11), exchange="asx", **options)  # from minute partials
+        assert asx.to_pylist() == [r for r in whole.to_pylist() if r["exchange"] == "asx"]
+        return [(r["exchange"], r["high"], r["low"], r["trade_count"]) for r in whole.to_pylist()]
+
+    with QueryEngine(catalog) as engine:
+        assert counted() == [("asx", D("36.10"), D("35.00"), 3), ("chix", D("100"), D("100"), 1)]
+        assert counted(exclude_conditions=()) == [("asx", D("42.00"), D("35.00"), 4), ("chix", D("100"), D("100"), 1)]
+        assert counted(exclude_conditions=["2", "7"]) == [
+            ("asx", D("42.00"), D("36.00"), 2),
+            ("chix", D("100"), D("100"), 1),
+        ]
+        assert counted(exclude_conditions=(), exclude_venues=["X", "Y"]) == [
+            ("asx", D("36.10"), D("36.00"), 2),
+            ("chix", D("100"), D("100"), 1),
+        ]
+        with pytest.raises(InvalidQueryError, match="exclude_conditions must be a list of non-empty strings"):
+            bars(engine, None, "1h", at(10), at(11), exclude_conditions="1")
+
+
+@pytest.mark.parametrize(
+    ("given", "codes"),
+    [(None, None), ("1,3,9", ("1", "3", "9")), (["1", " 3,9"], ("1", "3", "9")), ("none", ()), (["none"], ())],
+)
+def test_codes_parse_from_comma_lists_and_none(given: str | list[str] | None, codes: tuple[str, ...] | None) -> None:
+    assert parse_codes(given, "--exclude-conditions") == codes
+
+
+@pytest.mark.parametrize("given", ["", "1,,3", "none,1", []])
+def test_malformed_codes_say_how_to_write_them(given: str | list[str]) -> None:
+    with pytest.raises(InvalidQueryError, match=r"invalid --exclude-conditions .*e\.g\. 1,3,9, or 'none'"):
+        parse_codes(given, "--exclude-conditions")
+
+
+def test_each_exchange_bars_on_its_own_zones_grid_when_none_is_given(
+    catalog: Catalog, tables: dict[str, Table]
+) -> None:
+    moments = [at(h, 30) for h in range(0, 24, 3)]
+    rows = [trade(m, "10", "1", i) for i, m in enumerate(moments)]
+    append_trades(
+        tables["trades_v2"], rows + [trade(m, "10", "1", i, exchange="binance") for i, m in enumerate(moments)]
+    )
+    width = parse_interval("4h").width
+    with QueryEngine(catalog) as engine:
+        got = bars(engine, "BHP", "4h", None, None)
+    for exchange, tz in (("asx", "Australia/Sydney"), ("binance", "UTC")):
+        series = got.filter(pc.equal(got["exchange"], exchange))
+        pairs = list(zip(series["timestamp"].to_pylist(), series["trade_count"].to_pylist(), strict=True))
+        assert pairs == time_bucket_oracle(moments, width, tz), exchange
+    # 8 trades 3 h apart from 00:30 UTC: UTC's grid pairs 00:30+03:30 and 12:30+15:30 (6 bars), Sydney's (01:00,
+    # 05:00, ... UTC in March) pairs only 09:30+12:30 (7 bars).
+    assert Counter(got["exchange"].to_pylist()) == {"asx": 7, "binance": 6}
+
+
+def test_gap_filled_bars_are_flagged_partial_where_the_range_cuts_them(engine: QueryEngine) -> None:
+    result = bars(engine, "BHP", "15m", at(10, 5), at(10, 40), exchange="asx", gap_fill=True)
+
+    # From 10:05 the first trade is at 10:15; the empty 10:30 bar is cut at 10:40.
+    assert [(r["timestamp"], r["trade_count"], r["partial"]) for r in result.to_pylist()] == [
+        (at(10, 15), 1, False),
+        (at(10, 30), 0, True),
+    ]

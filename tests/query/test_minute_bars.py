@@ -12,10 +12,10 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 from k2.query import bars as bars_module
-from k2.query.bars import _divide_half_even, bars
+from k2.query.bars import _divide_half_even, bars, counted_trades
 from k2.query.engine import QueryEngine
 from k2.query.file_facts import FileFacts
-from k2.query.minute_bars import FILE_PARTIALS_QUERY, minute_partials, on_minute
+from k2.query.minute_bars import file_partials_query, minute_partials, on_minute
 from tests.query.records import append_trades, at, trade
 from tests.query.test_bars import BAR_1000, BAR_1001, BAR_1003, as_rows, bar
 
@@ -117,13 +117,14 @@ def test_a_range_off_the_minute_reads_the_rows(engine: QueryEngine) -> None:
 
     result = bars(engine, "BHP", "1m", at(10, 0, 30), at(10, 2), exchange="asx")
 
-    # Only the 10:00 trades from 10:00:30 on: 36.90 x 50, 36.70 x 150, 36.60 x 1.
+    # Only the 10:00 trades from 10:00:30 on: 36.90 x 50, 36.70 x 150, 36.60 x 1; a partial bar (half its minute).
     assert as_rows(result) == [
-        bar("10:00", "36.90", "36.90", "36.60", "36.60", "201", "36.74925373", "7386.60", 3),
+        bar("10:00", "36.90", "36.90", "36.60", "36.60", "201", "36.74925373", "7386.60", 3, partial=True),
         BAR_1001,
     ]
+    counted, params = counted_trades(None, (), "asx")
     files = engine.layout("trades_v2").files
-    assert not any(engine.has_file_fact(f.path, FILE_PARTIALS_QUERY, ["BHP"]) for f in files)
+    assert not any(engine.has_file_fact(f.path, file_partials_query(counted), ["BHP", *params]) for f in files)
 
 
 def test_time_travel_combines_only_the_pinned_snapshot_files(

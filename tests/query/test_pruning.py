@@ -15,10 +15,10 @@ from pyiceberg.table import Table
 from k2.query import engine as engine_module
 from k2.query import file_scan
 from k2.query.asof import trades_with_quotes
-from k2.query.bars import bars
+from k2.query.bars import bars, counted_trades
 from k2.query.engine import QueryEngine
 from k2.query.market import latest, page, tail_query, trades
-from k2.query.minute_bars import FILE_PARTIALS_QUERY
+from k2.query.minute_bars import file_partials_query
 from k2.query.summary import daily_summary
 from k2.schema.fields import TRADES_V2
 from tests.query.records import append_trades, at, trade
@@ -95,9 +95,9 @@ def test_as_of_join_reads_only_that_day_file(engine: QueryEngine, monkeypatch: p
 def test_bars_from_partials_read_only_that_day_file(engine: QueryEngine) -> None:
     bars(engine, "BHP", "1m", at(0, day=2), at(0, day=3), gap_fill=True)
 
-    days = [
-        f.day for f in engine.layout("trades_v2").files if engine.has_file_fact(f.path, FILE_PARTIALS_QUERY, ["BHP"])
-    ]
+    counted, params = counted_trades(None, (), None)
+    query = file_partials_query(counted)
+    days = [f.day for f in engine.layout("trades_v2").files if engine.has_file_fact(f.path, query, ["BHP", *params])]
     assert days == [at(0, day=2).date()]
 
 

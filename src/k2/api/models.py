@@ -41,6 +41,31 @@ TradeRow = _row_model(TRADES_V2, "TradeRow")
 QuoteRow = _row_model(QUOTES_V2, "QuoteRow")
 
 
+_PRICE = 'decimal(18,8) as exact text, e.g. "36.66700000"'
+
+
+class BarRow(BaseModel):
+    """One OHLCV bar computed from trades (k2.query.bars)."""
+
+    symbol: str = Field(description="Instrument symbol as the venue lists it")
+    exchange: str = Field(description="Venue code, lower case")
+    timestamp: str = Field(
+        description="Bar open, ISO-8601 UTC with a Z; a daily bar opens at its trading day's midnight (asx: Sydney)"
+    )
+    open: str = Field(description=f"First counted trade's price in event order; {_PRICE}")
+    high: str = Field(description=f"Highest counted trade price; {_PRICE}")
+    low: str = Field(description=f"Lowest counted trade price; {_PRICE}")
+    close: str = Field(description=f"Last counted trade's price in event order; {_PRICE}")
+    volume: str = Field(description="Sum of quantity, decimal(38,8) as exact text")
+    vwap: str | None = Field(description="quote_volume / volume rounded half-even to 8 places; null with no volume")
+    quote_volume: str = Field(description="Sum of price x quantity, exact, decimal(38,16) as text")
+    trade_count: int = Field(description="Trades counted in the bar (0 for a gap-filled bar)")
+    partial: bool = Field(
+        description="True when the requested range cuts the bar (start after its open or end before its close):"
+        " it then covers only part of its interval, under the whole bar's timestamp"
+    )
+
+
 class Envelope(BaseModel, Generic[RowT]):
     data: list[RowT] = Field(description="The rows; decimals and timestamps are strings so nothing rounds them")
     next_cursor: str | None = Field(
@@ -60,4 +85,5 @@ class Health(BaseModel):
 
 TradesEnvelope = Envelope[TradeRow]  # type: ignore[valid-type]
 QuotesEnvelope = Envelope[QuoteRow]  # type: ignore[valid-type]
+BarsEnvelope = Envelope[BarRow]
 RowsEnvelope = Envelope[dict[str, Any]]

@@ -6,7 +6,8 @@ replaces them, never edits them), so a symbol's one-minute aggregates in one fil
 engine keeps them (`Reader.file_fact`), and bars of any whole number of minutes over a minute-aligned range are then
 aggregates of these partials: a few thousand rows instead of hundreds of thousands.
 
-Each partial carries what makes the combination exact, not approximate:
+Partials are of the trades a bars query counts (its condition and venue filter is part of the kept query, so each
+filter has its own). Each partial carries what makes the combination exact, not approximate:
 - open/close with the event-order key (timestamp, sequence key, message_id) of the trade they came from, so the
   first and last trade of a bar spread over several files are chosen exactly as over the rows;
 - high/low, volume, quote_volume (price x quantity summed in DECIMAL(38, 16)) and trade_count, which add up.
@@ -25,6 +26,7 @@ many files would need computing first (a wide first query is cheaper over the ro
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,7 +50,12 @@ MAX_FILES_TO_COMPUTE = 64
 # The first/last trade of each minute as one struct, so one ordered aggregate carries price and its order key.
 _KEY = f"timestamp, {sequence_order()}, message_id"
 _EDGE = f"struct_pack(price := price, ts := timestamp, seq := {sequence_order()}, id := message_id)"
-FILE_PARTIALS_QUERY = f"""
+
+
+def file_partials_query(counted: str = "TRUE") -> str:
+    """The one-minute partials of one symbol (its `?`) in one data file, of the trades `counted` (a SQL condition
+    over trades_v2 columns, k2.query.bars.counted_trades) selects: each filter is its own kept fact."""
+    return f"""
     SELECT symbol, exchange, timezone('UTC', make_timestamp(minute_us - {SHIFT_US})) AS timestamp,
         first_trade.price AS open, first_trade.ts AS open_timestamp, first_trade.seq AS open_sequence,
         first_trade.id AS open_message_id,
@@ -59,8 +66,9 @@ FILE_PARTIALS_QUERY = f"""
         SELECT symbol, exchange, (epoch_us(timestamp) + {SHIFT_US}) // {MINUTE_US} * {MINUTE_US} AS minute_us,
             first({_EDGE} ORDER BY {_KEY}) AS first_trade, last({_EDGE} ORDER BY {_KEY}) AS last_trade,
             {TRADE_TOTALS}
-        FROM read_parquet(?) WHERE symbol = ? GROUP BY ALL
+        FROM read_parquet(?) WHERE symbol = ? AND ({counted}) GROUP BY ALL
     )"""
+
 
 # Bars from partials: the same columns the row aggregates in k2.query.bars give.
 PARTIAL_AGGREGATES = """
@@ -80,11 +88,12 @@ def minute_partials(
     start: datetime | None,
     end: datetime | None,
     exchange: str | None,
+    counted: tuple[str, list[Any]] = ("TRUE", []),
     computed_limit: int = MAX_FILES_TO_COMPUTE,
 ) -> pa.Table | None:
     """The one-minute partials of `symbols`' trades in every data file whose partition may hold [start, end), or
     None when they cannot stand in for the rows (delete files) or would first need more than `computed_limit`
-    (file, symbol) scans.
+    (file, symbol) scans. `counted`: the SQL condition (and its parameters) selecting the trades bars count.
 
     Partials outside [start, end) or of another exchange may be in the result: the caller filters them with the
     same condition it would put on the rows (exact, since start and end are on a minute)."""
@@ -95,7 +104,8 @@ def minute_partials(
         for file, held in files_holding(reader, TRADES_V2.name, symbols, exchange, start, end)
         for symbol in sorted(held)
     ]
-    queries = [(path, FILE_PARTIALS_QUERY, [symbol]) for path, symbol in pairs]
+    query = file_partials_query(counted[0])
+    queries = [(path, query, [symbol, *counted[1]]) for path, symbol in pairs]
     if len(queries) > computed_limit and sum(not reader.has_file_fact(*query) for query in queries) > computed_limit:
         return None
     parts = [reader.file_fact(*query) for query in queries]

@@ -10,10 +10,10 @@ from fastapi.responses import Response
 
 from k2.api.errors import ApiError, documented
 from k2.api.formats import content_docs, negotiate, render
-from k2.api.models import RowsEnvelope
+from k2.api.models import BarsEnvelope, RowsEnvelope
 from k2.api.params import AsOfParam, End, Exchange, FormatParam, Start, Tz, parse_as_of, symbols_param
 from k2.api.state import request_state
-from k2.query.bars import bars, parse_interval
+from k2.query.bars import NO_EXCLUSIONS, bars, parse_codes, parse_interval
 from k2.query.summary import daily_summary
 from k2.schema.fields import TRADES_V2
 
@@ -24,6 +24,29 @@ MAX_FILLED_BARS = 100_000
 
 Accept = Annotated[str | None, Header(include_in_schema=False)]
 Symbols = Annotated[list[str] | None, Depends(symbols_param)]
+BarsTz = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="IANA zone whose midnight starts bars' days, e.g. UTC. Omit for each exchange's trading day"
+        " (asx: Australia/Sydney, binance and others: UTC)",
+    ),
+]
+ExcludeConditions = Annotated[
+    list[str] | None,
+    Query(
+        description="Trade condition codes left out of bars (not in OHLC, volume, vwap or trade_count),"
+        f" comma-separated and/or repeated, e.g. 1,3,9; `{NO_EXCLUSIONS}` counts every trade. Omit for each"
+        " exchange's default (asx: 1,3,9, the prints its files mark off-book with venue X; others: none)",
+    ),
+]
+ExcludeVenues = Annotated[
+    list[str] | None,
+    Query(
+        description="Venue marks (vendor_data venue, e.g. X on ASX) whose trades are left out of bars,"
+        " comma-separated and/or repeated. Omit to leave none out",
+    ),
+]
 _ERRORS = documented(400, 401, 404, 406, 413, 414, 422, 429, 500, 504)
 
 
@@ -32,11 +55,14 @@ _ERRORS = documented(400, 401, 404, 406, 413, 414, 422, 429, 500, 504)
     summary="OHLCV bars from trades",
     description=(
         "Per (symbol, exchange, bar): timestamp (bar open), open, high, low, close, volume, quote_volume, vwap,"
-        " trade_count, ordered by symbol, exchange, timestamp (k2.query.bars documents each column). Bars start at"
-        " midnight of `tz`. With `gap_fill` (needs start and end; at most 100000 bars per symbol), empty bars"
-        " carry the previous close with volume 0."
+        " trade_count, partial, ordered by symbol, exchange, timestamp (k2.query.bars documents each column)."
+        " Bars start at midnight of `tz`, by default each exchange's trading day (asx: Australia/Sydney, binance"
+        " and others: UTC). Trades with a condition code in `exclude_conditions` (default: the exchange's, asx:"
+        " 1,3,9, its off-book prints) or a venue in `exclude_venues` are left out of the bar entirely. `partial`"
+        " is true for a bar the range cuts (start after its open, or end before its close). With `gap_fill`"
+        " (needs start and end; at most 100000 bars per symbol), empty bars carry the previous close with volume 0."
     ),
-    response_model=RowsEnvelope,
+    response_model=BarsEnvelope,
     responses={200: content_docs("Bars"), **_ERRORS},
 )
 async def get_bars(
@@ -54,20 +80,34 @@ async def get_bars(
     end: End = None,
     exchange: Exchange = None,
     gap_fill: Annotated[bool, Query(description="Add bars with no trades (previous close, volume 0)")] = False,
-    tz: Tz = "UTC",
+    tz: BarsTz = None,
+    exclude_conditions: ExcludeConditions = None,
+    exclude_venues: ExcludeVenues = None,
     as_of: AsOfParam = None,
     fmt: FormatParam = None,
     accept: Accept = None,
 ) -> Response:
     if gap_fill:
         _check_gap_fill(interval, start, end)
+    excluded = parse_codes(exclude_conditions, "exclude_conditions")
+    excluded_venues = parse_codes(exclude_venues, "exclude_venues") or ()
     state = request_state(request)
     chosen = negotiate(fmt, accept)
     table, snapshot = await state.read(
         TRADES_V2.name,
         parse_as_of(as_of),
         lambda engine, pinned: bars(
-            engine, symbols, interval, start, end, exchange=exchange, gap_fill=gap_fill, tz=tz, as_of=pinned
+            engine,
+            symbols,
+            interval,
+            start,
+            end,
+            exchange=exchange,
+            gap_fill=gap_fill,
+            tz=tz,
+            exclude_conditions=excluded,
+            exclude_venues=excluded_venues,
+            as_of=pinned,
         ),
     )
     return render(table, chosen, snapshot_id=snapshot)
