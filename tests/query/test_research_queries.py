@@ -278,7 +278,8 @@ def test_daily_summary_uses_the_venue_day(catalog: Catalog, tables: dict[str, Ta
     )
     with QueryEngine(catalog) as engine:
         sydney = daily_summary(engine, "RIO", at(13), at(13, day=1), tz="Australia/Sydney")
-        utc = daily_summary(engine, "RIO", at(0), at(0, day=2))
+        by_default = daily_summary(engine, "RIO", at(13), at(13, day=1))  # an ASX symbol: Sydney days
+        utc = daily_summary(engine, "RIO", at(0), at(0, day=2), tz="UTC")
 
     assert sydney.column_names[:3] == ["date", "symbol", "exchange"]
     assert sydney.to_pylist() == [
@@ -295,6 +296,7 @@ def test_daily_summary_uses_the_venue_day(catalog: Catalog, tables: dict[str, Ta
             "trade_count": 2,
         }
     ]
+    assert by_default == sydney
     assert utc.column("date").to_pylist() == [date(2024, 3, 4), date(2024, 3, 5)]
 
 

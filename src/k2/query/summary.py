@@ -15,6 +15,7 @@ from k2.query.filters import EVENT_SPECS, record_spec, where
 from k2.query.market import Symbols
 from k2.query.snapshots import lineage, pinned_snapshot
 from k2.query.timetravel import AsOf
+from k2.query.venues import venue
 from k2.schema.fields import ALL_RECORDS
 
 _DAILY_COLUMNS = ("date", "symbol", "exchange", "open", "high", "low", "close", "volume", "vwap", "trade_count")
@@ -40,16 +41,24 @@ def daily_summary(
     end: datetime | None,
     *,
     exchange: str | None = None,
-    tz: str = "UTC",
+    tz: str | None = None,
     as_of: AsOf = None,
 ) -> pa.Table:
-    """One row per (date, symbol, exchange) with trades in [start, end), in that order: date (in `tz`), open,
-    high, low, close, volume, vwap, trade_count — a 1d bar (k2.query.bars documents each column). Days are `tz`
-    days: pass the venue's zone (Australia/Sydney for ASX) so a session is one day, and start/end at its midnights.
+    """One row per (date, symbol, exchange) with trades in [start, end), in that order: date, open, high, low,
+    close, volume, vwap, trade_count — a 1d bar (k2.query.bars documents each column). Days are each exchange's
+    trading days (k2.query.venues: Australia/Sydney for ASX, so a session is one day), or `tz` days when given.
     """
     daily = bars(engine, symbols, "1d", start, end, exchange=exchange, tz=tz, as_of=as_of)
-    local = ZoneInfo(zone(tz))
-    dates = pa.array([moment.astimezone(local).date() for moment in daily.column("timestamp").to_pylist()], pa.date32())
+    zones = {name: ZoneInfo(zone(tz) if tz else venue(name).zone) for name in set(daily.column("exchange").to_pylist())}
+    dates = pa.array(
+        [
+            moment.astimezone(zones[name]).date()
+            for moment, name in zip(
+                daily.column("timestamp").to_pylist(), daily.column("exchange").to_pylist(), strict=True
+            )
+        ],
+        pa.date32(),
+    )
     by_day = [("date", "ascending"), ("symbol", "ascending"), ("exchange", "ascending")]
     return daily.append_column("date", dates).select(list(_DAILY_COLUMNS)).sort_by(by_day)
 

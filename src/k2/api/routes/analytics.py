@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from k2.api.errors import ApiError, documented
 from k2.api.formats import content_docs, negotiate, render
 from k2.api.models import BarsEnvelope, RowsEnvelope
-from k2.api.params import AsOfParam, End, Exchange, FormatParam, Start, Tz, parse_as_of, symbols_param
+from k2.api.params import AsOfParam, End, Exchange, FormatParam, Start, parse_as_of, symbols_param
 from k2.api.state import request_state
 from k2.query.bars import NO_EXCLUSIONS, bars, parse_codes, parse_interval
 from k2.query.summary import daily_summary
@@ -133,8 +133,8 @@ def _check_gap_fill(interval: str, start: datetime | None, end: datetime | None)
     "/summary/daily",
     summary="Daily open, high, low, close, volume, vwap and trade count per symbol",
     description=(
-        "One row per (date, symbol, exchange) with trades in [start, end). Days are `tz` days: pass the venue's"
-        " zone (Australia/Sydney for ASX) so a session is one day."
+        "One row per (date, symbol, exchange) with trades in [start, end). Days are each exchange's trading days"
+        " (asx: Australia/Sydney, so a session is one day; binance and others: UTC), or `tz` days when given."
     ),
     response_model=RowsEnvelope,
     responses={200: content_docs("Daily summary rows"), **_ERRORS},
@@ -145,7 +145,7 @@ async def get_daily_summary(
     start: Start = None,
     end: End = None,
     exchange: Exchange = None,
-    tz: Tz = "UTC",
+    tz: BarsTz = None,
     as_of: AsOfParam = None,
     fmt: FormatParam = None,
     accept: Accept = None,
