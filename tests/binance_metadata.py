@@ -1,11 +1,11 @@
 """Symbol metadata for tests that load the data.binance.vision kline samples.
 
-The shipped exchangeInfo excerpt lists 20 symbols (DOGEUSDT among them) but not ADABTC: that pair is stated here as
-exchangeInfo lists it (ADA/BTC), the way a user passes a full exchangeInfo with `--exchange-info`.
+The shipped exchangeInfo excerpt lists both kline sample pairs (ADABTC as ADA/BTC, DOGEUSDT as DOGE/USDT), so the
+samples load with the metadata `k2 load binance-files` uses by default.
 """
 
 from __future__ import annotations
 
-from k2.sources.binance.symbols import SymbolDirectory, SymbolInfo, shipped_directory
+from k2.sources.binance.symbols import shipped_directory
 
-SAMPLE_PAIRS = SymbolDirectory([*shipped_directory(), SymbolInfo("ADABTC", "ADA", "BTC", "TRADING")])
+SAMPLE_PAIRS = shipped_directory()

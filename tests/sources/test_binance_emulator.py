@@ -472,20 +472,20 @@ def test_exchange_info_is_the_recorded_response_and_a_symbol_it_lacks_is_not_mad
     from fastapi.testclient import TestClient
 
     hub = Hub(FaultPlan(FaultSpec()))
-    hub.symbols.update({"BTCUSDT", "QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "WAVESPAX", "BTCAUD"})
+    hub.symbols.update({"BTCUSDT", "QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "WAVESPAX", "XRPAUD"})
     app = create_app(hub, Limits(), own_symbols=SyntheticSpec(symbols=1).exchange_info_symbols())
     recorded = json.loads(BINANCE_EXCHANGE_INFO.read_bytes())["symbols"]
     with TestClient(app) as client:
         info = client.get("/api/v3/exchangeInfo").json()
         one = client.get("/api/v3/exchangeInfo", params={"symbol": "BNBTUSD"}).json()
-        lacking = client.get("/api/v3/exchangeInfo", params={"symbol": "BTCAUD"})
+        lacking = client.get("/api/v3/exchangeInfo", params={"symbol": "XRPAUD"})
     assert info["symbols"][: len(recorded)] == recorded  # every recorded entry as Binance sent it
     quotes = {s["symbol"]: s["quoteAsset"] for s in info["symbols"]}
     assert [quotes[s] for s in ("QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "WAVESPAX", "SYN0USDT")] == [
         "ETH", "BNB", "USDC", "BRL", "TUSD", "PAX", "USDT",
     ]  # fmt: skip
-    # BTCAUD is not in the recorded excerpt: it is left out and named as unknown, never built from its letters
-    assert len(info["symbols"]) == len(recorded) + 1 and "BTCAUD" not in quotes
+    # XRPAUD is not in the recorded excerpt: it is left out and named as unknown, never built from its letters
+    assert len(info["symbols"]) == len(recorded) + 1 and "XRPAUD" not in quotes
     assert [(s["symbol"], s["baseAsset"]) for s in one["symbols"]] == [("BNBTUSD", "BNB")]
     assert (lacking.status_code, lacking.json()) == (400, {"code": -1121, "msg": "Invalid symbol."})
 

@@ -202,10 +202,14 @@ def test_unknown_quote_asset_rejects_every_row_unless_exchange_info_knows_it(tmp
     shutil.copy(ADABTC, path)
     (batch,) = _load([path])
     assert not batch.records and {r.reason for r in batch.rejects} == {"unknown_symbol"}
-    # by default only the shipped exchangeInfo is asked: ADABTC is not in that recording, so nothing is guessed
+    # by default only the shipped exchangeInfo is asked: it lists ADABTC (ADA/BTC) but not XRPAUD, a real pair
     (default,) = list(BinanceFileSource([ADABTC]).batches())
-    assert not default.records and len(default.rejects) == 10
-    assert "'ADABTC' is not in" in default.rejects[0].detail
+    assert len(default.records) == 10 and {r["vendor_data"]["currency"] for r in default.records} == {"BTC"}
+    unlisted = tmp_path / "XRPAUD-1m-2021-11-27.csv"
+    shutil.copy(ADABTC, unlisted)
+    (lacking,) = list(BinanceFileSource([unlisted]).batches())
+    assert not lacking.records and len(lacking.rejects) == 10
+    assert "'XRPAUD' is not in" in lacking.rejects[0].detail
 
 
 def test_currency_of_a_file_is_the_quote_asset_from_exchange_info(tmp_path: Path) -> None:

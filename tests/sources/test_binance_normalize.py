@@ -62,7 +62,7 @@ def _first_agg_trade() -> dict[str, Any]:
 
 
 def test_symbol_directory_knows_base_quote_and_status_from_exchange_info(symbols: SymbolDirectory) -> None:
-    assert len(symbols) == 20
+    assert len(symbols) == 25
     blz = symbols["BLZETH"]
     assert (blz.base_asset, blz.quote_asset, blz.status) == ("BLZ", "ETH", "TRADING")
     assert symbols.quote_asset("RUNEEUR") == "EUR"
@@ -82,14 +82,19 @@ def test_currency_is_the_quote_asset_exchange_info_names_never_a_guess_from_the_
     agg = _first_agg_trade()["data"]
     quotes = {
         symbol: normalize_agg_trade({**agg, "s": symbol}, shipped_directory(), 1)["currency"]
-        for symbol in ("QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "XRPTUSD", "WAVESPAX", "RENBTCBTC")
-    }
+        for symbol in (
+            "QTUMETH", "AXSBNB", "NEOUSDC", "BNBBRL", "BNBTUSD", "XRPTUSD", "WAVESPAX", "RENBTCBTC", "BTCAUD", "ETHBRL",
+        )
+    }  # fmt: skip
     assert quotes == {
         "QTUMETH": "ETH", "AXSBNB": "BNB", "NEOUSDC": "USDC", "BNBBRL": "BRL",
         "BNBTUSD": "TUSD", "XRPTUSD": "TUSD", "WAVESPAX": "PAX", "RENBTCBTC": "BTC",
+        "BTCAUD": "AUD", "ETHBRL": "BRL",
     }  # fmt: skip
     wavespax, renbtc = shipped_directory()["WAVESPAX"], shipped_directory()["RENBTCBTC"]
     assert (wavespax.base_asset, wavespax.status, renbtc.base_asset) == ("WAVES", "BREAK", "RENBTC")
+    btcaud, ethbrl = shipped_directory()["BTCAUD"], shipped_directory()["ETHBRL"]
+    assert [(s.base_asset, s.quote_asset) for s in (btcaud, ethbrl)] == [("BTC", "AUD"), ("ETH", "BRL")]
     with pytest.raises(PayloadError, match=r"'BTCXYZ' is not in .*exchangeInfo") as caught:
         normalize_agg_trade({**agg, "s": "BTCXYZ"}, shipped_directory(), 1)
     assert caught.value.reason == "unknown_symbol"
@@ -109,7 +114,7 @@ def test_a_fetched_exchange_info_is_kept_with_its_fetch_time_and_used_when_the_v
     saved = save_exchange_info(cache, EXCHANGE_INFO.read_bytes(), source="https://api.binance.com/api/v3/exchangeInfo")
     directory, fetched_at_us = load_saved_exchange_info(cache)
     assert before <= fetched_at_us <= time.time_ns() // 1000
-    assert len(directory) == len(saved) == 20 and directory.quote_asset("BNBBRL") == "BRL"
+    assert len(directory) == len(saved) == 25 and directory.quote_asset("BNBBRL") == "BRL"
     # nothing listens on port 1: the saved response answers, and without one the error is raised
     offline = asyncio.run(fetch_symbols("http://127.0.0.1:1", ["BNBBRL"], cache))
     assert offline.quote_asset("AXSBNB") == "BNB" and "saved" in offline.source
