@@ -31,14 +31,10 @@ from typing import Any
 import orjson
 from sortedcontainers import SortedDict
 
+from k2.schema.fields import BookSide
 from k2.sources.binance.normalize import PayloadError, TimeUnit, parse_amount
 
 Level = tuple[Decimal, Decimal]  # (price, quantity)
-
-
-class BookSide(StrEnum):
-    BID = "BID"
-    ASK = "ASK"
 
 
 @dataclass(frozen=True, slots=True)
