@@ -31,6 +31,12 @@ class OracleSnapshot:
     last_update_id: int
     bids: dict[Decimal, Decimal]
     asks: dict[Decimal, Decimal]
+    received_us: int = 0
+
+
+def _micros(seconds_text: str) -> int:
+    whole, _, fraction = seconds_text.partition(".")
+    return int(whole) * 1_000_000 + int(fraction[:6].ljust(6, "0"))
 
 
 def _pairs(rows: list) -> list[tuple[Decimal, Decimal]]:
@@ -47,11 +53,11 @@ def read_depth(*paths: Path) -> tuple[dict[str, list[OracleDiff]], dict[str, lis
             if not sep:
                 continue
             if " -> " in head:
-                url = head.split(" -> ")[0]
+                url, received = head.split(" -> ")
                 body = json.loads(rest)
                 symbol = parse_qs(urlsplit(url).query)["symbol"][0]
-                snap = OracleSnapshot(symbol, body["lastUpdateId"], dict(_pairs(body["bids"])), {})
-                snap.asks = dict(_pairs(body["asks"]))
+                bids, asks = dict(_pairs(body["bids"])), dict(_pairs(body["asks"]))
+                snap = OracleSnapshot(symbol, body["lastUpdateId"], bids, asks, _micros(received))
                 snapshots.setdefault(symbol, []).append(snap)
                 continue
             frame = json.loads(rest)
