@@ -69,6 +69,10 @@ def test_combined_and_raw_frames_parse_and_other_frames_are_none() -> None:
         ({"a": [["58001.04", "-1"]]}, "bad_quantity"),
         ({"a": [[58001.04, "1"]]}, "bad_price"),  # a JSON number has been through float
         ({"s": 7}, "missing_field:s"),
+        ({"u": 2**63}, "bad_field:u"),  # beyond the int64 column
+        ({"E": 2**63 // 1000 + 1}, "bad_field:E"),  # in ms: beyond int64 microseconds
+        ({"E": 0}, "bad_field:E"),
+        ({"U": True}, "bad_field:U"),
     ],
 )
 def test_a_bad_depth_update_names_its_fault(change: dict, reason: str) -> None:

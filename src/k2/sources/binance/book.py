@@ -35,6 +35,8 @@ from k2.schema.fields import BookSide
 from k2.sources.binance.normalize import PayloadError, TimeUnit, parse_amount
 
 Level = tuple[Decimal, Decimal]  # (price, quantity)
+# Update ids and times land in int64 columns (times in microseconds): anything beyond is a reject, not an overflow.
+_INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +67,8 @@ def _int(data: Mapping[str, Any], key: str) -> int:
     value = data.get(key)
     if value is None:
         raise PayloadError(f"missing_field:{key}", f"field {key!r} is missing")
-    if type(value) is not int or value < 0:
-        raise PayloadError(f"bad_field:{key}", f"field {key!r} should be a non-negative integer, got {value!r}")
+    if type(value) is not int or not 0 <= value <= _INT64_MAX:
+        raise PayloadError(f"bad_field:{key}", f"field {key!r} should be an integer from 0 to 2^63-1, got {value!r}")
     return value
 
 
@@ -96,9 +98,9 @@ def parse_depth_diff(data: Mapping[str, Any], receive_us: int, time_unit: TimeUn
     if first > last:
         raise PayloadError("bad_field:U", f"first update id U={first} is after final update id u={last}")
     event = _int(data, "E")
-    if event == 0:
-        raise PayloadError("bad_field:E", "event time E is 0, not a time after 1970")
     scale = 1 if time_unit == TimeUnit.MICROSECOND else 1_000
+    if event == 0 or event > _INT64_MAX // scale:
+        raise PayloadError("bad_field:E", f"event time E is {event}, not a time after 1970 within 64-bit microseconds")
     return DepthDiff(symbol, first, last, event * scale, receive_us, _levels(data, "b"), _levels(data, "a"))
 
 
