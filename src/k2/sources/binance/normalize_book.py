@@ -107,7 +107,6 @@ def normalize_depth_frame(
     position: int = 0,
 ) -> list[dict[str, Any]] | Reject | None:
     """One raw WebSocket frame → its book_updates_v2 rows, a Reject (raw bytes kept), or None (not a depth diff)."""
-    where = f"{origin} frame {position}: " if position else f"{origin}: "
     try:
         found = depth_payload(raw)
         if found is None:
@@ -115,4 +114,10 @@ def normalize_depth_frame(
         stream, data = found
         return book_update_records(parse_depth_diff(data, receive_us, time_unit), stream=stream)
     except PayloadError as exc:
-        return Reject(reason=exc.reason, detail=where + exc.detail, raw=bytes(raw), origin=origin, position=position)
+        return depth_reject(exc, raw, origin, position)
+
+
+def depth_reject(exc: PayloadError, raw: bytes, origin: str, position: int) -> Reject:
+    """A depth frame or snapshot that cannot be read, as the dead-letter record (`position`: frame or line)."""
+    where = f"{origin} frame {position}: " if position else f"{origin}: "
+    return Reject(reason=exc.reason, detail=where + exc.detail, raw=bytes(raw), origin=origin, position=position)
