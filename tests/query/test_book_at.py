@@ -10,15 +10,11 @@ import pytest
 
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
-from k2.lake.tables import ensure_table, in_write_order
-from k2.query.book import BookAt, book_at
+from k2.query.book import LADDER_SCHEMA, BookAt, book_at, ladder
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError
-from k2.schema.arrow import records_to_arrow
-from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2
 from k2.sources.binance.book import DepthDiff, DepthSnapshot
-from k2.sources.binance.normalize_book import book_snapshot_records, book_update_records
-from tests.sources.book_captures import CAPTURES, depth_events
+from tests.sources.book_captures import CAPTURES, append_book_events, depth_events
 from tests.sources.book_oracle import OracleDiff, OracleSnapshot, read_depth, replay
 
 Book = tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]
@@ -49,30 +45,21 @@ def _lost_index(diffs: list[OracleDiff], snapshot: OracleSnapshot) -> int:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryEngine]:
     catalog = open_catalog(Settings(home=Path(tmp_path_factory.mktemp("book-lake"))))
-    updates, snapshots = [], []
-    events = [e for e in depth_events("2021-04-04") if e.symbol == "BTCUSDT"] + list(depth_events("2021-10-12"))
-    for event in events:
-        if isinstance(event, DepthDiff):
-            updates += book_update_records(event)
-        else:
-            snapshots += book_snapshot_records(event, limit=1000)
+    btc = [e for e in depth_events("2021-04-04") if e.symbol == "BTCUSDT"]
+    append_book_events(catalog, btc + list(depth_events("2021-10-12")))
     # LOSSY: NKNUSDT without one diff event, and a snapshot taken five events later (the oracle's book then).
     diffs, oracle_snapshots = read_depth(*CAPTURES["2021-10-12"])
     (snapshot,) = oracle_snapshots["NKNUSDT"]
-    nkn = [e for e in depth_events("2021-10-12") if e.symbol == "NKNUSDT"]
-    lost = _lost_index(diffs["NKNUSDT"], snapshot)
-    for diff in diffs["NKNUSDT"][:lost] + diffs["NKNUSDT"][lost + 1 :]:
-        parsed = next(e for e in nkn if isinstance(e, DepthDiff) and e.last_update_id == diff.last)
-        updates += book_update_records(parsed, exchange=LOSSY)
-    parsed_snapshot = next(e for e in nkn if isinstance(e, DepthSnapshot))
-    snapshots += book_snapshot_records(parsed_snapshot, exchange=LOSSY)
-    later = diffs["NKNUSDT"][lost + 5]
-    bids, asks = _oracle_at(snapshot, diffs["NKNUSDT"], [later.event_ms * 1000])[later.event_ms * 1000]
+    nkn = diffs["NKNUSDT"]
+    lost = _lost_index(nkn, snapshot)
+    later = nkn[lost + 5]
+    bids, asks = _oracle_at(snapshot, nkn, [later.event_ms * 1000])[later.event_ms * 1000]
     resync = DepthSnapshot("NKNUSDT", later.last, later.event_ms * 1000 + 1, tuple(bids.items()), tuple(asks.items()))
-    snapshots += book_snapshot_records(resync, exchange=LOSSY)
-
-    ensure_table(catalog, BOOK_UPDATES_V2).append(in_write_order(records_to_arrow(BOOK_UPDATES_V2, updates)))
-    ensure_table(catalog, BOOK_SNAPSHOTS_V2).append(in_write_order(records_to_arrow(BOOK_SNAPSHOTS_V2, snapshots)))
+    lossy = [
+        e for e in depth_events("2021-10-12")
+        if e.symbol == "NKNUSDT" and not (isinstance(e, DepthDiff) and e.last_update_id == nkn[lost].last)
+    ]  # fmt: skip
+    append_book_events(catalog, [*lossy, resync], exchange=LOSSY)
     with QueryEngine(catalog) as opened:
         yield opened
 
@@ -129,6 +116,10 @@ def test_a_lost_event_is_reported_until_a_later_snapshot_makes_the_book_exact_ag
     during = nkn[lost + 2].event_ms * 1000
     holed = book_at(engine, "NKNUSDT", during, 5, exchange=LOSSY)
     assert holed.gap == (nkn[lost].first, nkn[lost].last) and not holed.exact
+    assert holed.describe().endswith(
+        f"; NOT EXACT: updates {nkn[lost].first}..{nkn[lost].last} are missing after the snapshot, so levels they"
+        " changed may be wrong until the next snapshot"
+    )
     assert holed.snapshot_update_id == snapshot.last_update_id
     after = nkn[-1].event_ms * 1000
     healed = book_at(engine, "NKNUSDT", after, 100_000, exchange=LOSSY)
@@ -150,3 +141,17 @@ def test_before_the_first_snapshot_the_book_is_unknown_and_bad_arguments_say_so(
     with pytest.raises(InvalidQueryError, match="at_us must be integer microseconds UTC"):
         book_at(engine, "BTCUSDT", 1.7e15, 5, exchange="binance")  # type: ignore[arg-type]
     assert isinstance(book_at(engine, "BTCUSDT", 1_700_000_000_000_000, 1, exchange="binance"), BookAt)
+
+
+def test_the_ladder_puts_the_sides_side_by_side_and_nulls_past_the_shorter() -> None:
+    one, two = (Decimal("1.5"), Decimal("2")), (Decimal("1.4"), Decimal("0.00000001"))
+    book = BookAt("X", "binance", 5, 1, 2, 3, 0, [one, two], [(Decimal("1.6"), Decimal("7"))], None)
+    table = ladder(book)
+    assert table.schema == LADDER_SCHEMA
+    assert table.to_pylist() == [
+        {"level": 1, "bid_quantity": Decimal("2"), "bid_price": Decimal("1.5"),
+         "ask_price": Decimal("1.6"), "ask_quantity": Decimal("7")},
+        {"level": 2, "bid_quantity": Decimal("1E-8"), "bid_price": Decimal("1.4"),
+         "ask_price": None, "ask_quantity": None},
+    ]  # fmt: skip
+    assert ladder(BookAt("X", "binance", 5, 1, 2, 3, 0, [], [], None)).num_rows == 0

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import zip_longest
+
+import pyarrow as pa
 
 from k2.lake.tables import table_identifier
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError, positive
 from k2.query.timetravel import AsOf
 from k2.schema.codecs import datetime_from_micros
-from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, BookSide
+from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, PRICE_PRECISION, PRICE_SCALE, BookSide
 
 _SNAPSHOTS = table_identifier(BOOK_SNAPSHOTS_V2)
 _UPDATES = table_identifier(BOOK_UPDATES_V2)
@@ -91,6 +94,48 @@ class BookAt:
     @property
     def exact(self) -> bool:
         return self.gap is None
+
+    def describe(self) -> str:
+        """One line on where the book came from, and whether it is exact."""
+        text = (
+            f"{self.symbol} on {self.exchange}: snapshot {self.snapshot_update_id} taken at"
+            f" {datetime_from_micros(self.snapshot_us).isoformat()}, {self.updates_applied} update events after it,"
+            f" book at update {self.last_update_id}"
+        )
+        if self.gap is not None:
+            text += (
+                f"; NOT EXACT: updates {self.gap[0]}..{self.gap[1]} are missing after the snapshot, so levels they"
+                " changed may be wrong until the next snapshot"
+            )
+        return text
+
+
+_PRICE = pa.decimal128(PRICE_PRECISION, PRICE_SCALE)
+LADDER_SCHEMA = pa.schema(
+    [
+        pa.field("level", pa.int64(), nullable=False),
+        pa.field("bid_quantity", _PRICE),
+        pa.field("bid_price", _PRICE),
+        pa.field("ask_price", _PRICE),
+        pa.field("ask_quantity", _PRICE),
+    ]
+)
+
+
+def ladder(book: BookAt) -> pa.Table:
+    """The book side by side, best first: level, bid quantity and price, ask price and quantity (null past a side's
+    last level)."""
+    rows = [
+        {
+            "level": level,
+            "bid_quantity": bid[1] if bid else None,
+            "bid_price": bid[0] if bid else None,
+            "ask_price": ask[0] if ask else None,
+            "ask_quantity": ask[1] if ask else None,
+        }
+        for level, (bid, ask) in enumerate(zip_longest(book.bids, book.asks), start=1)
+    ]
+    return pa.Table.from_pylist(rows, schema=LADDER_SCHEMA)
 
 
 def book_at(
