@@ -10,7 +10,7 @@ import pytest
 
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
-from k2.query.book import LADDER_SCHEMA, BookAt, book_at, ladder
+from k2.query.book import BRIDGE_MARGIN_US, LADDER_SCHEMA, BookAt, book_at, ladder
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError
 from k2.sources.binance.book import DepthDiff, DepthSnapshot
@@ -155,3 +155,30 @@ def test_the_ladder_puts_the_sides_side_by_side_and_nulls_past_the_shorter() -> 
          "ask_price": None, "ask_quantity": None},
     ]  # fmt: skip
     assert ladder(BookAt("X", "binance", 5, 1, 2, 3, 0, [], [], None)).num_rows == 0
+
+
+MINUTE = 60_000_000
+DAY = 1_440 * MINUTE
+T0 = 1_617_566_592_000_000  # 2021-04-04T20:03:12Z
+
+
+def _level(price: str, quantity: str) -> tuple[Decimal, Decimal]:
+    return Decimal(price), Decimal(quantity)
+
+
+def test_an_old_snapshot_is_found_and_a_bridging_update_older_than_the_margin_is_kept(tmp_path: Path) -> None:
+    catalog = open_catalog(Settings(home=tmp_path))
+    snapshot = DepthSnapshot("XYZ", 100, T0, (_level("10", "1"), _level("9", "2")), (_level("11", "3"),))
+    # The update that bridges the snapshot (U=99 <= 101 <= u=102) carries a venue time 20 minutes before the
+    # snapshot's receipt (a skewed clock): past BRIDGE_MARGIN_US, so the first read misses it and must read again.
+    bridge = DepthDiff("XYZ", 99, 102, T0 - 20 * MINUTE, T0, (_level("10", "5"),), (_level("11", "0"),))
+    later = DepthDiff("XYZ", 103, 104, T0 + MINUTE, T0 + MINUTE, (), (_level("12", "4"),))
+    append_book_events(catalog, [snapshot, bridge, later])
+    assert 20 * MINUTE > BRIDGE_MARGIN_US
+    with QueryEngine(catalog) as reader:
+        for at in (T0 + 2 * MINUTE, T0 + 3 * DAY):  # the snapshot: in the first window, then in the 30-day one
+            book = book_at(reader, "XYZ", at, 5, exchange="binance")
+            assert book.exact and (book.updates_applied, book.last_update_id) == (2, 104)
+            assert book.bids == [_level("10", "5"), _level("9", "2")] and book.asks == [_level("12", "4")]
+        assert book_at(reader, "XYZ", T0 + 40 * DAY, 1, exchange="binance").snapshot_update_id == 100  # whole table
+        assert book_at(reader, "XYZ", T0, 5, exchange="binance").bids == [_level("10", "5"), _level("9", "2")]

@@ -7,7 +7,12 @@ must have first_update_id <= snapshot + 1, each next one first_update_id == prev
 returned as `gap` (the book is then not exact: the levels the lost events changed may be wrong) — a later snapshot
 is needed for an exact book, and one taken after the hole is what the query picks once T is past it.
 
-Three parameterized DuckDB queries: the snapshot, the events' id chain, the levels.
+Three parameterized DuckDB queries: the snapshot, the events' id chain, the levels. Each reads a bounded time range
+so Iceberg's day partitions and file statistics skip the rest of the table: the snapshot is looked for in the hour
+before T, then the day, 30 days, and only then in all the table; the updates from BRIDGE_MARGIN before the
+snapshot was taken (the event that bridges it may carry an earlier venue time than the snapshot's receipt). Venue
+ids grow with venue time, so an update the margin left out could only come before the first one read: when none
+was read, or the first one does not bridge the snapshot, the updates are read again without the margin.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import zip_longest
+from typing import Any
 
 import pyarrow as pa
 
 from k2.lake.tables import table_identifier
-from k2.query.engine import QueryEngine
+from k2.query.engine import QueryEngine, Reader
 from k2.query.filters import InvalidQueryError, positive
 from k2.query.timetravel import AsOf
 from k2.schema.codecs import datetime_from_micros
@@ -28,10 +34,16 @@ from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, PRICE_PRECISION
 _SNAPSHOTS = table_identifier(BOOK_SNAPSHOTS_V2)
 _UPDATES = table_identifier(BOOK_UPDATES_V2)
 
+# Where to look for the snapshot before T, nearest first (None: the whole table).
+SNAPSHOT_WINDOWS_US: tuple[int | None, ...] = (3_600_000_000, 86_400_000_000, 30 * 86_400_000_000, None)
+BRIDGE_MARGIN_US = 600_000_000  # 10 minutes: clock skew plus the time diffs wait in a buffer for their snapshot
+# The lower time bound of a query, or none: a constant clause, never text from a caller.
+_SINCE = "AND timestamp >= $since"
+
 _SNAPSHOT_SQL = f"""
 SELECT last_update_id, epoch_us(timestamp) AS taken_us
 FROM {_SNAPSHOTS}
-WHERE symbol = $symbol AND exchange = $exchange AND timestamp <= $at
+WHERE symbol = $symbol AND exchange = $exchange AND timestamp <= $at {{since}}
 ORDER BY timestamp DESC, last_update_id DESC
 LIMIT 1
 """
@@ -41,7 +53,7 @@ _CHAIN_SQL = f"""
 WITH events AS (
     SELECT DISTINCT first_update_id, last_update_id
     FROM {_UPDATES}
-    WHERE symbol = $symbol AND exchange = $exchange AND last_update_id > $snapshot AND timestamp <= $at
+    WHERE symbol = $symbol AND exchange = $exchange AND last_update_id > $snapshot AND timestamp <= $at {{since}}
 ), chained AS (
     SELECT first_update_id, last_update_id,
            coalesce(lag(last_update_id) OVER (ORDER BY last_update_id), $snapshot) AS before
@@ -49,6 +61,7 @@ WITH events AS (
 )
 SELECT count(*) AS events,
        max(last_update_id) AS last_update_id,
+       arg_min(first_update_id, last_update_id) AS first_update_id,
        min(before + 1) FILTER (WHERE first_update_id > before + 1) AS first_missing,
        arg_min(first_update_id - 1, last_update_id) FILTER (WHERE first_update_id > before + 1) AS last_missing
 FROM chained
@@ -62,7 +75,7 @@ WITH levels AS (
     UNION ALL
     SELECT side, price, quantity, last_update_id AS seq
     FROM {_UPDATES}
-    WHERE symbol = $symbol AND exchange = $exchange AND last_update_id > $snapshot AND timestamp <= $at
+    WHERE symbol = $symbol AND exchange = $exchange AND last_update_id > $snapshot AND timestamp <= $at {{since}}
 ), latest AS (
     SELECT side, price, arg_max(quantity, seq) AS quantity FROM levels GROUP BY side, price
 ), ranked AS (
@@ -159,15 +172,21 @@ def book_at(
     reader = engine.at(as_of)
     at = datetime_from_micros(at_us)
     params = {"symbol": symbol, "exchange": exchange, "at": at}
-    found = reader.sql(_SNAPSHOT_SQL, params).to_pylist()
-    if not found:
+    found = _newest_snapshot(reader, params, at_us)
+    if found is None:
         raise InvalidQueryError(
             f"no order-book snapshot of {symbol} on {exchange} at or before {at.isoformat()}: the book is unknown"
             " before its first snapshot; ask for a later time"
         )
-    snapshot, taken_us = found[0]["last_update_id"], found[0]["taken_us"]
-    chain = reader.sql(_CHAIN_SQL, params | {"snapshot": snapshot}).to_pylist()[0]
-    levels = reader.sql(_LEVELS_SQL, params | {"snapshot": snapshot, "depth": depth}).to_pylist()
+    snapshot, taken_us = found
+    params |= {"snapshot": snapshot, "since": datetime_from_micros(taken_us - BRIDGE_MARGIN_US)}
+    since = _SINCE
+    chain = reader.sql(_CHAIN_SQL.format(since=since), params).to_pylist()[0]
+    if not chain["events"] or chain["first_update_id"] > snapshot + 1:  # the bridge may be older: look again
+        since = ""
+        chain = reader.sql(_CHAIN_SQL.format(since=since), _without_since(params)).to_pylist()[0]
+    levels_params = params | {"depth": depth} if since else _without_since(params) | {"depth": depth}
+    levels = reader.sql(_LEVELS_SQL.format(since=since), levels_params).to_pylist()
     sides: dict[str, list[tuple[Decimal, Decimal]]] = {BookSide.BID.value: [], BookSide.ASK.value: []}
     for row in levels:
         sides[row["side"]].append((row["price"], row["quantity"]))
@@ -184,3 +203,20 @@ def book_at(
         asks=sides[BookSide.ASK.value],
         gap=gap,
     )
+
+
+def _without_since(params: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in params.items() if name != "since"}
+
+
+def _newest_snapshot(reader: Reader, params: dict[str, Any], at_us: int) -> tuple[int, int] | None:
+    """(last_update_id, taken_us) of the newest snapshot at or before T, looking back further only when needed."""
+    for window in SNAPSHOT_WINDOWS_US:
+        if window is None:
+            rows = reader.sql(_SNAPSHOT_SQL.format(since=""), params).to_pylist()
+        else:
+            since = {"since": datetime_from_micros(at_us - window)}
+            rows = reader.sql(_SNAPSHOT_SQL.format(since=_SINCE), params | since).to_pylist()
+        if rows:
+            return rows[0]["last_update_id"], rows[0]["taken_us"]
+    return None
