@@ -144,3 +144,15 @@ def test_the_buffer_keeps_the_newest_diffs_and_books_refuse_other_symbols() -> N
     assert [d.first_update_id for d in sync.buffered] == [2, 3]
     with pytest.raises(ValueError, match="ETHUSDT diff fed to the BTCUSDT book"):
         sync.on_diff(DepthDiff("ETHUSDT", 1, 1, 1, 1, (), ()))
+
+
+def test_a_snapshot_older_than_the_book_in_sync_changes_nothing() -> None:
+    sync = BookSync("BTCUSDT")
+    sync.on_snapshot(snapshot(10))
+    sync.on_diff(diff(11, 14, bids=[("100", "9")]))
+    late = sync.on_snapshot(snapshot(12, bids=(("50", "1"),)))
+    assert late.outdated and late.applied == [] and late.gap is None
+    assert sync.book.last_update_id == 14 and sync.book.best_bid() == (D(100), D(9))
+    assert sync.on_diff(diff(15, 15)) is DiffOutcome.APPLIED  # no false gap
+    newer = sync.on_snapshot(snapshot(20, bids=(("50", "1"),)))
+    assert not newer.outdated and sync.book.best_bid() == (D(50), D(1)) and sync.book.last_update_id == 20

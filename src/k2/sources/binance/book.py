@@ -219,11 +219,13 @@ class DiffOutcome(StrEnum):
 
 @dataclass(slots=True)
 class Resync:
-    """What a snapshot did: the buffered diffs it dropped (older) and applied, and a gap if one remains."""
+    """What a snapshot did: the buffered diffs it dropped (older) and applied, and a gap if one remains.
+    `outdated`: the book in sync was already at or past the snapshot's update id, so the snapshot changed nothing."""
 
     dropped: list[DepthDiff] = field(default_factory=list)
     applied: list[DepthDiff] = field(default_factory=list)
     gap: BookGap | None = None
+    outdated: bool = False
 
 
 class BookSync:
@@ -255,6 +257,11 @@ class BookSync:
         """Put `snapshot` in force and replay the buffered diffs over it (dropping those it already holds)."""
         if snapshot.symbol != self.symbol:
             raise ValueError(f"a {snapshot.symbol} snapshot given to the {self.symbol} book")
+        current = self.book.last_update_id
+        if self.synced and current is not None and current >= snapshot.last_update_id:
+            # A late answer (a second request, a slow one): putting it in force would rewind the book and make
+            # the next live diff look like a gap.
+            return Resync(outdated=True)
         self.book.reset(snapshot.bids, snapshot.asks, snapshot.last_update_id)
         self.synced = True
         self._last_good_us = snapshot.receive_us
