@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 import typer
@@ -412,6 +412,30 @@ def bars(
         fmt,
         empty=_no_rows("trades", symbols, start, end),
     )
+
+
+@app.command()
+def book(
+    symbol: str = typer.Argument(..., help="One symbol, e.g. BTCUSDT"),
+    at: str = typer.Option(..., "--at", help="ISO-8601 with zone: the book as it stood then"),
+    depth: int = typer.Option(10, min=1, help="Levels per side, best first"),
+    exchange: str = typer.Option("binance", help="Venue code"),
+    fmt: OutputFormat = _FORMAT,
+    as_of: str = _AS_OF,
+) -> None:
+    """The order book of SYMBOL at --at: the newest snapshot at or before it, then the updates after it."""
+    from k2.query.book import BookAt, book_at, ladder
+    from k2.schema.codecs import micros_from_datetime
+
+    at_us, pinned = micros_from_datetime(cast(datetime, _instant(at, "--at"))), _as_of(as_of)
+    found: list[BookAt] = []
+
+    def read(engine: Any) -> Any:
+        found.append(book_at(engine, symbol, at_us, depth, exchange=exchange, as_of=pinned))
+        return ladder(found[0])
+
+    _run_query(read, fmt)
+    err.print(f"note: {found[0].describe()}", markup=False, soft_wrap=True)
 
 
 @app.command("symbols")

@@ -2,11 +2,14 @@
 
 from k2.schema.fields import (
     ALL_RECORDS,
+    BOOK_SNAPSHOTS_V2,
+    BOOK_UPDATES_V2,
     QUOTES_V2,
     RECORDS_BY_TYPE,
     REFERENCE_DATA_V2,
     TRADES_V2,
     AssetClass,
+    BookSide,
     DataType,
     RecordSpec,
     Side,
@@ -14,11 +17,14 @@ from k2.schema.fields import (
 
 __all__ = [
     "ALL_RECORDS",
+    "BOOK_SNAPSHOTS_V2",
+    "BOOK_UPDATES_V2",
     "QUOTES_V2",
     "RECORDS_BY_TYPE",
     "REFERENCE_DATA_V2",
     "TRADES_V2",
     "AssetClass",
+    "BookSide",
     "DataType",
     "RecordSpec",
     "Side",

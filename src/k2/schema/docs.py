@@ -30,6 +30,16 @@ Conventions:
   query for one symbol reads only that symbol's row groups. Parquet + zstd.
 - `reference_data_v2.vendor_data.record_type` tells what a reference row is: `company` (listing), `dividend`,
   `merger`, `stock_split`; a dividend keeps its dates, exact amounts and its own currency in `vendor_data`.
+- Order books are two tables: `book_snapshots_v2` (every level of a full snapshot, all with the snapshot's
+  `last_update_id`) and `book_updates_v2` (every level a diff event changed, with the event's `first_update_id` and
+  `last_update_id`; quantity 0 removes the level). The book at time T is the newest snapshot taken at or before T,
+  then the updates with `last_update_id` above the snapshot's and `timestamp` at or before T, applied in
+  `last_update_id` order (the last quantity per side and price wins): `k2.query.book.book_at`. The updates
+  are continuous when the first one has `first_update_id <= snapshot last_update_id + 1` and each next event's
+  `first_update_id` is the previous event's `last_update_id + 1`; a hole means updates were lost and the book is
+  known again only from the next snapshot. The source ids of `message_id` are
+  `depth:<last_update_id>:<side>:<price>` and `snapshot:<last_update_id>:<side>:<price>` (price with 8
+  decimals), so a level read twice is stored once.
 """
 
 

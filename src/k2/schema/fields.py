@@ -38,6 +38,15 @@ class DataType(StrEnum):
     REFERENCE_DATA = "reference_data"
     BARS = "bars"
     GAPS = "gaps"
+    BOOK_UPDATES = "book_updates"
+    BOOK_SNAPSHOTS = "book_snapshots"
+
+
+class BookSide(StrEnum):
+    """The side of an order book a price level is on."""
+
+    BID = "BID"
+    ASK = "ASK"
 
 
 class Kind(StrEnum):
@@ -261,5 +270,83 @@ STREAM_GAPS = RecordSpec(
     ),
 )
 
-ALL_RECORDS: tuple[RecordSpec, ...] = (TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2, BARS_V2, STREAM_GAPS)
+
+def _book_level(timestamp_doc: str) -> tuple[FieldSpec, ...]:
+    return (
+        FieldSpec("symbol", Kind.STRING, "Instrument symbol as the venue lists it, e.g. BTCUSDT."),
+        FieldSpec("exchange", Kind.STRING, "Venue code, lower case, e.g. binance."),
+        FieldSpec("asset_class", Kind.STRING, "equities | crypto | futures | options.", enum=AssetClass),
+        FieldSpec("timestamp", Kind.TIMESTAMP, timestamp_doc),
+        FieldSpec("side", Kind.STRING, "Book side of the level: BID | ASK.", enum=BookSide),
+        FieldSpec("price", Kind.DECIMAL, "Price of the level, decimal(18,8)."),
+    )
+
+
+BOOK_UPDATES_V2 = RecordSpec(
+    name="book_updates_v2",
+    data_type=DataType.BOOK_UPDATES,
+    doc=(
+        "One price level changed by an order-book diff event (Binance depthUpdate): the new absolute quantity at"
+        " that price. One row per level per event; the event's rows share its update ids."
+    ),
+    fields=(
+        FieldSpec(
+            "message_id",
+            Kind.STRING,
+            "Deterministic UUIDv5 over exchange, data type, symbol, the event's last update id, side and price.",
+        ),
+        *_book_level("Event time of the diff at the venue, microseconds UTC."),
+        FieldSpec("quantity", Kind.DECIMAL, "Quantity now at the price, decimal(18,8); 0 removes the level."),
+        FieldSpec("first_update_id", Kind.LONG, "First venue update id the event covers (Binance U)."),
+        FieldSpec(
+            "last_update_id",
+            Kind.LONG,
+            "Last venue update id the event covers (Binance u): the book's update id once the event is applied.",
+        ),
+        FieldSpec("ingestion_timestamp", Kind.TIMESTAMP, "When K2 received the event, microseconds UTC."),
+        FieldSpec(
+            "vendor_data",
+            Kind.STRING_MAP,
+            "Source-specific fields kept verbatim as strings (stream, ...).",
+            required=False,
+        ),
+    ),
+)
+
+BOOK_SNAPSHOTS_V2 = RecordSpec(
+    name="book_snapshots_v2",
+    data_type=DataType.BOOK_SNAPSHOTS,
+    doc=(
+        "One price level of a full order-book snapshot (Binance GET /api/v3/depth): one row per level, every row"
+        " of a snapshot with its update id. The book at the snapshot is its rows; later updates apply over it."
+    ),
+    fields=(
+        FieldSpec(
+            "message_id",
+            Kind.STRING,
+            "Deterministic UUIDv5 over exchange, data type, symbol, the snapshot's update id, side and price.",
+        ),
+        *_book_level(
+            "When the snapshot was taken: the venue's time when it sends one, else the time K2 received it"
+            " (vendor_data.timestamp_source says which), microseconds UTC."
+        ),
+        FieldSpec("quantity", Kind.DECIMAL, "Quantity at the price, decimal(18,8)."),
+        FieldSpec(
+            "last_update_id",
+            Kind.LONG,
+            "The snapshot's update id (Binance lastUpdateId): the book as of that update.",
+        ),
+        FieldSpec("ingestion_timestamp", Kind.TIMESTAMP, "When K2 received the snapshot, microseconds UTC."),
+        FieldSpec(
+            "vendor_data",
+            Kind.STRING_MAP,
+            "Source-specific fields as strings: timestamp_source, the level limit asked for (limit), ...",
+            required=False,
+        ),
+    ),
+)
+
+ALL_RECORDS: tuple[RecordSpec, ...] = (
+    TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2, BARS_V2, STREAM_GAPS, BOOK_UPDATES_V2, BOOK_SNAPSHOTS_V2,
+)  # fmt: skip
 RECORDS_BY_TYPE: dict[DataType, RecordSpec] = {r.data_type: r for r in ALL_RECORDS}
