@@ -193,6 +193,8 @@ DEPTH = (
     b'"U":15,"u":16,"b":[["99.00","4"]],"a":[]}}\n'
     b'https://api.binance.com/api/v3/depth?symbol=ETHUSDT -> 1700000000.7: {"code":-1003,"msg":"Too many requests"}\n'
     b'https://api.binance.com/api/v3/depth?limit=5 -> 1700000000.8: {"lastUpdateId":1,"bids":[],"asks":[]}\n'
+    b'1700000000.9: {"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1700000000850,"s":"BTCUSDT",'
+    b'"U":17,"u":17,"b":[],"a":[]}}\n'
 )
 
 
@@ -206,7 +208,7 @@ def test_bad_depth_lines_are_rejects_in_the_book_dlqs_and_a_break_is_a_stream_ga
     assert dict(recon.rejected) == {
         "malformed_json": 1, "bad_quantity": 1, "missing_field:lastUpdateId": 1, "missing_field:symbol": 1,
     }  # fmt: skip
-    assert recon.source_balanced and source.passed == 1  # the connection line
+    assert recon.source_balanced and source.passed == 2  # the connection line, the event of no level (line 9)
     rejects = {r.position: (b.spec.name, r.reason, r.detail) for b in batches for r in b.rejects}
     assert rejects == {
         4: ("book_updates_v2", "malformed_json", rejects[4][2]),

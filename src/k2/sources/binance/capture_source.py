@@ -185,11 +185,9 @@ class CaptureSource:
             )
             chunk.book_rejects.append((BOOK_SNAPSHOTS_V2, reject))
             return
-        limit = response.params.get("limit", "")
-        got = self.recorder.snapshot(
-            symbol.upper(), response.body, response.receipt_us, limit=int(limit) if limit.isdigit() else None,
-            origin=where,
-        )  # fmt: skip
+        asked = response.params.get("limit", "")
+        limit = int(asked) if asked.isdigit() else None
+        got = self.recorder.snapshot(symbol.upper(), response.body, response.receipt_us, limit=limit, origin=where)
         if isinstance(got, Reject):
             chunk.book_rejects.append((BOOK_SNAPSHOTS_V2, _located(got, path, response.line_no)))
         else:
