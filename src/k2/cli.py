@@ -152,7 +152,7 @@ def load_capture(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Recorded cryptofeed capture files"),
     exchange_info: Path = _EXCHANGE_INFO,
 ) -> None:
-    """Load the trades and quotes of recorded Binance captures, stamped with the capture's own receive times."""
+    """Load the trades, quotes and order books (depth diffs, REST snapshots) of recorded Binance captures."""
     from k2.ingest.pipeline import load
     from k2.sources.binance.capture_source import CaptureSource
 

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
+from typer.testing import CliRunner
 
+from k2.cli import app
 from k2.config import Settings
 from k2.core.batch import SourceBatch
 from k2.ingest.pipeline import load
 from k2.lake.catalog import open_catalog
 from k2.query.book import book_at
 from k2.query.engine import QueryEngine
+from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, AssetClass
 from k2.sources.binance.book import DepthDiff
 from k2.sources.binance.normalize_book import book_snapshot_records, book_update_records
+from tests.integration.helpers import lake_query
 from tests.sources.book_captures import CAPTURES, depth_events
 from tests.sources.book_oracle import read_depth, replay
 
 pytestmark = pytest.mark.integration
+runner = CliRunner()
 
 
 class CaptureBooks:
@@ -49,3 +57,37 @@ def test_book_rows_land_in_their_tables_and_book_at_reads_back_the_oracles_books
             book = book_at(engine, symbol, last.event_ms * 1000 + 1_000_000, 100_000, exchange="binance")
             assert book.bids == sorted(bids.items(), reverse=True) and book.asks == sorted(asks.items()), symbol
             assert book.exact and book.last_update_id == last.last
+
+
+def test_k2_load_capture_records_the_books_and_k2_book_reads_the_last_one(settings: Settings) -> None:
+    (path,) = CAPTURES["2021-04-04"]
+    loaded = runner.invoke(app, ["load", "capture", str(path)])
+    assert loaded.exit_code == 0, loaded.output  # reconciled: read = written + rejected, all in the lake
+    lines = [" ".join(line.split()) for line in loaded.stdout.splitlines()]
+    assert "read 36,350 = produced 36,350 + rejected 0 (none)" in lines
+    assert "market_data.book_updates_v2: written 28,440, already in lake 0" in lines
+    assert "market_data.book_snapshots_v2: written 6,000, already in lake 0" in lines
+    counts = lake_query(
+        settings,
+        "SELECT 'updates', count(*), count(DISTINCT message_id) FROM market_data.book_updates_v2"
+        " UNION ALL SELECT 'snapshots', count(*), count(DISTINCT message_id) FROM market_data.book_snapshots_v2"
+        " UNION ALL SELECT 'trades', count(*), count(DISTINCT message_id) FROM market_data.trades_v2 ORDER BY 1",
+    )
+    assert counts == [("snapshots", 6_000, 6_000), ("trades", 1_910, 1_910), ("updates", 28_440, 28_440)]
+
+    diffs, snapshots = read_depth(path)
+    *_, (last, bids, asks) = replay(snapshots["BTCUSDT"][0], diffs["BTCUSDT"])
+    at = datetime_from_micros(last.event_ms * 1000).isoformat()
+    book = runner.invoke(app, ["book", "BTCUSDT", "--at", at, "--depth", "5", "--format", "csv"])
+    assert book.exit_code == 0, book.output
+    ladder = list(csv.DictReader(io.StringIO(book.stdout)))
+    assert ladder[0] == {
+        "level": "1", "bid_quantity": "1.48637600", "bid_price": "58005.11000000",
+        "ask_price": "58005.12000000", "ask_quantity": "0.11025200",
+    }  # fmt: skip
+    oracle = zip(sorted(bids.items(), reverse=True)[:5], sorted(asks.items())[:5], strict=True)
+    assert [
+        (Decimal(r["bid_price"]), Decimal(r["bid_quantity"]), Decimal(r["ask_price"]), Decimal(r["ask_quantity"]))
+        for r in ladder
+    ] == [(bid[0], bid[1], ask[0], ask[1]) for bid, ask in oracle]
+    assert f"book at update {last.last}" in " ".join(book.stderr.split())

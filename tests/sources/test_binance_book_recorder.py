@@ -90,6 +90,7 @@ def test_a_lost_btcusdt_frame_is_one_stream_gaps_row_and_a_snapshot_wanted() -> 
             "first_missing": lost["U"], "last_missing": lost["u"], "missing_count": lost["u"] - lost["U"] + 1,
             "filled_count": 0, "status": "unrecoverable", "timestamp": after.receipt_us,
             "detail": "diff_break: past depth updates are not served again; the book is rebuilt from a new snapshot",
+            "stream": "btcusdt@depth@100ms", "reason": "sequence_break",
         }
     ]  # fmt: skip
     assert len(total.updates) == 28_440 - len(lost["b"]) - len(lost["a"])  # every frame still stored
@@ -108,3 +109,21 @@ def test_unreadable_depth_frames_and_snapshots_are_rejects_and_other_frames_pass
     assert isinstance(bad, Reject) and bad.reason == "missing_field:lastUpdateId"
     assert bad.detail == "GET /api/v3/depth: field 'lastUpdateId' is missing"
     assert recorder.books == {}  # nothing read, no book started
+
+
+def test_a_break_on_a_raw_stream_names_the_symbols_depth_stream() -> None:
+    recorder = BookRecorder()
+    recorder.snapshot("BTCUSDT", b'{"lastUpdateId":10,"bids":[["1.0","2.0"]],"asks":[["3.0","4.0"]]}', 1_000)
+
+    def diff(first: int, last: int) -> bytes:
+        return orjson.dumps(
+            {"e": "depthUpdate", "E": 5, "s": "BTCUSDT", "U": first, "u": last, "b": [["1.0", "0"]], "a": []}
+        )
+
+    applied = recorder.frame(diff(9, 11), 2_000)
+    assert isinstance(applied, Recorded) and applied.applied == 1
+    broken = recorder.frame(diff(14, 15), 3_000)
+    assert isinstance(broken, Recorded)
+    assert [(g["stream"], g["reason"], g["first_missing"], g["last_missing"]) for g in broken.gaps] == [
+        ("btcusdt@depth", "sequence_break", 12, 13)
+    ]

@@ -252,7 +252,8 @@ STREAM_GAPS = RecordSpec(
             "reason",
             Kind.STRING,
             "id_gap: the stream's ids skipped; disconnect: the connection dropped and the stream (bookTicker, which"
-            " REST cannot backfill) lost what was sent until it was back.",
+            " REST cannot backfill) lost what was sent until it was back; sequence_break: a depth stream's update ids"
+            " did not continue the local book's, which is rebuilt from the next snapshot.",
             required=False,
         ),
         FieldSpec(

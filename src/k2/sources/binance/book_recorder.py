@@ -4,7 +4,8 @@ What a live stream or a capture loader plugs in (pure, no I/O): it hands over ev
 snapshot it fetched, stores the rows that come back, and fetches a snapshot for each symbol `wanting_snapshot`
 names. Every diff event is stored, applied or not (the tables keep what the venue sent; `book_at` picks what
 applies); every snapshot is stored. A break in a symbol's update ids becomes a stream_gaps row (channel "depth",
-status "unrecoverable": Binance serves no past diff events, so the book is rebuilt from the next snapshot instead).
+the symbol's depth stream, reason "sequence_break", status "unrecoverable": Binance serves no past diff events, so
+the book is rebuilt from the next snapshot instead).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from k2.sources.binance.normalize import EXCHANGE, PayloadError, TimeUnit
 from k2.sources.binance.normalize_book import book_snapshot_records, book_update_records, depth_reject
 
 DEPTH_CHANNEL = "depth"
+SEQUENCE_BREAK = "sequence_break"  # stream_gaps.reason of a book's lost updates
 
 
 @dataclass
@@ -41,8 +43,11 @@ class Recorded:
     applied: int = 0
 
 
-def book_gap_record(gap: BookGap, exchange: str = EXCHANGE, asset_class: str = AssetClass.CRYPTO.value) -> dict:
-    """A book's lost updates as a stream_gaps row (the same id rule as the trade channels' gaps)."""
+def book_gap_record(
+    gap: BookGap, stream: str | None = None, exchange: str = EXCHANGE, asset_class: str = AssetClass.CRYPTO.value
+) -> dict:
+    """A book's lost updates as a stream_gaps row (the same id rule as the trade channels' gaps). `stream`: the
+    depth stream that lost them, as its frames named it (default `<symbol>@depth`, for frames of a raw stream)."""
     return {
         "message_id": message_id(exchange, DataType.GAPS.value, gap.symbol, f"{DEPTH_CHANNEL}:{gap.first_missing}"),
         "symbol": gap.symbol,
@@ -56,6 +61,8 @@ def book_gap_record(gap: BookGap, exchange: str = EXCHANGE, asset_class: str = A
         "status": "unrecoverable",
         "timestamp": gap.detected_us,
         "detail": f"{gap.reason}: past depth updates are not served again; the book is rebuilt from a new snapshot",
+        "stream": stream or f"{gap.symbol.lower()}@{DEPTH_CHANNEL}",
+        "reason": SEQUENCE_BREAK,
     }
 
 
@@ -75,6 +82,7 @@ class BookRecorder:
         self.time_unit = time_unit
         self.max_buffered = max_buffered
         self.books: dict[str, BookSync] = {}
+        self.streams: dict[str, str] = {}  # per symbol, the stream name its latest diff frame came on
 
     def _sync(self, symbol: str) -> BookSync:
         sync = self.books.get(symbol)
@@ -92,7 +100,9 @@ class BookRecorder:
         return sorted(symbol for symbol, sync in self.books.items() if not sync.synced and sync.buffered)
 
     def _gap_rows(self, gap: BookGap | None) -> list[dict[str, Any]]:
-        return [] if gap is None else [book_gap_record(gap, self.exchange, self.asset_class)]
+        if gap is None:
+            return []
+        return [book_gap_record(gap, self.streams.get(gap.symbol), self.exchange, self.asset_class)]
 
     def frame(
         self, raw: bytes, receive_us: int, *, origin: str = "binance-ws", position: int = 0
@@ -106,6 +116,8 @@ class BookRecorder:
             diff = parse_depth_diff(data, receive_us, self.time_unit)
         except PayloadError as exc:
             return depth_reject(exc, raw, origin, position)
+        if stream is not None:
+            self.streams[diff.symbol] = stream
         recorded = Recorded(
             updates=book_update_records(diff, stream=stream, exchange=self.exchange, asset_class=self.asset_class)
         )
