@@ -41,6 +41,19 @@ COUNT_CANDLE_PIXELS = """
 
 DRAWN = "window.k2dash && window.k2dash.drawn()"
 
+# Widths that scroll when content overflows its box: the page, the lake table and the box it scrolls in, each chart.
+FITS = """
+(() => {
+  const table = document.getElementById('health-tables');
+  return {
+    page: document.documentElement.scrollWidth,
+    lake_table: table.scrollWidth,
+    lake_box: Math.min(table.clientWidth, table.parentElement.clientWidth),
+    charts: [...document.querySelectorAll('.chart')].map(c => [c.scrollWidth, c.clientWidth]),
+  };
+})()
+"""
+
 
 def screenshot_dir(tmp_path: Path) -> Path:
     return Path(os.environ["K2_SCREENSHOT_DIR"]) if os.environ.get("K2_SCREENSHOT_DIR") else tmp_path
@@ -138,6 +151,9 @@ def test_dashboard_draws_the_lake_in_headless_chromium(settings: Settings, asx_s
             )
             assert topics["market.equities.trades.asx"] == f"{trades:,}"
             assert browser.evaluate("document.getElementById('degradation').textContent") == "NORMAL"
+            # The Binance stream produces in `k2 up`'s process under a degradation controller (the ASX load is done).
+            card = "document.querySelector('#degradation-card b').textContent"
+            assert browser.wait_for(f"{card}.includes('producing') && {card}") == "NORMAL · Binance producing"
 
             shots = screenshot_dir(tmp_path)
             browser.evaluate("window.scrollTo(0, 0)")
@@ -161,6 +177,14 @@ def test_dashboard_draws_the_lake_in_headless_chromium(settings: Settings, asx_s
                 "['bid', 'ask', 'spread'].map(name => window.k2dash.charts[name].options().priceFormat.precision)"
             )
             assert scales == [8, 8, 8]
+
+            # At 1400 x 900 nothing scrolls sideways: not the page, not the lake table, not a chart.
+            browser.set_viewport(1400, 900)
+            widths = browser.evaluate(FITS)
+            assert widths["page"] <= 1400, widths
+            assert widths["lake_table"] <= widths["lake_box"], widths
+            assert all(scroll <= client for scroll, client in widths["charts"]), widths
+            browser.screenshot(shots / "dashboard-1400.png")
 
             errors = [line for line in browser.console if line.startswith(("exception", "console.error"))]
             assert not errors, errors

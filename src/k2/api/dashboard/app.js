@@ -118,6 +118,8 @@
     const throughput = LWC.createChart($("throughput-chart"), baseOptions());
     charts.throughputChart = throughput;
     charts.throughput = throughput.addSeries(LWC.HistogramSeries, { color: COLORS.spread, priceFormat: { type: "volume" } });
+    // Room above the tallest bar for its price label, which would otherwise sit half outside the chart.
+    charts.throughput.priceScale().applyOptions({ scaleMargins: { top: 0.15, bottom: 0 } });
   }
 
   // Lightweight Charts wants strictly increasing times: keep the last point per second-with-fraction.
@@ -270,6 +272,16 @@
     return el("div", { class: `card${warn ? " warn" : ""}` }, el("b", {}, value), el("span", {}, label));
   }
 
+  // The level, and which sources produce in the API's process now (their first word: Binance, ASX, ...).
+  function degradationCard(d) {
+    const names = [...new Set(d.producers.map((p) => p.source.split(" ")[0]))];
+    const value = names.length ? `${d.level} · ${names.join(", ")} producing` : `${d.level} (idle: nothing producing)`;
+    const box = card("degradation", value, d.level !== "NORMAL");
+    box.id = "degradation-card";
+    box.title = d.producers.map((p) => `${p.level}: ${p.source}`).join("\n") || d.note;
+    return box;
+  }
+
   async function loadPipeline() {
     const p = await api("pipeline");
     state.pipeline = p;
@@ -285,7 +297,7 @@
       card("sink lag (records)", kafka.available ? count(kafka.total_lag) : "n/a"),
       card("dead letters", p.dlq.available ? count(p.dlq.total) : "n/a", p.dlq.total > 0),
       card("stream gaps (filled)", `${count(p.gaps.total)} (${count(p.gaps.filled)}/${count(p.gaps.missing)} ids)`, p.gaps.missing > p.gaps.filled),
-      card("degradation", p.degradation.controlled ? p.degradation.level : `${p.degradation.level} (idle: nothing producing)`),
+      degradationCard(p.degradation),
     );
     $("health-tables").querySelector("tbody").replaceChildren(
       ...p.tables.map((t) =>
@@ -296,7 +308,7 @@
       ? kafka.topics.map((t) =>
           el("tr", { class: t.lag > 0 ? "lagging" : "" }, el("td", {}, t.topic), el("td", {}, count(t.end_offset)),
             el("td", {}, count(t.committed)), el("td", {}, count(t.lag)), el("td", {}, count(p.dlq.topics[`dlq.${t.topic}`] ?? 0))))
-      : [el("tr", {}, el("td", { colspan: 5 }, kafka.reason))];
+      : [el("tr", {}, el("td", { colspan: 5, class: "message" }, kafka.reason))];
     $("health-topics").querySelector("tbody").replaceChildren(...topics);
     const perSecond = new Map();
     for (const c of p.commits) {
