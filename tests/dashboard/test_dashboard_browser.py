@@ -59,23 +59,20 @@ def screenshot_dir(tmp_path: Path) -> Path:
     return Path(os.environ["K2_SCREENSHOT_DIR"]) if os.environ.get("K2_SCREENSHOT_DIR") else tmp_path
 
 
-def bars_as_the_page_asked(client: httpx.Client, browser: Browser) -> list[dict]:
-    """The /v1/bars answer for the symbol, interval and range the page drew."""
-    asked = browser.evaluate(
-        "(() => { const s = window.k2dash.state; return {symbol: s.selected.symbol, exchange: s.selected.exchange,"
-        " interval: s.barsInterval, start: s.selected.first_seen,"
-        " end: new Date(Date.parse(s.selected.last_seen) + 1).toISOString()}; })()"
-    )
-    response = client.get(
-        "/v1/bars",
-        params={
-            "symbols": asked["symbol"],
-            "exchange": asked["exchange"],
-            "interval": asked["interval"],
-            "start": asked["start"],
-            "end": asked["end"],
-        },
-    )
+# The drawn candles and the request they answer, read in one go (the page refreshes every 4 s).
+CANDLES_AND_REQUEST = """
+(() => ({
+  asked: window.k2dash.state.barsAsked,
+  candles: window.k2dash.charts.candles.data().map(c => [c.open, c.high, c.low, c.close]),
+  volume: window.k2dash.charts.volume.data().length,
+}))()
+"""
+
+
+def bars_as_the_page_asked(client: httpx.Client, asked: dict) -> list[dict]:
+    """The /v1/bars answer to the request the page drew, at the snapshot that request read (a live stream keeps
+    committing, so the newest data may hold more bars by now)."""
+    response = client.get("/v1/bars", params=asked)
     response.raise_for_status()
     return response.json()["data"]
 
@@ -87,11 +84,12 @@ def check_symbol(client: httpx.Client, browser: Browser, symbol: str, exchange: 
     drawn = browser.wait_for(
         f"(() => {{ const d = {DRAWN}; return d && d.symbol === {symbol!r} && d.candles > 0 && d.tape > 0 && d; }})()"
     )
-    bars = bars_as_the_page_asked(client, browser)
-    assert drawn["candles"] == drawn["volume"] == len(bars) > 0
-    candles = browser.evaluate("window.k2dash.charts.candles.data().map(c => [c.open, c.high, c.low, c.close])")
+    shown = browser.evaluate(CANDLES_AND_REQUEST)
+    assert (shown["asked"]["symbols"], shown["asked"]["exchange"]) == (symbol, exchange)
+    bars = bars_as_the_page_asked(client, shown["asked"])
+    assert len(shown["candles"]) == shown["volume"] == len(bars) > 0
     expected = [[float(b[k]) for k in ("open", "high", "low", "close")] for b in bars]
-    assert candles == expected
+    assert shown["candles"] == expected
     assert browser.evaluate(COUNT_CANDLE_PIXELS) > 200, "the candle canvas holds (almost) no candle-coloured pixels"
 
     # One read of the tape (id, data-price, shown text), then the API's latest trades. A live stream keeps landing

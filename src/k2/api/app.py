@@ -26,7 +26,10 @@ Responses are JSON by default (decimals and timestamps as exact strings); `forma
 Arrow IPC stream or NDJSON. Every read takes `as_of` (a snapshot id or an instant) to read the lake as it was.
 `GET /v1/replay` streams NDJSON; the WebSocket `/v1/replay/ws` takes the same query parameters and sends one JSON
 message per record, then the same `end_of_replay` trailer.
-Errors always look like `{"error": {"code", "message", "details"}}`."""
+Errors always look like `{"error": {"code", "message", "details"}}`. A value that breaks its parameter's schema below
+(type, range, pattern), or a parameter other than `symbols` given twice, answers 422; a query the schema allows but
+that cannot be answered as asked (start not before end, no such date or time zone, a cursor this API did not
+issue) answers 400 with code `invalid_query`."""
 
 
 def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: ApiSettings | None = None) -> FastAPI:

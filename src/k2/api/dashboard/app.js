@@ -20,6 +20,7 @@
     interval: "auto",
     bars: [],
     barsInterval: null,
+    barsAsked: null, // the /v1/bars parameters of the drawn candles
     tape: [],
     quotes: [],
     pipeline: null,
@@ -42,6 +43,8 @@
       const message = body && body.error ? body.error.message : `${response.status} ${response.statusText}`;
       throw new Error(`${path}: ${message}`);
     }
+    // Snapshot ids are 64-bit: JSON numbers past 2^53 lose digits in JavaScript, the header's text does not.
+    if (body && typeof body === "object") body.snapshot = response.headers.get("X-K2-Snapshot-Id");
     return body;
   }
 
@@ -197,10 +200,12 @@
     state.bars = bars;
     state.barsInterval = interval;
     state.loadedFor = drawnFor;
+    // The request the candles answer, with the snapshot it read: asking it again with as_of gets the same bars.
+    state.barsAsked = { symbols: row.symbol, exchange: row.exchange, interval, start: row.first_seen, end, as_of: body.snapshot };
     showDecimals([charts.candles], bars.map((b) => b.close));
     $("chart-title").textContent = `${row.symbol} · ${row.exchange} · ${interval} bars`;
     $("chart-note").textContent =
-      `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot_id})`;
+      `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot})`;
   }
 
   async function loadTape() {
