@@ -83,14 +83,15 @@ def _check(operation: APIOperation, mode: GenerationMode, url: str, api_key: str
 
 def _not_negative_on_the_wire(case: schemathesis.Case) -> bool:
     """Whether serialising undid the mutation of a negative case, so the server gets a valid request that
-    schemathesis would still expect refused: a query value of {} or [] sends no parameter at all, and a scalar (or an
-    object's keys) given to the `symbols` array is sent as its items, valid when each is a name."""
+    schemathesis would still expect refused: a query value of {} or [] sends no parameter at all, and a scalar, an
+    object's keys or items of another type given to the `symbols` array are sent as text, valid when each is a name."""
     for name, value in (case.query or {}).items():
         if value == {} or value == []:
             return True
-        if name in MULTI_VALUED and value is not None and not isinstance(value, list):
-            items = list(value) if isinstance(value, dict) else [value]
-            if all(re.fullmatch(SYMBOLS_PATTERN, _as_sent(item)) for item in items):
+        if name in MULTI_VALUED and value is not None:
+            items = list(value) if isinstance(value, (list, dict)) else [value]
+            mutated = not isinstance(value, list) or not all(isinstance(item, str) for item in items)
+            if mutated and all(re.fullmatch(SYMBOLS_PATTERN, _as_sent(item)) for item in items):
                 return True
     return False
 
