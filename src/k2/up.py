@@ -34,7 +34,7 @@ from k2.bus.stack import Endpoints, Stack, running_stack
 from k2.config import Settings
 from k2.core.batch import SourceBatch
 from k2.core.errors import UserError
-from k2.ingest.pipeline import produce
+from k2.ingest.pipeline import default_governor, produce
 from k2.lake.catalog import open_catalog
 from k2.lake.maintenance import maintain
 from k2.lake.sink import IcebergSink
@@ -334,20 +334,27 @@ class Platform:
         elif options.symbols is not None:
             self.symbols = list(options.symbols)
         producer = RecordProducer(producer_config(self.settings, self.endpoints.bootstrap), registry)
+        # Like `k2 stream`: every batch passes a governor, which may slow the stream or spill to disk under pressure.
+        governor = default_governor(self.settings)
+        producer.breaker = governor.controller.breaker
         loop = asyncio.new_event_loop()
+        ws_endpoint = self.binance_ws or options.ws_endpoint
         live = BinanceLive(
             self.symbols,
             list(options.channels),
-            self.binance_ws or options.ws_endpoint,
+            ws_endpoint,
             self._rest,
-            producer.send,
+            lambda batch: governor.admit(batch, producer.send),
             resume_from=resume_points(self.settings, self.endpoints, self.symbols),
         )
         self._binance_loop, self._binance_live = loop, live
+        source = f"Binance {','.join(self.symbols)} {','.join(options.channels)} via {ws_endpoint}"
 
         def run() -> None:
             try:
-                loop.run_until_complete(live.run())
+                with governor.running(source):
+                    loop.run_until_complete(live.run())
+                    governor.drain(producer.send)  # what was spilled goes before the stream reports done
             finally:
                 producer.close()  # flushes: what was received is in Kafka before the sink's last commit
                 loop.close()

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from k2.api import create_key
 from k2.api.formats import records
+from k2.api.params import AS_OF_PATTERN, SYMBOLS_PATTERN
 from k2.query import market
 from k2.query.asof import trades_with_quotes
 from k2.query.bars import bars
@@ -167,8 +168,11 @@ def test_bad_arguments_answer_400_or_422_saying_what_to_do(client: httpx.Client)
         ({"start": "2024-03-05T00:00:00Z", "end": "2024-03-04T00:00:00Z"}, 400),
         ({"limit": 0}, 422),
         ({"cursor": "not-a-cursor"}, 400),
-        ({"as_of": "yesterday"}, 400),
-        ({"symbols": ","}, 400),
+        ({"as_of": "2024-13-45T10:00:00Z"}, 400),  # the form the schema states, but no such day
+        ({"symbols": ","}, 422),
+        ({"symbols": ""}, 422),
+        ({"as_of": "yesterday"}, 422),
+        ({"start": "1709546400"}, 422),  # seconds since 1970 are not an instant here
     ]
     for params, status in cases:
         response = client.get("/v1/trades", params=params)
@@ -181,6 +185,41 @@ def test_bad_arguments_answer_400_or_422_saying_what_to_do(client: httpx.Client)
         missing = client.get(path, params={"as_of": "123"})
         assert missing.status_code == 404, path
         assert missing.json()["error"]["code"] == "snapshot_not_found"
+
+
+def test_refusals_name_the_parameter_and_what_to_pass(client: httpx.Client) -> None:
+    empty = client.get("/v1/trades", params={"symbols": ""})
+    assert empty.status_code == 422
+    assert empty.json()["error"]["message"] == (
+        "invalid value for symbols: name 1 to 64 characters per symbol, comma-separated, e.g. symbols=BHP,CBA;"
+        " omit it for all"
+    )
+    too_long = client.get("/v1/trades", params={"symbols": "BHP," + "X" * 65})
+    assert too_long.status_code == 422
+    twice = client.get("/v1/trades", params=[("exchange", "asx"), ("exchange", "nonsense"), ("limit", "5")])
+    assert twice.status_code == 422
+    assert twice.json()["error"] == {
+        "code": "invalid_parameters",
+        "message": "exchange given more than once: pass each parameter once (only symbols may repeat)",
+        "details": [{"loc": ["query", "exchange"], "msg": "repeated", "type": "repeated_parameter"}],
+    }
+    spaced = client.get("/v1/trades", params=[("symbols", " BHP , CBA"), ("symbol", "BHP"), ("limit", "1000")])
+    assert {row["symbol"] for row in spaced.json()["data"]} == {"BHP", "CBA"}
+
+
+def test_the_description_states_the_rules_it_enforces(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    parameters = {p["name"]: p["schema"] for p in spec["paths"]["/v1/trades"]["get"]["parameters"]}
+    assert parameters["symbols"]["anyOf"][0]["items"]["pattern"] == SYMBOLS_PATTERN
+    assert parameters["as_of"]["anyOf"][0]["pattern"] == AS_OF_PATTERN
+    for path, methods in spec["paths"].items():
+        responses = methods["get"]["responses"]
+        assert {"413", "414", "500"} <= responses.keys(), path
+        if path.startswith("/v1/"):
+            assert {"401", "422", "429", "503", "504"} <= responses.keys(), path
+            assert "Retry-After" in responses["429"]["headers"]
+        for status, response in responses.items():
+            assert response.get("content"), (path, status)  # each with its media type
 
 
 def test_fresh_reads_say_what_they_need(client: httpx.Client) -> None:

@@ -93,10 +93,7 @@ class Browser:
             self.call("Network.enable")
             # Overlay-free screenshots: a classic scrollbar would take 15 px off the layout and clip the right edge.
             self.call("Emulation.setScrollbarsHidden", {"hidden": True})
-            self.call(
-                "Emulation.setDeviceMetricsOverride",
-                {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
-            )
+            self.set_viewport(self.width, self.height)
         except BaseException:
             self.__exit__()
             raise
@@ -166,6 +163,17 @@ class Browser:
         elif method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
             self.console.append(f"exception: {details.get('exception', {}).get('description') or details.get('text')}")
+
+    def set_viewport(self, width: int, height: int) -> None:
+        """Lay the page out at `width` x `height` CSS pixels, as a window of that size would, and wait until it has."""
+        self.width, self.height = width, height
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+        self.wait_for(f"document.documentElement.clientWidth === {width}")
+        # Resize observers (the charts' autoSize) run before the next frame is drawn: wait two frames.
+        self.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => done(true))))")
 
     def goto(self, url: str) -> None:
         self.call("Page.navigate", {"url": url})

@@ -41,28 +41,38 @@ COUNT_CANDLE_PIXELS = """
 
 DRAWN = "window.k2dash && window.k2dash.drawn()"
 
+# Widths that scroll when content overflows its box: the page, the lake table and the box it scrolls in, each chart.
+FITS = """
+(() => {
+  const table = document.getElementById('health-tables');
+  return {
+    page: document.documentElement.scrollWidth,
+    lake_table: table.scrollWidth,
+    lake_box: Math.min(table.clientWidth, table.parentElement.clientWidth),
+    charts: [...document.querySelectorAll('.chart')].map(c => [c.scrollWidth, c.clientWidth]),
+  };
+})()
+"""
+
 
 def screenshot_dir(tmp_path: Path) -> Path:
     return Path(os.environ["K2_SCREENSHOT_DIR"]) if os.environ.get("K2_SCREENSHOT_DIR") else tmp_path
 
 
-def bars_as_the_page_asked(client: httpx.Client, browser: Browser) -> list[dict]:
-    """The /v1/bars answer for the symbol, interval and range the page drew."""
-    asked = browser.evaluate(
-        "(() => { const s = window.k2dash.state; return {symbol: s.selected.symbol, exchange: s.selected.exchange,"
-        " interval: s.barsInterval, start: s.selected.first_seen,"
-        " end: new Date(Date.parse(s.selected.last_seen) + 1).toISOString()}; })()"
-    )
-    response = client.get(
-        "/v1/bars",
-        params={
-            "symbols": asked["symbol"],
-            "exchange": asked["exchange"],
-            "interval": asked["interval"],
-            "start": asked["start"],
-            "end": asked["end"],
-        },
-    )
+# The drawn candles and the request they answer, read in one go (the page refreshes every 4 s).
+CANDLES_AND_REQUEST = """
+(() => ({
+  asked: window.k2dash.state.barsAsked,
+  candles: window.k2dash.charts.candles.data().map(c => [c.open, c.high, c.low, c.close]),
+  volume: window.k2dash.charts.volume.data().length,
+}))()
+"""
+
+
+def bars_as_the_page_asked(client: httpx.Client, asked: dict) -> list[dict]:
+    """The /v1/bars answer to the request the page drew, at the snapshot that request read (a live stream keeps
+    committing, so the newest data may hold more bars by now)."""
+    response = client.get("/v1/bars", params=asked)
     response.raise_for_status()
     return response.json()["data"]
 
@@ -74,11 +84,12 @@ def check_symbol(client: httpx.Client, browser: Browser, symbol: str, exchange: 
     drawn = browser.wait_for(
         f"(() => {{ const d = {DRAWN}; return d && d.symbol === {symbol!r} && d.candles > 0 && d.tape > 0 && d; }})()"
     )
-    bars = bars_as_the_page_asked(client, browser)
-    assert drawn["candles"] == drawn["volume"] == len(bars) > 0
-    candles = browser.evaluate("window.k2dash.charts.candles.data().map(c => [c.open, c.high, c.low, c.close])")
+    shown = browser.evaluate(CANDLES_AND_REQUEST)
+    assert (shown["asked"]["symbols"], shown["asked"]["exchange"]) == (symbol, exchange)
+    bars = bars_as_the_page_asked(client, shown["asked"])
+    assert len(shown["candles"]) == shown["volume"] == len(bars) > 0
     expected = [[float(b[k]) for k in ("open", "high", "low", "close")] for b in bars]
-    assert candles == expected
+    assert shown["candles"] == expected
     assert browser.evaluate(COUNT_CANDLE_PIXELS) > 200, "the candle canvas holds (almost) no candle-coloured pixels"
 
     # One read of the tape (id, data-price, shown text), then the API's latest trades. A live stream keeps landing
@@ -138,6 +149,9 @@ def test_dashboard_draws_the_lake_in_headless_chromium(settings: Settings, asx_s
             )
             assert topics["market.equities.trades.asx"] == f"{trades:,}"
             assert browser.evaluate("document.getElementById('degradation').textContent") == "NORMAL"
+            # The Binance stream produces in `k2 up`'s process under a degradation controller (the ASX load is done).
+            card = "document.querySelector('#degradation-card b').textContent"
+            assert browser.wait_for(f"{card}.includes('producing') && {card}") == "NORMAL · Binance producing"
 
             shots = screenshot_dir(tmp_path)
             browser.evaluate("window.scrollTo(0, 0)")
@@ -161,6 +175,14 @@ def test_dashboard_draws_the_lake_in_headless_chromium(settings: Settings, asx_s
                 "['bid', 'ask', 'spread'].map(name => window.k2dash.charts[name].options().priceFormat.precision)"
             )
             assert scales == [8, 8, 8]
+
+            # At 1400 x 900 nothing scrolls sideways: not the page, not the lake table, not a chart.
+            browser.set_viewport(1400, 900)
+            widths = browser.evaluate(FITS)
+            assert widths["page"] <= 1400, widths
+            assert widths["lake_table"] <= widths["lake_box"], widths
+            assert all(scroll <= client for scroll, client in widths["charts"]), widths
+            browser.screenshot(shots / "dashboard-1400.png")
 
             errors = [line for line in browser.console if line.startswith(("exception", "console.error"))]
             assert not errors, errors

@@ -14,6 +14,8 @@ from k2.api import create_key
 from k2.bus.broker import EmbeddedBroker
 from k2.bus.clients import ensure_topics
 from k2.config import Settings
+from k2.ingest.degradation import Controller, Governor, Spill, Thresholds
+from k2.ops.health import ACTIVE_NOTE, IDLE_NOTE
 from k2.ops.lag import log_report
 from k2.schema.arrow import records_to_arrow
 from k2.schema.codecs import micros_from_datetime
@@ -83,6 +85,12 @@ def test_pipeline_route_reports_the_lake_and_says_why_kafka_is_missing(tmp_path:
     with serving(lake.settings) as server:
         assert httpx.get(f"{server.url}/v1/pipeline").status_code == 401
         body = httpx.get(f"{server.url}/v1/pipeline", headers={"X-API-Key": key}, timeout=30).json()
+        # The API serves from this process: sources producing here, as `k2 up` runs them, are what it reports.
+        stream = Governor(Controller(), Spill(tmp_path / "spill-stream"))
+        load = Governor(Controller(Thresholds(lag=(10, 20, 30, 40))), Spill(tmp_path / "spill-load"))
+        load.controller.observe(lag=15, memory=0)
+        with stream.running("Binance BTCUSDT aggTrade via ws://127.0.0.1:1/stream"), load.running("ASX files"):
+            busy = httpx.get(f"{server.url}/v1/pipeline", headers={"X-API-Key": key}, timeout=30).json()
 
     tables = {t["table"]: t for t in body["tables"]}
     assert tables["market_data.trades_v2"]["rows"] == trades
@@ -99,4 +107,13 @@ def test_pipeline_route_reports_the_lake_and_says_why_kafka_is_missing(tmp_path:
     assert (body["gaps"]["missing"], body["gaps"]["filled"]) == (7, 5)
     assert body["kafka"]["available"] is False and "k2 up" in body["kafka"]["reason"]
     assert body["dlq"]["available"] is False
-    assert body["degradation"]["level"] == "NORMAL" and body["degradation"]["controlled"] is False
+    assert body["degradation"] == {"level": "NORMAL", "controlled": False, "producers": [], "note": IDLE_NOTE}
+    assert busy["degradation"] == {
+        "level": "SOFT",  # the highest of the producers' levels
+        "controlled": True,
+        "producers": [
+            {"source": "Binance BTCUSDT aggTrade via ws://127.0.0.1:1/stream", "level": "NORMAL"},
+            {"source": "ASX files", "level": "SOFT"},
+        ],
+        "note": ACTIVE_NOTE,
+    }

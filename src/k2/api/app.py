@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from k2.api.auth import require_key
-from k2.api.errors import install_error_handlers
+from k2.api.errors import documented, install_error_handlers
 from k2.api.keys import keys_path
 from k2.api.limits import RequestLimits
+from k2.api.params import PATTERN_HINTS, single_valued
 from k2.api.ratelimit import RateLimiter
 from k2.api.routes import analytics, catalog, dashboard, docs, events, health, metrics, pipeline, replay
 from k2.api.state import ApiState
@@ -25,7 +26,10 @@ Responses are JSON by default (decimals and timestamps as exact strings); `forma
 Arrow IPC stream or NDJSON. Every read takes `as_of` (a snapshot id or an instant) to read the lake as it was.
 `GET /v1/replay` streams NDJSON; the WebSocket `/v1/replay/ws` takes the same query parameters and sends one JSON
 message per record, then the same `end_of_replay` trailer.
-Errors always look like `{"error": {"code", "message", "details"}}`."""
+Errors always look like `{"error": {"code", "message", "details"}}`. A value that breaks its parameter's schema below
+(type, range, pattern), or a parameter other than `symbols` given twice, answers 422; a query the schema allows but
+that cannot be answered as asked (start not before end, no such date or time zone, a cursor this API did not
+issue) answers 400 with code `invalid_query`."""
 
 
 def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: ApiSettings | None = None) -> FastAPI:
@@ -64,18 +68,20 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        responses=documented(413, 414, 500),  # RequestLimits and the error handler answer these on every route
     )
     app.state.k2 = state
-    install_error_handlers(app)
+    install_error_handlers(app, PATTERN_HINTS)
     app.add_middleware(RequestLimits, max_body_bytes=options.max_body_bytes, max_url_bytes=options.max_url_bytes)
     app.add_middleware(metrics.RequestTimer)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    secured = [Depends(require_key)]
-    for module in (events, analytics, catalog, replay):
-        app.include_router(module.router, prefix="/v1", dependencies=secured)
+    secured = [Depends(require_key), Depends(single_valued)]
+    # What the dependencies (key, rate limit, repeated parameters) and ApiState.run answer on every /v1 route.
+    refusals = documented(401, 422, 429, 503, 504)
+    for module in (events, analytics, catalog, replay, pipeline):
+        app.include_router(module.router, prefix="/v1", dependencies=secured, responses=refusals)
     app.include_router(replay.ws_router, prefix="/v1")
-    app.include_router(pipeline.router, prefix="/v1", dependencies=secured)
     docs.install(app)  # /docs and /redoc, no key: like /openapi.json they describe the API, not its data
     dashboard.install(app)  # static pages, no key: they ask /v1 with the key the user gives them
     return app

@@ -6,6 +6,7 @@ Stack traces never reach a client: unexpected exceptions are logged here and ans
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -106,8 +107,16 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every failure through the envelope, FastAPI's 422 and Starlette's 404/405 included."""
+def _parameter_name(loc: list[Any]) -> str:
+    """The parameter a validation error is about: ["query", "symbols", 0] is about symbols."""
+    names = [part for part in loc[1:] if isinstance(part, str)]
+    return names[0] if names else str(loc[-1])
+
+
+def install_error_handlers(app: FastAPI, pattern_hints: Mapping[str, str] | None = None) -> None:
+    """Route every failure through the envelope, FastAPI's 422 and Starlette's 404/405 included. `pattern_hints`
+    says what to pass instead, by parameter name, when a value does not match the parameter's pattern."""
+    hints = dict(pattern_hints or {})
 
     async def api_error(_request: Request, exc: Exception) -> Response:
         error = from_exception(exc)
@@ -118,8 +127,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         details = _validation_details(exc)
-        names = ", ".join(str(d["loc"][-1]) for d in details if d["loc"]) or "the request"
-        message = f"invalid value for {names}: fix the parameters listed in details (see /docs)"
+        names = list(dict.fromkeys(_parameter_name(d["loc"]) for d in details if d["loc"]))
+        if any(name in hints for name in names):
+            told = "; ".join(f"{name}: {hints.get(name, 'see details')}" for name in names)
+            message = f"invalid value for {told}"
+        else:
+            listed = ", ".join(names) or "the request"
+            message = f"invalid value for {listed}: fix the parameters listed in details (see /docs)"
         return error_response(422, message, details=details)
 
     async def http_error(_request: Request, exc: Exception) -> Response:
@@ -139,19 +153,33 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, api_error)
 
 
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "`Bearer`: the schemes the API takes", "schema": {"type": "string"}}},
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
+}
+_DESCRIPTIONS = {
+    400: "The query breaks a rule the schema cannot state (code `invalid_query`): start before end, a real date, a"
+    " known time zone, a cursor this API issued, fresh without cursor or as_of; the message says which",
+    401: "Missing, unknown or revoked API key: send `X-API-Key` or `Authorization: Bearer`",
+    404: "The snapshot named by `as_of` does not exist",
+    406: "No supported media type in Accept: use format= or one of the documented types",
+    413: "Request body too large",
+    414: "URL too long",
+    422: "A parameter does not match its schema, or a single-valued one was given twice (details lists which)",
+    429: "Rate limit exceeded: wait `Retry-After` seconds",
+    500: "Internal error (no details are exposed)",
+    503: "Not ready: the query engine is not open, the catalog or Kafka is unreachable, or queries are refused for"
+    " `Retry-After` seconds after repeated timeouts",
+    504: "The query ran past the time limit: narrow symbols or the time range",
+}
+
+
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for error statuses, each with the envelope schema."""
-    descriptions = {
-        400: "Invalid query arguments (the message says which and what is allowed)",
-        401: "Missing, unknown or revoked API key: send `X-API-Key` or `Authorization: Bearer`",
-        404: "The snapshot named by `as_of` does not exist",
-        406: "No supported media type in Accept: use format= or one of the documented types",
-        413: "Request body too large",
-        414: "URL too long",
-        422: "A parameter failed validation (details lists which)",
-        429: "Rate limit exceeded: wait `Retry-After` seconds",
-        500: "Internal error (no details are exposed)",
-        503: "The catalog is unreachable or tables are missing",
-        504: "The query ran past the time limit: narrow symbols or the time range",
+    """OpenAPI `responses` entries for error statuses, each with the envelope schema (and the headers it sends)."""
+    return {
+        status: {"model": ErrorEnvelope, "description": _DESCRIPTIONS[status]}
+        | ({"headers": _HEADERS[status]} if status in _HEADERS else {})
+        for status in statuses
     }
-    return {status: {"model": ErrorEnvelope, "description": descriptions[status]} for status in statuses}

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import orjson
-from fastapi import Query
-from pydantic import AfterValidator, AwareDatetime
+from fastapi import Query, Request
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, StringConstraints
 
 from k2.api.errors import ApiError
 from k2.api.formats import Format
@@ -22,6 +22,19 @@ from k2.query.timetravel import AsOf
 
 MAX_SYMBOLS = 500
 _SNAPSHOT_ID = re.compile(r"-?[0-9]{1,19}")
+# One symbol: 1-64 characters, no comma, not starting or ending with a space (spaces around it are dropped).
+_NAME = r" *[^, ](?:[^,]{0,62}[^, ])? *"
+# A `symbols` value: one or more names separated by commas. OpenAPI states it, FastAPI enforces it (422).
+SYMBOLS_PATTERN = rf"^{_NAME}(?:,{_NAME})*$"
+_SYMBOLS = re.compile(SYMBOLS_PATTERN)
+AS_OF_PATTERN = (
+    r"^(?:-?[0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+    r"(?:[Zz]|[+-][0-9]{2}:?[0-9]{2}))$"
+)
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+# The only query parameters that may repeat; any other given twice is refused rather than one copy ignored.
+MULTI_VALUED = frozenset({"symbols", "symbol"})
+_DATE_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 
 
 def _in_utc_range(moment: datetime) -> datetime:
@@ -32,7 +45,14 @@ def _in_utc_range(moment: datetime) -> datetime:
         raise ValueError("the instant falls outside years 1-9999 once converted to UTC") from None
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_in_utc_range)]
+def _date_text(value: object) -> object:
+    """Instants are ISO-8601 text: pydantic would also read a bare number as seconds since 1970."""
+    if isinstance(value, str) and not _DATE_START.match(value):
+        raise ValueError("expected an ISO-8601 instant with a zone, e.g. 2024-03-04T10:00:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_date_text), AfterValidator(_in_utc_range)]
 Start = Annotated[
     Instant | None,
     Query(description="Inclusive lower bound on event time, ISO-8601 with a zone, e.g. 2024-03-04T00:00:00Z"),
@@ -44,7 +64,11 @@ Exchange = Annotated[
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS, description="Rows per page")]
 CursorParam = Annotated[
     str | None,
-    Query(max_length=2048, description="`next_cursor` of the previous page, unchanged; omit for the first page"),
+    Query(
+        max_length=2048,
+        pattern=CURSOR_PATTERN,
+        description="`next_cursor` of the previous page, unchanged; omit for the first page",
+    ),
 ]
 FreshParam = Annotated[
     bool,
@@ -58,6 +82,7 @@ AsOfParam = Annotated[
     str | None,
     Query(
         max_length=64,
+        pattern=AS_OF_PATTERN,
         description="Read the lake as it was: a snapshot id (from /v1/snapshots or a `snapshot_id` field) or an"
         " ISO-8601 instant with a zone. Omit for the newest data.",
     ),
@@ -74,9 +99,21 @@ Tz = Annotated[
     str, Query(max_length=64, description="IANA zone whose midnight bars and days start at, e.g. Australia/Sydney")
 ]
 _SymbolList = Annotated[
-    list[str] | None,
-    Query(description="Symbols, comma-separated and/or repeated (symbols=BHP,CBA&symbols=RIO); omit for all"),
+    list[Annotated[str, StringConstraints(pattern=SYMBOLS_PATTERN)]] | None,
+    Query(
+        description="Symbols, comma-separated and/or repeated (symbols=BHP,CBA&symbols=RIO), each 1 to 64"
+        " characters; omit for all"
+    ),
 ]
+SYMBOLS_HINT = "name 1 to 64 characters per symbol, comma-separated, e.g. symbols=BHP,CBA; omit it for all"
+# What to pass instead, for the 422 of a parameter whose documented pattern a value does not match.
+PATTERN_HINTS = {
+    "symbols": SYMBOLS_HINT,
+    "symbol": SYMBOLS_HINT,
+    "as_of": "pass a snapshot id from /v1/snapshots or an ISO-8601 instant with a zone, e.g. 2024-03-04T10:00:00Z",
+    "cursor": "pass the next_cursor of the previous page unchanged",
+    "interval": "pass a number and s/m/h/d, e.g. 1s, 1m, 15m, 1h, 1d",
+}
 
 
 def symbols_param(symbols: _SymbolList = None, symbol: _SymbolList = None) -> list[str] | None:
@@ -84,12 +121,24 @@ def symbols_param(symbols: _SymbolList = None, symbol: _SymbolList = None) -> li
     given = [*(symbols or []), *(symbol or [])]
     if not given:
         return None
-    names = list(dict.fromkeys(s.strip() for text in given for s in text.split(",") if s.strip()))
-    if not names:
-        raise ApiError(400, "symbols is empty: name at least one symbol (e.g. symbols=BHP) or omit it for all")
-    if len(names) > MAX_SYMBOLS or any(len(name) > 64 for name in names):
-        raise ApiError(400, f"at most {MAX_SYMBOLS} symbols of up to 64 characters each: split the request")
+    if not all(_SYMBOLS.fullmatch(text) for text in given):  # FastAPI checked already; the WebSocket did not
+        raise InvalidQueryError(f"symbols is not a list of names: {SYMBOLS_HINT}")
+    names = list(dict.fromkeys(name.strip(" ") for text in given for name in text.split(",")))
+    if len(names) > MAX_SYMBOLS:
+        raise ApiError(400, f"at most {MAX_SYMBOLS} symbols per request: split the request", code="invalid_query")
     return names
+
+
+def single_valued(request: Request) -> None:
+    """Refuse a query parameter given more than once (only `symbols`/`symbol` may repeat): 422 naming it."""
+    params = request.query_params
+    repeated = sorted({name for name in params if name not in MULTI_VALUED and len(params.getlist(name)) > 1})
+    if repeated:
+        raise ApiError(
+            422,
+            f"{', '.join(repeated)} given more than once: pass each parameter once (only symbols may repeat)",
+            details=[{"loc": ["query", name], "msg": "repeated", "type": "repeated_parameter"} for name in repeated],
+        )
 
 
 def parse_instant(text: str, name: str) -> datetime:

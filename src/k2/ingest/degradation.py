@@ -167,12 +167,17 @@ _SPILL_FROM = {
 }
 
 
-_ACTIVE: list[Controller] = []  # controllers of governors producing in this process now, innermost last
+_ACTIVE: list[tuple[str, Controller]] = []  # (source, controller) of each governor producing in this process now
 
 
 def active_controller() -> Controller | None:
-    """The controller governing a source in this process right now (None when nothing is producing)."""
-    return _ACTIVE[-1] if _ACTIVE else None
+    """The controller governing a source in this process right now, the latest started (None: nothing producing)."""
+    return _ACTIVE[-1][1] if _ACTIVE else None
+
+
+def producing() -> list[tuple[str, Level]]:
+    """Each source producing in this process now, oldest first, with the level of the controller governing it."""
+    return [(source, controller.level) for source, controller in _ACTIVE]
 
 
 class Governor:
@@ -200,13 +205,15 @@ class Governor:
         self.paced = 0
 
     @contextmanager
-    def running(self) -> Iterator[Governor]:
-        """Marks this governor's controller as the process's active one (GET /v1/pipeline reports its level)."""
-        _ACTIVE.append(self.controller)
+    def running(self, source: str = "a source") -> Iterator[Governor]:
+        """Marks `source` as producing in this process under this governor's controller, until the block ends
+        (GET /v1/pipeline reports each producing source and its level)."""
+        entry = (source, self.controller)
+        _ACTIVE.append(entry)
         try:
             yield self
         finally:
-            _ACTIVE.remove(self.controller)
+            _ACTIVE.remove(entry)
 
     def priority(self, batch: SourceBatch) -> int:
         return self.priorities.get(f"{batch.asset_class.value}/{batch.exchange}".lower(), self.default_priority)

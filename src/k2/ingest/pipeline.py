@@ -76,7 +76,7 @@ def produce(
         task = progress.add_task("produce", total=total)
         if hasattr(source, "progress"):
             source.progress = lambda n: progress.advance(task, n)  # type: ignore[attr-defined]
-        with governor.running():
+        with governor.running(source.describe()):
             for batch in read_ahead(source.batches()):
                 recon.read += batch.rows_read
                 metrics.RECORDS_IN.labels(type(source).__name__).inc(batch.rows_read)

@@ -98,7 +98,7 @@ def stream_binance(
         governor = default_governor(settings)
         producer.breaker = governor.controller.breaker
         governor.lag = lambda: governor.sent - sink.stats.consumed  # sent, not yet read by this run's sink
-        with SinkAlongside(sink, settings.load_timeout_seconds) as alongside, governor.running():
+        with SinkAlongside(sink, settings.load_timeout_seconds) as alongside, governor.running(recon.source):
 
             def send(batch: SourceBatch) -> None:
                 producer.send(batch)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from k2.bus.stack import existing_endpoints
 from k2.config import Settings
-from k2.ingest.degradation import active_controller
+from k2.ingest.degradation import producing
 from k2.lake.tables import table_identifier
 from k2.ops.lag import log_report
 from k2.query.engine import QueryEngine
@@ -29,10 +29,13 @@ THROUGHPUT_WINDOW_SECONDS = 60
 HISTORY_SECONDS = 600
 
 IDLE_NOTE = (
-    "No source is producing in this process now, so nothing is being slowed, spilled or shed; `k2 load` and the "
-    "loads of `k2 up` run under a degradation controller (k2.ingest.degradation) while they produce."
+    "No source is producing in this process now, so nothing is being slowed, spilled or shed; `k2 load`, `k2 stream`"
+    " and the ASX load and Binance stream of `k2 up` run under a degradation controller (k2.ingest.degradation)."
 )
-ACTIVE_NOTE = "The level of the controller governing the source producing in this process now (k2.ingest.degradation)."
+ACTIVE_NOTE = (
+    "The highest level of the controllers governing the sources producing in this process now"
+    " (k2.ingest.degradation); `producers` lists each."
+)
 
 
 class TableHealth(BaseModel):
@@ -83,17 +86,28 @@ class GapHealth(BaseModel):
     last_detected_at: datetime | None
 
 
+class Producer(BaseModel):
+    source: str = Field(description="What is producing, as it describes itself, e.g. Binance BTCUSDT aggTrade via ...")
+    level: str = Field(description="The level of the controller governing it")
+
+
 class Degradation(BaseModel):
-    level: str = "NORMAL"
+    level: str = Field(default="NORMAL", description="The highest level among `producers` (NORMAL when none)")
     controlled: bool = Field(default=False, description="True while a source produces under a controller here")
+    producers: list[Producer] = Field(default=[], description="Each source producing in this process now")
     note: str = IDLE_NOTE
 
 
 def degradation_now() -> Degradation:
-    controller = active_controller()
-    if controller is None:
+    running = producing()
+    if not running:
         return Degradation()
-    return Degradation(level=controller.level.name, controlled=True, note=ACTIVE_NOTE)
+    return Degradation(
+        level=max(level for _, level in running).name,
+        controlled=True,
+        producers=[Producer(source=source, level=level.name) for source, level in running],
+        note=ACTIVE_NOTE,
+    )
 
 
 class PipelineHealth(BaseModel):

@@ -20,6 +20,7 @@
     interval: "auto",
     bars: [],
     barsInterval: null,
+    barsAsked: null, // the /v1/bars parameters of the drawn candles
     tape: [],
     quotes: [],
     pipeline: null,
@@ -42,6 +43,8 @@
       const message = body && body.error ? body.error.message : `${response.status} ${response.statusText}`;
       throw new Error(`${path}: ${message}`);
     }
+    // Snapshot ids are 64-bit: JSON numbers past 2^53 lose digits in JavaScript, the header's text does not.
+    if (body && typeof body === "object") body.snapshot = response.headers.get("X-K2-Snapshot-Id");
     return body;
   }
 
@@ -118,6 +121,8 @@
     const throughput = LWC.createChart($("throughput-chart"), baseOptions());
     charts.throughputChart = throughput;
     charts.throughput = throughput.addSeries(LWC.HistogramSeries, { color: COLORS.spread, priceFormat: { type: "volume" } });
+    // Room above the tallest bar for its price label, which would otherwise sit half outside the chart.
+    charts.throughput.priceScale().applyOptions({ scaleMargins: { top: 0.15, bottom: 0 } });
   }
 
   // Lightweight Charts wants strictly increasing times: keep the last point per second-with-fraction.
@@ -195,10 +200,12 @@
     state.bars = bars;
     state.barsInterval = interval;
     state.loadedFor = drawnFor;
+    // The request the candles answer, with the snapshot it read: asking it again with as_of gets the same bars.
+    state.barsAsked = { symbols: row.symbol, exchange: row.exchange, interval, start: row.first_seen, end, as_of: body.snapshot };
     showDecimals([charts.candles], bars.map((b) => b.close));
     $("chart-title").textContent = `${row.symbol} · ${row.exchange} · ${interval} bars`;
     $("chart-note").textContent =
-      `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot_id})`;
+      `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot})`;
   }
 
   async function loadTape() {
@@ -270,6 +277,16 @@
     return el("div", { class: `card${warn ? " warn" : ""}` }, el("b", {}, value), el("span", {}, label));
   }
 
+  // The level, and which sources produce in the API's process now (their first word: Binance, ASX, ...).
+  function degradationCard(d) {
+    const names = [...new Set(d.producers.map((p) => p.source.split(" ")[0]))];
+    const value = names.length ? `${d.level} · ${names.join(", ")} producing` : `${d.level} (idle: nothing producing)`;
+    const box = card("degradation", value, d.level !== "NORMAL");
+    box.id = "degradation-card";
+    box.title = d.producers.map((p) => `${p.level}: ${p.source}`).join("\n") || d.note;
+    return box;
+  }
+
   async function loadPipeline() {
     const p = await api("pipeline");
     state.pipeline = p;
@@ -285,7 +302,7 @@
       card("sink lag (records)", kafka.available ? count(kafka.total_lag) : "n/a"),
       card("dead letters", p.dlq.available ? count(p.dlq.total) : "n/a", p.dlq.total > 0),
       card("stream gaps (filled)", `${count(p.gaps.total)} (${count(p.gaps.filled)}/${count(p.gaps.missing)} ids)`, p.gaps.missing > p.gaps.filled),
-      card("degradation", p.degradation.controlled ? p.degradation.level : `${p.degradation.level} (idle: nothing producing)`),
+      degradationCard(p.degradation),
     );
     $("health-tables").querySelector("tbody").replaceChildren(
       ...p.tables.map((t) =>
@@ -296,7 +313,7 @@
       ? kafka.topics.map((t) =>
           el("tr", { class: t.lag > 0 ? "lagging" : "" }, el("td", {}, t.topic), el("td", {}, count(t.end_offset)),
             el("td", {}, count(t.committed)), el("td", {}, count(t.lag)), el("td", {}, count(p.dlq.topics[`dlq.${t.topic}`] ?? 0))))
-      : [el("tr", {}, el("td", { colspan: 5 }, kafka.reason))];
+      : [el("tr", {}, el("td", { colspan: 5, class: "message" }, kafka.reason))];
     $("health-topics").querySelector("tbody").replaceChildren(...topics);
     const perSecond = new Map();
     for (const c of p.commits) {

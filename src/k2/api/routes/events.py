@@ -59,7 +59,11 @@ async def _fresh(
 ) -> Response:
     """`query` over the lake plus the Kafka tail beyond it (k2.query.fresh), as one page."""
     if cursor is not None or as_of is not None:
-        raise ApiError(400, "fresh=true reads the newest data as one page: drop `cursor` and `as_of`, or `fresh`")
+        raise ApiError(
+            400,
+            "fresh=true reads the newest data as one page: drop `cursor` and `as_of`, or `fresh`",
+            code="invalid_query",
+        )
     state = request_state(request)
 
     def work() -> tuple[pa.Table, Tail]:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
+from k2.api.errors import documented
 from k2.api.state import request_state
 from k2.core import metrics
 from k2.query.summary import table_stats
@@ -19,7 +20,18 @@ from k2.query.summary import table_stats
 router = APIRouter(tags=["health"])
 
 
-@router.get("/metrics", summary="Prometheus metrics of this process", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics of this process",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **documented(503, 504),
+    },
+)
 async def get_metrics(request: Request) -> Response:
     state = request_state(request)
     if state.engine is not None:

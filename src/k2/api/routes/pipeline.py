@@ -19,8 +19,9 @@ router = APIRouter(tags=["operations"])
         " snapshot summaries; the appends of the last ten minutes), from the Kafka log this K2_HOME's stack or"
         " K2_KAFKA_BOOTSTRAP names (per market topic: log end, the sink group's committed offsets and the lag"
         " between them; messages held per dlq.* topic), and from market_data.stream_gaps. Without a reachable"
-        " Kafka, `kafka.available` is false with the reason. `degradation.level` is NORMAL until K2 has a"
-        " degradation controller (`degradation.controlled` says so)."
+        " Kafka, `kafka.available` is false with the reason. `degradation.producers` lists the sources producing in"
+        " the API's process (the Binance stream and ASX load of `k2 up`) with their controllers' levels;"
+        " `degradation.level` is the highest, NORMAL with `controlled` false when none produces."
     ),
     response_model=PipelineHealth,
     responses=documented(401, 429, 500, 504),
