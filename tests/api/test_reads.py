@@ -200,7 +200,8 @@ def test_refusals_name_the_parameter_and_what_to_pass(client: httpx.Client) -> N
     assert twice.status_code == 422
     assert twice.json()["error"] == {
         "code": "invalid_parameters",
-        "message": "exchange given more than once: pass each parameter once (only symbols may repeat)",
+        "message": "exchange given more than once: pass each parameter once (only exclude_conditions, exclude_venues,"
+        " symbol, symbols may repeat)",
         "details": [{"loc": ["query", "exchange"], "msg": "repeated", "type": "repeated_parameter"}],
     }
     spaced = client.get("/v1/trades", params=[("symbols", " BHP , CBA"), ("symbol", "BHP"), ("limit", "1000")])

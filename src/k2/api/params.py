@@ -32,8 +32,9 @@ AS_OF_PATTERN = (
     r"(?:[Zz]|[+-][0-9]{2}:?[0-9]{2}))$"
 )
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
-# The only query parameters that may repeat; any other given twice is refused rather than one copy ignored.
-MULTI_VALUED = frozenset({"symbols", "symbol"})
+# The only query parameters that may repeat (lists of names); any other given twice is refused rather than one copy
+# ignored.
+MULTI_VALUED = frozenset({"symbols", "symbol", "exclude_conditions", "exclude_venues"})
 _DATE_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 
 
@@ -98,8 +99,10 @@ FormatParam = Annotated[
 Tz = Annotated[
     str, Query(max_length=64, description="IANA zone whose midnight bars and days start at, e.g. Australia/Sydney")
 ]
+# A list parameter's values: each one or more names of 1-64 characters, comma-separated (SYMBOLS_PATTERN).
+NameList = list[Annotated[str, StringConstraints(pattern=SYMBOLS_PATTERN)]] | None
 _SymbolList = Annotated[
-    list[Annotated[str, StringConstraints(pattern=SYMBOLS_PATTERN)]] | None,
+    NameList,
     Query(
         description="Symbols, comma-separated and/or repeated (symbols=BHP,CBA&symbols=RIO), each 1 to 64"
         " characters; omit for all"
@@ -130,13 +133,14 @@ def symbols_param(symbols: _SymbolList = None, symbol: _SymbolList = None) -> li
 
 
 def single_valued(request: Request) -> None:
-    """Refuse a query parameter given more than once (only `symbols`/`symbol` may repeat): 422 naming it."""
+    """Refuse a query parameter given more than once (only the lists of MULTI_VALUED may repeat): 422 naming it."""
     params = request.query_params
     repeated = sorted({name for name in params if name not in MULTI_VALUED and len(params.getlist(name)) > 1})
     if repeated:
         raise ApiError(
             422,
-            f"{', '.join(repeated)} given more than once: pass each parameter once (only symbols may repeat)",
+            f"{', '.join(repeated)} given more than once: pass each parameter once (only"
+            f" {', '.join(sorted(MULTI_VALUED))} may repeat)",
             details=[{"loc": ["query", name], "msg": "repeated", "type": "repeated_parameter"} for name in repeated],
         )
 

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from k2.api.errors import ApiError, documented
 from k2.api.formats import content_docs, negotiate, render
 from k2.api.models import BarsEnvelope, RowsEnvelope
-from k2.api.params import AsOfParam, End, Exchange, FormatParam, Start, parse_as_of, symbols_param
+from k2.api.params import AsOfParam, End, Exchange, FormatParam, NameList, Start, parse_as_of, symbols_param
 from k2.api.state import request_state
 from k2.query.bars import NO_EXCLUSIONS, bars, parse_codes, parse_interval
 from k2.query.summary import daily_summary
@@ -33,7 +33,7 @@ BarsTz = Annotated[
     ),
 ]
 ExcludeConditions = Annotated[
-    list[str] | None,
+    NameList,
     Query(
         description="Trade condition codes left out of bars (not in OHLC, volume, vwap or trade_count),"
         f" comma-separated and/or repeated, e.g. 1,3,9; `{NO_EXCLUSIONS}` counts every trade. Omit for each"
@@ -41,7 +41,7 @@ ExcludeConditions = Annotated[
     ),
 ]
 ExcludeVenues = Annotated[
-    list[str] | None,
+    NameList,
     Query(
         description="Venue marks (vendor_data venue, e.g. X on ASX) whose trades are left out of bars,"
         " comma-separated and/or repeated. Omit to leave none out",
