@@ -168,9 +168,12 @@ class FreshReader:
     def consumer(self) -> Consumer:
         """A consumer in the sink's group (to read its committed offsets) that is only ever assigned partitions:
         it never joins the group nor commits, so the sink is not disturbed. The caller closes it."""
+        return Consumer({**self.consumer_config(), "fetch.wait.max.ms": _FETCH_WAIT_MS})
+
+    def consumer_config(self) -> dict[str, Any]:
+        """librdkafka settings of `consumer()`, for a caller that needs other fetch settings."""
         source, settings = self.source, self.source.settings
-        config = consumer_config(settings, source.bootstrap, source.group or settings.sink_group)
-        return Consumer({**config, "fetch.wait.max.ms": _FETCH_WAIT_MS})
+        return consumer_config(settings, source.bootstrap, source.group or settings.sink_group)
 
     def logs(self, spec: RecordSpec, exchange: str | None = None) -> dict[str, str]:
         """Topic -> topic id of the topics feeding `spec`'s table (those of `exchange` only, when given)."""
@@ -281,12 +284,12 @@ def _consume(
                 continue
             messages.append(msg)
             position[(msg.topic(), msg.partition())] = msg.offset() + 1
-        if all(position[(tp.topic, tp.partition)] >= _fetched_end(consumer, tp) for tp in tps):
+        if all(position[(tp.topic, tp.partition)] >= fetched_end(consumer, tp) for tp in tps):
             return messages, position, True
     return messages, position, False
 
 
-def _fetched_end(consumer: Consumer, tp: TopicPartition) -> float:
+def fetched_end(consumer: Consumer, tp: TopicPartition) -> float:
     """The partition's end as of librdkafka's last fetch; infinite until a fetch has answered (nothing known yet).
 
     cached=True is right on the embedded broker where a ListOffsets query is not (docs/stack-notes.md, "Embedded
