@@ -43,7 +43,7 @@ import structlog
 from cachetools import LRUCache
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from k2.lake.dedup import DAY_MICROS, IdSet, PartitionKey, first_occurrences, partition_keys
+from k2.lake.dedup import DAY_MICROS, IdSet, PartitionKey, partition_keys
 from k2.lake.tables import table_identifier
 from k2.query.engine import PinnedView, QueryEngine, QueryError
 from k2.query.filters import EVENT_SPECS, InvalidQueryError, positive, record_spec, select_rows, symbol_list, utc, where
@@ -305,20 +305,23 @@ def _pinned(engine: QueryEngine, snapshot_id: int) -> QueryEngine | PinnedView:
 
 
 class _RecentIds:
-    """The message_ids delivered from Kafka lately: at least the last `size`, at most twice that (two generations)."""
+    """The message_ids delivered from Kafka lately: at least the last `size`, at most twice that (two generations).
+
+    Python sets: a live batch is a handful of records, and a set answers those faster than a hashed Arrow index.
+    """
 
     def __init__(self, size: int) -> None:
         self._size = max(1, size)
-        self._current = IdSet()
-        self._previous = IdSet()
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
 
-    def contains(self, ids: pa.Array) -> np.ndarray:
-        return self._current.contains(ids) | self._previous.contains(ids)
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self._current or message_id in self._previous
 
-    def add(self, ids: pa.Array) -> None:
+    def add(self, message_id: str) -> None:
         if len(self._current) >= self._size:
-            self._previous, self._current = self._current, IdSet()
-        self._current.add(ids)
+            self._previous, self._current = self._current, set()
+        self._current.add(message_id)
 
 
 class _Stream:
@@ -411,17 +414,21 @@ class _Stream:
         rows = select_rows(rows, self.symbols, self.since, None, self.exchange)
         if not rows.num_rows:
             return rows
-        ids = rows["message_id"].combine_chunks().cast(pa.string())
-        fresh = ~self.recent.contains(ids) & first_occurrences(ids)
-        if self.position.snapshot_id is not None:
+        ids = rows["message_id"].to_pylist()
+        seen: set[str] = set()
+        fresh = np.zeros(len(ids), dtype=bool)
+        for at, message_id in enumerate(ids):
+            fresh[at] = message_id not in seen and message_id not in self.recent
+            seen.add(message_id)
+        if self.position.snapshot_id is not None and fresh.any():
             keys = partition_keys(rows)
             days, exchanges = keys["_day"].to_numpy(), keys["exchange"].to_pylist()
             for key in dict.fromkeys(zip(days.tolist(), exchanges, strict=True)):
                 in_partition = (days == key[0]) & np.array([e == key[1] for e in exchanges])
                 at = np.flatnonzero(in_partition & fresh)
                 if len(at):
-                    known = self.lake_ids.load(self.position.snapshot_id, key).contains(ids.take(pa.array(at)))
-                    fresh[at[known]] = False
-        kept = rows.filter(pa.array(fresh))
-        self.recent.add(kept["message_id"].combine_chunks())
-        return kept
+                    lake = self.lake_ids.load(self.position.snapshot_id, key)
+                    fresh[at[lake.contains(pa.array([ids[i] for i in at], pa.string()))]] = False
+        for at in np.flatnonzero(fresh):
+            self.recent.add(ids[at])
+        return rows if fresh.all() else rows.filter(pa.array(fresh))
