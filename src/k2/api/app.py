@@ -12,7 +12,18 @@ from k2.api.errors import install_error_handlers
 from k2.api.keys import keys_path
 from k2.api.limits import RequestLimits
 from k2.api.ratelimit import RateLimiter
-from k2.api.routes import analytics, catalog, dashboard, docs, events, health, metrics, pipeline, replay
+from k2.api.routes import (
+    analytics,
+    catalog,
+    dashboard,
+    docs,
+    events,
+    health,
+    metrics,
+    pipeline,
+    replay,
+    subscribe,
+)
 from k2.api.state import ApiState
 from k2.config import ApiSettings, Settings
 from k2.lake.catalog import open_catalog
@@ -25,6 +36,8 @@ Responses are JSON by default (decimals and timestamps as exact strings); `forma
 Arrow IPC stream or NDJSON. Every read takes `as_of` (a snapshot id or an instant) to read the lake as it was.
 `GET /v1/replay` streams NDJSON; the WebSocket `/v1/replay/ws` takes the same query parameters and sends one JSON
 message per record, then the same `end_of_replay` trailer.
+The WebSocket `/v1/subscribe` delivers history (`since`), then what Kafka holds beyond the lake, then live records,
+in NDJSON frames each ending with a resumable `cursor` (close codes in its description below).
 Errors always look like `{"error": {"code", "message", "details"}}`."""
 
 
@@ -75,6 +88,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
     for module in (events, analytics, catalog, replay):
         app.include_router(module.router, prefix="/v1", dependencies=secured)
     app.include_router(replay.ws_router, prefix="/v1")
+    app.include_router(subscribe.ws_router, prefix="/v1")
     app.include_router(pipeline.router, prefix="/v1", dependencies=secured)
     docs.install(app)  # /docs and /redoc, no key: like /openapi.json they describe the API, not its data
     dashboard.install(app)  # static pages, no key: they ask /v1 with the key the user gives them
