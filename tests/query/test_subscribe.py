@@ -85,6 +85,16 @@ def test_a_cursor_resumes_without_loss_or_repeat_at_every_step(committed_and_tai
             assert ids_of(everything[: i + 1]) + ids_of(rest) == _ids(range(30)), f"resumed after batch {i}"
 
 
+@pytest.mark.parametrize("limit", [12, 23])  # within the history; across the seam into Kafka
+def test_a_limit_ends_exactly_after_that_many_records(committed_and_tail: Live, limit: int) -> None:
+    live = committed_and_tail
+    with live.engine() as engine, FreshReader(live.source) as reader:
+        first = list(subscribe(engine, reader, "trades", "TST", since=DAY, limit=limit, options=SMALL))
+        rest = until_live(subscribe(engine, reader, "trades", "TST", cursor=first[-1].cursor, options=SMALL))
+    assert ids_of(first) == _ids(range(limit))
+    assert ids_of(rest) == _ids(range(limit, 30))
+
+
 def test_since_selects_history_and_kafka_records_alike(committed_and_tail: Live) -> None:
     live = committed_and_tail
     with live.engine() as engine, FreshReader(live.source) as reader:

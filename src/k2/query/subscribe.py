@@ -4,7 +4,7 @@ A subscription with `since` starts at the lake's newest snapshot S, whose per-pa
 (k2.query.fresh.FreshReader.lake_boundary, the same boundary fresh reads use):
 
 1. history: the lake's rows at S with timestamp >= since, in event order (timestamp, source_sequence, message_id),
-   read in keyset pages (k2.query.replay);
+   read in keyset pages (k2.query.market.read_page, as a replay reads them);
 2. tail: the Kafka records from exactly S's next offsets on, in log order per partition (a symbol's records share a
    partition, so per symbol the order the source produced them);
 3. live: the same consumer, once it has reached the log end it last fetched; it goes on as records arrive.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -48,7 +49,7 @@ from k2.lake.tables import table_identifier
 from k2.query.engine import PinnedView, QueryEngine, QueryError
 from k2.query.filters import EVENT_SPECS, InvalidQueryError, positive, record_spec, select_rows, symbol_list, utc, where
 from k2.query.fresh import FreshReader, Kafka, Partition, fetched_end, opened_reader
-from k2.query.replay import replay
+from k2.query.market import read_page
 from k2.schema.codecs import datetime_from_micros, micros_from_datetime
 from k2.schema.fields import RecordSpec
 
@@ -163,19 +164,23 @@ def subscribe(
     exchange: str | None = None,
     since: datetime | None = None,
     cursor: str | None = None,
+    limit: int | None = None,
     options: SubscribeOptions = SubscribeOptions(),  # frozen: one shared default is safe
 ) -> Iterator[SubscriptionBatch]:
     """Batches of `kind` ("trades" or "quotes") for `symbols` (None: all) of `exchange` (None: all): the lake's rows
     from `since`, then Kafka's from the lake's end, then live; without `since`, live from the log end. `cursor`: a
     batch's cursor, to resume after it (with the same kind, symbols and exchange; `since` may be left out).
 
-    Never ends by itself: close the iterator to stop (it closes its consumer). Arguments are checked when
+    Ends after `limit` records (the last batch's cursor right after the last of them), else never: close the
+    iterator to stop (it closes its consumer). Arguments are checked when
     iteration starts: InvalidQueryError for bad ones or a cursor of another subscription or whose snapshot is gone.
     """
     spec = record_spec(kind, EVENT_SPECS)
     names = symbol_list(symbols)
     where(names, since, None, exchange)  # validate before touching Kafka
     positive(options.batch_rows, "batch_rows")
+    if limit is not None:
+        positive(limit, "limit")
     digest = filter_digest(spec, names, exchange)
     with opened_reader(kafka) as reader:
         consumer = Consumer(
@@ -190,9 +195,11 @@ def subscribe(
                 position = _start(engine, reader, consumer, spec, digest, exchange, since)
             else:
                 position = _resume(reader, spec, digest, exchange, since, Position.decode(cursor))
-            stream = _Stream(engine, reader, consumer, spec, names, exchange, position, options)
-            yield from stream.history()
-            yield from stream.kafka()
+            stream = _Stream(engine, reader, consumer, spec, names, exchange, position, options, limit)
+            for batch in itertools.chain(stream.history(), stream.kafka()):
+                yield batch
+                if stream.remaining == 0:
+                    return
         finally:
             consumer.close()
 
@@ -337,32 +344,48 @@ class _Stream:
         exchange: str | None,
         position: Position,
         options: SubscribeOptions,
+        limit: int | None,
     ) -> None:
         self.engine, self.reader, self.consumer, self.spec = engine, reader, consumer, spec
         self.symbols, self.exchange, self.position, self.options = symbols, exchange, position, options
         self.since = datetime_from_micros(position.since) if position.since is not None else None
         self.lake_ids = _LakeIds(engine, spec, symbols, self.since, options.lake_partitions)
         self.recent = _RecentIds(options.dedup_window)
+        self.remaining = limit
+
+    def room(self) -> int:
+        """Most records the next batch may hold."""
+        return self.options.batch_rows if self.remaining is None else min(self.options.batch_rows, self.remaining)
+
+    def _delivered(self, rows: pa.Table) -> None:
+        if self.remaining is not None:
+            self.remaining -= rows.num_rows
 
     def history(self) -> Iterator[SubscriptionBatch]:
-        position = self.position
-        if position.history_done or position.snapshot_id is None:
+        """The lake's rows at S in event order, a keyset page per batch (one snapshot throughout, as a replay)."""
+        if self.position.history_done or self.position.snapshot_id is None:
             return
-        _pinned(self.engine, position.snapshot_id)  # a clear error when the snapshot is gone
-        for batch in replay(
-            self.engine,
-            self.spec.name,
-            self.symbols,
-            self.since,
-            None,
-            exchange=self.exchange,
-            after=position.history_after,
-            batch_rows=self.options.batch_rows,
-            as_of=position.snapshot_id,
-        ):
-            self.position = replace(self.position, history_after=batch.cursor)
-            yield SubscriptionBatch(pa.Table.from_batches([batch.records]), self.position.encode(), "history")
-        self.position = replace(self.position, history_done=True)
+        reader = _pinned(self.engine, self.position.snapshot_id)
+        while self.remaining != 0:
+            page = read_page(
+                reader,
+                self.spec.name,
+                self.symbols,
+                self.since,
+                None,
+                exchange=self.exchange,
+                after=self.position.history_after,
+                limit=self.room(),
+            )
+            if page.cursor is None:
+                break
+            self.position = replace(self.position, history_after=page.cursor)
+            self._delivered(page.rows)
+            yield SubscriptionBatch(page.rows, self.position.encode(), "history")
+            if not page.has_more:
+                break
+        if self.remaining != 0:
+            self.position = replace(self.position, history_done=True)
 
     def kafka(self) -> Iterator[SubscriptionBatch]:
         offsets: dict[Partition, int] = {}
@@ -379,6 +402,7 @@ class _Stream:
                 good.append(msg)
                 offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             rows = self._new_rows(good)
+            self._delivered(rows)
             self.position = replace(self.position, offsets=dict(offsets))
             if not caught_up:
                 caught_up = all(offsets[key] >= fetched_end(self.consumer, TopicPartition(*key)) for key in offsets)
@@ -402,11 +426,12 @@ class _Stream:
         self.consumer.incremental_assign([TopicPartition(t, p, offsets[(t, p)]) for t, p in new])
 
     def _next_messages(self) -> list[Message]:
-        """Up to batch_rows messages: waits for the first (poll_seconds at most), then takes what is already there."""
+        """Up to `room()` messages: waits for the first (poll_seconds at most), then takes what is already there."""
         first = self.consumer.poll(self.options.poll_seconds)
         if first is None:
             return []
-        return [first, *self.consumer.consume(self.options.batch_rows - 1, 0)]
+        more = self.room() - 1
+        return [first, *self.consumer.consume(more, 0)] if more else [first]
 
     def _new_rows(self, messages: list[Message]) -> pa.Table:
         """The messages' records that match and were not delivered yet (by the lake at S or from Kafka)."""
