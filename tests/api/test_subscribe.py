@@ -4,7 +4,9 @@ live subscriber is closed with 4008 and its cursor; keys and the per-key cap are
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,10 +17,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+import k2
 from k2.api import ApiSettings, create_app, create_key
 from k2.api.state import ApiState
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
+from k2.client import K2APIError
 from k2.config import Settings
 from tests.api.conftest import FAST, Server
 from tests.integration.helpers import make_trade
@@ -44,6 +48,7 @@ class Subscribed:
         return connect(url, additional_headers={"X-API-Key": self.key}, sock=sock, max_queue=4, compression=compression)
 
 
+@contextlib.contextmanager
 def serve(settings: Settings, api: ApiSettings) -> Iterator[Subscribed]:
     stack = Stack(settings)
     with stack as endpoints, RegistryClient(endpoints.registry_url) as registry:
@@ -55,7 +60,8 @@ def serve(settings: Settings, api: ApiSettings) -> Iterator[Subscribed]:
 
 @pytest.fixture
 def subscribed(settings: Settings) -> Iterator[Subscribed]:
-    yield from serve(settings, FAST.model_copy(update={"replay_batch_rows": 7, "subscriptions_per_key": 2}))
+    with serve(settings, FAST.model_copy(update={"replay_batch_rows": 7, "subscriptions_per_key": 2})) as running:
+        yield running
 
 
 def ids(numbers: range | list[int]) -> list[str]:
@@ -134,7 +140,7 @@ def test_keys_and_the_per_key_cap(subscribed: Subscribed) -> None:
 def test_a_slow_live_subscriber_is_closed_with_its_cursor(settings: Settings) -> None:
     api = FAST.model_copy(update={"replay_batch_rows": 50, "subscribe_buffer_records": 100})
     total = 20_000
-    for subscribed in serve(settings, api):
+    with serve(settings, api) as subscribed:
         # A client that stops reading, with a small receive buffer and no compression: the server's sends back up,
         # then its buffer.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -143,8 +149,7 @@ def test_a_slow_live_subscriber_is_closed_with_its_cursor(settings: Settings) ->
         with subscribed.connect(sock=sock, compression=None, kind="trades", symbols="TST") as ws:
             assert next(frames(ws))[1]["phase"] == "live"
             subscribed.live.produce([make_trade(n) for n in range(total)])
-            state = subscribed.state
-            wait_until(lambda: not state.open_subscriptions, 15, "the server to give up on the subscriber")
+            wait_until(lambda: not subscribed.state.open_subscriptions, 15, "the server to give up on the subscriber")
             messages = []
             with pytest.raises(ConnectionClosed) as closed:
                 for text in ws:  # what was sent before it gave up, then its goodbye
@@ -161,3 +166,74 @@ def test_a_slow_live_subscriber_is_closed_with_its_cursor(settings: Settings) ->
         with subscribed.connect(kind="trades", symbols="TST", cursor=cursor) as ws:
             rest, _ = read_until(ws, total - len(received), timeout=20)
         assert received + rest == ids(range(total))
+
+
+class Proxy:
+    """A TCP relay on 127.0.0.1 in front of `port` whose connections the test can cut (a network drop)."""
+
+    def __init__(self, port: int) -> None:
+        self._upstream = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+            self._open += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for side in (source, target):
+            with contextlib.suppress(OSError):
+                side.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        for side in self._open:
+            with contextlib.suppress(OSError):
+                side.shutdown(socket.SHUT_RDWR)
+        self._open.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+
+def test_the_python_client_resumes_after_a_drop(subscribed: Subscribed) -> None:
+    committed_and_tail(subscribed.live)
+    proxy = Proxy(subscribed.server.port)
+    got: list[str] = []
+    try:
+        with k2.Client(proxy.url, api_key=subscribed.key) as client:
+            subscription = client.subscribe("trades", ["TST"], since=SINCE, backoff=0.01)
+            for record in subscription:
+                got.append(record["message_id"])
+                if len(got) == 10:
+                    proxy.cut()  # mid-history, records of this frame and the next already sent
+                if len(got) == 30:
+                    subscribed.live.produce([make_trade(n) for n in range(30, 35)])
+                if len(got) == 35:
+                    break
+    finally:
+        proxy.close()
+    assert got == ids(range(35))
+    assert subscription.resumed >= 1
+    assert subscription.phase == "live"
+
+
+def test_the_python_client_raises_what_the_server_refuses(subscribed: Subscribed) -> None:
+    with k2.Client(subscribed.server.url, api_key="k2_unknown") as client, pytest.raises(K2APIError) as refused:
+        next(iter(client.subscribe("trades")))
+    assert (refused.value.status, refused.value.code) == (401, "unauthorized")

@@ -3,12 +3,15 @@ records, each message_id once; a cursor resumes without loss or repeat."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from typer.testing import CliRunner
 
+from k2.cli import app
 from k2.query.filters import InvalidQueryError
 from k2.query.fresh import FreshReader
 from k2.query.subscribe import Position, SubscribeOptions, SubscriptionBatch, subscribe
@@ -18,6 +21,8 @@ from tests.query.live_stack import DAY, Live
 pytestmark = pytest.mark.integration
 
 SMALL = SubscribeOptions(batch_rows=7, poll_seconds=0.05)
+SINCE = DAY.isoformat()
+runner = CliRunner()
 
 
 def _ids(numbers: range | list[int], symbol: str = "TST") -> list[str]:
@@ -137,3 +142,27 @@ def test_an_empty_lake_streams_kafka_from_its_first_offset(live: Live) -> None:
         got = until_live(subscribe(engine, reader, "trades", "TST", since=DAY, options=SMALL))
     assert ids_of(got) == _ids(range(6))
     assert {b.phase for b in got if b.records.num_rows} <= {"tail", "live"}
+
+
+def test_k2_subscribe_prints_history_then_kafka_and_a_cursor_to_resume(committed_and_tail: Live) -> None:
+    first = runner.invoke(
+        app, ["subscribe", "trades", "--symbols", "TST", "--since", SINCE, "--count", "23", "-f", "csv"]
+    )
+    assert first.exit_code == 0, first.output
+    header, *rows = first.stdout.splitlines()
+    assert header.split(",")[:3] == ["message_id", "trade_id", "symbol"]
+    assert [row.split(",")[0] for row in rows] == _ids(range(23))  # 20 from the lake, 3 from Kafka
+    assert first.stderr.startswith("cursor: ")
+    cursor = first.stderr.removeprefix("cursor: ").strip()
+    rest = runner.invoke(app, ["subscribe", "trades", "--symbols", "TST", "--cursor", cursor, "--count", "7"])
+    assert rest.exit_code == 0, rest.output
+    assert [json.loads(line)["message_id"] for line in rest.stdout.splitlines()] == _ids(range(23, 30))
+
+
+def test_k2_subscribe_refuses_two_ways_to_stop(committed_and_tail: Live) -> None:
+    both = runner.invoke(app, ["subscribe", "quotes", "--count", "1", "--duration", "1"])
+    assert both.exit_code == 2
+    assert both.stderr == "error: --count and --duration both stop the subscription: give one of them\n"
+    other = runner.invoke(app, ["subscribe", "quotes", "--cursor", "bm90IGEgY3Vyc29y", "--count", "1"])
+    assert other.exit_code == 2
+    assert "not one a K2 subscription issued" in other.stderr
