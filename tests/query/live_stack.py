@@ -40,17 +40,23 @@ class Live:
 
     def produce(self, records: list[dict]) -> None:
         """Send records to the trades topic and wait until the broker has acknowledged each of them."""
-        ensure_topics(AdminClient({"bootstrap.servers": self.endpoints.bootstrap}), self.settings, [str(TOPIC)])
+        self.produce_to("test", records)
+
+    def produce_to(self, exchange: str, records: list[dict]) -> None:
+        """Send records to `exchange`'s trades topic (created when missing) and wait for every acknowledgement."""
+        topic = TopicName(AssetClass.EQUITIES, DataType.TRADES, exchange)
+        ensure_topics(AdminClient({"bootstrap.servers": self.endpoints.bootstrap}), self.settings, [str(topic)])
         producer = RecordProducer(producer_config(self.settings, self.endpoints.bootstrap), self.registry)
-        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
+        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, exchange, records=records))
         producer.close()
         self.unsunk.update(producer.stats.end_offsets)
 
     def sink_everything(self) -> None:
-        """Run the real sink on the trades topic until all it holds is committed to the lake."""
+        """Run the real sink on the topics produced to until all they hold is committed to the lake."""
         bootstrap = self.endpoints.bootstrap
-        sink = IcebergSink(self.settings, bootstrap, self.registry, open_catalog(self.settings), topics=[str(TOPIC)])
         targets, self.unsunk = self.unsunk, {}
+        topics = sorted({topic for topic, _partition in targets} | {str(TOPIC)})
+        sink = IcebergSink(self.settings, bootstrap, self.registry, open_catalog(self.settings), topics=topics)
         sink.run(until=lambda s: all(s.committed.get(k, -1) >= end for k, end in targets.items()))
 
     def engine(self) -> QueryEngine:

@@ -166,3 +166,17 @@ def test_k2_subscribe_refuses_two_ways_to_stop(committed_and_tail: Live) -> None
     other = runner.invoke(app, ["subscribe", "quotes", "--cursor", "bm90IGEgY3Vyc29y", "--count", "1"])
     assert other.exit_code == 2
     assert "not one a K2 subscription issued" in other.stderr
+
+
+def test_a_topic_created_while_subscribed_is_read_from_its_start(live: Live) -> None:
+    live.produce([make_trade(0)])
+    quick = SubscribeOptions(batch_rows=7, poll_seconds=0.05, topics_seconds=0.1)
+    with live.engine() as engine, FreshReader(live.source) as reader:
+        batches = subscribe(engine, reader, "trades", "TST", options=quick)
+        next(batches)  # started: only market.equities.trades.test exists
+        elsewhere = [{**make_trade(n), "exchange": "elsewhere"} for n in range(1, 4)]
+        live.produce_to("elsewhere", elsewhere)  # a new topic: market.equities.trades.elsewhere
+        got = take(batches, 3)
+        batches.close()
+    assert ids_of(got) == [r["message_id"] for r in elsewhere]
+    assert {e for b in got for e in b.records["exchange"].to_pylist()} == {"elsewhere"}
