@@ -180,3 +180,13 @@ def test_a_topic_created_while_subscribed_is_read_from_its_start(live: Live) -> 
         batches.close()
     assert ids_of(got) == [r["message_id"] for r in elsewhere]
     assert {e for b in got for e in b.records["exchange"].to_pylist()} == {"elsewhere"}
+
+
+def test_a_resumed_subscription_does_not_resend_a_duplicate_of_what_came_before(committed_and_tail: Live) -> None:
+    live = committed_and_tail
+    with live.engine() as engine, FreshReader(live.source) as reader:
+        before = until_live(subscribe(engine, reader, "trades", "TST", since=DAY, options=SMALL))
+        live.produce([make_trade(n) for n in [25, 30, 31]])  # 25 came from Kafka before the cursor
+        after = take(subscribe(engine, reader, "trades", "TST", cursor=before[-1].cursor, options=SMALL), 2)
+    assert ids_of(before) == _ids(range(30))
+    assert ids_of(after) == _ids([30, 31])

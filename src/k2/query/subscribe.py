@@ -18,7 +18,9 @@ end (no history) with the same dedup against S.
 Every batch carries a cursor: the filter it belongs to, S, `since`, the history position (a keyset cursor, or
 done) and per partition the next offset with each topic's id. Resuming from it re-reads nothing delivered and skips
 nothing: history continues after the keyset position at S, Kafka from the offsets. A topic whose id changed (a
-broker that lost its log) or that is new is read from offset 0. The dedup window starts empty on resume.
+broker that lost its log) or that is new is read from offset 0. On resume in the Kafka part, the message_ids of the
+last `resume_window` messages before the cursor in each partition fill the dedup window again, so a duplicate of a
+record delivered before the cursor is not sent again unless it lies further back in the log.
 
 Memory is bounded: a batch of at most `batch_rows` records, librdkafka's fetch queue (`queued.max.messages.kbytes`),
 the dedup window, and the lake's message_ids of the (day, exchange) partitions the Kafka records fall on (at most
@@ -69,12 +71,14 @@ _PROBE_WAIT_SECONDS = 0.05
 class SubscribeOptions:
     """`batch_rows`: most records per batch; `poll_seconds`: longest wait for a record before an empty batch (so a
     caller can stop an idle subscription); `dedup_window`: message_ids delivered from Kafka kept for dedup (at least
-    this many, at most twice); `lake_partitions`: (day, exchange) partitions of the lake's ids kept; `topics_seconds`:
-    how often new topics (a venue's first records) are looked for."""
+    this many, at most twice); `resume_window`: messages read back per partition before a cursor's offsets to fill
+    that window again on resume; `lake_partitions`: (day, exchange) partitions of the lake's ids kept;
+    `topics_seconds`: how often new topics (a venue's first records) are looked for."""
 
     batch_rows: int = 1000
     poll_seconds: float = 0.2
     dedup_window: int = 200_000
+    resume_window: int = 10_000
     lake_partitions: int = 4
     topics_seconds: float = 5.0
 
@@ -195,7 +199,9 @@ def subscribe(
                 position = _start(engine, reader, consumer, spec, digest, exchange, since)
             else:
                 position = _resume(reader, spec, digest, exchange, since, Position.decode(cursor))
-            stream = _Stream(engine, reader, consumer, spec, names, exchange, position, options, limit)
+            stream = _Stream(
+                engine, reader, consumer, spec, names, exchange, position, options, limit, cursor is not None
+            )
             for batch in itertools.chain(stream.history(), stream.kafka()):
                 yield batch
                 if stream.remaining == 0:
@@ -345,6 +351,7 @@ class _Stream:
         position: Position,
         options: SubscribeOptions,
         limit: int | None,
+        resumed: bool,
     ) -> None:
         self.engine, self.reader, self.consumer, self.spec = engine, reader, consumer, spec
         self.symbols, self.exchange, self.position, self.options = symbols, exchange, position, options
@@ -352,6 +359,7 @@ class _Stream:
         self.lake_ids = _LakeIds(engine, spec, symbols, self.since, options.lake_partitions)
         self.recent = _RecentIds(options.dedup_window)
         self.remaining = limit
+        self.resumed_in_kafka = resumed and position.history_done
 
     def room(self) -> int:
         """Most records the next batch may hold."""
@@ -388,6 +396,8 @@ class _Stream:
             self.position = replace(self.position, history_done=True)
 
     def kafka(self) -> Iterator[SubscriptionBatch]:
+        if self.resumed_in_kafka:
+            self._recall(self.position.offsets)
         offsets: dict[Partition, int] = {}
         self._assign_new(offsets)
         looked_for_topics = time.monotonic()
@@ -410,6 +420,33 @@ class _Stream:
             if time.monotonic() - looked_for_topics >= self.options.topics_seconds:
                 looked_for_topics = time.monotonic()
                 self._assign_new(offsets)
+
+    def _recall(self, offsets: dict[Partition, int], timeout: float = 10.0) -> None:
+        """Put the message_ids of up to `resume_window` messages before `offsets` in each partition into the dedup
+        window: what a resumed subscription may have delivered before its cursor."""
+        window = self.options.resume_window
+        starts = {key: max(0, offset - window) for key, offset in offsets.items() if offset > 0 and window > 0}
+        if not starts:
+            return
+        assigned = [TopicPartition(t, p, start) for (t, p), start in starts.items()]
+        self.consumer.incremental_assign(assigned)
+        try:
+            reached = dict(starts)
+            deadline = time.monotonic() + timeout
+            while any(reached[key] < offsets[key] for key in starts) and time.monotonic() < deadline:
+                before = []
+                for msg in self.consumer.consume(self.options.batch_rows, self.options.poll_seconds):
+                    if msg.error():
+                        continue
+                    key = (msg.topic(), msg.partition())
+                    reached[key] = max(reached[key], msg.offset() + 1)
+                    if msg.offset() < offsets[key]:
+                        before.append(msg)
+                rows, _skipped = self.reader.decode(self.spec, before)
+                for message_id in rows["message_id"].to_pylist():
+                    self.recent.add(message_id)
+        finally:
+            self.consumer.incremental_unassign(assigned)
 
     def _assign_new(self, offsets: dict[Partition, int]) -> None:
         """Assign each partition of the feeding topics not in `offsets` yet: at the position's offset when it has
