@@ -24,6 +24,7 @@ from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
 from k2.client import K2APIError
 from k2.config import Settings
+from k2.core.metrics import REGISTRY
 from tests.api.conftest import FAST, Server
 from tests.integration.helpers import make_trade
 from tests.query.live_stack import Live
@@ -89,6 +90,15 @@ def read_until(ws: ClientConnection, count: int, *, live: bool = False, timeout:
     raise AssertionError("unreachable")
 
 
+def _sample(series: str, label: str) -> float:
+    """The API's subscription counters: closed by reason, records by phase."""
+    name, key = {
+        "closed": ("k2_api_subscriptions_closed_total", "reason"),
+        "records": ("k2_api_subscription_records_total", "phase"),
+    }[series]
+    return REGISTRY.get_sample_value(name, {key: label}) or 0.0
+
+
 def committed_and_tail(live: Live) -> None:
     """Trades 0-19 committed to the lake; 20-29 only in Kafka, after 15-19 again (a producer re-sending)."""
     live.produce([make_trade(n) for n in range(20)])
@@ -140,6 +150,7 @@ def test_keys_and_the_per_key_cap(subscribed: Subscribed) -> None:
 def test_a_slow_live_subscriber_is_closed_with_its_cursor(settings: Settings) -> None:
     api = FAST.model_copy(update={"replay_batch_rows": 50, "subscribe_buffer_records": 100})
     total = 20_000
+    slow_before, live_before = _sample("closed", "slow"), _sample("records", "live")
     with serve(settings, api) as subscribed:
         # A client that stops reading, with a small receive buffer and no compression: the server's sends back up,
         # then its buffer.
@@ -163,6 +174,8 @@ def test_a_slow_live_subscriber_is_closed_with_its_cursor(settings: Settings) ->
         assert goodbye["error"]["code"] == "slow_subscriber"
         assert cursor == sent[-1][-1]["cursor"]  # the last frame it was sent
         assert closed.value.rcvd.reason in (cursor, "too slow: resume from the cursor in the last message")
+        assert _sample("closed", "slow") - slow_before == 1
+        assert _sample("records", "live") - live_before == len(received)
         with subscribed.connect(kind="trades", symbols="TST", cursor=cursor) as ws:
             rest, _ = read_until(ws, total - len(received), timeout=20)
         assert received + rest == ids(range(total))

@@ -24,6 +24,7 @@ from k2.api.errors import ApiError
 from k2.api.ratelimit import RateLimiter
 from k2.bus.stack import NO_KAFKA, existing_endpoints
 from k2.config import ApiSettings, Settings
+from k2.core import metrics
 from k2.core.breaker import CircuitBreaker
 from k2.query.engine import QueryEngine, QueryError
 from k2.query.fresh import FreshReader, FreshSource
@@ -104,10 +105,12 @@ class ApiState:
                 code="too_many_subscriptions",
             )
         self._subscriptions[key_id] += 1
+        metrics.API_SUBSCRIPTIONS.inc()
         try:
             yield
         finally:
             self._subscriptions[key_id] -= 1
+            metrics.API_SUBSCRIPTIONS.dec()
 
     def require_engine(self) -> QueryEngine:
         if self.engine is None:

@@ -29,6 +29,7 @@ from starlette.websockets import WebSocket
 from k2.api.errors import ApiError
 from k2.api.formats import ndjson_lines
 from k2.api.state import ApiState
+from k2.core import metrics
 from k2.query.subscribe import SubscribeOptions, SubscriptionBatch, subscribe
 
 T = TypeVar("T")
@@ -47,6 +48,7 @@ class Frame:
     text: str
     cursor: str
     records: int
+    phase: str
 
 
 class SlowSubscriber(Exception):
@@ -173,6 +175,7 @@ class SubscriptionSession:
                     break
                 self.cursor = frame.cursor
                 self.sent += frame.records
+                metrics.API_SUBSCRIPTION_RECORDS.labels(frame.phase).inc(frame.records)
             if self._slow:
                 raise SlowSubscriber(self.cursor)
             if self._failure is not None:
@@ -200,7 +203,7 @@ class SubscriptionSession:
                     continue
                 trailer = {"cursor": batch.cursor, "phase": batch.phase, "records": rows}
                 text = (b"".join(ndjson_lines(batch.records)) + orjson.dumps(trailer)).decode()
-                put = self._buffer.put(Frame(text, batch.cursor, rows), wait=batch.phase != "live")
+                put = self._buffer.put(Frame(text, batch.cursor, rows, batch.phase), wait=batch.phase != "live")
                 if not asyncio.run_coroutine_threadsafe(put, loop).result():
                     self._slow = not self._stop.is_set()
                     if self._slow:  # what the buffer holds will not be sent: the cursor stays before it

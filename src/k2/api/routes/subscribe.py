@@ -17,6 +17,7 @@ from k2.api.errors import ApiError, error_body, from_exception
 from k2.api.params import parse_instant, symbols_param
 from k2.api.state import api_state
 from k2.api.subscribe import SLOW_SUBSCRIBER, SlowSubscriber, SubscriptionSession, say_goodbye
+from k2.core import metrics
 
 ws_router = APIRouter(tags=["subscribe"])
 
@@ -55,11 +56,14 @@ async def subscribe_ws(
         )
         with state.subscription_slot(key.key_id):
             await session.run(websocket)
+        metrics.API_SUBSCRIPTIONS_CLOSED.labels("client").inc()
     except (WebSocketDisconnect, OSError):
-        return  # the client went away (uvicorn raises an OSError on send after a disconnect)
+        metrics.API_SUBSCRIPTIONS_CLOSED.labels("client").inc()  # uvicorn raises an OSError on send after it left
     except SlowSubscriber as slow:
+        metrics.API_SUBSCRIPTIONS_CLOSED.labels("slow").inc()
         await say_goodbye(websocket, slow.message(), SLOW_SUBSCRIBER, slow.reason())
     except Exception as exc:
+        metrics.API_SUBSCRIPTIONS_CLOSED.labels("error").inc()
         error = from_exception(exc)
         body = error_body(error.status, error.message, code=error.code, details=error.details)
         await say_goodbye(websocket, body, 4000 + error.status)
