@@ -141,7 +141,11 @@ class LakeIdIndex:
             ids = self._load(key) if known is None else known
             in_lake[rows] = ids.contains(message_ids.take(pa.array(rows)), hashes[rows])
         # The first row of each message_id in the batch: repeats after it (producer retries, reloads) are dropped.
-        return pa.array(first_occurrences(message_ids) & ~in_lake)
+        positions = pa.table({"id": message_ids, "at": pa.array(np.arange(len(message_ids), dtype=np.int64))})
+        first = positions.group_by("id", use_threads=False).aggregate([("at", "min")])["at_min"].to_numpy()
+        is_first = np.zeros(len(message_ids), dtype=bool)
+        is_first[first] = True
+        return pa.array(is_first & ~in_lake)
 
     def add_committed(self, batch: pa.Table) -> None:
         keys = partition_keys(batch)
@@ -150,15 +154,6 @@ class LakeIdIndex:
             if ids is None:
                 continue  # a partition not loaded yet will be read from the lake, commit included
             ids.add(batch["message_id"].filter(_in_partition(keys, key)).combine_chunks())
-
-
-def first_occurrences(ids: pa.Array) -> np.ndarray:
-    """Per id, True at its first occurrence in `ids`."""
-    positions = pa.table({"id": ids, "at": pa.array(np.arange(len(ids), dtype=np.int64))})
-    first = positions.group_by("id", use_threads=False).aggregate([("at", "min")])["at_min"].to_numpy()
-    mask = np.zeros(len(ids), dtype=bool)
-    mask[first] = True
-    return mask
 
 
 def _in_partition(keys: pa.Table, key: PartitionKey) -> np.ndarray:
