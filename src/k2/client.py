@@ -235,14 +235,16 @@ class Subscription:
         self.backoff = backoff
         self.cursor: str | None = params.get("cursor")
         self.phase: str | None = None
-        self.resumed = 0  # connections opened again from the cursor
+        self.resumed = 0  # connections opened again (from the cursor) after the first
         self._last_error: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        failures = 0
+        failures = opened = 0
         while True:
             try:
                 with self._connect() as ws:
+                    opened += 1
+                    self.resumed = opened - 1
                     for message in ws:
                         *records, trailer = [json.loads(line) for line in str(message).splitlines() if line.strip()]
                         if not records and set(trailer) == {"error"}:  # the reason of the close that follows
@@ -259,6 +261,11 @@ class Subscription:
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 if isinstance(exc, InvalidStatus):
                     raise K2APIError(exc.response.status_code, "handshake_refused", str(exc)) from exc
+                if not opened:  # never reached: a wrong address, not a drop
+                    raise K2ConnectionError(
+                        f"cannot reach the K2 API at {self._client.base_url} ({type(exc).__name__}: {exc}): "
+                        f"check base_url and that the server is running"
+                    ) from exc
             failures += 1
             if failures > self.reconnects:
                 raise K2ConnectionError(
@@ -266,7 +273,6 @@ class Subscription:
                     f" server runs, then subscribe again with cursor={self.cursor!r}"
                 )
             time.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
-            self.resumed += 1
 
     def _connect(self) -> ClientConnection:
         params = dict(self._params)
