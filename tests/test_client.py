@@ -9,7 +9,9 @@ the contract. The test against the real server (k2.api.app.create_app over a rea
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -187,6 +189,22 @@ def test_bars_condition_and_venue_filters_are_sent_as_the_api_spells_them(client
     ]
     with pytest.raises(ValueError, match="exclude_conditions must be a list of codes"):
         client.bars("BHP", "1d", exclude_conditions="1,3")
+
+
+def test_a_subscription_to_an_unreachable_server_fails_at_once() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Client(f"http://127.0.0.1:{port}") as offline:
+        subscription = offline.subscribe("trades", "BHP", reconnects=5)
+        began = time.monotonic()
+        with pytest.raises(K2ConnectionError, match="cannot reach the K2 API"):
+            next(iter(subscription))
+        assert time.monotonic() - began < 5  # no reconnect pauses before the first connection
+        with pytest.raises(ValueError, match="reconnects"):
+            offline.subscribe("trades", reconnects=-1)
+        with pytest.raises(ValueError, match="no time zone"):
+            offline.subscribe("trades", since=datetime(2024, 3, 4))
 
 
 def test_parameters_are_sent_as_the_api_spells_them(client: Client, api: FakeApi) -> None:

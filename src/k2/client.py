@@ -7,6 +7,8 @@
         bars = k2.bars("BHP", "5m", start, end, output="pandas")
         for record in k2.replay("trades", "BHP", start, end, speed=10):
             ...
+        for record in k2.subscribe("trades", ["BHP"], since=start):   # history, then live; never ends by itself
+            ...
 
 Reads ask for `format=arrow` (Arrow IPC stream), so decimals stay decimal128(18, 8) and timestamps
 timestamp[us, tz=UTC] with no text round trip. The API's page cursor travels in the `X-K2-Next-Cursor` header and
@@ -22,15 +24,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import urlencode
 
 import httpx
 import pyarrow as pa
 import pyarrow.ipc
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
 
 NEXT_CURSOR_HEADER = "X-K2-Next-Cursor"
 SNAPSHOT_HEADER = "X-K2-Snapshot-Id"
 SNAPSHOT_METADATA = b"k2.snapshot_id"
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+# The close code of a live subscriber that fell behind (k2.api.subscribe.SLOW_SUBSCRIBER): resume from the cursor.
+SLOW_SUBSCRIBER = 4008
 # The API's largest page (k2.api.settings.MAX_PAGE_ROWS): fewest round trips when following cursors.
 MAX_PAGE_ROWS = 10_000
 
@@ -218,6 +226,87 @@ class Replay:
         )
 
 
+class Subscription:
+    """Records of a subscription as they arrive, one dict per record as the API sends it (decimals and timestamps
+    as exact strings); it never ends by itself: stop iterating when you have what you need.
+
+    `cursor` resumes after the last record of the last complete frame handed out (the cursor moves when a frame's
+    last record is yielded: stopping mid-frame and resuming repeats that frame's earlier records). `phase` is the
+    last frame's: history, tail or live (caught up). A connection that drops, or that the server closes because the
+    subscriber fell behind (4008), is opened again from `cursor`, after a pause that doubles from `backoff` seconds
+    up to 10 s; after `reconnects` failures in a row it raises K2ConnectionError. An error the server reports (bad
+    parameters, key, too many subscriptions) raises K2APIError.
+    """
+
+    def __init__(self, client: Client, params: dict[str, str], reconnects: int, backoff: float) -> None:
+        self._client = client
+        self._params = params
+        self.reconnects = reconnects
+        self.backoff = backoff
+        self.cursor: str | None = params.get("cursor")
+        self.phase: str | None = None
+        self.resumed = 0  # connections opened again (from the cursor) after the first
+        self._last_error: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        failures = opened = 0
+        while True:
+            try:
+                with self._connect() as ws:
+                    opened += 1
+                    self.resumed = opened - 1
+                    for message in ws:
+                        *records, trailer = [json.loads(line) for line in str(message).splitlines() if line.strip()]
+                        if not records and set(trailer) == {"error"}:  # the reason of the close that follows
+                            self._last_error = trailer["error"]
+                            continue
+                        failures = 0
+                        for at, record in enumerate(records):
+                            if at == len(records) - 1:
+                                self.cursor = trailer["cursor"]
+                            yield record
+                        self.cursor, self.phase = trailer["cursor"], trailer["phase"]
+            except ConnectionClosed as closed:
+                self._raise_reported(closed)
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                if isinstance(exc, InvalidStatus):
+                    raise K2APIError(exc.response.status_code, "handshake_refused", str(exc)) from exc
+                if not opened:  # never reached: a wrong address, not a drop
+                    raise K2ConnectionError(
+                        f"cannot reach the K2 API at {self._client.base_url} ({type(exc).__name__}: {exc}): "
+                        f"check base_url and that the server is running"
+                    ) from exc
+            failures += 1
+            if failures > self.reconnects:
+                raise K2ConnectionError(
+                    f"the subscription at {self._client.base_url} dropped {failures} times in a row: check that the"
+                    f" server runs, then subscribe again with cursor={self.cursor!r}"
+                )
+            time.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
+
+    def _connect(self) -> ClientConnection:
+        params = dict(self._params)
+        if self.cursor is not None:
+            params.pop("since", None)  # the cursor carries it
+            params["cursor"] = self.cursor
+        url = self._client.base_url.replace("http", "ws", 1) + "/v1/subscribe?" + urlencode(params)
+        headers = {k: v for k, v in self._client._http.headers.items() if k.lower() in ("x-api-key", "authorization")}
+        return ws_connect(url, additional_headers=headers, open_timeout=self._client.timeout)
+
+    def _raise_reported(self, closed: ConnectionClosed) -> None:
+        """Raise the error the server closed with; return for a drop or a too-slow close (resume from the cursor)."""
+        code = closed.rcvd.code if closed.rcvd is not None else None
+        if code is None or code == SLOW_SUBSCRIBER or not 4000 <= code < 5000:
+            return
+        error = self._last_error or {}
+        raise K2APIError(
+            code - 4000,
+            str(error.get("code", "error")),
+            str(error.get("message", closed.rcvd.reason if closed.rcvd else "")),
+            error.get("details"),
+        )
+
+
 class Client:
     """K2 API client over httpx. Thread-safe for concurrent calls; close it (or use `with`) when done.
 
@@ -240,6 +329,7 @@ class Client:
         if output not in ("arrow", "pandas", "polars"):
             raise ValueError(f"output must be 'arrow', 'pandas' or 'polars', not {output!r}")
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self.output: Output = output
         self.rate_limit_retries = rate_limit_retries
         sent = {"User-Agent": "k2-client", **(headers or {})}
@@ -456,6 +546,29 @@ class Client:
             as_of=_as_of(as_of),
         )
         return Replay(self, params)
+
+    def subscribe(
+        self,
+        kind: Literal["trades", "quotes"] = "trades",
+        symbols: Symbols = None,
+        *,
+        exchange: str | None = None,
+        since: Moment = None,
+        cursor: str | None = None,
+        reconnects: int = 10,
+        backoff: float = 0.5,
+    ) -> Subscription:
+        """Records as they arrive over the WebSocket /v1/subscribe: with `since`, the lake's from then on first, then
+        what Kafka holds beyond the lake, then live ones (each message_id once); without, live from now. `cursor`:
+        a Subscription's `cursor`, to resume after it. Returns a Subscription: iterate it for dicts; it resumes from
+        its cursor by itself when the connection drops.
+        """
+        if isinstance(reconnects, bool) or not isinstance(reconnects, int) or reconnects < 0:
+            raise ValueError(f"reconnects must be a whole number >= 0, got {reconnects!r}")
+        params = _params(
+            kind=kind, symbols=_symbols(symbols), exchange=exchange, since=_moment(since, "since"), cursor=cursor
+        )
+        return Subscription(self, params, reconnects, backoff)
 
     # --- plumbing -------------------------------------------------------------------------------------------------
     def _rows(

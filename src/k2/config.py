@@ -66,7 +66,18 @@ class ApiSettings(BaseSettings):
         description="How long a fresh=true read may spend on the Kafka tail; past it the rows read so far are used"
         " and the response says X-K2-Fresh-Caught-Up: false",
     )
-    replay_batch_rows: int = Field(default=1000, ge=1, description="Rows read per replay query")
+    replay_batch_rows: int = Field(
+        default=1000, ge=1, description="Rows read per replay query, and most records per subscription frame"
+    )
+    subscriptions_per_key: int = Field(
+        default=4, ge=1, description="Open /v1/subscribe WebSockets one API key may hold; one more is closed with 4429"
+    )
+    subscribe_buffer_records: int = Field(
+        default=20_000,
+        ge=1,
+        description="Records a live subscriber may fall behind (its send buffer) before it is closed with 4008 and"
+        " its cursor",
+    )
 
 
 class LogSettings(BaseSettings):

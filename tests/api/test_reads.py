@@ -87,9 +87,14 @@ def test_bars_take_condition_and_venue_filters(client: httpx.Client, engine: Que
     filtered = client.get("/v1/bars", params=[*params, *listed]).json()["data"]
     library = bars(engine, "BHP", "1h", START, END, tz="UTC", exclude_conditions=["1", "3", "9"], exclude_venues=["X"])
     assert filtered == records(library)
-    bad = client.get("/v1/bars", params=[*params, ("exclude_conditions", "1,,3")])
-    assert bad.status_code == 400
-    assert "invalid exclude_conditions" in bad.json()["error"]["message"]
+    bad = client.get("/v1/bars", params=[*params, ("exclude_conditions", "1,,3")])  # breaks the stated pattern
+    assert bad.status_code == 422
+    assert bad.json()["error"]["message"] == (
+        "invalid value for exclude_conditions: give codes separated by commas, e.g. 1,3,9, or none to leave nothing out"
+    )
+    mixed = client.get("/v1/bars", params=[*params, ("exclude_conditions", "1,none")])  # a rule the schema cannot state
+    assert mixed.status_code == 400
+    assert "invalid exclude_conditions" in mixed.json()["error"]["message"]
 
 
 def test_openapi_describes_the_bars_defaults_filters_and_partial_flag(client: httpx.Client) -> None:

@@ -2,73 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
-from k2.bus.clients import ensure_topics, producer_config
+from k2.bus.clients import producer_config
 from k2.bus.producer import RecordProducer
-from k2.bus.registry_client import RegistryClient
-from k2.bus.stack import Endpoints, Stack
-from k2.bus.topics import TopicName
-from k2.config import Settings
-from k2.core.batch import SourceBatch
-from k2.lake.catalog import open_catalog
-from k2.lake.sink import IcebergSink
-from k2.query.engine import QueryEngine
+from k2.bus.stack import Stack
 from k2.query.filters import InvalidQueryError
 from k2.query.fresh import FreshReader, FreshSource, feeding_topics, fresh_events, fresh_latest, read_tail
 from k2.query.market import events
 from k2.schema import TRADES_V2
-from k2.schema.fields import AssetClass, DataType
 from tests.conftest import only_on_tansu
 from tests.integration.helpers import make_trade
+from tests.query.live_stack import DAY, TOPIC, Live
 
 pytestmark = pytest.mark.integration
-
-TOPIC = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
-DAY = datetime(2014, 3, 10, tzinfo=UTC)  # make_trade(n) is at DAY + n ms
-
-
-@dataclass
-class Live:
-    stack: Stack
-    endpoints: Endpoints
-    settings: Settings
-    registry: RegistryClient
-    unsunk: dict[tuple[str, int], int] = field(default_factory=dict)  # end offsets produced since the last sink run
-
-    @property
-    def source(self) -> FreshSource:
-        return FreshSource.from_endpoints(self.endpoints, self.settings, budget_seconds=20)
-
-    def produce(self, records: list[dict]) -> None:
-        """Send records to the trades topic and wait until the broker has acknowledged each of them."""
-        ensure_topics(AdminClient({"bootstrap.servers": self.endpoints.bootstrap}), self.settings, [str(TOPIC)])
-        producer = RecordProducer(producer_config(self.settings, self.endpoints.bootstrap), self.registry)
-        producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
-        producer.close()
-        self.unsunk.update(producer.stats.end_offsets)
-
-    def sink_everything(self) -> None:
-        """Run the real sink on the trades topic until all it holds is committed to the lake."""
-        bootstrap = self.endpoints.bootstrap
-        sink = IcebergSink(self.settings, bootstrap, self.registry, open_catalog(self.settings), topics=[str(TOPIC)])
-        targets, self.unsunk = self.unsunk, {}
-        sink.run(until=lambda s: all(s.committed.get(k, -1) >= end for k, end in targets.items()))
-
-    def engine(self) -> QueryEngine:
-        return QueryEngine(open_catalog(self.settings))
-
-
-@pytest.fixture
-def live(settings: Settings) -> Iterator[Live]:
-    stack = Stack(settings)
-    with stack as endpoints, RegistryClient(endpoints.registry_url) as registry:
-        yield Live(stack, endpoints, settings, registry)
 
 
 def _seqs(table) -> list[int]:

@@ -13,7 +13,18 @@ from k2.api.keys import keys_path
 from k2.api.limits import RequestLimits
 from k2.api.params import PATTERN_HINTS, single_valued
 from k2.api.ratelimit import RateLimiter
-from k2.api.routes import analytics, catalog, dashboard, docs, events, health, metrics, pipeline, replay
+from k2.api.routes import (
+    analytics,
+    catalog,
+    dashboard,
+    docs,
+    events,
+    health,
+    metrics,
+    pipeline,
+    replay,
+    subscribe,
+)
 from k2.api.state import ApiState
 from k2.config import ApiSettings, Settings
 from k2.lake.catalog import open_catalog
@@ -26,8 +37,11 @@ Responses are JSON by default (decimals and timestamps as exact strings); `forma
 Arrow IPC stream or NDJSON. Every read takes `as_of` (a snapshot id or an instant) to read the lake as it was.
 `GET /v1/replay` streams NDJSON; the WebSocket `/v1/replay/ws` takes the same query parameters and sends one JSON
 message per record, then the same `end_of_replay` trailer.
+The WebSocket `/v1/subscribe` delivers history (`since`), then what Kafka holds beyond the lake, then live records,
+in NDJSON frames each ending with a resumable `cursor` (close codes in its description below).
 Errors always look like `{"error": {"code", "message", "details"}}`. A value that breaks its parameter's schema below
-(type, range, pattern), or a parameter other than `symbols` given twice, answers 422; a query the schema allows but
+(type, range, pattern), or a parameter other than the lists (`symbols`,
+`exclude_conditions`, `exclude_venues`) given twice, answers 422; a query the schema allows but
 that cannot be answered as asked (start not before end, no such date or time zone, a cursor this API did not
 issue) answers 400 with code `invalid_query`."""
 
@@ -82,6 +96,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
     for module in (events, analytics, catalog, replay, pipeline):
         app.include_router(module.router, prefix="/v1", dependencies=secured, responses=refusals)
     app.include_router(replay.ws_router, prefix="/v1")
+    app.include_router(subscribe.ws_router, prefix="/v1")
     docs.install(app)  # /docs and /redoc, no key: like /openapi.json they describe the API, not its data
     dashboard.install(app)  # static pages, no key: they ask /v1 with the key the user gives them
     return app

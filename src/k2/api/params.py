@@ -116,6 +116,8 @@ PATTERN_HINTS = {
     "as_of": "pass a snapshot id from /v1/snapshots or an ISO-8601 instant with a zone, e.g. 2024-03-04T10:00:00Z",
     "cursor": "pass the next_cursor of the previous page unchanged",
     "interval": "pass a number and s/m/h/d, e.g. 1s, 1m, 15m, 1h, 1d",
+    "exclude_conditions": "give codes separated by commas, e.g. 1,3,9, or none to leave nothing out",
+    "exclude_venues": "give venue marks separated by commas, e.g. X",
 }
 
 

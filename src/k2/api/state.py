@@ -8,6 +8,7 @@ import asyncio
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from k2.api.errors import ApiError
 from k2.api.ratelimit import RateLimiter
 from k2.bus.stack import NO_KAFKA, existing_endpoints
 from k2.config import ApiSettings, Settings
+from k2.core import metrics
 from k2.core.breaker import CircuitBreaker
 from k2.query.engine import QueryEngine, QueryError
 from k2.query.fresh import FreshReader, FreshSource
@@ -44,6 +46,8 @@ class ApiState:
     _refreshed_at: float = field(init=False, default=-math.inf)
     _fresh: FreshReader | None = field(init=False, default=None)
     _fresh_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    _subscriptions: Counter[str] = field(init=False, default_factory=Counter)  # open subscriptions per key id
 
     breaker: CircuitBreaker = field(init=False)
 
@@ -82,6 +86,31 @@ class ApiState:
             if self._fresh is not None:
                 self._fresh.close()
                 self._fresh = None
+
+    @property
+    def open_subscriptions(self) -> dict[str, int]:
+        """Key id -> subscriptions it holds open now."""
+        return {key_id: count for key_id, count in self._subscriptions.items() if count}
+
+    @contextmanager
+    def subscription_slot(self, key_id: str) -> Iterator[None]:
+        """One of the key's `subscriptions_per_key` open subscriptions, held for the block; 429 when all are taken.
+        Called on the event loop only, so no lock."""
+        limit = self.api.subscriptions_per_key
+        if self._subscriptions[key_id] >= limit:
+            raise ApiError(
+                429,
+                f"key {key_id} already holds {limit} subscriptions (K2_API_SUBSCRIPTIONS_PER_KEY):"
+                " close one, or subscribe to several symbols in one",
+                code="too_many_subscriptions",
+            )
+        self._subscriptions[key_id] += 1
+        metrics.API_SUBSCRIPTIONS.inc()
+        try:
+            yield
+        finally:
+            self._subscriptions[key_id] -= 1
+            metrics.API_SUBSCRIPTIONS.dec()
 
     def require_engine(self) -> QueryEngine:
         if self.engine is None:

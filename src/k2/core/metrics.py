@@ -103,6 +103,19 @@ API_REQUEST_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+API_SUBSCRIPTIONS = Gauge("k2_api_subscriptions", "WebSocket subscriptions open on the API", registry=REGISTRY)
+API_SUBSCRIPTIONS_CLOSED = Counter(
+    "k2_api_subscriptions_closed_total",
+    "Subscriptions ended, by reason: client (it left), slow (4008: fell behind live), error (4xxx)",
+    ["reason"],
+    registry=REGISTRY,
+)
+API_SUBSCRIPTION_RECORDS = Counter(
+    "k2_api_subscription_records_total",
+    "Records sent to subscribers, by phase: history, tail, live",
+    ["phase"],
+    registry=REGISTRY,
+)
 
 # --- protection -----------------------------------------------------------------------------------------------
 DEGRADATION_LEVEL = Gauge(

@@ -137,12 +137,22 @@ def _unique_names(names: list[str]) -> list[str]:
     return unique
 
 
-def write_csv(table: pa.Table, out: TextIO) -> None:
-    """Header row, then one line per row ("\\n" line ends, minimal quoting)."""
+def write_csv(table: pa.Table, out: TextIO, *, header: bool = True) -> None:
+    """Header row (unless `header` is False: more rows of a stream), then one line per row ("\\n" line ends,
+    minimal quoting)."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(table.column_names)
+    if header:
+        writer.writerow(table.column_names)
     for row in _rows(table):
         writer.writerow([cell_text(v) for v in row])
+
+
+def write_ndjson(table: pa.Table, out: TextIO) -> None:
+    """One JSON object per row and line (as write_json's objects)."""
+    names = _unique_names(table.column_names)
+    for row in _rows(table):
+        out.write(json.dumps(dict(zip(names, row, strict=True)), ensure_ascii=False, allow_nan=False))
+        out.write("\n")
 
 
 def write_json(table: pa.Table, out: TextIO) -> None:

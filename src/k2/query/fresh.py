@@ -107,6 +107,16 @@ class Tail:
     skipped: int = 0
 
 
+@dataclass(frozen=True)
+class Boundary:
+    """Where the lake ends in the log: its newest snapshot, and per partition of the topics feeding the table the
+    first offset that snapshot has not got (the group's committed offset when higher); topic ids per topic."""
+
+    snapshot_id: int | None
+    start: dict[Partition, int]
+    topic_ids: dict[str, str]
+
+
 def feeding_topics(names: Sequence[str], spec: RecordSpec, exchange: str | None = None) -> list[str]:
     """The market topics (market.<asset_class>.<data_type>.<exchange>) whose records land in `spec`'s table.
 
@@ -142,41 +152,69 @@ class FreshReader:
         Raises confluent_kafka.KafkaException when the broker cannot be reached (check `source.bootstrap`).
         """
         spec = record_spec(kind, EVENT_SPECS)
-        source, settings = self.source, self.source.settings
-        topics = feeding_topics(list(self._admin.list_topics(timeout=10).topics), spec, exchange)
-        ids = topic_ids(self._admin, topics)
-        config = consumer_config(settings, source.bootstrap, source.group or settings.sink_group)
-        consumer = Consumer({**config, "fetch.wait.max.ms": _FETCH_WAIT_MS})
+        consumer = self.consumer()
         try:
-            metadata = consumer.list_topics(timeout=10)
-            partitions = [TopicPartition(t, p) for t in topics for p in sorted(metadata.topics[t].partitions)]
-            # Group offsets first, the table second: anything the group had committed is in the snapshot loaded next.
-            group = {(tp.topic, tp.partition): tp.offset for tp in fetch_committed(consumer, partitions)}
-            table = engine.table(spec.name)
-            snapshot_id = table.metadata.current_snapshot_id if table is not None else None
-            lake_next = next_offsets(table, ids) if table is not None else {}
-            start = {key: max(lake_next.get(key, 0), group.get(key, -1), 0) for key in group}
-            messages, end, caught_up = _consume(consumer, start, source)
+            boundary = self.lake_boundary(engine, spec, consumer, exchange)
+            messages, end, caught_up = _consume(consumer, boundary.start, self.source)
         finally:
             consumer.close()
-        rows, skipped = self._decode(spec, messages)
+        rows, skipped = self.decode(spec, messages)
         if not caught_up:
-            log.warning("fresh.budget_exhausted", table=spec.name, budget=source.budget_seconds, read=len(messages))
-        return Tail(rows, snapshot_id, start, end, ids, caught_up, skipped)
+            log.warning(
+                "fresh.budget_exhausted", table=spec.name, budget=self.source.budget_seconds, read=len(messages)
+            )
+        return Tail(rows, boundary.snapshot_id, boundary.start, end, boundary.topic_ids, caught_up, skipped)
 
-    def _decode(self, spec: RecordSpec, messages: list[Message]) -> tuple[pa.Table, int]:
-        """V2 rows from framed Avro messages (batch-decoded when written with the current schema); (rows, skipped)."""
-        by_schema: dict[int, list[bytes]] = {}
+    def consumer(self) -> Consumer:
+        """A consumer in the sink's group (to read its committed offsets) that is only ever assigned partitions:
+        it never joins the group nor commits, so the sink is not disturbed. The caller closes it."""
+        return Consumer({**self.consumer_config(), "fetch.wait.max.ms": _FETCH_WAIT_MS})
+
+    def consumer_config(self) -> dict[str, Any]:
+        """librdkafka settings of `consumer()`, for a caller that needs other fetch settings."""
+        source, settings = self.source, self.source.settings
+        return consumer_config(settings, source.bootstrap, source.group or settings.sink_group)
+
+    def logs(self, spec: RecordSpec, exchange: str | None = None) -> dict[str, str]:
+        """Topic -> topic id of the topics feeding `spec`'s table (those of `exchange` only, when given)."""
+        topics = feeding_topics(list(self._admin.list_topics(timeout=10).topics), spec, exchange)
+        return topic_ids(self._admin, topics)
+
+    def lake_boundary(
+        self, engine: QueryEngine, spec: RecordSpec, consumer: Consumer, exchange: str | None = None
+    ) -> Boundary:
+        """The table's newest snapshot and, per partition feeding it, the first offset that snapshot has not got
+        (`consumer`: one from `consumer()`, for the group's committed offsets)."""
+        ids = self.logs(spec, exchange)
+        metadata = consumer.list_topics(timeout=10)
+        partitions = [TopicPartition(t, p) for t in ids for p in sorted(metadata.topics[t].partitions)]
+        # Group offsets first, the table second: anything the group had committed is in the snapshot loaded next.
+        group = {(tp.topic, tp.partition): tp.offset for tp in fetch_committed(consumer, partitions)}
+        table = engine.table(spec.name)
+        snapshot_id = table.metadata.current_snapshot_id if table is not None else None
+        lake_next = next_offsets(table, ids) if table is not None else {}
+        start = {key: max(lake_next.get(key, 0), group.get(key, -1), 0) for key in group}
+        return Boundary(snapshot_id, start, ids)
+
+    def decode(self, spec: RecordSpec, messages: Sequence[Message]) -> tuple[pa.Table, int]:
+        """V2 rows from framed Avro messages, in the messages' order (batch-decoded when written with the current
+        schema); (rows, skipped)."""
+        runs: list[tuple[int, list[bytes]]] = []  # consecutive messages of one writer schema
         skipped = 0
         for msg in messages:
             value = msg.value()
             try:
-                by_schema.setdefault(schema_id_of(value), []).append(value)
+                schema_id = schema_id_of(value)
             except DecodeError:
                 skipped += 1
+                continue
+            if runs and runs[-1][0] == schema_id:
+                runs[-1][1].append(value)
+            else:
+                runs.append((schema_id, [value]))
         current = parsed_schema(spec)
         parts: list[pa.Table] = []
-        for schema_id, values in by_schema.items():
+        for schema_id, values in runs:
             try:
                 writer = fastavro.parse_schema(self._registry.schema_by_id(schema_id))
             except RegistryError as exc:
@@ -214,7 +252,7 @@ Kafka = FreshSource | FreshReader
 
 
 @contextmanager
-def _reader(kafka: Kafka) -> Iterator[FreshReader]:
+def opened_reader(kafka: Kafka) -> Iterator[FreshReader]:
     if isinstance(kafka, FreshReader):
         yield kafka
         return
@@ -224,7 +262,7 @@ def _reader(kafka: Kafka) -> Iterator[FreshReader]:
 
 def read_tail(engine: QueryEngine, kafka: Kafka, kind: str, *, exchange: str | None = None) -> Tail:
     """See FreshReader.tail."""
-    with _reader(kafka) as reader:
+    with opened_reader(kafka) as reader:
         return reader.tail(engine, kind, exchange=exchange)
 
 
@@ -246,12 +284,12 @@ def _consume(
                 continue
             messages.append(msg)
             position[(msg.topic(), msg.partition())] = msg.offset() + 1
-        if all(position[(tp.topic, tp.partition)] >= _fetched_end(consumer, tp) for tp in tps):
+        if all(position[(tp.topic, tp.partition)] >= fetched_end(consumer, tp) for tp in tps):
             return messages, position, True
     return messages, position, False
 
 
-def _fetched_end(consumer: Consumer, tp: TopicPartition) -> float:
+def fetched_end(consumer: Consumer, tp: TopicPartition) -> float:
     """The partition's end as of librdkafka's last fetch; infinite until a fetch has answered (nothing known yet).
 
     cached=True is right on the embedded broker where a ListOffsets query is not (docs/stack-notes.md, "Embedded
