@@ -152,6 +152,10 @@ def normalize_frames(
             table, ok = build(channel.decode(), [value for _, value in decoded], received, symbols, scale)
             per_frame += indexes[~ok].tolist()
             if table.num_rows:
+                sequence = pa.array(first_position + indexes[ok])  # platform_sequence: the frame's number
+                table = table.set_column(
+                    table.schema.get_field_index("platform_sequence"), table.schema.field("platform_sequence"), sequence
+                )
                 parts["quotes" if channel == b"bookTicker" else "trades"].append((table, indexes[ok]))
     records: dict[str, tuple[list[dict[str, Any]], list[int]]] = {"trades": ([], []), "quotes": ([], [])}
     rejects: list[Reject] = []

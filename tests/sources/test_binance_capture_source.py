@@ -6,6 +6,7 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 from k2.core.batch import SourceBatch
@@ -14,6 +15,7 @@ from k2.ingest.reconcile import Reconciliation
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as APRIL
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as OCTOBER
 from k2.samples import BINANCE_DEPTH_SNAPSHOTS_2021_10_12 as HTTP_ONLY
+from k2.sources.binance.capture import ws_frames
 from k2.sources.binance.capture_source import CaptureSource
 
 
@@ -58,11 +60,15 @@ def test_the_april_capture_loads_every_agg_trade_with_its_receipt_time() -> None
     btc = [r for r in rows(batches, "trades_v2") if r["symbol"] == "BTCUSDT"]
     assert [r["source_sequence"] for r in btc] == list(range(665076760, 665077987))
     first = btc[0]
-    # line 2: "1617566591.326123: ...", the first BTCUSDT aggTrade arrives on line 4 at 1617566592.629139
+    # line 2: "1617566591.326123: ...", the first BTCUSDT aggTrade arrives on line 8 at 1617566592.629139
     assert (first["timestamp"], first["ingestion_timestamp"]) == (1617566591314000, 1617566592629139)
     assert first["vendor_data"]["receive_time_us"] == "1617566592629139"
     assert first["vendor_data"]["event_time_us"] == "1617566591315000"
     assert (first["price"], first["quantity"], first["side"]) == (Decimal("58001.03"), Decimal("0.086205"), "SELL")
+    # platform_sequence is the capture's line number, as for other files
+    lines = {orjson.loads(f.raw)["data"]["a"]: f.line_no for f in ws_frames(APRIL) if b"btcusdt@aggTrade" in f.raw}
+    assert [r["platform_sequence"] for r in btc] == [lines[r["source_sequence"]] for r in btc]
+    assert btc[0]["platform_sequence"] == 8
 
 
 def test_the_october_capture_loads_its_quotes_on_the_capture_clock() -> None:

@@ -174,6 +174,10 @@ def test_a_batch_that_continues_every_stream_goes_out_as_tables() -> None:
     assert all(isinstance(b.table, pa.Table) for b in live.emitted)  # type: ignore[attr-defined]
     assert live._tracker.last == {("BTCUSDT", "aggTrade"): 1_099, ("ETHBTC", "bookTicker"): 9_000 + 3 * 99}
     assert live.stats.control_frames == 1 and not live.stats.gaps
+    # platform_sequence: each record's frame number in the stream (the subscription ack is frame 1)
+    tables = {b.spec.name: b.table for b in live.emitted}  # type: ignore[attr-defined]
+    assert tables["trades_v2"]["platform_sequence"].to_pylist() == list(range(2, 202, 2))
+    assert tables["quotes_v2"]["platform_sequence"].to_pylist() == list(range(3, 203, 2))
 
 
 def test_a_batch_resuming_right_after_the_lake_goes_out_as_tables() -> None:
@@ -213,6 +217,10 @@ def test_a_gap_mid_batch_is_filled_from_rest_before_the_id_that_revealed_it() ->
     trades = [r for b in live.emitted for r in b.all_records() if b.spec.name == "trades_v2"]  # type: ignore[attr-defined]
     assert [r["source_sequence"] for r in trades] == list(range(1_000, 1_100))
     assert [r["source_sequence"] for r in trades if r["vendor_data"].get("backfilled") == "rest"] == [1_040, 1_041]
+    # streamed trades keep their frame's number; REST fills came through no frame (nor carry an event time)
+    sequences = {r["source_sequence"]: r["platform_sequence"] for r in trades}
+    assert (sequences[1_039], sequences[1_040], sequences[1_041], sequences[1_042]) == (79, None, None, 83)
+    assert [r for r in trades if r["vendor_data"].get("backfilled") and "event_time_us" in r["vendor_data"]] == []
     gaps = [(g.first_missing, g.last_missing, g.filled, g.status) for g in live.stats.gaps]
     assert gaps == [(1_040, 1_041, 2, "filled")]
     gap_rows = [r for b in live.emitted for r in b.records if b.spec.name == "stream_gaps"]  # type: ignore[attr-defined]

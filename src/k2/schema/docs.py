@@ -24,6 +24,10 @@ Conventions:
 - `message_id` is a UUIDv5 over exchange, data type, symbol and the source's own id, so a record read twice gets
   the same id and is stored once. For ASX files, which carry no ids, the source id is the trading date, the row's
   text and its ordinal among identical rows of that symbol-day: appending or inserting a row changes no other id.
+- Binance rows keep in `vendor_data`: `channel` (aggTrade / trade / bookTicker), `receive_time_us` (when K2
+  received the frame), `event_time_us` (the stream event's time `E`; absent on trades filled from REST, for which
+  Binance answers no event time, and which carry `backfilled = rest` instead), and for quotes `timestamp_source`
+  (`event_time`, or `receive_time` for a spot bookTicker, which carries no time of its own).
 - Enums travel as Avro enums and are stored as strings in Iceberg.
 - Tables `market_data.<name>` are partitioned by `day(timestamp)` and `exchange`. Inside each file rows are sorted
   by `symbol`, then event time (`timestamp`, `source_sequence`, `message_id`), in row groups of 32,768 rows, so a

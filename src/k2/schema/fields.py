@@ -116,7 +116,8 @@ def _core_tail() -> tuple[FieldSpec, ...]:
         FieldSpec(
             "platform_sequence",
             Kind.LONG,
-            "Assigned by K2: monotonic per source stream (per file or per connection stream).",
+            "Assigned by K2, increasing along the source stream: the line number in a file (ASX, data.binance.vision,"
+            " a capture), the frame's number in a Binance stream's arrival order; null on trades filled from REST.",
             required=False,
         ),
         FieldSpec(

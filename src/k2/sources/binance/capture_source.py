@@ -198,7 +198,12 @@ class CaptureSource:
         client's batch normalizer), each with the rejects meant for it."""
         name = path.name
         frames = chunk.frames
-        normalized = normalize_frames([(f.raw, f.receipt_us) for f in frames], self.resolver, time_unit)
+        normalized = normalize_frames(
+            [(f.raw, f.receipt_us) for f in frames],
+            self.resolver,
+            time_unit,
+            sequences=[f.line_no for f in frames],  # platform_sequence: the line in the capture, as for other files
+        )
         self.passed += normalized.control_frames
         rejects = [
             Reject(BAD_LINE, f"{name} line {b.line_no}: {b.reason}", b.raw, str(path), b.line_no) for b in chunk.bad

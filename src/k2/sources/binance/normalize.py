@@ -459,7 +459,8 @@ def normalize_frame(
     Handles both raw (`/ws/<stream>`) and combined (`/stream?streams=`, `{"stream":..., "data":...}`) frames.
     None means "not a trade or quote, and not an error": subscription acknowledgements (`{"result":null,"id":1}`)
     and depth/kline/ticker events, which other consumers read. Anything else that does not normalize is a
-    Reject with its raw bytes; `origin`/`position` (stream name, frame number) locate it.
+    Reject with its raw bytes; `origin`/`position` (stream name, frame number) locate it, and a record's
+    platform_sequence is `position` (None when 0: no place in a stream given).
     """
     try:
         message = orjson.loads(raw)
@@ -477,13 +478,14 @@ def normalize_frame(
         if "error" in message or ("code" in message and "msg" in message):
             return _reject("error_response", f"Binance error frame: {raw[:200]!r}", raw, origin, position)
     kind = _kind(data, stream)
+    sequence = position or None  # the frame's number in its stream is the record's platform_sequence
     try:
         if kind == "aggTrade":
-            return normalize_agg_trade(data, symbols, receive_us, time_unit)
+            return normalize_agg_trade(data, symbols, receive_us, time_unit, platform_sequence=sequence)
         if kind == "trade":
-            return normalize_trade(data, symbols, receive_us, time_unit)
+            return normalize_trade(data, symbols, receive_us, time_unit, platform_sequence=sequence)
         if kind == "bookTicker":
-            return normalize_book_ticker(data, symbols, receive_us, time_unit)
+            return normalize_book_ticker(data, symbols, receive_us, time_unit, platform_sequence=sequence)
     except PayloadError as exc:
         return _reject(exc.reason, exc.detail, raw, origin, position)
     if kind is None or kind in PASSED_EVENTS:

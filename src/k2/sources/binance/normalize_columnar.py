@@ -79,11 +79,22 @@ def normalize_frames(
     *,
     origin: str = "binance-ws",
     first_position: int = 1,
+    sequences: Sequence[int] | None = None,
 ) -> FrameBatch:
     """(raw frame, receive time in µs) pairs → `FrameBatch`: for each frame what `normalize_frame(raw, symbols,
-    receive_us, time_unit, origin=origin, position=first_position + index)` gives, in columnar form."""
+    receive_us, time_unit, origin=origin, position=first_position + index)` gives, in columnar form.
+
+    Each record's platform_sequence is its frame's place in the source stream: `sequences[index]` when given (a
+    capture's line numbers), else its position (the frame's number in a stream's arrival order)."""
     raws = [frame[0] for frame in frames]
     received = [frame[1] for frame in frames]
+    if sequences is not None and len(sequences) != len(raws):
+        raise ValueError(f"{len(sequences)} sequences for {len(raws)} frames")
+    numbers = (
+        np.asarray(sequences, dtype=np.int64)
+        if sequences is not None
+        else np.arange(first_position, first_position + len(raws), dtype=np.int64)
+    )
     scale = 1 if time_unit == TimeUnit.MICROSECOND else 1_000
     parts: dict[str, list[tuple[pa.Table, np.ndarray]]] = {"trades": [], "quotes": []}
     done = np.zeros(len(raws), dtype=bool)
@@ -100,7 +111,13 @@ def normalize_frames(
             if match is not None:
                 done[match.rows] = True
                 kind = "quotes" if template.kind == "bookTicker" else "trades"
-                parts[kind].append((_BUILDERS[template.kind](match, buffer.received[match.rows], scale), match.rows))
+                table = _BUILDERS[template.kind](match, buffer.received[match.rows], scale)
+                table = table.set_column(
+                    table.schema.get_field_index("platform_sequence"),
+                    table.schema.field("platform_sequence"),
+                    pa.array(numbers[match.rows]),
+                )
+                parts[kind].append((table, match.rows))
     records: dict[str, tuple[list[dict[str, Any]], list[int]]] = {"trades": ([], []), "quotes": ([], [])}
     rejects: list[Reject] = []
     control = 0
@@ -113,6 +130,7 @@ def normalize_frames(
         elif isinstance(result, Reject):
             rejects.append(result)
         else:
+            result["platform_sequence"] = int(numbers[index])  # differs from the position only for `sequences`
             kind_records, kind_frames = records["quotes" if "quote_id" in result else "trades"]
             kind_records.append(result)
             kind_frames.append(index)
@@ -339,7 +357,7 @@ def _common(match: _Match, data_type: str, channel: str, source_id: str, receive
         "currency": match.currency,
         "source_sequence": pa.array(match.ints[source_id]),
         "ingestion_timestamp": pa.array(received, type=_TIMESTAMP),
-        "platform_sequence": pa.nulls(n, pa.int64()),
+        "platform_sequence": pa.nulls(n, pa.int64()),  # the frames' places in their stream: normalize_frames sets it
     }
 
 
