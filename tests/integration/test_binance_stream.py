@@ -259,3 +259,83 @@ def test_k2_stream_binance_flushes_and_exits_cleanly_on_sigterm(settings: Settin
         assert proc.wait(60) == 0, log.read_text()
     assert "OK: every record accounted for" in log.read_text()
     assert _btc_agg_ids(settings) == list(range(BTC_FIRST, BTC_LAST + 1))
+
+
+# Symbols quoted in AUD, BRL, ETH, BNB and USDC, as the shipped exchangeInfo (2021-10-12) lists them.
+QUOTED_IN = {"BTCAUD": "AUD", "ETHBRL": "BRL", "QTUMETH": "ETH", "AXSBNB": "BNB", "NEOUSDC": "USDC"}
+
+
+def _newer_format_capture(path: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """A capture in the newer cryptofeed format (a `configuration:` line first, then the usual lines) with three
+    aggTrades and two bookTickers per symbol of QUOTED_IN, one aggTrade frame recorded twice. Returns each symbol's
+    trade times (ms) and quote receipt times (µs)."""
+    streams = "/".join(f"{s.lower()}@{c}" for s in QUOTED_IN for c in ("aggTrade", "bookTicker"))
+    lines = [
+        "configuration: {'log': {'filename': 'demo.log', 'level': 'WARNING'}, 'uvloop': True}",
+        f"wss://stream.binance.com:9443/stream?streams={streams} <-> 1633998512.000000",
+    ]
+    trade_ms: dict[str, list[int]] = {}
+    quote_us: dict[str, list[int]] = {}
+    receipt_us = 1633998512_100000
+    for n, symbol in enumerate(QUOTED_IN):
+        for k in range(3):
+            receipt_us += 1_237
+            time_ms = receipt_us // 1000 - 40
+            trade_ms.setdefault(symbol, []).append(time_ms)
+            data = (
+                f'{{"e":"aggTrade","E":{time_ms + 1},"s":"{symbol}","a":{1000 * n + k},"p":"{n + 1}.0{k}000000",'
+                f'"q":"0.50000000","f":{5000 + k},"l":{5000 + k},"T":{time_ms},"m":false,"M":true}}'
+            )
+            frame = f'{_seconds(receipt_us)}: {{"stream":"{symbol.lower()}@aggTrade","data":{data}}}'
+            lines += [frame, frame] if (symbol, k) == ("BTCAUD", 1) else [frame]  # the duplicate: stored once
+        for k in range(2):
+            receipt_us += 911
+            quote_us.setdefault(symbol, []).append(receipt_us)
+            data = (
+                f'{{"u":{700 + k},"s":"{symbol}","b":"{n + 1}.00000000","B":"1.00000000",'
+                f'"a":"{n + 1}.10000000","A":"2.00000000"}}'
+            )
+            lines.append(f'{_seconds(receipt_us)}: {{"stream":"{symbol.lower()}@bookTicker","data":{data}}}')
+    path.write_text("\n".join(lines) + "\n")
+    return trade_ms, quote_us
+
+
+def _seconds(us: int) -> str:
+    """Microseconds as a capture writes times: seconds with six decimals."""
+    return f"{us // 1_000_000}.{us % 1_000_000:06d}"
+
+
+def test_a_newer_format_capture_in_five_quote_currencies_streams_exactly_on_its_own_clock(
+    settings: Settings, tmp_path: Path
+) -> None:
+    capture = tmp_path / "BINANCE.ws.newer.0"
+    trade_ms, quote_us = _newer_format_capture(capture)
+    with BinanceEmulator([capture], speed=0, clock="recorded").run_in_thread() as endpoints:
+        recon, _ = stream_binance(
+            settings,
+            list(QUOTED_IN),
+            ["aggTrade", "bookTicker"],
+            endpoints.ws_url,
+            endpoints.rest_url,
+            duration=4,
+            console=QUIET,
+        )
+    assert recon.ok
+    trades = lake_query(
+        settings,
+        "SELECT symbol, currency, source_sequence, epoch_us(timestamp) FROM market_data.trades_v2 ORDER BY ALL",
+    )
+    # every trade id once (the doubled frame too), in its symbol's quote currency, at its trade time
+    assert trades == sorted(
+        (symbol, QUOTED_IN[symbol], 1000 * n + k, trade_ms[symbol][k] * 1000)
+        for n, symbol in enumerate(QUOTED_IN)
+        for k in range(3)
+    )
+    quotes = lake_query(
+        settings,
+        "SELECT symbol, currency, source_sequence, epoch_us(timestamp) FROM market_data.quotes_v2 ORDER BY ALL",
+    )
+    # every quote at the moment the capture received it, on the same clock as the trades
+    assert quotes == sorted(
+        (symbol, QUOTED_IN[symbol], 700 + k, quote_us[symbol][k]) for symbol in QUOTED_IN for k in range(2)
+    )
