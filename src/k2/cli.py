@@ -225,6 +225,13 @@ def emulate_binance(
         " disconnect-every, stall-every, stall-seconds, shutdown-after (seconds; serverShutdown), seed, streams"
         " (kinds joined by +), e.g. drop=0.01,disconnect-every=30,streams=aggTrade",
     ),
+    exchange_info: Path = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="A saved GET /api/v3/exchangeInfo response (.json or .json.gz) to serve, e.g. a full one for captures"
+        " of symbols the shipped 2021-10-12 excerpt does not list",
+    ),
     metrics_port: int = _METRICS_PORT,
 ) -> None:
     """Serve the Binance spot WebSocket + REST API on 127.0.0.1 from captures or synthetic traffic."""
@@ -234,6 +241,9 @@ def emulate_binance(
     FaultSpec.parse(faults)  # a mistake is one line here, before anything starts
     argv = ["--speed", str(speed), "--port", str(port), "--symbols", str(symbol_count), "--rate", str(rate)]
     argv += ["--faults", faults, "--clock", clock.value]
+    if exchange_info is not None:
+        _binance_symbols(exchange_info)  # not an exchangeInfo response: one line, before anything starts
+        argv += ["--exchange-info", str(exchange_info)]
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
     for path in capture:

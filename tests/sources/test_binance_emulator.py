@@ -647,3 +647,34 @@ def test_k2_emulate_binance_injects_the_faults_it_is_given() -> None:
     finally:
         process.terminate()
         process.wait(15)
+
+
+@pytest.mark.timeout(60)
+def test_k2_emulate_binance_serves_the_exchange_info_it_is_given(tmp_path: Path) -> None:
+    # a response of the recorded symbols' own objects, cut to two of them: the emulator serves it as given
+    document = json.loads(BINANCE_EXCHANGE_INFO.read_bytes())
+    document["symbols"] = [s for s in document["symbols"] if s["symbol"] in {"BTCAUD", "ETHBRL"}]
+    given = tmp_path / "exchangeInfo.json"
+    given.write_text(json.dumps(document))
+    command = [sys.executable, "-m", "k2.cli", "emulate", "binance", "--synthetic", "--symbols", "1", "--port", "0"]
+    process = subprocess.Popen([*command, "--exchange-info", str(given)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        rest_url = re.search(r"rest (http://127\.0\.0\.1:\d+)", process.stdout.readline())
+        assert rest_url is not None
+        served = httpx.get(f"{rest_url[1]}/api/v3/exchangeInfo").json()
+        # the synthetic market declares its own symbol beside the given ones
+        assert {s["symbol"]: s["quoteAsset"] for s in served["symbols"]} == {
+            "BTCAUD": "AUD",
+            "ETHBRL": "BRL",
+            "SYN0USDT": "USDT",
+        }
+    finally:
+        process.terminate()
+        process.wait(15)
+
+    not_info = tmp_path / "not-exchange-info.json"
+    not_info.write_text('{"serverTime": 1}')
+    refused = subprocess.run([*command, "--exchange-info", str(not_info)], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: --exchange-info: ") and len(refused.stderr.splitlines()) == 1

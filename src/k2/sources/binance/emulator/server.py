@@ -296,6 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-wait", action="store_true", help="start replay at once, not on the first subscriber")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on 127.0.0.1:PORT")
     parser.add_argument(
+        "--exchange-info",
+        type=Path,
+        default=BINANCE_EXCHANGE_INFO,
+        help="the GET /api/v3/exchangeInfo response to serve (.json or .json.gz; default: the shipped 2021-10-12 one)",
+    )
+    parser.add_argument(
         "--faults",
         type=FaultSpec.parse,
         default=FaultSpec(),
@@ -317,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_port=args.port,
         rest_port=rest_port,
         wait_for_subscriber=not args.no_wait,
+        exchange_info=args.exchange_info,
         clock=args.clock,
     )
 
