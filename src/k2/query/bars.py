@@ -148,13 +148,18 @@ class PerExchange:
         return f"CASE exchange {whens} ELSE ?{cast} END", [*params, self.other]
 
 
+def day_zone(tz: str | None, exchange: str) -> str:
+    """The zone whose midnight starts `exchange`'s days: `tz` when given, else its trading-day zone."""
+    return zone(tz) if tz is not None else venue(exchange).zone
+
+
 def bar_zones(tz: str | None, exchange: str | None) -> PerExchange:
     """The zone bars start their days in: `tz` when given, else the exchange's trading-day zone (k2.query.venues)
     — per row's exchange when no exchange is named, so each series is in its own exchange's days."""
     if tz is not None:
         return PerExchange(fixed=zone(tz))
     if exchange is not None:
-        return PerExchange(fixed=venue(exchange).zone)
+        return PerExchange(fixed=day_zone(None, exchange))
     return PerExchange(by_exchange=tuple((name, v.zone) for name, v in VENUES.items()), other=OTHER_VENUE.zone)
 
 

@@ -9,13 +9,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.lake.tables import table_identifier
-from k2.query.bars import bars, zone
+from k2.query.bars import bars, day_zone
 from k2.query.engine import QueryEngine
 from k2.query.filters import EVENT_SPECS, record_spec, where
 from k2.query.market import Symbols
 from k2.query.snapshots import lineage, pinned_snapshot
 from k2.query.timetravel import AsOf
-from k2.query.venues import venue
 from k2.schema.fields import ALL_RECORDS
 
 _DAILY_COLUMNS = ("date", "symbol", "exchange", "open", "high", "low", "close", "volume", "vwap", "trade_count")
@@ -49,7 +48,7 @@ def daily_summary(
     trading days (k2.query.venues: Australia/Sydney for ASX, so a session is one day), or `tz` days when given.
     """
     daily = bars(engine, symbols, "1d", start, end, exchange=exchange, tz=tz, as_of=as_of)
-    zones = {name: ZoneInfo(zone(tz) if tz else venue(name).zone) for name in set(daily.column("exchange").to_pylist())}
+    zones = {name: ZoneInfo(day_zone(tz, name)) for name in set(daily.column("exchange").to_pylist())}
     dates = pa.array(
         [
             moment.astimezone(zones[name]).date()
