@@ -111,12 +111,7 @@ def normalize_frames(
             if match is not None:
                 done[match.rows] = True
                 kind = "quotes" if template.kind == "bookTicker" else "trades"
-                table = _BUILDERS[template.kind](match, buffer.received[match.rows], scale)
-                table = table.set_column(
-                    table.schema.get_field_index("platform_sequence"),
-                    table.schema.field("platform_sequence"),
-                    pa.array(numbers[match.rows]),
-                )
+                table = _BUILDERS[template.kind](match, buffer.received[match.rows], numbers[match.rows], scale)
                 parts[kind].append((table, match.rows))
     records: dict[str, tuple[list[dict[str, Any]], list[int]]] = {"trades": ([], []), "quotes": ([], [])}
     rejects: list[Reject] = []
@@ -346,7 +341,9 @@ def _vendor_map(items: dict[str, pa.Array | str], n: int) -> pa.MapArray:
     return pa.MapArray.from_arrays(offsets, keys, pa.concat_arrays(values).take(cells), type=_MAP)
 
 
-def _common(match: _Match, data_type: str, channel: str, source_id: str, received: np.ndarray) -> dict[str, Any]:
+def _common(
+    match: _Match, data_type: str, channel: str, source_id: str, received: np.ndarray, sequences: np.ndarray
+) -> dict[str, Any]:
     n = len(match.rows)
     names = join_names(match.texts["s"], f"|{channel}:", match.texts[source_id])
     return {
@@ -357,11 +354,11 @@ def _common(match: _Match, data_type: str, channel: str, source_id: str, receive
         "currency": match.currency,
         "source_sequence": pa.array(match.ints[source_id]),
         "ingestion_timestamp": pa.array(received, type=_TIMESTAMP),
-        "platform_sequence": pa.nulls(n, pa.int64()),  # the frames' places in their stream: normalize_frames sets it
+        "platform_sequence": pa.array(sequences, pa.int64()),  # the frames' places in their stream
     }
 
 
-def _trades_table(match: _Match, received: np.ndarray, scale: int, channel: str) -> pa.Table:
+def _trades_table(match: _Match, received: np.ndarray, sequences: np.ndarray, scale: int, channel: str) -> pa.Table:
     """normalize_agg_trade / normalize_trade for every matched row."""
     n = len(match.rows)
     trade_id = "a" if channel == "aggTrade" else "t"
@@ -374,7 +371,7 @@ def _trades_table(match: _Match, received: np.ndarray, scale: int, channel: str)
     if channel == "trade" and "b" in match.texts:
         vendor |= {"buyer_order_id": match.texts["b"], "seller_order_id": match.texts["a"]}
     vendor["is_best_match"] = match.texts["M"]
-    columns = _common(match, DataType.TRADES.value, channel, trade_id, received) | {
+    columns = _common(match, DataType.TRADES.value, channel, trade_id, received, sequences) | {
         "trade_id": match.texts[trade_id],
         "timestamp": pa.array(match.ints["T"] * scale, type=_TIMESTAMP),
         "price": _decimal_column(match.decimals["p"]),
@@ -390,7 +387,7 @@ def _trades_table(match: _Match, received: np.ndarray, scale: int, channel: str)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
-def _quotes_table(match: _Match, received: np.ndarray, scale: int) -> pa.Table:
+def _quotes_table(match: _Match, received: np.ndarray, sequences: np.ndarray, scale: int) -> pa.Table:
     """normalize_book_ticker for every matched row: a side priced 0 (no order) is null, price and quantity."""
     n = len(match.rows)
     bid, ask = match.decimals["b"], match.decimals["a"]
@@ -400,7 +397,7 @@ def _quotes_table(match: _Match, received: np.ndarray, scale: int) -> pa.Table:
         "receive_time_us": pa.array(received).cast(pa.string()),
         "timestamp_source": "receive_time",  # spot bookTicker has no event time (see normalize_book_ticker)
     }
-    columns = _common(match, DataType.QUOTES.value, "bookTicker", "u", received) | {
+    columns = _common(match, DataType.QUOTES.value, "bookTicker", "u", received, sequences) | {
         "quote_id": match.texts["u"],
         "timestamp": pa.array(received, type=_TIMESTAMP),
         "bid_price": _decimal_column(bid, has_bid),
@@ -417,7 +414,7 @@ _TRADE_CONDITIONS = arrow_schema(TRADES_V2).field("trade_conditions").type
 _NO_STRINGS = pa.array([], pa.string())
 _SIDES = pa.array([Side.BUY.value, Side.SELL.value])  # indexed by m: the buyer was the maker, so the taker sold
 _BUILDERS = {
-    "aggTrade": lambda match, received, scale: _trades_table(match, received, scale, "aggTrade"),
-    "trade": lambda match, received, scale: _trades_table(match, received, scale, "trade"),
+    "aggTrade": lambda match, received, sequences, scale: _trades_table(match, received, sequences, scale, "aggTrade"),
+    "trade": lambda match, received, sequences, scale: _trades_table(match, received, sequences, scale, "trade"),
     "bookTicker": _quotes_table,
 }
