@@ -459,6 +459,26 @@ def test_depth_answers_the_book_where_the_replay_is(start: Callable[..., Endpoin
     assert depth["bids"][0] == ["58005.11000000", "1.48637600"]  # the exact text of the frames
 
 
+def test_the_hubs_book_skips_an_unreadable_diff_and_a_later_captured_snapshot_repairs_it() -> None:
+    hub = Hub(FaultPlan(FaultSpec()))
+    hub.add_snapshot("BTCUSDT", {"lastUpdateId": 10, "bids": [["1.00000000", "1.00000000"]], "asks": []})
+    hub.add_snapshot("BTCUSDT", {"lastUpdateId": 20, "bids": [["2.00000000", "1.00000000"]], "asks": []})
+    hub.add_snapshot("ETHUSDT", {"lastUpdateId": 1, "bids": "none", "asks": []})  # unusable: served as recorded
+
+    def diff(first: int, last: int, bids: list[list[str]]) -> dict[str, Any]:
+        return {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "U": first, "u": last, "b": bids, "a": []}
+
+    hub.publish("btcusdt@depth@100ms", diff(11, 12, [["1.00000000", "3.00000000"]]))
+    book = asyncio.run(hub.current_book("BTCUSDT", 0.1))
+    assert book is not None and (book.last_update_id, book.top(5)) == (12, ([(Decimal(1), Decimal(3))], []))
+    hub.publish("btcusdt@depth@100ms", diff(13, 14, [["bad", "1"]]))  # sent as recorded, not in the book
+    assert asyncio.run(hub.current_book("BTCUSDT", 0.1)) is None  # the replay is past the book: no answer from it
+    hub.publish("btcusdt@depth@100ms", diff(15, 21, [["2.00000000", "0.50000000"]]))  # 13-14 missing: repaired by 20
+    book = asyncio.run(hub.current_book("BTCUSDT", 0.1))
+    assert book is not None and (book.last_update_id, book.top(5)) == (21, ([(Decimal(2), Decimal("0.5"))], []))
+    assert asyncio.run(hub.current_book("ETHUSDT", 0.1)) is None
+
+
 def test_a_depth_fault_hits_both_diff_depth_streams_and_nothing_else() -> None:
     plan = FaultPlan(FaultSpec(drop_probability=1.0, stream_kinds=("depth",)))
     assert [plan.decide(s) for s in ("btcusdt@depth@100ms", "btcusdt@depth", "btcusdt@aggTrade")] == [

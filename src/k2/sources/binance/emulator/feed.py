@@ -34,6 +34,7 @@ from k2.sources.binance.book import BookGap, BookSync, OrderBook, parse_depth_di
 from k2.sources.binance.capture import ReplayClock
 from k2.sources.binance.emulator.capture import Capture
 from k2.sources.binance.emulator.faults import FaultPlan, FrameFault
+from k2.sources.binance.normalize import PayloadError
 
 # web-socket-streams: "All time and timestamp related fields are milliseconds by default. To receive the information
 # in microseconds, please add the parameter timeUnit=MICROSECOND". These are the time fields of the market streams.
@@ -249,18 +250,26 @@ class Hub:
         self.symbols.add(symbol)
         self.snapshots.setdefault(symbol, body)
         if symbol not in self.books:
+            try:
+                snapshot = parse_depth_snapshot(body, symbol, 0)
+            except PayloadError as exc:  # served as recorded; no book moves from it
+                log.warning("emulator.snapshot_unusable", symbol=symbol, error=exc.detail)
+                return
             self.books[symbol] = BookSync(symbol)
-            self.books[symbol].on_snapshot(parse_depth_snapshot(body, symbol, 0))
+            self.books[symbol].on_snapshot(snapshot)
         else:
             later = self._later_snapshots.setdefault(symbol, [])
             later.append(body)
-            later.sort(key=lambda snapshot: snapshot["lastUpdateId"])
+            later.sort(key=lambda snapshot: ident if type(ident := snapshot.get("lastUpdateId")) is int else -1)
 
     def _move_book(self, symbol: str, data: dict[str, Any]) -> None:
         sync = self.books.get(symbol)
         if sync is not None:
-            outcome = sync.on_diff(parse_depth_diff(data, 0))
-            if isinstance(outcome, BookGap):
+            try:
+                diff = parse_depth_diff(data, 0)
+            except PayloadError:  # sent as recorded; the book notes the lost ids at the next diff and is repaired
+                diff = None
+            if diff is not None and isinstance(outcome := sync.on_diff(diff), BookGap):
                 self._repair(sync, outcome)
         self._depth_published.set()
         self._depth_published = asyncio.Event()
@@ -270,13 +279,18 @@ class Hub:
         later = self._later_snapshots.get(sync.symbol, [])
         while later:
             body = later.pop(0)
-            if body["lastUpdateId"] >= gap.last_missing:
-                sync.on_snapshot(parse_depth_snapshot(body, sync.symbol, 0))
+            try:
+                snapshot = parse_depth_snapshot(body, sync.symbol, 0)
+            except PayloadError:
+                continue
+            if snapshot.last_update_id >= gap.last_missing:
+                sync.on_snapshot(snapshot)
                 return
 
     async def current_book(self, symbol: str, timeout: float) -> OrderBook | None:
         """The symbol's book as of the last diff published, waiting (at most `timeout` seconds) for the replay to
-        reach its captured snapshot; None when there is none to answer from (no snapshot, or the replay stalled)."""
+        reach its captured snapshot; None when there is none to answer from (no snapshot, the replay stalled, or the
+        book is behind the replay until a captured snapshot repairs it)."""
         sync = self.books.get(symbol)
         if sync is None:
             return None
@@ -284,7 +298,8 @@ class Hub:
         deadline = loop.time() + timeout
         while True:
             book_id = sync.book.last_update_id
-            if sync.synced and book_id is not None and self.last_update_id.get(symbol, -1) >= book_id:
+            # exactly where the replay is: not before it reached the snapshot, nor behind an unreadable diff
+            if sync.synced and book_id is not None and self.last_update_id.get(symbol) == book_id:
                 return sync.book
             remaining = deadline - loop.time()
             if remaining <= 0:
