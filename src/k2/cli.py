@@ -181,13 +181,18 @@ def _serve_metrics(port: int | None) -> None:
 @stream_app.command("binance")
 def stream_binance_cmd(
     symbols: str = typer.Option("BTCUSDT,ETHUSDT", help="Comma-separated symbols"),
-    channels: str = typer.Option("trade,aggTrade,bookTicker", help="Comma-separated: trade, aggTrade, bookTicker"),
+    channels: str = typer.Option(
+        "trade,aggTrade,bookTicker",
+        help="Comma-separated: trade, aggTrade, bookTicker, depth or depth@100ms (order books: diffs every 1000 or"
+        " 100 ms, with REST snapshots)",
+    ),
     endpoint: str = typer.Option(None, help="WebSocket base, e.g. ws://127.0.0.1:9443 (default: Binance)"),
     rest_endpoint: str = typer.Option(None, help="REST base, e.g. http://127.0.0.1:9444 (default: Binance)"),
     duration: float = typer.Option(None, help="Stop after this many seconds (default: until SIGTERM/Ctrl-C)"),
     metrics_port: int = _METRICS_PORT,
 ) -> None:
-    """Stream Binance spot trades/quotes; on stop, flush and return once everything produced is in the lake."""
+    """Stream Binance spot trades, quotes and order books; on stop, flush and return once everything produced is in
+    the lake."""
     _serve_metrics(metrics_port)
     from k2.ingest.streaming import stream_binance
     from k2.sources.binance.client import DEFAULT_REST_ENDPOINT, DEFAULT_WS_ENDPOINT

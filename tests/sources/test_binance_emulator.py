@@ -31,11 +31,13 @@ from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.schema.fields import QUOTES_V2, TRADES_V2
 from k2.sources.binance.capture_source import CaptureSource
 from k2.sources.binance.emulator import BinanceEmulator, Endpoints, FaultSpec, Limits, ReplayClock, SyntheticSpec
-from k2.sources.binance.emulator.faults import FaultPlan
+from k2.sources.binance.emulator.faults import FaultPlan, FrameFault
 from k2.sources.binance.emulator.feed import Hub
 from k2.sources.binance.emulator.rest import create_app
 from k2.sources.binance.normalize import TimeUnit, normalize_frame
 from k2.sources.binance.symbols import shipped_directory
+from tests.sources.book_oracle import read_depth
+from tests.sources.book_oracle import replay as oracle_replay
 
 # data/samples/binance/README.md: BTCUSDT has 1,227 consecutive aggregate ids in the April capture.
 BTC_AGG_IDS = list(range(665076760, 665077987))
@@ -431,6 +433,64 @@ def test_a_replay_puts_trades_and_quotes_on_one_clock(start: Callable[..., Endpo
 
 
 @pytest.mark.timeout(30)
+def test_depth_answers_the_book_where_the_replay_is(start: Callable[..., Endpoints]) -> None:
+    diffs, snapshots = read_depth(APRIL)
+    (captured,) = snapshots["BTCUSDT"]
+    *_, (last, bids, asks) = oracle_replay(captured, diffs["BTCUSDT"])
+    faults = FaultSpec(drop_probability=0.5, stream_kinds=("depth",), seed=3)  # what a client loses moves the book too
+    ws_url, rest_url = start([APRIL], speed=0, faults=faults)
+
+    emulator = start.emulator  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        async with connect(f"{ws_url}/ws/btcusdt@depth@100ms"):  # the replay starts with its first subscriber
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(emulator.wait_replayed(), emulator._loop))
+
+    run(scenario)
+    assert emulator.counts["drop"] > 0
+    with httpx.Client(base_url=rest_url) as client:
+        depth = client.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 1000}).json()
+    assert depth["lastUpdateId"] == last.last  # the capture's last BTCUSDT diff, not the captured snapshot's id
+    assert len(depth["bids"]) == min(1000, len(bids)) and len(depth["asks"]) == min(1000, len(asks))
+    assert [[Decimal(p), Decimal(q)] for p, q in depth["bids"]] == [[p, bids[p]] for p in sorted(bids, reverse=True)][
+        :1000
+    ]
+    assert [[Decimal(p), Decimal(q)] for p, q in depth["asks"]] == [[p, asks[p]] for p in sorted(asks)][:1000]
+    assert depth["bids"][0] == ["58005.11000000", "1.48637600"]  # the exact text of the frames
+
+
+def test_the_hubs_book_skips_an_unreadable_diff_and_a_later_captured_snapshot_repairs_it() -> None:
+    hub = Hub(FaultPlan(FaultSpec()))
+    hub.add_snapshot("BTCUSDT", {"lastUpdateId": 10, "bids": [["1.00000000", "1.00000000"]], "asks": []})
+    hub.add_snapshot("BTCUSDT", {"lastUpdateId": 20, "bids": [["2.00000000", "1.00000000"]], "asks": []})
+    hub.add_snapshot("ETHUSDT", {"lastUpdateId": 1, "bids": "none", "asks": []})  # unusable: served as recorded
+
+    def diff(first: int, last: int, bids: list[list[str]]) -> dict[str, Any]:
+        return {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "U": first, "u": last, "b": bids, "a": []}
+
+    hub.publish("btcusdt@depth@100ms", diff(11, 12, [["1.00000000", "3.00000000"]]))
+    book = asyncio.run(hub.current_book("BTCUSDT", 0.1))
+    assert book is not None and (book.last_update_id, book.top(5)) == (12, ([(Decimal(1), Decimal(3))], []))
+    hub.publish("btcusdt@depth@100ms", diff(13, 14, [["bad", "1"]]))  # sent as recorded, not in the book
+    assert asyncio.run(hub.current_book("BTCUSDT", 0.1)) is None  # the replay is past the book: no answer from it
+    hub.publish("btcusdt@depth@100ms", diff(15, 21, [["2.00000000", "0.50000000"]]))  # 13-14 missing: repaired by 20
+    book = asyncio.run(hub.current_book("BTCUSDT", 0.1))
+    assert book is not None and (book.last_update_id, book.top(5)) == (21, ([(Decimal(2), Decimal("0.5"))], []))
+    assert asyncio.run(hub.current_book("ETHUSDT", 0.1)) is None
+
+
+def test_a_depth_fault_hits_both_diff_depth_streams_and_nothing_else() -> None:
+    plan = FaultPlan(FaultSpec(drop_probability=1.0, stream_kinds=("depth",)))
+    assert [plan.decide(s) for s in ("btcusdt@depth@100ms", "btcusdt@depth", "btcusdt@aggTrade")] == [
+        FrameFault.DROP,
+        FrameFault.DROP,
+        FrameFault.NONE,
+    ]
+    only_fast = FaultPlan(FaultSpec(drop_probability=1.0, stream_kinds=("depth@100ms",)))
+    assert [only_fast.decide(s) for s in ("btcusdt@depth@100ms", "btcusdt@depth")] == [FrameFault.DROP, FrameFault.NONE]
+
+
+@pytest.mark.timeout(30)
 def test_rest_agg_trades_from_id_is_inclusive_and_matches_the_stream(start: Callable[..., Endpoints]) -> None:
     ws_url, rest_url = start([APRIL], speed=0)
 
@@ -463,7 +523,8 @@ def test_rest_agg_trades_from_id_is_inclusive_and_matches_the_stream(start: Call
         assert sum(Decimal(trade["qty"]) for trade in derived) == Decimal(multi["q"])
         assert {trade["price"] for trade in derived} == {multi["p"]}
         depth = client.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 5}).json()
-        assert depth["lastUpdateId"] == 9893033066 and len(depth["bids"]) == 5  # the captured snapshot
+        # the captured snapshot, moved by the diffs replayed since (test_depth_answers_the_book_where_the_replay_is)
+        assert depth["lastUpdateId"] >= 9893033066 and len(depth["bids"]) == 5
         assert client.get("/api/v3/aggTrades", params={"symbol": "NOPE"}).json() == {
             "code": -1121,
             "msg": "Invalid symbol.",

@@ -40,6 +40,8 @@ BINANCE_TOPICS = [
     TopicName(AssetClass.CRYPTO, DataType.TRADES, EXCHANGE),
     TopicName(AssetClass.CRYPTO, DataType.QUOTES, EXCHANGE),
     TopicName(AssetClass.CRYPTO, DataType.GAPS, EXCHANGE),
+    TopicName(AssetClass.CRYPTO, DataType.BOOK_UPDATES, EXCHANGE),
+    TopicName(AssetClass.CRYPTO, DataType.BOOK_SNAPSHOTS, EXCHANGE),
 ]
 
 
@@ -126,7 +128,8 @@ def stream_binance(
             recon.sink = alongside.wait()
         recon.landed = True
     stats = live.stats
-    recon.read = stats.frames + stats.backfilled
+    # a depth frame is read as the rows it made (one per level), a fetched snapshot as its levels
+    recon.read = stats.frames - stats.book_frames + stats.book_rows + stats.backfilled
     recon.skipped.update(
         {"duplicate_frame": stats.duplicates, "stale_quote": stats.stale, "not_trade_or_quote": stats.control_frames}
     )

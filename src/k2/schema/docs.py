@@ -43,7 +43,9 @@ Conventions:
   `first_update_id` is the previous event's `last_update_id + 1`; a hole means updates were lost and the book is
   known again only from the next snapshot. The source ids of `message_id` are
   `depth:<last_update_id>:<side>:<price>` and `snapshot:<last_update_id>:<side>:<price>` (price with 8
-  decimals), so a level read twice is stored once.
+  decimals), so a level read twice is stored once. A Binance snapshot's `timestamp` is when K2 received it
+  (`vendor_data.timestamp_source = receive_time`: a capture), or, streamed live, the event time of the newest diff
+  the stream had delivered when it came (`stream_event_time`): snapshot and updates then share the venue's clock.
 """
 
 

@@ -83,6 +83,7 @@ class BookRecorder:
         self.max_buffered = max_buffered
         self.books: dict[str, BookSync] = {}
         self.streams: dict[str, str] = {}  # per symbol, the stream name its latest diff frame came on
+        self.event_us: dict[str, int] = {}  # per symbol, the newest event time of its diffs: the venue's clock
 
     def _sync(self, symbol: str) -> BookSync:
         sync = self.books.get(symbol)
@@ -118,6 +119,7 @@ class BookRecorder:
             return depth_reject(exc, raw, origin, position)
         if stream is not None:
             self.streams[diff.symbol] = stream
+        self.event_us[diff.symbol] = max(diff.event_us, self.event_us.get(diff.symbol, 0))
         recorded = Recorded(
             updates=book_update_records(diff, stream=stream, exchange=self.exchange, asset_class=self.asset_class)
         )
@@ -135,15 +137,19 @@ class BookRecorder:
         receive_us: int,
         *,
         limit: int | None = None,
+        taken_us: int | None = None,
         origin: str = "binance-rest",
         position: int = 0,
     ) -> Recorded | Reject:
-        """A GET /api/v3/depth body fetched for `symbol`: its rows, and the buffered diffs it let the book apply."""
+        """A GET /api/v3/depth body fetched for `symbol`: its rows, and the buffered diffs it let the book apply.
+        `taken_us`: the venue time it stands for (see `book_snapshot_records`)."""
         try:
             snapshot = parse_depth_snapshot(body, symbol, receive_us)
         except PayloadError as exc:
             raw = body if isinstance(body, bytes) else repr(body).encode()
             return depth_reject(exc, raw, origin, position)
-        rows = book_snapshot_records(snapshot, limit=limit, exchange=self.exchange, asset_class=self.asset_class)
+        rows = book_snapshot_records(
+            snapshot, limit=limit, taken_us=taken_us, exchange=self.exchange, asset_class=self.asset_class
+        )
         resync = self._sync(symbol).on_snapshot(snapshot)
         return Recorded(snapshots=rows, gaps=self._gap_rows(resync.gap), applied=len(resync.applied))

@@ -165,6 +165,10 @@ class RestBackfiller:
             return response.json()
         raise RuntimeError(f"REST {path} {params} failed {self._max_attempts} times: is {self._base} reachable?")
 
+    async def depth_snapshot(self, symbol: str, limit: int) -> Any:
+        """GET /api/v3/depth: the symbol's book as the venue holds it now, its best `limit` levels a side."""
+        return await self._get("/api/v3/depth", {"symbol": symbol, "limit": limit})
+
     async def fetch(self, symbol: str, channel: str, first: int, last: int) -> list[dict[str, Any]]:
         """Items with ids first..last inclusive (as far as the exchange still has them), in id order."""
         if channel == "aggTrade":

@@ -7,11 +7,20 @@ simply continue every stream goes out as Arrow tables; one holding a duplicate o
 records and goes id by id, exactly as a frame-by-frame reader would, REST backfill first. Counters (read,
 rejected by reason, duplicates dropped, gaps) feed the run's reconciliation: frames read = records emitted +
 rejected + duplicates dropped + stale quotes dropped + non-data frames.
+
+Order books (channels `depth`, `depth@100ms`: the diff depth streams): depth frames go, at each drain, to a
+`BookRecorder`, which keeps each symbol's book by Binance's procedure; after the drain the client fetches
+`GET /api/v3/depth?limit=1000` for each symbol whose book waits with diffs buffered (its first ones, or those after a
+break in the update ids, which the recorder lands as a stream_gaps row), through the same REST client as the trade
+backfill (429 Retry-After honoured). Every diff and snapshot level is a row (book_updates_v2, book_snapshots_v2); a
+snapshot is timed on the venue's clock, by the newest diff event the stream had delivered when it came. A depth
+frame or snapshot is read as the rows it makes, or as one row rejected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections import Counter
@@ -31,7 +40,8 @@ from k2.core.batch import Reject, SourceBatch
 from k2.schema import QUOTES_V2, TRADES_V2, AssetClass, DataType, RecordSpec
 from k2.schema.arrow import records_from_arrow
 from k2.schema.codecs import message_id
-from k2.schema.fields import STREAM_GAPS
+from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, STREAM_GAPS
+from k2.sources.binance.book_recorder import BookRecorder, Recorded
 from k2.sources.binance.client import BinanceStreamClient, ClientLimits, stream_names
 from k2.sources.binance.gaps import CONTIGUOUS_CHANNELS, REST_PAGE_LIMIT, Gap, RestBackfiller, SequenceTracker
 from k2.sources.binance.normalize import (
@@ -39,6 +49,7 @@ from k2.sources.binance.normalize import (
     TimeUnit,
     intended_spec,
     normalize_agg_trade,
+    normalize_frame,
     normalize_rest_trade,
 )
 from k2.sources.binance.normalize_columnar import FrameBatch, normalize_frames
@@ -47,6 +58,8 @@ from k2.sources.binance.symbols import SymbolDirectory, load_saved_exchange_info
 log = structlog.get_logger(__name__)
 
 EXCHANGE = "binance"
+DEPTH_CHANNELS = frozenset({"depth", "depth@100ms"})  # the diff depth streams, every 1000 ms or 100 ms
+DEPTH_SNAPSHOT_LIMIT = 1000  # levels a side asked of /api/v3/depth (Binance's procedure uses 1000; weight 50)
 
 
 def _traded_by(items: list[dict[str, Any]], time_key: str, stop_us: int) -> list[dict[str, Any]]:
@@ -65,6 +78,9 @@ class LiveStats:
     stale: int = 0  # bookTicker updates older than one already let through (superseded)
     rejected: Counter[str] = field(default_factory=Counter)
     gaps: list[Gap] = field(default_factory=list)
+    book_frames: int = 0  # depth frames that made book_updates rows
+    book_rows: int = 0  # rows read from depth frames and snapshots (a rejected snapshot: one)
+    snapshots: int = 0  # depth snapshots fetched
 
 
 async def fetch_symbols(rest_endpoint: str, symbols: list[str], cache: Path | None = None) -> SymbolDirectory:
@@ -156,11 +172,18 @@ class BinanceLive:
         self._disconnects: list[tuple[int, list[str]]] = []
         self._last_quote_us: dict[str, int] = {}
         self._quote_outages: dict[str, Gap] = {}
+        depth = any(channel in DEPTH_CHANNELS for channel in channels)
+        self._books = BookRecorder(time_unit=self._time_unit) if depth else None
         self.stats = LiveStats()
 
     @property
     def client(self) -> BinanceStreamClient:
         return self._client
+
+    @property
+    def books(self) -> BookRecorder | None:
+        """The local order books (None without a depth channel)."""
+        return self._books
 
     def stop(self) -> None:
         self._client.stop()
@@ -171,7 +194,7 @@ class BinanceLive:
         flusher = asyncio.ensure_future(self._flush_periodically())
         try:
             await self._client.run()
-            await self._last_drain(flusher)  # the tail check starts from the last id of every frame read
+            await self._last_drain(flusher, snapshots=True)  # the tail check starts from the last id of every frame
             await self._close_tails(time.time_ns() // 1000)
             self._end_open_outages()
         finally:
@@ -181,11 +204,11 @@ class BinanceLive:
                 self.flush()
                 await self._backfiller.close()
 
-    async def _last_drain(self, flusher: asyncio.Future[None]) -> None:
+    async def _last_drain(self, flusher: asyncio.Future[None], snapshots: bool = False) -> None:
         """Stop the periodic flusher between two drains (never in the middle of a backfill), then drain."""
         async with self._lock:
             flusher.cancel()
-            await self._drain()
+            await self._drain(snapshots)
 
     async def _close_tails(self, stop_us: int) -> None:
         """A frame lost right before we stop has no successor to reveal it: ask REST, once, what followed the
@@ -212,10 +235,11 @@ class BinanceLive:
                 await self._drain()
 
     # --- per batch of frames --------------------------------------------------------------------------------
-    async def _drain(self) -> None:
-        """Normalize the frames read since the last drain, fill any gap they reveal, and emit everything. Each
-        run of frames from one connection is normalized at once, so a reject keeps its origin (`ws#<conn>`)
-        and position (the frame's number in the whole stream)."""
+    async def _drain(self, snapshots: bool = True) -> None:
+        """Normalize the frames read since the last drain, fill any gap they reveal, fetch the depth snapshots
+        books wait for (unless `snapshots` is False), and emit everything. Each run of frames from one connection
+        is normalized at once, so a reject keeps its origin (`ws#<conn>`) and position (the frame's number in the
+        whole stream)."""
         pending, self._pending = self._pending, []
         marks, self._disconnects = self._disconnects, []
         assert self._directory is not None
@@ -233,17 +257,108 @@ class BinanceLive:
             end = start + 1
             while end < len(pending) and pending[end][2] == conn_id and (cut is None or pending[end - 1][3] < cut):
                 end += 1
-            frames = [(raw, receive_us) for raw, receive_us, _, _ in pending[start:end]]
-            first_position = pending[start][3]
-            batch = normalize_frames(
-                frames, self._directory, self._time_unit, origin=f"ws#{conn_id}", first_position=first_position
-            )
-            await self._take(batch, len(frames))
+            run = pending[start:end]
+            others = self._record_depth(run) if self._books is not None else run
+            if others:
+                await self._take(self._normalize(others, conn_id, whole=len(others) == len(run)), len(others))
             lost_up_to(pending[end - 1][3])
             start = end
         for _, streams in marks:
             self._begin_outages(streams)
+        if snapshots and self._books is not None:
+            await self._fetch_snapshots()
         self.flush()
+
+    def _normalize(self, run: list[tuple[bytes, int, int, int]], conn_id: int, whole: bool) -> FrameBatch:
+        """One connection's frames (`whole`: every frame of the run, else the run less its depth frames), each
+        record and reject numbered by its frame's place in the stream."""
+        frames = [(raw, receive_us) for raw, receive_us, _, _ in run]
+        origin = f"ws#{conn_id}"
+        first = run[0][3]
+        if whole:
+            return normalize_frames(frames, self._directory, self._time_unit, origin=origin, first_position=first)
+        assert self._directory is not None
+        numbers = [number for *_, number in run]
+        batch = normalize_frames(frames, self._directory, self._time_unit, origin=origin, sequences=numbers)
+        placed = []
+        for reject in batch.rejects:  # numbered within the frames left: made again at the frame's own number
+            raw, receive_us, _, number = run[reject.position - 1]
+            again = normalize_frame(raw, self._directory, receive_us, self._time_unit, origin=origin, position=number)
+            assert isinstance(again, Reject)
+            placed.append(again)
+        return dataclasses.replace(batch, rejects=placed)
+
+    # --- order books ------------------------------------------------------------------------------------------
+    def _record_depth(self, run: list[tuple[bytes, int, int, int]]) -> list[tuple[bytes, int, int, int]]:
+        """The run's depth diff frames to the books; the other frames are returned, in order."""
+        assert self._books is not None
+        others = []
+        for frame in run:
+            raw, receive_us, conn_id, number = frame
+            got = None
+            if intended_spec(raw) is BOOK_UPDATES_V2:
+                got = self._books.frame(raw, receive_us, origin=f"ws#{conn_id}", position=number)
+            if got is None:
+                others.append(frame)  # not a depthUpdate: the normalizer tells what it is
+            elif isinstance(got, Reject):
+                self._reject(got)
+            elif got.updates:
+                self.stats.book_frames += 1
+                self._take_book(got)
+            else:
+                self.stats.control_frames += 1  # an event that changed no level: no row to store
+                self._take_book(got)
+        return others
+
+    def _take_book(self, recorded: Recorded) -> None:
+        for spec, rows in (
+            (BOOK_UPDATES_V2, recorded.updates),
+            (BOOK_SNAPSHOTS_V2, recorded.snapshots),
+            (STREAM_GAPS, recorded.gaps),
+        ):
+            for row in rows:
+                self._add(row, spec)
+        self.stats.book_rows += len(recorded.updates) + len(recorded.snapshots)
+        for row in recorded.gaps:
+            gap = Gap(
+                row["symbol"],
+                row["channel"],
+                row["first_missing"],
+                row["last_missing"],
+                detected_us=row["timestamp"],
+                status=row["status"],
+                detail=row["detail"],
+                reason=row["reason"],
+            )
+            log.info("binance.book_gap", symbol=gap.symbol, first=gap.first_missing, last=gap.last_missing)
+            self.stats.gaps.append(gap)
+            metrics.STREAM_GAPS.labels(gap.symbol, gap.channel, gap.status).inc()
+
+    async def _fetch_snapshots(self) -> None:
+        """A depth snapshot for each symbol whose book waits with diffs buffered (Binance's procedure: buffer,
+        then fetch); one that cannot be fetched now is asked for again at the next drain."""
+        assert self._books is not None
+        for symbol in self._books.wanting_snapshot():
+            try:
+                body = await self._backfiller.depth_snapshot(symbol, DEPTH_SNAPSHOT_LIMIT)
+            except Exception as exc:  # the book waits on; said, and tried again at the next drain
+                log.warning("binance.depth_snapshot_failed", symbol=symbol, error=repr(exc))
+                continue
+            self.stats.snapshots += 1
+            origin = f"{self._rest_endpoint} depth {symbol}"
+            got = self._books.snapshot(
+                symbol,
+                body,
+                time.time_ns() // 1000,
+                limit=DEPTH_SNAPSHOT_LIMIT,
+                taken_us=self._books.event_us.get(symbol),
+                origin=origin,
+            )
+            if isinstance(got, Reject):
+                self.stats.book_rows += 1
+                self._reject(got, BOOK_SNAPSHOTS_V2)
+            else:
+                self._take_book(got)
 
     async def _take(self, batch: FrameBatch, frames: int) -> None:
         """One connection's run of frames, normalized: as tables when its ids simply continue every stream,
@@ -392,9 +507,10 @@ class BinanceLive:
             times = last["timestamp_last"].cast(pa.int64()).to_pylist()
             self._last_quote_us.update(zip(last["symbol"].to_pylist(), times, strict=True))
 
-    def _reject(self, reject: Reject) -> None:
+    def _reject(self, reject: Reject, spec: RecordSpec | None = None) -> None:
+        """Counted and kept for the DLQ of `spec`, or of the table the frame's bytes say it was meant for."""
         self.stats.rejected[reject.reason] += 1
-        batch = self._buffer(intended_spec(reject.raw))
+        batch = self._buffer(spec or intended_spec(reject.raw))
         batch.rejects.append(reject)
         batch.rows_read += 1
 

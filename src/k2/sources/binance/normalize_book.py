@@ -1,7 +1,9 @@
 """Binance depth diffs and REST depth snapshots → book_updates_v2 / book_snapshots_v2 record dicts.
 
 One row per price level: a diff event's rows share its update ids (U, u) and event time; a snapshot's rows share
-its lastUpdateId and the time it was received (the REST response carries no time). Levels keep the exact Decimals
+its lastUpdateId and the time it was received (the REST response carries no time), or, for a live stream, the venue
+time the stream had reached when it came (vendor_data.timestamp_source "stream_event_time": then the snapshot and
+the diffs are on one clock, the venue's). Levels keep the exact Decimals
 the parsers in `book.py` made; quantity 0 in an update means the level was removed.
 
 Ids: message_id = UUIDv5("binance", data type, symbol, "depth:<u>:<side>:<price>") for an update and
@@ -67,12 +69,14 @@ def book_snapshot_records(
     snapshot: DepthSnapshot,
     *,
     limit: int | None = None,
+    taken_us: int | None = None,
     exchange: str = EXCHANGE,
     asset_class: str = AssetClass.CRYPTO.value,
 ) -> list[dict[str, Any]]:
-    """The book_snapshots_v2 rows of one REST depth snapshot (`limit`: the level count asked for, when known)."""
+    """The book_snapshots_v2 rows of one REST depth snapshot (`limit`: the level count asked for, when known;
+    `taken_us`: the venue time it stands for, when known, else its receive time is its timestamp)."""
     mint = message_ids_for(exchange, _SNAPSHOTS, snapshot.symbol)
-    vendor = {"timestamp_source": "receive_time"}
+    vendor = {"timestamp_source": "receive_time" if taken_us is None else "stream_event_time"}
     if limit is not None:
         vendor["limit"] = str(limit)
     rows = []
@@ -86,7 +90,7 @@ def book_snapshot_records(
                     "symbol": snapshot.symbol,
                     "exchange": exchange,
                     "asset_class": asset_class,
-                    "timestamp": snapshot.receive_us,
+                    "timestamp": snapshot.receive_us if taken_us is None else taken_us,
                     "side": side,
                     "price": price,
                     "quantity": quantity,

@@ -45,7 +45,8 @@ class FaultSpec:
     stall_seconds: float = 0.0
     shutdown_after: float = 0.0
     seed: int = 0
-    # Only frames of these stream suffixes (e.g. "aggTrade") are damaged; empty means every stream.
+    # Only frames of these stream kinds are damaged; empty means every stream. A kind is what follows the symbol
+    # ("aggTrade", "depth@100ms") or its first part ("depth": both diff depth streams).
     stream_kinds: tuple[str, ...] = ()
 
     @classmethod
@@ -90,6 +91,12 @@ def _fault_value(field: str, value: str, item: str) -> float | int | tuple[str, 
     return number
 
 
+def _of_kinds(stream: str, kinds: tuple[str, ...]) -> bool:
+    """`btcusdt@depth@100ms` is of the kinds "depth@100ms" and "depth"; `btcusdt@aggTrade` of "aggTrade"."""
+    kind = stream.partition("@")[2]
+    return kind in kinds or kind.partition("@")[0] in kinds
+
+
 @dataclass(slots=True)
 class _Pending:
     fault: FrameFault
@@ -118,7 +125,7 @@ class FaultPlan:
                     self._pending.remove(entry)
                 return entry.fault
         spec = self.spec
-        if spec.stream_kinds and stream.rsplit("@", 1)[-1] not in spec.stream_kinds:
+        if spec.stream_kinds and not _of_kinds(stream, spec.stream_kinds):
             return FrameFault.NONE
         roll = self._random.random()
         for fault, probability in (

@@ -4,6 +4,10 @@
 last depth update id, last book ticker) so REST is consistent with the stream, then applies the fault plan, then fans
 the frame out to every subscribed connection's queue in publish order.
 
+Books: each captured depth snapshot of a symbol is put in force at load, and every published diff (dropped ones too,
+as the venue's book moves whatever a connection loses) moves that book once the replay has reached the snapshot's
+lastUpdateId, so ``/api/v3/depth`` answers the book as of the last diff published, as Binance answers its book now.
+
 A replay runs on one clock (``ReplayClock``). Spot bookTicker frames carry no time, so a client times a quote by
 when it receives it, while a trade carries the time it happened: replayed as recorded, a capture's quotes would land
 today and its trades years ago. So the replay gives every bookTicker an event time ``E``, the moment the capture
@@ -26,9 +30,11 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from k2.sources.binance.book import BookGap, BookSync, OrderBook, parse_depth_diff, parse_depth_snapshot
 from k2.sources.binance.capture import ReplayClock
 from k2.sources.binance.emulator.capture import Capture
 from k2.sources.binance.emulator.faults import FaultPlan, FrameFault
+from k2.sources.binance.normalize import PayloadError
 
 # web-socket-streams: "All time and timestamp related fields are milliseconds by default. To receive the information
 # in microseconds, please add the parameter timeUnit=MICROSECOND". These are the time fields of the market streams.
@@ -166,6 +172,9 @@ class Hub:
         self.trades: dict[str, TradeBook] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.last_update_id: dict[str, int] = {}
+        self.books: dict[str, BookSync] = {}  # per symbol, its book moved by the diffs published (see the module doc)
+        self._later_snapshots: dict[str, list[dict[str, Any]]] = {}  # captured after the one in force, by id
+        self._depth_published = asyncio.Event()  # set (and replaced) at each diff published
         self.book_tickers: dict[str, dict[str, Any]] = {}
         self.symbols: set[str] = set()
         self.counts: dict[str, int] = {"published": 0, "unusable": 0, **{fault.value: 0 for fault in FrameFault}}
@@ -230,13 +239,75 @@ class Hub:
                 trades.add(trade["id"], trade)
         elif kind.startswith("depth") and "u" in data:
             self.last_update_id[symbol] = int(data["u"])
+            self._move_book(symbol, data)
         elif kind == "bookTicker":
             self.book_tickers[symbol] = data
             self.last_update_id.setdefault(symbol, int(data["u"]))
 
     def add_snapshot(self, symbol: str, body: dict[str, Any]) -> None:
+        """A captured depth snapshot (before the replay starts): the first of a symbol is put in force, later ones
+        wait in update-id order to repair its book should the capture itself have lost diffs."""
         self.symbols.add(symbol)
         self.snapshots.setdefault(symbol, body)
+        if symbol not in self.books:
+            try:
+                snapshot = parse_depth_snapshot(body, symbol, 0)
+            except PayloadError as exc:  # served as recorded; no book moves from it
+                log.warning("emulator.snapshot_unusable", symbol=symbol, error=exc.detail)
+                return
+            self.books[symbol] = BookSync(symbol)
+            self.books[symbol].on_snapshot(snapshot)
+        else:
+            later = self._later_snapshots.setdefault(symbol, [])
+            later.append(body)
+            later.sort(key=lambda snapshot: ident if type(ident := snapshot.get("lastUpdateId")) is int else -1)
+
+    def _move_book(self, symbol: str, data: dict[str, Any]) -> None:
+        sync = self.books.get(symbol)
+        if sync is not None:
+            try:
+                diff = parse_depth_diff(data, 0)
+            except PayloadError:  # sent as recorded; the book notes the lost ids at the next diff and is repaired
+                diff = None
+            if diff is not None and isinstance(outcome := sync.on_diff(diff), BookGap):
+                self._repair(sync, outcome)
+        self._depth_published.set()
+        self._depth_published = asyncio.Event()
+
+    def _repair(self, sync: BookSync, gap: BookGap) -> None:
+        """The capture lost diffs: the next captured snapshot taken after them (if any) takes over."""
+        later = self._later_snapshots.get(sync.symbol, [])
+        while later:
+            body = later.pop(0)
+            try:
+                snapshot = parse_depth_snapshot(body, sync.symbol, 0)
+            except PayloadError:
+                continue
+            if snapshot.last_update_id >= gap.last_missing:
+                sync.on_snapshot(snapshot)
+                return
+
+    async def current_book(self, symbol: str, timeout: float) -> OrderBook | None:
+        """The symbol's book as of the last diff published, waiting (at most `timeout` seconds) for the replay to
+        reach its captured snapshot; None when there is none to answer from (no snapshot, the replay stalled, or the
+        book is behind the replay until a captured snapshot repairs it)."""
+        sync = self.books.get(symbol)
+        if sync is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            book_id = sync.book.last_update_id
+            # exactly where the replay is: not before it reached the snapshot, nor behind an unreadable diff
+            if sync.synced and book_id is not None and self.last_update_id.get(symbol) == book_id:
+                return sync.book
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._depth_published.wait(), remaining)
+            except TimeoutError:
+                return None
 
 
 async def replay(

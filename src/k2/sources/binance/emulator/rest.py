@@ -24,6 +24,9 @@ from k2.sources.binance.symbols import exchange_info_bytes
 
 log = structlog.get_logger(__name__)
 
+# How long a depth request waits for the replay to reach the symbol's captured snapshot.
+DEPTH_WAIT_SECONDS = 5.0
+
 # Request weights, rest-api market-data-endpoints.
 _WEIGHTS = {"/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20, "/api/v3/trades": 25}
 _WEIGHTS |= {"/api/v3/historicalTrades": 25, "/api/v3/aggTrades": 4}
@@ -191,9 +194,19 @@ def create_app(
 
     @app.get("/api/v3/depth")
     async def depth(request: Request) -> dict[str, Any]:
-        """The captured REST snapshot for ``symbol`` (synthetic symbols: the current best bid/ask), cut to ``limit``."""
+        """The book of ``symbol`` as of the last diff the replay published (its captured snapshot moved by the diffs
+        since; the answer waits for the replay to reach that snapshot), cut to ``limit``. Without one to answer
+        from: the captured snapshot as recorded, else (synthetic symbols) the current best bid/ask."""
         symbol = symbol_of(request)
         limit = _limit(request, 100, 5000)
+        book = await hub.current_book(symbol, DEPTH_WAIT_SECONDS)
+        if book is not None:
+            bids, asks = book.top(limit)
+            return {
+                "lastUpdateId": book.last_update_id,
+                "bids": [[f"{price:f}", f"{quantity:f}"] for price, quantity in bids],
+                "asks": [[f"{price:f}", f"{quantity:f}"] for price, quantity in asks],
+            }
         snapshot = hub.snapshots.get(symbol)
         if snapshot is None:
             ticker = hub.book_tickers.get(symbol)
