@@ -285,7 +285,11 @@ async def _fanout_clients(
             live[i].set()
 
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
-    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in live)), 120)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in live)), 120)
+    except TimeoutError:
+        done.set()
+        raise TimeoutError(f"{sum(e.is_set() for e in live)} of {n} subscribers live after 120 s") from None
     started = time.perf_counter()
     await asyncio.to_thread(produce)
     # every record to every subscriber, or 15 s after the last was produced
@@ -376,22 +380,16 @@ def rows(quick: bool) -> list[Row]:
                     client, settings, endpoints, schema_id, fresh_probes, fresh_route, records[0]
                 )
                 load.stop()
-                fans = []
+                fans: list[Fanout | str] = []
                 for n, rate, seconds in fanouts:
                     progress(f"subscribe: fan-out to {n} WebSocket subscribers of {BUSY}, {rate}/s for {seconds} s")
-                    fans.append(
-                        fanout_phase(
-                            settings,
-                            endpoints,
-                            schema_id,
-                            f"{ws_url}&symbols={BUSY}",
-                            key,
-                            n,
-                            rate,
-                            seconds,
-                            records[0],
+                    url = f"{ws_url}&symbols={BUSY}"
+                    try:
+                        fans.append(
+                            fanout_phase(settings, endpoints, schema_id, url, key, n, rate, seconds, records[0])
                         )
-                    )
+                    except Exception as exc:  # one size the machine cannot hold must not hide the other rows
+                        fans.append(f"{n} subscribers: {type(exc).__name__}: {exc}")
             finally:
                 for proc in (sink, api):
                     _stop(proc)
@@ -448,6 +446,9 @@ def _rows(
     )
     single = _pcts(latency.latencies("websocket"))[1]
     for fan in fans:
+        if isinstance(fan, str):
+            out.append(Row("9 fan-out: FAILED", "error", "-", "-", None, "-", None, fan))
+            continue
         _p50, p99 = _pcts(fan.latencies)
         expected = fan.subscribers * fan.produced
         out.append(
