@@ -11,6 +11,8 @@ Rows (each module's docstring says exactly what it measures):
                             peak memory, kill -9 (needs a JDK 17+ and Maven; jars fetched once)
   8 bench_questdb.py        bulk ingest and latest / 1-min bars / as-of join vs a QuestDB server on the same lake
                             (needs a JDK 17+ and Maven; the server jar fetched once)
+  9 bench_subscribe.py      live subscriptions: event → subscriber p50/p99 (library, WebSocket) under 20k msgs/s and
+                            where the time goes, the fresh REST read at the same load vs the lake-only read; fan-out
 
 Ratios are always "how many times better K2 is" (baseline time / K2 time, or K2 rate / baseline rate): > 1 is K2
 ahead. Run from the repo root: `make bench` (full, ~15 min: the first run also writes the 10 M-trade lake and its
@@ -45,6 +47,7 @@ MODULES = {
     "fresh": "bench_fresh",
     "connect": "bench_connect",
     "questdb": "bench_questdb",
+    "subscribe": "bench_subscribe",
 }
 
 
