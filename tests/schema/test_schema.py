@@ -23,7 +23,7 @@ def test_field_counts_match_the_contract() -> None:
     assert len(QUOTES_V2.fields) == 15
     assert len(REFERENCE_DATA_V2.fields) == 13
     assert len(BOOK_UPDATES_V2.fields) == 12
-    assert len(BOOK_SNAPSHOTS_V2.fields) == 11
+    assert len(BOOK_SNAPSHOTS_V2.fields) == 12
 
 
 @pytest.mark.parametrize("spec", ALL_RECORDS, ids=lambda s: s.name)

@@ -29,7 +29,14 @@ from k2.query.engine import QueryEngine, Reader
 from k2.query.filters import InvalidQueryError, positive
 from k2.query.timetravel import AsOf
 from k2.schema.codecs import datetime_from_micros
-from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, PRICE_PRECISION, PRICE_SCALE, BookSide
+from k2.schema.fields import (
+    BOOK_SNAPSHOTS_V2,
+    BOOK_UPDATES_V2,
+    PRICE_PRECISION,
+    PRICE_SCALE,
+    BookSide,
+    BookSnapshotType,
+)
 
 _SNAPSHOTS = table_identifier(BOOK_SNAPSHOTS_V2)
 _UPDATES = table_identifier(BOOK_UPDATES_V2)
@@ -40,10 +47,13 @@ BRIDGE_MARGIN_US = 600_000_000  # 10 minutes: clock skew plus the time diffs wai
 # The lower time bound of a query, or none: a constant clause, never text from a caller.
 _SINCE = "AND timestamp >= $since"
 
+# A partial book stream's top levels are no whole book; rows from before snapshot_type existed are full ones.
+_STARTS_A_BOOK = f"coalesce(snapshot_type, '{BookSnapshotType.FULL}') <> '{BookSnapshotType.PARTIAL}'"
+
 _SNAPSHOT_SQL = f"""
 SELECT last_update_id, epoch_us(timestamp) AS taken_us
 FROM {_SNAPSHOTS}
-WHERE symbol = $symbol AND exchange = $exchange AND timestamp <= $at {{since}}
+WHERE symbol = $symbol AND exchange = $exchange AND timestamp <= $at {{since}} AND {_STARTS_A_BOOK}
 ORDER BY timestamp DESC, last_update_id DESC
 LIMIT 1
 """
@@ -71,7 +81,7 @@ _LEVELS_SQL = f"""
 WITH levels AS (
     SELECT side, price, quantity, last_update_id AS seq
     FROM {_SNAPSHOTS}
-    WHERE symbol = $symbol AND exchange = $exchange AND last_update_id = $snapshot
+    WHERE symbol = $symbol AND exchange = $exchange AND last_update_id = $snapshot AND {_STARTS_A_BOOK}
     UNION ALL
     SELECT side, price, quantity, last_update_id AS seq
     FROM {_UPDATES}

@@ -49,6 +49,14 @@ class BookSide(StrEnum):
     ASK = "ASK"
 
 
+class BookSnapshotType(StrEnum):
+    """What a book_snapshots_v2 snapshot is, and so whether a book can start from it."""
+
+    FULL = "full"  # the venue's own snapshot (Binance GET /api/v3/depth), as deep as the limit asked for
+    CHECKPOINT = "checkpoint"  # K2's copy of a book it kept in sync, written at a fixed interval
+    PARTIAL = "partial"  # the top levels of a partial book stream (@depth5/10/20): not a whole book
+
+
 class Kind(StrEnum):
     """Logical field kinds; each maps to one Avro, Arrow and Iceberg type."""
 
@@ -344,6 +352,14 @@ BOOK_SNAPSHOTS_V2 = RecordSpec(
             Kind.STRING_MAP,
             "Source-specific fields as strings: timestamp_source, the level limit asked for (limit), ...",
             required=False,
+        ),
+        FieldSpec(
+            "snapshot_type",
+            Kind.STRING,
+            "full: the venue's snapshot (null in rows written before this column); checkpoint: K2's copy of a book it"
+            " kept in sync; partial: the top levels of a partial book stream, which no book starts from.",
+            required=False,
+            enum=BookSnapshotType,
         ),
     ),
 )

@@ -18,7 +18,7 @@ from typing import Any
 
 from k2.core.batch import Reject
 from k2.schema.codecs import message_ids_for
-from k2.schema.fields import AssetClass, BookSide, DataType
+from k2.schema.fields import AssetClass, BookSide, BookSnapshotType, DataType
 from k2.sources.binance.book import DepthDiff, DepthSnapshot, Level, depth_payload, parse_depth_diff
 from k2.sources.binance.normalize import EXCHANGE, PayloadError, TimeUnit
 
@@ -70,6 +70,7 @@ def book_snapshot_records(
     *,
     limit: int | None = None,
     taken_us: int | None = None,
+    snapshot_type: BookSnapshotType = BookSnapshotType.FULL,
     exchange: str = EXCHANGE,
     asset_class: str = AssetClass.CRYPTO.value,
 ) -> list[dict[str, Any]]:
@@ -97,6 +98,7 @@ def book_snapshot_records(
                     "last_update_id": snapshot.last_update_id,
                     "ingestion_timestamp": snapshot.receive_us,
                     "vendor_data": dict(vendor),
+                    "snapshot_type": snapshot_type.value,
                 }
             )
     return rows
