@@ -140,7 +140,8 @@ def load_binance_files(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="data.binance.vision CSV or zip files"),
     exchange_info: Path = _EXCHANGE_INFO,
 ) -> None:
-    """Load Binance public-data files (trades, aggTrades, klines; .CHECKSUM verified when present)."""
+    """Load Binance public-data files (trades, aggTrades, klines, futures bookTicker and bookDepth; .CHECKSUM
+    verified when present)."""
     from k2.ingest.pipeline import load
     from k2.sources.binance.files import BinanceFileSource
 
