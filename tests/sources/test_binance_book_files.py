@@ -181,3 +181,15 @@ def test_book_files_are_futures_only(tmp_path: Path) -> None:
     path = _write(tmp_path / "BTCUSDT-bookTicker-2023-10-27.csv", TICKER_ROWS)
     with pytest.raises(UserError, match="publishes bookTicker files for futures only; load it as market um"):
         BinanceFileSource([path], symbols=SAMPLE_PAIRS, market="spot").check()
+
+
+def test_coin_m_book_ticker_quotes_are_in_usd_and_count_contracts(tmp_path: Path) -> None:
+    path = _write(tmp_path / "BTCUSD_PERP-bookTicker-2023-10-27.csv", [TICKER_HEADER, "77,34090.1,1200,34090.2,35,1,2"])
+    ((quote,),) = [b.records for b in _load([path])]
+    assert (quote["exchange"], quote["currency"], quote["bid_quantity"], quote["timestamp"]) == (
+        "binance_cm",
+        "USD",
+        Decimal("1200"),
+        2_000,
+    )
+    assert quote["vendor_data"]["quantity_unit"] == "contracts"

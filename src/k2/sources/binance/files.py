@@ -14,7 +14,7 @@ File formats, as published (binance/binance-public-data README and the files the
   live stream's message ids (`bookTicker:<update_id>`). `timestamp` is event_time, the clock the live normalizer
   uses for a futures bookTicker (its `E`), so a day loaded from files and a day streamed line up on one clock;
   transaction_time (the matching engine's time of the change, at or before event_time) and event_time are kept
-  verbatim in vendor_data.
+  verbatim in vendor_data. COIN-M quotes count contracts (vendor_data.quantity_unit).
 - bookDepth rows are not price levels: at each time (text "2023-10-27 00:00:08", UTC) one row per band, the
   cumulative quantity (`depth`) and `notional` from the mid out to `percentage` percent (-5..5; negative: bids)
   → book_depth_v2, exact decimals, message id over the time and the band.
@@ -360,6 +360,8 @@ class _FileReader:
             platform_sequence=line_no,
         )
         record["vendor_data"] |= {"transaction_time": transaction_time, "event_time": event_time}
+        if self.market is Market.COINM:
+            record["vendor_data"]["quantity_unit"] = "contracts"  # COIN-M quantities count contracts, as klines do
         return self._file_vendor(record)
 
     def book_depth(self, cells: list[str], line_no: int) -> dict[str, Any]:
