@@ -4,6 +4,7 @@ parsed, rejected, streamed live from the emulator's replayed book, and never a b
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -157,7 +158,7 @@ def test_a_live_partial_stream_from_the_replay_is_the_replayed_books_top_at_each
     for row in rows:
         frames.setdefault(row["last_update_id"], []).append(row)
     oracle = {  # the oracle's book after each diff a frame stands for, top 20 a side (it moves one book in place)
-        diff.last: (sorted(bids.items(), reverse=True)[:20], sorted(asks.items())[:20])
+        diff.last: (heapq.nlargest(20, bids.items()), heapq.nsmallest(20, asks.items()))
         for diff, bids, asks in replay(captured, diffs["BTCUSDT"])
         if diff.last in frames
     }
