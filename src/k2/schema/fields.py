@@ -328,8 +328,9 @@ BOOK_SNAPSHOTS_V2 = RecordSpec(
     name="book_snapshots_v2",
     data_type=DataType.BOOK_SNAPSHOTS,
     doc=(
-        "One price level of a full order-book snapshot (Binance GET /api/v3/depth): one row per level, every row"
-        " of a snapshot with its update id. The book at the snapshot is its rows; later updates apply over it."
+        "One price level of an order-book snapshot (Binance GET /api/v3/depth, or the top levels of a partial book"
+        " stream: snapshot_type says which): one row per level, every row of a snapshot with its update id. The book"
+        " at a full snapshot is its rows; later updates apply over it."
     ),
     fields=(
         FieldSpec(
@@ -351,7 +352,8 @@ BOOK_SNAPSHOTS_V2 = RecordSpec(
         FieldSpec(
             "vendor_data",
             Kind.STRING_MAP,
-            "Source-specific fields as strings: timestamp_source, the level limit asked for (limit), ...",
+            "Source-specific fields as strings: timestamp_source, the level limit asked for (limit), the stream a"
+            " partial snapshot came on (stream), ...",
             required=False,
         ),
         FieldSpec(
