@@ -22,6 +22,7 @@ from k2.schema.arrow import records_to_arrow
 from k2.schema.codecs import message_id
 from k2.schema.fields import BOOK_SNAPSHOTS_V2
 from k2.sources.binance.book import DepthDiff, DepthSnapshot
+from k2.sources.binance.capture_source import CaptureSource
 from k2.sources.binance.emulator import BinanceEmulator
 from k2.sources.binance.emulator.faults import FaultPlan, FaultSpec
 from k2.sources.binance.emulator.feed import Hub, Outgoing
@@ -30,6 +31,7 @@ from k2.sources.binance.normalize import intended_spec
 from k2.sources.binance.partial_book import is_partial_frame, partial_book_records, partial_stream
 from tests.sources.book_captures import append_book_events
 from tests.sources.book_oracle import read_depth, replay
+from tests.sources.test_binance_capture_source import read_all
 from tests.sources.test_binance_live_depth import DIRECTORY, START_US, _balanced, _drain, _live, _rows
 
 T0 = 1_617_566_592_000_000  # 2021-04-04T20:03:12Z
@@ -199,3 +201,28 @@ def test_book_at_never_starts_from_a_partial_snapshot_while_its_rows_stay_querya
         ("partial", 180, "BID", Decimal("10.5")),
         ("partial", 180, "ASK", Decimal("10.6")),
     ]
+
+
+def test_a_capture_s_partial_frames_load_as_partial_snapshots_timed_by_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "BINANCE.ws.3.0"
+    path.write_bytes(
+        b"wss://stream.binance.com:9443/stream?streams=btcusdt@depth10 <-> 1700000000.1\n"
+        b"1700000000.25: " + partial("btcusdt@depth10", 42, [["100.00", "1.5"]], [["101.00", "2"]]) + b"\n"
+        b"1700000000.35: " + partial("btcusdt@depth10", 43, [["100.00", "x"]], []) + b"\n"
+        b"1700000000.45: " + partial("btcusdt@depth10", 44, [], []) + b"\n"
+    )
+    source = CaptureSource([path])
+    batches, recon = read_all(source)
+    stored = [r for b in batches for r in b.all_records()]
+    assert [(r["snapshot_type"], r["last_update_id"], r["side"], r["price"], r["timestamp"]) for r in stored] == [
+        ("partial", 42, "BID", Decimal("100"), 1_700_000_000_250_000),
+        ("partial", 42, "ASK", Decimal("101"), 1_700_000_000_250_000),
+    ]
+    ((spec, reject),) = [(b.spec.name, r) for b in batches for r in b.rejects]
+    assert (spec, reject.reason, reject.position, reject.detail) == (
+        "book_snapshots_v2",
+        "bad_quantity",
+        3,
+        "BINANCE.ws.3.0 line 3: field 'bids': not a decimal number: 'x'",
+    )
+    assert (recon.read, recon.produced, source.passed) == (3, 2, 2) and recon.source_balanced
