@@ -140,7 +140,8 @@ def load_binance_files(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="data.binance.vision CSV or zip files"),
     exchange_info: Path = _EXCHANGE_INFO,
 ) -> None:
-    """Load Binance public-data files (trades, aggTrades, klines; .CHECKSUM verified when present)."""
+    """Load Binance public-data files (trades, aggTrades, klines, futures bookTicker and bookDepth; .CHECKSUM
+    verified when present)."""
     from k2.ingest.pipeline import load
     from k2.sources.binance.files import BinanceFileSource
 
@@ -184,7 +185,8 @@ def stream_binance_cmd(
     channels: str = typer.Option(
         "trade,aggTrade,bookTicker",
         help="Comma-separated: trade, aggTrade, bookTicker, depth or depth@100ms (order books: diffs every 1000 or"
-        " 100 ms, with REST snapshots)",
+        " 100 ms, with REST snapshots), depth5, depth10 or depth20 (each also @100ms: the top levels, stored as partial"
+        " snapshots)",
     ),
     endpoint: str = typer.Option(None, help="WebSocket base, e.g. ws://127.0.0.1:9443 (default: Binance)"),
     rest_endpoint: str = typer.Option(None, help="REST base, e.g. http://127.0.0.1:9444 (default: Binance)"),

@@ -100,7 +100,7 @@ def test_ready_on_a_lake_where_only_some_tables_exist(tmp_path: Path) -> None:
     assert ready.json() == {
         "status": "ready",
         "tables": {"trades_v2": snapshot, "quotes_v2": None, "reference_data_v2": None, "bars_v2": None}
-        | {"stream_gaps": None, "book_updates_v2": None, "book_snapshots_v2": None},  # not created yet: no data yet
+        | {"stream_gaps": None, "book_updates_v2": None, "book_snapshots_v2": None, "book_depth_v2": None},
     }
 
 

@@ -10,7 +10,15 @@ import fastavro
 import pyarrow as pa
 import pytest
 
-from k2.schema import ALL_RECORDS, BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, QUOTES_V2, REFERENCE_DATA_V2, TRADES_V2
+from k2.schema import (
+    ALL_RECORDS,
+    BOOK_DEPTH_V2,
+    BOOK_SNAPSHOTS_V2,
+    BOOK_UPDATES_V2,
+    QUOTES_V2,
+    REFERENCE_DATA_V2,
+    TRADES_V2,
+)
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.avro import avro_schema, parsed_schema
 from k2.schema.codecs import DecimalError, message_id, micros_from_datetime, parse_decimal
@@ -24,6 +32,7 @@ def test_field_counts_match_the_contract() -> None:
     assert len(REFERENCE_DATA_V2.fields) == 13
     assert len(BOOK_UPDATES_V2.fields) == 12
     assert len(BOOK_SNAPSHOTS_V2.fields) == 12
+    assert len(BOOK_DEPTH_V2.fields) == 10
 
 
 @pytest.mark.parametrize("spec", ALL_RECORDS, ids=lambda s: s.name)

@@ -20,7 +20,7 @@ from k2.samples import BINANCE_CAPTURE_2021_10_12 as CAPTURE_2021_10
 from k2.samples import BINANCE_EXCHANGE_INFO as EXCHANGE_INFO
 from k2.samples import BINANCE_REST_RESPONSES as REST
 from k2.schema.codecs import datetime_from_micros, message_id
-from k2.schema.fields import BOOK_UPDATES_V2, QUOTES_V2, TRADES_V2, RecordSpec
+from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, QUOTES_V2, TRADES_V2, RecordSpec
 from k2.sources.binance.capture import ws_frames
 from k2.sources.binance.live import fetch_symbols
 from k2.sources.binance.normalize import (
@@ -327,7 +327,7 @@ def test_a_rest_trade_id_past_int64_is_a_payload_error() -> None:
         (b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUp', BOOK_UPDATES_V2),
         (b'{"stream":"btcusdt@depth","data":{"e":"depthUpdate","E":1,"s":"BTC', BOOK_UPDATES_V2),
         (b'{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"b":[["x","1"]],"a":[]}', BOOK_UPDATES_V2),
-        (b'{"stream":"btcusdt@depth5@100ms","data":{"lastUpdateId":1,"bids":[["x"', TRADES_V2),
+        (b'{"stream":"btcusdt@depth5@100ms","data":{"lastUpdateId":1,"bids":[["x"', BOOK_SNAPSHOTS_V2),
         (b'{"stream":"btcusdt@bookTicker","data":{"u":7,"s":"BTCUSDT","b":"-1"', QUOTES_V2),
         (b'{"stream":"btcusdt@trade","data":{"e":"trade"', TRADES_V2),
     ],

@@ -2,6 +2,7 @@
 
 from k2.schema.fields import (
     ALL_RECORDS,
+    BOOK_DEPTH_V2,
     BOOK_SNAPSHOTS_V2,
     BOOK_UPDATES_V2,
     QUOTES_V2,
@@ -17,6 +18,7 @@ from k2.schema.fields import (
 
 __all__ = [
     "ALL_RECORDS",
+    "BOOK_DEPTH_V2",
     "BOOK_SNAPSHOTS_V2",
     "BOOK_UPDATES_V2",
     "QUOTES_V2",

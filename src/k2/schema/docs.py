@@ -46,6 +46,13 @@ Conventions:
   decimals), so a level read twice is stored once. A Binance snapshot's `timestamp` is when K2 received it
   (`vendor_data.timestamp_source = receive_time`: a capture), or, streamed live, the event time of the newest diff
   the stream had delivered when it came (`stream_event_time`): snapshot and updates then share the venue's clock.
+- A partial book stream's frame (Binance `<symbol>@depth5/10/20`, the top levels as of an update id) is a
+  `book_snapshots_v2` snapshot of `snapshot_type` partial, timed by its receipt (`vendor_data.timestamp_source =
+  receive_time`, `stream`, `limit` = its level count), ids over `partial<levels>:<last_update_id>:<side>:<price>`;
+  `book_at` never starts a book from one.
+- `book_depth_v2` is not a book: data.binance.vision's futures bookDepth files give, at each time, the cumulative
+  quantity and notional between the mid and each band (`percentage` -5..5, negative on the bid side); the source id
+  of `message_id` is `bookDepth:<timestamp>:<percentage>` (percentage with 8 decimals, so `-5` and `-5.00` match).
 """
 
 

@@ -40,6 +40,7 @@ class DataType(StrEnum):
     GAPS = "gaps"
     BOOK_UPDATES = "book_updates"
     BOOK_SNAPSHOTS = "book_snapshots"
+    BOOK_DEPTH = "book_depth"
 
 
 class BookSide(StrEnum):
@@ -327,8 +328,9 @@ BOOK_SNAPSHOTS_V2 = RecordSpec(
     name="book_snapshots_v2",
     data_type=DataType.BOOK_SNAPSHOTS,
     doc=(
-        "One price level of a full order-book snapshot (Binance GET /api/v3/depth): one row per level, every row"
-        " of a snapshot with its update id. The book at the snapshot is its rows; later updates apply over it."
+        "One price level of an order-book snapshot (Binance GET /api/v3/depth, or the top levels of a partial book"
+        " stream: snapshot_type says which): one row per level, every row of a snapshot with its update id. The book"
+        " at a full snapshot is its rows; later updates apply over it."
     ),
     fields=(
         FieldSpec(
@@ -350,7 +352,8 @@ BOOK_SNAPSHOTS_V2 = RecordSpec(
         FieldSpec(
             "vendor_data",
             Kind.STRING_MAP,
-            "Source-specific fields as strings: timestamp_source, the level limit asked for (limit), ...",
+            "Source-specific fields as strings: timestamp_source, the level limit asked for (limit), the stream a"
+            " partial snapshot came on (stream), ...",
             required=False,
         ),
         FieldSpec(
@@ -364,7 +367,42 @@ BOOK_SNAPSHOTS_V2 = RecordSpec(
     ),
 )
 
+BOOK_DEPTH_V2 = RecordSpec(
+    name="book_depth_v2",
+    data_type=DataType.BOOK_DEPTH,
+    doc=(
+        "How much rests in the book within a band around the mid at a time (data.binance.vision bookDepth): the"
+        " cumulative quantity and notional from the mid out to `percentage` percent away, one row per band. Not"
+        " price levels: no book can be rebuilt from it."
+    ),
+    fields=(
+        FieldSpec(
+            "message_id",
+            Kind.STRING,
+            "Deterministic UUIDv5 over exchange, data type, symbol, the time and the band's percentage; the dedup key.",
+        ),
+        FieldSpec("symbol", Kind.STRING, "Instrument symbol as the venue lists it, e.g. BTCUSDT."),
+        FieldSpec("exchange", Kind.STRING, "Venue code, lower case, e.g. binance_um."),
+        FieldSpec("asset_class", Kind.STRING, "equities | crypto | futures | options.", enum=AssetClass),
+        FieldSpec("timestamp", Kind.TIMESTAMP, "When the venue measured the depth, microseconds UTC."),
+        FieldSpec(
+            "percentage",
+            Kind.DECIMAL,
+            "The band's edge in percent of the mid: negative below it (bids), positive above it (asks), e.g. -5, 0.2.",
+        ),
+        FieldSpec("depth", Kind.DECIMAL, "Quantity resting between the mid and the band's edge, decimal(18,8)."),
+        FieldSpec("notional", Kind.DECIMAL, "Value of that quantity (quantity x price, summed), decimal(18,8)."),
+        FieldSpec("ingestion_timestamp", Kind.TIMESTAMP, "When K2 read the record, microseconds UTC."),
+        FieldSpec(
+            "vendor_data",
+            Kind.STRING_MAP,
+            "Source-specific fields kept verbatim as strings (source_file, the time as written, ...).",
+            required=False,
+        ),
+    ),
+)
+
 ALL_RECORDS: tuple[RecordSpec, ...] = (
-    TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2, BARS_V2, STREAM_GAPS, BOOK_UPDATES_V2, BOOK_SNAPSHOTS_V2,
+    TRADES_V2, QUOTES_V2, REFERENCE_DATA_V2, BARS_V2, STREAM_GAPS, BOOK_UPDATES_V2, BOOK_SNAPSHOTS_V2, BOOK_DEPTH_V2,
 )  # fmt: skip
 RECORDS_BY_TYPE: dict[DataType, RecordSpec] = {r.data_type: r for r in ALL_RECORDS}

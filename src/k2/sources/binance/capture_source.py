@@ -10,7 +10,9 @@ Books: every diff depth frame (`<symbol>@depth`, `@depth@100ms`) and every REST 
 (`<url>/depth?symbol=... -> <time>: <body>`) goes, in file order with its receipt time, to one `BookRecorder` for
 the whole load (so a capture's WS and HTTP files given in that order keep one book per symbol). It gives the
 book_updates_v2 and book_snapshots_v2 rows (one per price level; every diff and snapshot is stored) and a
-stream_gaps row for each break in a symbol's update ids.
+stream_gaps row for each break in a symbol's update ids. A partial book frame (`<symbol>@depth5/10/20[@100ms]`)
+is stored as it is live (`partial_book`): book_snapshots_v2 rows of snapshot_type partial, timed by the line's
+receipt.
 
 Counting, for the reconciliation (read = written + rejected): a trade or quote frame, a frame that should have been
 one but does not normalize, and a line of no known kind are each one row read; a depth frame or snapshot line is
@@ -53,6 +55,7 @@ from k2.sources.binance.capture import (
 )
 from k2.sources.binance.normalize import EXCHANGE, TimeUnit, intended_spec, normalize_frame
 from k2.sources.binance.normalize_columnar import normalize_frames
+from k2.sources.binance.partial_book import is_partial_frame, partial_book_records
 from k2.sources.binance.symbols import QuoteResolver, shipped_directory
 
 BAD_LINE = "bad_capture_line"
@@ -133,7 +136,9 @@ class CaptureSource:
         read = 0
         for entry in read_capture(path, strict=False):
             if isinstance(entry, WsFrame):
-                if not (intended_spec(entry.raw) is BOOK_UPDATES_V2 and self._depth_frame(path, entry, chunk)):
+                if is_partial_frame(entry.raw):
+                    self._partial_frame(path, entry, chunk)
+                elif not (intended_spec(entry.raw) is BOOK_UPDATES_V2 and self._depth_frame(path, entry, chunk)):
                     chunk.frames.append(entry)
             elif isinstance(entry, BadLine):
                 chunk.bad.append(entry)
@@ -171,6 +176,15 @@ class CaptureSource:
             if not got.updates:
                 self.passed += 1  # an event that changed no level: no row to store
         return True
+
+    def _partial_frame(self, path: Path, frame: WsFrame, chunk: _Chunk) -> None:
+        got = partial_book_records(frame.raw, frame.receipt_us, origin=f"{path.name} line {frame.line_no}", position=0)
+        if isinstance(got, Reject):
+            chunk.book_rejects.append((BOOK_SNAPSHOTS_V2, _located(got, path, frame.line_no)))
+        elif got:
+            chunk.add(Recorded(snapshots=got))
+        else:
+            self.passed += 1  # both sides empty: no level to store
 
     def _depth_snapshot(self, path: Path, response: RestResponse, chunk: _Chunk) -> None:
         where = f"{path.name} line {response.line_no}"

@@ -1,4 +1,4 @@
-"""Binance public-data files (https://data.binance.vision) → trades_v2 and bars_v2 records.
+"""Binance public-data files (https://data.binance.vision) → trades_v2, bars_v2, quotes_v2 and book_depth_v2 records.
 
 File formats, as published (binance/binance-public-data README and the files themselves):
 
@@ -6,6 +6,18 @@ File formats, as published (binance/binance-public-data README and the files the
     aggTrades  aggId, price, qty, firstId, lastId, time, isBuyerMaker[, isBestMatch]     (futures: no isBestMatch)
     klines     open_time, open, high, low, close, volume, close_time, quote_volume, count,
                taker_buy_base_volume, taker_buy_quote_volume, ignore                    (12 columns)
+    bookTicker update_id, best_bid_price, best_bid_qty, best_ask_price, best_ask_qty,
+               transaction_time, event_time                                             (futures only)
+    bookDepth  timestamp, percentage, depth, notional                                   (futures only)
+
+- bookTicker rows are the futures `<symbol>@bookTicker` stream, one row per top-of-book change → quotes_v2 with the
+  live stream's message ids (`bookTicker:<update_id>`). `timestamp` is event_time, the clock the live normalizer
+  uses for a futures bookTicker (its `E`), so a day loaded from files and a day streamed line up on one clock;
+  transaction_time (the matching engine's time of the change, at or before event_time) and event_time are kept
+  verbatim in vendor_data. COIN-M quotes count contracts (vendor_data.quantity_unit).
+- bookDepth rows are not price levels: at each time (text "2023-10-27 00:00:08", UTC) one row per band, the
+  cumulative quantity (`depth`) and `notional` from the mid out to `percentage` percent (-5..5; negative: bids)
+  → book_depth_v2, exact decimals, message id over the time and the band.
 
 - Spot files have no header row; futures files have one (binance-public-data issue #283): the first line is a
   header when its first cell is not a number.
@@ -33,19 +45,21 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
 from k2.core.batch import Reject, SourceBatch
 from k2.core.errors import UserError
-from k2.schema.codecs import message_id, now_micros
-from k2.schema.fields import BARS_V2, TRADES_V2, AssetClass, DataType, RecordSpec
+from k2.schema.codecs import DecimalError, message_id, micros_from_datetime, now_micros, parse_decimal
+from k2.schema.fields import BARS_V2, BOOK_DEPTH_V2, QUOTES_V2, TRADES_V2, AssetClass, DataType, RecordSpec
 from k2.sources.binance.normalize import (
     EXCHANGE,
     PayloadError,
     TimeUnit,
     normalize_agg_trade,
+    normalize_book_ticker,
     normalize_rest_trade,
     parse_amount,
 )
@@ -53,12 +67,20 @@ from k2.sources.binance.symbols import QuoteResolver, UnknownSymbolError, shippe
 
 _MICROS_FROM = 10**14  # a time value at or above this is microseconds (see module doc)
 _BARS = DataType.BARS.value
+_BOOK_DEPTH = DataType.BOOK_DEPTH.value
 
 
 class FileKind(StrEnum):
     TRADES = "trades"
     AGG_TRADES = "aggTrades"
     KLINES = "klines"
+    BOOK_TICKER = "bookTicker"
+    BOOK_DEPTH = "bookDepth"
+
+
+# Published for futures only: a file of these kinds is never spot, header or not.
+_FUTURES_ONLY = frozenset({FileKind.BOOK_TICKER, FileKind.BOOK_DEPTH})
+_SPECS = {FileKind.KLINES: BARS_V2, FileKind.BOOK_TICKER: QUOTES_V2, FileKind.BOOK_DEPTH: BOOK_DEPTH_V2}
 
 
 class Market(StrEnum):
@@ -73,7 +95,13 @@ _VENUE = {
     Market.USDM: ("binance_um", AssetClass.FUTURES.value),
     Market.COINM: ("binance_cm", AssetClass.FUTURES.value),
 }
-_COLUMNS = {FileKind.TRADES: (6, 7), FileKind.AGG_TRADES: (7, 8), FileKind.KLINES: (12,)}
+_COLUMNS = {
+    FileKind.TRADES: (6, 7),
+    FileKind.AGG_TRADES: (7, 8),
+    FileKind.KLINES: (12,),
+    FileKind.BOOK_TICKER: (7,),
+    FileKind.BOOK_DEPTH: (4,),
+}
 _INTERVAL = r"\d+[smhdw]|1mo"
 # COIN-M contracts are named <base>USD_PERP or <base>USD_<yymmdd> (binance-public-data, dapi exchangeInfo): every one
 # is an inverse contract priced in USD. USD-M perpetuals are named like their spot pair (BTCUSDT), deliveries add
@@ -82,7 +110,7 @@ _COINM_CONTRACT = re.compile(r"[A-Z0-9]+USD_(?:PERP|\d{6})")
 _CONTRACT_SUFFIX = re.compile(r"_(?:PERP|\d{6})$")
 _NAME = re.compile(
     rf"(?:(?P<market>spot|futures-um|futures-cm|um|cm)-)?(?P<symbol>[A-Z0-9_]+)-"
-    rf"(?P<kind>trades|aggTrades|{_INTERVAL})-(?P<date>\d{{4}}-\d\d(?:-\d\d)?)(?:\.[\w-]+)*"
+    rf"(?P<kind>trades|aggTrades|bookTicker|bookDepth|{_INTERVAL})-(?P<date>\d{{4}}-\d\d(?:-\d\d)?)(?:\.[\w-]+)*"
 )
 
 
@@ -108,10 +136,11 @@ def describe_file(path: Path, kind: FileKind | str | None = None) -> FileInfo:
     if match is None:
         raise UserError(
             f"{path.name}: cannot tell symbol and kind from the name; expected data.binance.vision names like"
-            " BTCUSDT-trades-2024-01-01.zip, BTCUSDT-aggTrades-2024-01.zip or BTCUSDT-1m-2021-11-27.csv"
+            " BTCUSDT-trades-2024-01-01.zip, BTCUSDT-aggTrades-2024-01.zip, BTCUSDT-1m-2021-11-27.csv,"
+            " BTCUSDT-bookTicker-2023-10-27.zip or BTCUSDT-bookDepth-2023-10-27.zip"
         )
     named = match["kind"]
-    interval = None if named in ("trades", "aggTrades") else named
+    interval = None if named in ("trades", "aggTrades", "bookTicker", "bookDepth") else named
     found = FileKind(kind) if kind is not None else FileKind.KLINES if interval else FileKind(named)
     if found is FileKind.KLINES and interval is None:
         raise UserError(f"{path.name}: kind klines needs the interval in the name (SYMBOL-1m-DATE)")
@@ -207,11 +236,13 @@ class _FileReader:
             self.currency = _currency(info.symbol, market, resolver)
         except UnknownSymbolError as exc:
             self.unknown = exc
-        self.spec: RecordSpec = BARS_V2 if info.kind is FileKind.KLINES else TRADES_V2
+        self.spec: RecordSpec = _SPECS.get(info.kind, TRADES_V2)
         self.parse: Callable[[list[str], int], dict[str, Any]] = {
             FileKind.TRADES: self.trade,
             FileKind.AGG_TRADES: self.agg_trade,
             FileKind.KLINES: self.bar,
+            FileKind.BOOK_TICKER: self.book_ticker,
+            FileKind.BOOK_DEPTH: self.book_depth,
         }[info.kind]
 
     def quote_asset(self, symbol: str) -> str:
@@ -306,6 +337,59 @@ class _FileReader:
             "vendor_data": vendor,
         }
 
+    def book_ticker(self, cells: list[str], line_no: int) -> dict[str, Any]:
+        transaction_time, event_time = cells[5], cells[6]
+        time, unit = _time(event_time, "event_time")
+        _int(transaction_time, "transaction_time")
+        item: dict[str, Any] = {
+            "u": _int(cells[0], "update_id"),
+            "s": self.symbol,
+            "b": cells[1],
+            "B": cells[2],
+            "a": cells[3],
+            "A": cells[4],
+            "E": time,
+        }
+        record = normalize_book_ticker(
+            item,
+            self,
+            self.ingested,
+            unit,
+            exchange=self.exchange,
+            asset_class=self.asset_class,
+            platform_sequence=line_no,
+        )
+        record["vendor_data"] |= {"transaction_time": transaction_time, "event_time": event_time}
+        if self.market is Market.COINM:
+            record["vendor_data"]["quantity_unit"] = "contracts"  # COIN-M quantities count contracts, as klines do
+        return self._file_vendor(record)
+
+    def book_depth(self, cells: list[str], line_no: int) -> dict[str, Any]:
+        written, percentage_text = cells[0], cells[1]
+        try:
+            moment = datetime.strptime(written, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        except ValueError:
+            raise PayloadError("bad_field:timestamp", f"timestamp {written!r} is not YYYY-MM-DD HH:MM:SS") from None
+        try:
+            percentage = parse_decimal(percentage_text)
+        except DecimalError as exc:
+            raise PayloadError("bad_field:percentage", f"percentage: {exc}") from None
+        depth = parse_amount(cells[2], "depth", "bad_quantity")
+        notional = parse_amount(cells[3], "notional", "bad_quantity")
+        timestamp = micros_from_datetime(moment)
+        return {
+            "message_id": message_id(self.exchange, _BOOK_DEPTH, self.symbol, f"bookDepth:{timestamp}:{percentage:f}"),
+            "symbol": self.symbol,
+            "exchange": self.exchange,
+            "asset_class": self.asset_class,
+            "timestamp": timestamp,
+            "percentage": percentage,
+            "depth": depth,
+            "notional": notional,
+            "ingestion_timestamp": self.ingested,
+            "vendor_data": {"timestamp_text": written, "source_file": self.info.path.name},
+        }
+
 
 def _currency(symbol: str, market: Market, resolver: QuoteResolver) -> str:
     """The currency prices of `symbol` are in on `market`: from exchangeInfo, or USD for a COIN-M contract."""
@@ -352,6 +436,12 @@ class BinanceFileSource:
     def check(self) -> None:
         """Every name readable and every CHECKSUM sidecar matching, before any work (UserError otherwise)."""
         self._infos = [describe_file(path, self.kind) for path in self.paths]
+        for info in self._infos:
+            if info.kind in _FUTURES_ONLY and (self.market or info.market) is Market.SPOT:
+                raise UserError(
+                    f"{info.path.name}: data.binance.vision publishes {info.kind} files for futures only;"
+                    " load it as market um (USD-M) or cm (COIN-M)"
+                )
         self.verified = [path for path in self.paths if verify_checksum(path)]
 
     def batches(self) -> Iterator[SourceBatch]:
@@ -404,7 +494,7 @@ class BinanceFileSource:
 
     @staticmethod
     def _market_from_header(info: FileInfo, first_line: bytes) -> Market:
-        if first_line[:1].isdigit():
+        if first_line[:1].isdigit() and info.kind not in _FUTURES_ONLY:
             return Market.SPOT  # no header: spot
         # A header means futures. Neither path nor name said which kind, so the contract's naming does (see
         # _COINM_CONTRACT): BTCUSD_PERP is COIN-M, BTCUSDT and BTCUSDT_231229 are USD-M.

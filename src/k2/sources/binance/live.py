@@ -15,6 +15,10 @@ break in the update ids, which the recorder lands as a stream_gaps row), through
 backfill (429 Retry-After honoured). Every diff and snapshot level is a row (book_updates_v2, book_snapshots_v2); a
 snapshot is timed on the venue's clock, by the newest diff event the stream had delivered when it came. A depth
 frame or snapshot is read as the rows it makes, or as one row rejected.
+
+Partial book streams (channels `depth5`, `depth10`, `depth20`, each also `@100ms`): each frame, the top levels as of
+an update id, is stored whole as book_snapshots_v2 rows of snapshot_type partial (`partial_book`), timed by its
+receive time; it keeps no book and asks for no snapshot.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from k2.sources.binance.normalize import (
     normalize_rest_trade,
 )
 from k2.sources.binance.normalize_columnar import FrameBatch, normalize_frames
+from k2.sources.binance.partial_book import PARTIAL_CHANNELS, is_partial_frame, partial_book_records
 from k2.sources.binance.symbols import SymbolDirectory, load_saved_exchange_info, save_exchange_info
 
 log = structlog.get_logger(__name__)
@@ -174,6 +179,7 @@ class BinanceLive:
         self._quote_outages: dict[str, Gap] = {}
         depth = any(channel in DEPTH_CHANNELS for channel in channels)
         self._books = BookRecorder(time_unit=self._time_unit) if depth else None
+        self._partial = any(channel in PARTIAL_CHANNELS for channel in channels)
         self.stats = LiveStats()
 
     @property
@@ -258,7 +264,7 @@ class BinanceLive:
             while end < len(pending) and pending[end][2] == conn_id and (cut is None or pending[end - 1][3] < cut):
                 end += 1
             run = pending[start:end]
-            others = self._record_depth(run) if self._books is not None else run
+            others = self._record_depth(run) if self._books is not None or self._partial else run
             if others:
                 await self._take(self._normalize(others, conn_id, whole=len(others) == len(run)), len(others))
             lost_up_to(pending[end - 1][3])
@@ -290,13 +296,16 @@ class BinanceLive:
 
     # --- order books ------------------------------------------------------------------------------------------
     def _record_depth(self, run: list[tuple[bytes, int, int, int]]) -> list[tuple[bytes, int, int, int]]:
-        """The run's depth diff frames to the books; the other frames are returned, in order."""
-        assert self._books is not None
+        """The run's depth diff frames to the books, its partial book frames to rows; the other frames are returned,
+        in order."""
         others = []
         for frame in run:
             raw, receive_us, conn_id, number = frame
+            if self._partial and is_partial_frame(raw):
+                self._take_partial(partial_book_records(raw, receive_us, origin=f"ws#{conn_id}", position=number))
+                continue
             got = None
-            if intended_spec(raw) is BOOK_UPDATES_V2:
+            if self._books is not None and intended_spec(raw) is BOOK_UPDATES_V2:
                 got = self._books.frame(raw, receive_us, origin=f"ws#{conn_id}", position=number)
             if got is None:
                 others.append(frame)  # not a depthUpdate: the normalizer tells what it is
@@ -309,6 +318,18 @@ class BinanceLive:
                 self.stats.control_frames += 1  # an event that changed no level: no row to store
                 self._take_book(got)
         return others
+
+    def _take_partial(self, got: list[dict[str, Any]] | Reject) -> None:
+        if isinstance(got, Reject):
+            self._reject(got, BOOK_SNAPSHOTS_V2)
+            return
+        if not got:
+            self.stats.control_frames += 1  # both sides empty: no level to store
+            return
+        self.stats.book_frames += 1
+        self.stats.book_rows += len(got)
+        for row in got:
+            self._add(row, BOOK_SNAPSHOTS_V2)
 
     def _take_book(self, recorded: Recorded) -> None:
         for spec, rows in (

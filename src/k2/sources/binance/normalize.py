@@ -33,7 +33,16 @@ import orjson
 
 from k2.core.batch import Reject
 from k2.schema.codecs import DecimalError, message_id, parse_decimal
-from k2.schema.fields import BOOK_UPDATES_V2, QUOTES_V2, TRADES_V2, AssetClass, DataType, RecordSpec, Side
+from k2.schema.fields import (
+    BOOK_SNAPSHOTS_V2,
+    BOOK_UPDATES_V2,
+    QUOTES_V2,
+    TRADES_V2,
+    AssetClass,
+    DataType,
+    RecordSpec,
+    Side,
+)
 from k2.sources.binance.symbols import QuoteResolver, UnknownSymbolError
 
 EXCHANGE = "binance"
@@ -408,15 +417,19 @@ def normalize_book_ticker(
 # A diff depth stream's name as a combined frame quotes it: <symbol>@depth or <symbol>@depth@100ms (not the partial
 # book streams <symbol>@depth5, @depth20@100ms, ...).
 _DEPTH_DIFF_STREAM = re.compile(rb'@depth(?:@\d+ms)?"')
+_PARTIAL_DEPTH_STREAM = re.compile(rb'@depth(?:5|10|20)(?:@\d+ms)?"')
 
 
 def intended_spec(raw: bytes) -> RecordSpec:
     """The table a rejected frame was meant for, as far as its bytes tell, so it goes to that data type's DLQ:
-    book updates for a diff depth frame (its stream's name, or a depthUpdate event), quotes for a bookTicker frame
+    book updates for a diff depth frame (its stream's name, or a depthUpdate event), book snapshots for a partial
+    book frame (its stream's name), quotes for a bookTicker frame
     (a combined stream's name, or a raw payload's update id with best bid and ask), trades otherwise."""
     head = raw[:200]
     if b'"depthUpdate"' in head or _DEPTH_DIFF_STREAM.search(head):
         return BOOK_UPDATES_V2
+    if _PARTIAL_DEPTH_STREAM.search(head):
+        return BOOK_SNAPSHOTS_V2
     if b"@bookTicker" in head or (b'"u":' in head and b'"b":' in head and b'"e":' not in head):
         return QUOTES_V2
     return TRADES_V2

@@ -71,15 +71,20 @@ def book_snapshot_records(
     limit: int | None = None,
     taken_us: int | None = None,
     snapshot_type: BookSnapshotType = BookSnapshotType.FULL,
+    stream: str | None = None,
+    source: str = "snapshot",
     exchange: str = EXCHANGE,
     asset_class: str = AssetClass.CRYPTO.value,
 ) -> list[dict[str, Any]]:
     """The book_snapshots_v2 rows of one REST depth snapshot (`limit`: the level count asked for, when known;
-    `taken_us`: the venue time it stands for, when known, else its receive time is its timestamp)."""
+    `taken_us`: the venue time it stands for, when known, else its receive time is its timestamp; `stream`: the
+    stream it came on, if any; `source`: the first part of the ids' source, which tells kinds of snapshot apart)."""
     mint = message_ids_for(exchange, _SNAPSHOTS, snapshot.symbol)
     vendor = {"timestamp_source": "receive_time" if taken_us is None else "stream_event_time"}
     if limit is not None:
         vendor["limit"] = str(limit)
+    if stream is not None:
+        vendor["stream"] = stream
     rows = []
     for side, levels in zip(_SIDES, (snapshot.bids, snapshot.asks), strict=True):
         for price, quantity in _last_per_price(levels).items():
@@ -87,7 +92,7 @@ def book_snapshot_records(
                 continue  # a snapshot lists resting levels only; a zero is no level
             rows.append(
                 {
-                    "message_id": mint(f"snapshot:{snapshot.last_update_id}:{side}:{price:f}"),
+                    "message_id": mint(f"{source}:{snapshot.last_update_id}:{side}:{price:f}"),
                     "symbol": snapshot.symbol,
                     "exchange": exchange,
                     "asset_class": asset_class,

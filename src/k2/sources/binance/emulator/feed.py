@@ -7,6 +7,10 @@ the frame out to every subscribed connection's queue in publish order.
 Books: each captured depth snapshot of a symbol is put in force at load, and every published diff (dropped ones too,
 as the venue's book moves whatever a connection loses) moves that book once the replay has reached the snapshot's
 lastUpdateId, so ``/api/v3/depth`` answers the book as of the last diff published, as Binance answers its book now.
+The partial book streams (``<symbol>@depth5``, ``@depth10``, ``@depth20``, each also ``@100ms``) are served from that
+same book: after each diff published, while the book is at the replay position, every subscribed partial stream of
+the symbol gets ``{"lastUpdateId", "bids", "asks"}`` with the book's top 5, 10 or 20 levels (the venue pushes them
+every 1000 or 100 ms; the replay pushes them at each diff, which a capture's diff streams already space).
 
 A replay runs on one clock (``ReplayClock``). Spot bookTicker frames carry no time, so a client times a quote by
 when it receives it, while a trade carries the time it happened: replayed as recorded, a capture's quotes would land
@@ -35,6 +39,7 @@ from k2.sources.binance.capture import ReplayClock
 from k2.sources.binance.emulator.capture import Capture
 from k2.sources.binance.emulator.faults import FaultPlan, FrameFault
 from k2.sources.binance.normalize import PayloadError
+from k2.sources.binance.partial_book import PARTIAL_CHANNELS, partial_stream
 
 # web-socket-streams: "All time and timestamp related fields are milliseconds by default. To receive the information
 # in microseconds, please add the parameter timeUnit=MICROSECOND". These are the time fields of the market streams.
@@ -177,7 +182,13 @@ class Hub:
         self._depth_published = asyncio.Event()  # set (and replaced) at each diff published
         self.book_tickers: dict[str, dict[str, Any]] = {}
         self.symbols: set[str] = set()
-        self.counts: dict[str, int] = {"published": 0, "unusable": 0, **{fault.value: 0 for fault in FrameFault}}
+        # published: frames sent (a fault may still drop one); partial: of them, partial book frames made from a book
+        self.counts: dict[str, int] = {
+            "published": 0,
+            "partial": 0,
+            "unusable": 0,
+            **{fault.value: 0 for fault in FrameFault},
+        }
         self._held: dict[str, Outgoing] = {}
 
     def subscribe(self, sink: Sink, stream: str) -> None:
@@ -196,8 +207,13 @@ class Hub:
 
     def publish(self, stream: str, data: dict[str, Any], event_us: int | None = None) -> None:
         """Record ``data`` for REST, then send it (or its fault) to every subscriber of ``stream``; ``event_us``:
-        see `Outgoing`."""
-        self._record(stream, data)
+        see `Outgoing`. A diff that moved a symbol's book is followed by the book's partial streams."""
+        moved = self._record(stream, data)
+        self._send(stream, data, event_us)
+        if moved is not None:
+            self._publish_partials(moved)
+
+    def _send(self, stream: str, data: dict[str, Any], event_us: int | None) -> None:
         self.counts["published"] += 1
         fault = self.faults.decide(stream)
         if fault is FrameFault.REORDER and stream in self._held:
@@ -225,10 +241,11 @@ class Hub:
         for sink in tuple(self.subscribers.get(item.stream, ())):
             sink.deliver(item)
 
-    def _record(self, stream: str, data: dict[str, Any]) -> None:
+    def _record(self, stream: str, data: dict[str, Any]) -> str | None:
+        """Keep what REST answers from ``data``; the symbol whose depth diff it is, else None."""
         symbol = data.get("s")
         if not isinstance(symbol, str):
-            return
+            return None
         self.symbols.add(symbol)
         kind = stream.split("@", 1)[1] if "@" in stream else stream
         if kind == "aggTrade":
@@ -240,9 +257,34 @@ class Hub:
         elif kind.startswith("depth") and "u" in data:
             self.last_update_id[symbol] = int(data["u"])
             self._move_book(symbol, data)
+            return symbol
         elif kind == "bookTicker":
             self.book_tickers[symbol] = data
             self.last_update_id.setdefault(symbol, int(data["u"]))
+        return None
+
+    def _publish_partials(self, symbol: str) -> None:
+        """The symbol's book, top levels only, to each of its partial book streams that has a subscriber."""
+        sync = self.books.get(symbol)
+        book = None if sync is None else sync.book
+        if sync is None or not sync.synced or book is None or book.last_update_id != self.last_update_id.get(symbol):
+            return  # no book at the replay position to take the top from
+        for channel in PARTIAL_CHANNELS:
+            name = f"{symbol.lower()}@{channel}"
+            stream = partial_stream(name)
+            if stream is None or not self.subscribers.get(name):
+                continue
+            bids, asks = book.top(stream.levels)
+            self.counts["partial"] += 1
+            self._send(
+                name,
+                {
+                    "lastUpdateId": book.last_update_id,
+                    "bids": [[f"{price:f}", f"{quantity:f}"] for price, quantity in bids],
+                    "asks": [[f"{price:f}", f"{quantity:f}"] for price, quantity in asks],
+                },
+                None,
+            )
 
     def add_snapshot(self, symbol: str, body: dict[str, Any]) -> None:
         """A captured depth snapshot (before the replay starts): the first of a symbol is put in force, later ones
