@@ -57,20 +57,20 @@ system-packages:
 	fi
 
 test: setup lint system-packages $(S3RVER) $(VENV)/.spark-deps
-	$(BIN)/pytest -q -ra -m "not faults and not spark and not apache_kafka"
+	$(BIN)/pytest -q -ra --durations=15 -m "not faults and not spark and not apache_kafka"
 	# Spark (one local JVM) reads K2's tables over REST and JDBC, prunes, commits; K2 goes on exactly once (~3 min)
-	$(BIN)/pytest -q -ra -m spark
+	$(BIN)/pytest -q -ra --durations=15 -m spark
 	# kill -9 drills over a million messages each, the 3-broker Apache Kafka drill among them (~13 min on 2 cores;
 	# that drill ~3 min); -s prints each drill's figures
-	$(BIN)/pytest -q -ra -s -m faults
+	$(BIN)/pytest -q -ra --durations=15 -s -m faults
 	# the integration suite again on a PostgreSQL SQL catalog and an S3 warehouse (s3rver on 127.0.0.1), both throwaway
-	K2_TEST_CATALOG=postgres K2_TEST_WAREHOUSE=s3 $(BIN)/pytest -q -ra -m integration
+	K2_TEST_CATALOG=postgres K2_TEST_WAREHOUSE=s3 $(BIN)/pytest -q -ra --durations=15 -m integration
 	# the integration suite again on one Apache Kafka broker, with the tests that start Kafka themselves (3-node too)
-	K2_TEST_BROKER=apache_kafka $(BIN)/pytest -q -ra -m "(integration or apache_kafka) and not faults and not spark"
+	K2_TEST_BROKER=apache_kafka $(BIN)/pytest -q -ra --durations=15 -m "(integration or apache_kafka) and not faults and not spark"
 
 # the kill -9 drills alone (also part of `make test`); K2_FAULT_SEED replays a run, K2_FAULT_MESSAGES resizes it
 faults: setup
-	$(BIN)/pytest -q -ra -s -m faults
+	$(BIN)/pytest -q -ra --durations=15 -s -m faults
 
 clean:
 	rm -rf $(VENV) .k2 .k2-tools .pytest_cache .ruff_cache .import_linter_cache
