@@ -15,6 +15,7 @@ from k2.api.params import PATTERN_HINTS, single_valued
 from k2.api.ratelimit import RateLimiter
 from k2.api.routes import (
     analytics,
+    book,
     catalog,
     dashboard,
     docs,
@@ -93,7 +94,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
     secured = [Depends(require_key), Depends(single_valued)]
     # What the dependencies (key, rate limit, repeated parameters) and ApiState.run answer on every /v1 route.
     refusals = documented(401, 422, 429, 503, 504)
-    for module in (events, analytics, catalog, replay, pipeline):
+    for module in (events, analytics, book, catalog, replay, pipeline):
         app.include_router(module.router, prefix="/v1", dependencies=secured, responses=refusals)
     app.include_router(replay.ws_router, prefix="/v1")
     app.include_router(subscribe.ws_router, prefix="/v1")

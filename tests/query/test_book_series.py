@@ -1,0 +1,193 @@
+"""The book series and trades joined to the book: against an independent replay of the real April capture, against
+book_at at the same moments, and against a small hand-made book with a lost update and a second snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+import pytest
+
+from k2.config import Settings
+from k2.lake.catalog import open_catalog
+from k2.lake.tables import ensure_tables
+from k2.query.book import book_at
+from k2.query.book_series import MAX_SERIES_POINTS, SERIES_SCHEMA, book_levels, book_series, trades_with_book
+from k2.query.engine import QueryEngine
+from k2.query.filters import InvalidQueryError
+from k2.schema.codecs import datetime_from_micros, micros_from_datetime
+from k2.sources.binance.book import DepthDiff, DepthSnapshot
+from tests.query.records import append_trades, trade
+from tests.query.test_book_at import _oracle_at, _top
+from tests.sources.book_captures import CAPTURES, append_book_events, depth_events
+from tests.sources.book_oracle import read_depth
+
+SECOND = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def april(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryEngine]:
+    catalog = open_catalog(Settings(home=Path(tmp_path_factory.mktemp("april-book"))))
+    append_book_events(catalog, [e for e in depth_events("2021-04-04") if e.symbol == "BTCUSDT"])
+    with QueryEngine(catalog) as opened:
+        yield opened
+
+
+def _expected_top(bids: list, asks: list) -> dict[str, object]:
+    """The top-of-book columns computed here from plain (price, quantity) lists, best first."""
+    bid_depth, ask_depth = sum(q for _, q in bids), sum(q for _, q in asks)
+    return {
+        "bid_price": bids[0][0],
+        "bid_quantity": bids[0][1],
+        "ask_price": asks[0][0],
+        "ask_quantity": asks[0][1],
+        "mid": (bids[0][0] + asks[0][0]) / 2,
+        "spread": asks[0][0] - bids[0][0],
+        "bid_depth": bid_depth,
+        "ask_depth": ask_depth,
+        "imbalance": ((bid_depth - ask_depth) / (bid_depth + ask_depth)).quantize(Decimal("1E-10"), ROUND_HALF_EVEN),
+    }
+
+
+def test_btcusdt_every_second_is_the_oracles_book_and_book_ats(april: QueryEngine) -> None:
+    diffs, snapshots = read_depth(*CAPTURES["2021-04-04"])
+    (snapshot,) = snapshots["BTCUSDT"]
+    start = datetime_from_micros(snapshot.received_us)  # 20:03:12.339385: the first boundary is 20:03:13
+    end = datetime_from_micros(diffs["BTCUSDT"][-1].event_ms * 1000) + timedelta(seconds=2)
+    series = book_series(april, "BTCUSDT", start, end, "1s", 5, exchange="binance")
+    assert series.schema == SERIES_SCHEMA
+    rows = series.to_pylist()
+    times = [micros_from_datetime(row["timestamp"]) for row in rows]
+    assert len(rows) == 92 and times[0] == 1_617_566_593 * SECOND and times[-1] == times[0] + 91 * SECOND
+    checked = list(zip(times, rows, strict=True))[::3]  # the oracle replays from the snapshot for each moment
+    oracle = _oracle_at(snapshot, diffs["BTCUSDT"], [at for at, _ in checked])
+    for at, row in checked:
+        bids, asks = _top(oracle[at], 5)
+        assert {name: row[name] for name in _expected_top(bids, asks)} == _expected_top(bids, asks), at
+        assert row["book_exact"] is True
+    for at, row in list(zip(times, rows, strict=True))[::23]:
+        book = book_at(april, "BTCUSDT", at, 5, exchange="binance")
+        assert (row["book_update_id"], row["bid_price"], row["ask_quantity"]) == (
+            book.last_update_id, book.bids[0][0], book.asks[0][1]
+        )  # fmt: skip
+    assert rows[0] | {"timestamp": None} == {
+        "timestamp": None, "bid_price": Decimal("58000.27000000"), "bid_quantity": Decimal("2.71724600"),
+        "ask_price": Decimal("58000.28000000"), "ask_quantity": Decimal("2.39819000"),
+        "mid": Decimal("58000.275000000"), "spread": Decimal("0.01000000"), "bid_depth": Decimal("3.24986900"),
+        "ask_depth": Decimal("4.49601500"), "imbalance": Decimal("-0.1608784743"), "book_update_id": 9893033136,
+        "book_exact": True,
+    }  # fmt: skip
+    assert rows[-1]["book_update_id"] == 9893046554  # the last event of the capture
+
+
+def test_a_series_too_long_or_out_of_range_is_refused_in_one_line(april: QueryEngine) -> None:
+    start = datetime_from_micros(1_617_566_593 * SECOND)
+    with pytest.raises(InvalidQueryError, match=f"would have 100001 books \\(at most {MAX_SERIES_POINTS}\\)"):
+        book_series(april, "BTCUSDT", start, start + timedelta(seconds=100_001), "1s", 5, exchange="binance")
+    with pytest.raises(InvalidQueryError, match="invalid bar interval '7m'"):
+        book_series(april, "BTCUSDT", start, start + timedelta(seconds=1), "7m", 5, exchange="binance")
+    with pytest.raises(InvalidQueryError, match="no order-book snapshot of BTCUSDT on binance"):
+        book_series(
+            april, "BTCUSDT", start - timedelta(hours=1), start - timedelta(minutes=1), "1m", 5, exchange="binance"
+        )
+    with pytest.raises(InvalidQueryError, match="before 0001-02-01"):
+        book_levels(
+            april, "BTCUSDT", micros_from_datetime(datetime_from_micros(0).replace(year=1)), 5, exchange="binance"
+        )
+
+
+# A hand-made book: snapshot 100, two events, one lost (104-105), one after the hole, a second snapshot, one more.
+T0 = 1_709_546_400 * SECOND  # 2024-03-04T10:00:00Z
+
+
+def _levels(*pairs: tuple[str, str]) -> tuple[tuple[Decimal, Decimal], ...]:
+    return tuple((Decimal(price), Decimal(quantity)) for price, quantity in pairs)
+
+
+@pytest.fixture(scope="module")
+def hand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryEngine]:
+    catalog = open_catalog(Settings(home=Path(tmp_path_factory.mktemp("hand-book"))))
+    tables = ensure_tables(catalog)
+    append_book_events(
+        catalog,
+        [
+            DepthSnapshot("XYZ", 100, T0, _levels(("10", "1"), ("9", "2")), _levels(("11", "3"), ("12", "4"))),
+            DepthDiff("XYZ", 101, 102, T0 + SECOND, T0 + SECOND, _levels(("10", "5")), _levels(("11", "0"))),
+            DepthDiff("XYZ", 103, 103, T0 + 2 * SECOND, T0 + 2 * SECOND, (), _levels(("11.5", "1"))),
+            # 104-105 (at T0 + 3 s) never arrived
+            DepthDiff("XYZ", 106, 106, T0 + 4 * SECOND, T0 + 4 * SECOND, _levels(("9.5", "7")), ()),
+            DepthSnapshot("XYZ", 110, T0 + 5 * SECOND, _levels(("10", "6")), _levels(("11.5", "2"))),
+            DepthDiff("XYZ", 111, 111, T0 + 6 * SECOND, T0 + 6 * SECOND, (), _levels(("11.5", "0"), ("12", "9"))),
+        ],
+    )
+    moments = [-SECOND, SECOND, SECOND + SECOND // 2, 4 * SECOND, 4 * SECOND + 200_000, 5 * SECOND + SECOND // 2]
+    append_trades(
+        tables["trades_v2"],
+        [
+            trade(datetime_from_micros(T0 + moment), "10.5", "1", n, symbol="XYZ", exchange="binance")
+            for n, moment in enumerate([*moments, 7 * SECOND], start=1)
+        ],
+    )
+    with QueryEngine(catalog) as opened:
+        yield opened
+
+
+D = Decimal
+# The book (best 2 levels per side) that stood strictly before each trade, worked out by hand from the events above.
+BEFORE_TRADES = [
+    None,  # before the first snapshot: unknown
+    ([(D(10), D(1)), (D(9), D(2))], [(D(11), D(3)), (D(12), D(4))], 100, True),  # an update at the trade's instant
+    ([(D(10), D(5)), (D(9), D(2))], [(D(12), D(4))], 102, True),
+    ([(D(10), D(5)), (D(9), D(2))], [(D("11.5"), D(1)), (D(12), D(4))], 103, True),  # the hole is not seen yet
+    ([(D(10), D(5)), (D("9.5"), D(7))], [(D("11.5"), D(1)), (D(12), D(4))], 106, False),  # 104-105 missing
+    ([(D(10), D(6))], [(D("11.5"), D(2))], 110, True),  # the second snapshot starts the book again
+    ([(D(10), D(6))], [(D(12), D(9))], 111, True),
+]
+TOP_COLUMNS = [*_expected_top([(D(1), D(1))], [(D(1), D(1))]), "book_update_id", "book_exact"]
+
+
+def test_each_trade_gets_the_book_strictly_before_it_across_a_hole_and_a_new_snapshot(hand: QueryEngine) -> None:
+    start, end = datetime_from_micros(T0 - 2 * SECOND), datetime_from_micros(T0 + 8 * SECOND)
+    rows = trades_with_book(hand, "XYZ", start, end, 2, exchange="binance").to_pylist()
+    assert [row["trade_id"] for row in rows] == ["1", "2", "3", "4", "5", "6", "7"]
+    assert [row["price"] for row in rows] == [D("10.5")] * 7
+    for row, expected in zip(rows, BEFORE_TRADES, strict=True):
+        got = {name: row[name] for name in TOP_COLUMNS}
+        if expected is None:
+            assert got == dict.fromkeys(TOP_COLUMNS), row
+            continue
+        bids, asks, update_id, exact = expected
+        assert got == {**_expected_top(bids, asks), "book_update_id": update_id, "book_exact": exact}, row
+        book = book_at(hand, "XYZ", micros_from_datetime(row["timestamp"]) - 1, 2, exchange="binance")
+        assert (book.bids, book.asks, book.last_update_id, book.exact) == expected
+    assert rows[4]["imbalance"] == D("0.4117647059")  # (12 - 5) / 17 and rows[4]["mid"] == D("10.750000000")
+    assert trades_with_book(hand, "XYZ", end, end + timedelta(seconds=1), 2, exchange="binance").num_rows == 0
+
+
+def test_the_series_restarts_at_a_snapshot_inside_the_range_and_is_null_before_the_first(hand: QueryEngine) -> None:
+    start, end = datetime_from_micros(T0 - 1_500_000), datetime_from_micros(T0 + 7 * SECOND)
+    rows = book_series(hand, "XYZ", start, end, "1s", 2, exchange="binance").to_pylist()
+    assert [micros_from_datetime(row["timestamp"]) - T0 for row in rows] == [s * SECOND for s in range(-1, 7)]
+    assert [(row["book_update_id"], row["book_exact"]) for row in rows] == [
+        (None, None), (100, True), (102, True), (103, True), (103, True), (106, False), (110, True), (111, True)
+    ]  # fmt: skip
+    assert (rows[5]["bid_depth"], rows[5]["ask_depth"]) == (D(12), D(5))
+    for row in rows[1:]:
+        book = book_at(hand, "XYZ", micros_from_datetime(row["timestamp"]), 2, exchange="binance")
+        assert {name: row[name] for name in TOP_COLUMNS} == {
+            **_expected_top(book.bids, book.asks), "book_update_id": book.last_update_id, "book_exact": book.exact
+        }  # fmt: skip
+
+
+def test_the_levels_table_carries_where_the_book_came_from(hand: QueryEngine) -> None:
+    holed = book_levels(hand, "XYZ", T0 + 4 * SECOND, 2, exchange="binance").to_pylist()
+    assert [(r["side"], r["level"], r["price"], r["quantity"]) for r in holed] == [
+        ("BID", 1, D(10), D(5)), ("BID", 2, D("9.5"), D(7)), ("ASK", 1, D("11.5"), D(1)), ("ASK", 2, D(12), D(4))
+    ]  # fmt: skip
+    where_from = {key: value for key, value in holed[0].items() if key not in ("side", "level", "price", "quantity")}
+    assert where_from == {
+        "book_update_id": 106, "snapshot_update_id": 100, "snapshot_timestamp": datetime_from_micros(T0),
+        "updates_applied": 3, "book_exact": False, "gap_first_update_id": 104, "gap_last_update_id": 105,
+    }  # fmt: skip
