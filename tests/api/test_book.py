@@ -16,6 +16,7 @@ import k2
 from k2.api import create_key
 from k2.api.formats import records
 from k2.client import K2APIError
+from k2.config import Settings
 from k2.lake.catalog import open_catalog
 from k2.query.book_series import book_levels, book_series, trades_with_book
 from k2.query.engine import QueryEngine
@@ -30,7 +31,7 @@ START, END = datetime_from_micros(T0 - 2 * SECOND), datetime_from_micros(T0 + 8 
 
 @pytest.fixture(scope="module")
 def books(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, QueryEngine]]:
-    settings = build_hand_book(Path(tmp_path_factory.mktemp("book-api")) / "k2home")
+    settings = build_hand_book(Settings(home=Path(tmp_path_factory.mktemp("book-api")) / "k2home"))
     with serving(settings) as server, QueryEngine(open_catalog(settings)) as engine:
         yield server, create_key(settings, "books"), engine
 

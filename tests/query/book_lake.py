@@ -4,7 +4,6 @@ and seven trades around them; BEFORE_TRADES is the book that stood strictly befo
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
@@ -25,9 +24,8 @@ def _levels(*pairs: tuple[str, str]) -> tuple[tuple[Decimal, Decimal], ...]:
     return tuple((Decimal(price), Decimal(quantity)) for price, quantity in pairs)
 
 
-def build_hand_book(home: Path) -> Settings:
-    """The lake under `home`: its settings."""
-    settings = Settings(home=home)
+def build_hand_book(settings: Settings) -> Settings:
+    """The hand-made book and trades appended to the lake `settings` names; `settings` again."""
     catalog = open_catalog(settings)
     tables = ensure_tables(catalog)
     append_book_events(

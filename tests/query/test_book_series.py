@@ -96,7 +96,7 @@ def test_a_series_too_long_or_out_of_range_is_refused_in_one_line(april: QueryEn
 
 @pytest.fixture(scope="module")
 def hand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryEngine]:
-    settings = build_hand_book(Path(tmp_path_factory.mktemp("hand-book")))
+    settings = build_hand_book(Settings(home=Path(tmp_path_factory.mktemp("hand-book"))))
     with QueryEngine(open_catalog(settings)) as opened:
         yield opened
 
