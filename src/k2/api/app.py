@@ -31,7 +31,8 @@ from k2.config import ApiSettings, Settings
 from k2.lake.catalog import open_catalog
 from k2.query.engine import QueryEngine
 
-_DESCRIPTION = """Market data from the K2 lake: trades, quotes, bars, as-of joins, summaries, snapshots and replay.
+_DESCRIPTION = """Market data from the K2 lake: trades, quotes, bars, as-of joins, order books, summaries, snapshots and
+replay.
 
 Every /v1 route needs an API key in `X-API-Key` (or `Authorization: Bearer <key>`); `k2 keys create NAME` makes one.
 Responses are JSON by default (decimals and timestamps as exact strings); `format=` or Accept picks CSV, Parquet,
