@@ -12,12 +12,18 @@ import pytest
 
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
+from k2.lake.tables import ensure_tables
 from k2.query.book import book_at
 from k2.query.book_series import MAX_SERIES_POINTS, SERIES_SCHEMA, book_levels, book_series, trades_with_book
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError
+from k2.samples import BINANCE_EXCHANGE_INFO
 from k2.schema.codecs import datetime_from_micros, micros_from_datetime
+from k2.sources.binance.capture import ws_frames
+from k2.sources.binance.normalize import normalize_frame
+from k2.sources.binance.symbols import SymbolDirectory
 from tests.query.book_lake import BEFORE_TRADES, SECOND, T0, D, build_hand_book
+from tests.query.records import append_trades
 from tests.query.test_book_at import _oracle_at, _top
 from tests.sources.book_captures import CAPTURES, append_book_events, depth_events
 from tests.sources.book_oracle import read_depth
@@ -27,6 +33,14 @@ from tests.sources.book_oracle import read_depth
 def april(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryEngine]:
     catalog = open_catalog(Settings(home=Path(tmp_path_factory.mktemp("april-book"))))
     append_book_events(catalog, [e for e in depth_events("2021-04-04") if e.symbol == "BTCUSDT"])
+    symbols = SymbolDirectory.from_file(BINANCE_EXCHANGE_INFO)
+    trades = [
+        normalize_frame(frame.raw, symbols, frame.receipt_us, origin=capture.name, position=frame.line_no)
+        for capture in CAPTURES["2021-04-04"]
+        for frame in ws_frames(capture)
+        if b"btcusdt@aggTrade" in frame.raw
+    ]
+    append_trades(ensure_tables(catalog)["trades_v2"], trades)
     with QueryEngine(catalog) as opened:
         yield opened
 
@@ -76,6 +90,28 @@ def test_btcusdt_every_second_is_the_oracles_book_and_book_ats(april: QueryEngin
         "book_exact": True,
     }  # fmt: skip
     assert rows[-1]["book_update_id"] == 9893046554  # the last event of the capture
+
+
+def test_btcusdt_aggtrades_get_the_oracles_book_one_microsecond_before_them(april: QueryEngine) -> None:
+    diffs, snapshots = read_depth(*CAPTURES["2021-04-04"])
+    (snapshot,) = snapshots["BTCUSDT"]
+    start, end = datetime_from_micros(1_617_566_500 * SECOND), datetime_from_micros(1_617_566_700 * SECOND)
+    rows = trades_with_book(april, "BTCUSDT", start, end, 5, exchange="binance").to_pylist()
+    assert len(rows) == 1227  # every BTCUSDT aggTrade of the capture
+    unknown = [row for row in rows if micros_from_datetime(row["timestamp"]) <= snapshot.received_us]
+    assert len(unknown) == 15 and all(row["book_update_id"] is None and row["mid"] is None for row in unknown)
+    known = rows[15:]
+    checked = known[::120]  # the oracle replays from the snapshot for each trade
+    before = [micros_from_datetime(row["timestamp"]) - 1 for row in checked]
+    oracle = _oracle_at(snapshot, diffs["BTCUSDT"], before)
+    for at, row in zip(before, checked, strict=True):
+        bids, asks = _top(oracle[at], 5)
+        assert {name: row[name] for name in _expected_top(bids, asks)} == _expected_top(bids, asks), at
+    for at, row in list(zip(before, checked, strict=True))[::4]:
+        assert row["book_update_id"] == book_at(april, "BTCUSDT", at, 1, exchange="binance").last_update_id
+    assert (known[0]["trade_id"], known[0]["bid_price"], known[0]["ask_price"], known[0]["book_update_id"]) == (
+        "665076775", Decimal("58001.03000000"), Decimal("58001.04000000"), 9893033067
+    )  # fmt: skip
 
 
 def test_a_series_too_long_or_out_of_range_is_refused_in_one_line(april: QueryEngine) -> None:
