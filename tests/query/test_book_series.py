@@ -156,6 +156,12 @@ def test_each_trade_gets_the_book_strictly_before_it_across_a_hole_and_a_new_sna
         assert (book.bids, book.asks, book.last_update_id, book.exact) == expected
     assert rows[4]["imbalance"] == D("0.4117647059")  # (12 - 5) / 17 and rows[4]["mid"] == D("10.750000000")
     assert trades_with_book(hand, "XYZ", end, end + timedelta(seconds=1), 2, exchange="binance").num_rows == 0
+    with pytest.raises(InvalidQueryError) as refused:  # only trade 1, before any snapshot
+        trades_with_book(hand, "XYZ", start, datetime_from_micros(T0), 2, exchange="binance")
+    assert str(refused.value) == (
+        "no order-book snapshot of XYZ on binance at or before 2024-03-04T09:59:58.999999+00:00: the book is unknown"
+        " before its first snapshot; ask for a later time"
+    )
 
 
 def test_the_series_restarts_at_a_snapshot_inside_the_range_and_is_null_before_the_first(hand: QueryEngine) -> None:

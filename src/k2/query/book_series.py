@@ -223,6 +223,7 @@ def books_at(
     """The top `depth` levels of the book at each of `times_us` (ascending integer microseconds UTC), each what
     `book_at` gives at that time; None for a time before the symbol's first snapshot. InvalidQueryError when no
     snapshot precedes the last time."""
+    where([symbol], exchange=exchange)  # a bad symbol or exchange is refused here, not taken for a missing book
     positive(depth, "depth")
     if not times_us:
         return
@@ -235,9 +236,12 @@ def books_at(
     restarts = [row["taken_us"] for row in reader.sql(_SNAPSHOTS_SQL, params).to_pylist()]
     try:
         book: _Book | None = _Book(book_at(engine, symbol, first, _WHOLE_BOOK, exchange=exchange, as_of=as_of))
-    except InvalidQueryError:
+    except InvalidQueryError:  # the symbol and exchange were checked: no snapshot at or before the first time
         if not restarts:
-            raise  # no snapshot at or before any of the times: book_at's message says so
+            raise InvalidQueryError(
+                f"no order-book snapshot of {symbol} on {exchange} at or before {_moment(last).isoformat()}: the book"
+                " is unknown before its first snapshot; ask for a later time"
+            ) from None
         book = None
     updates = _updates(reader, params)
     at_us, first_ids, last_ids, sides, prices, quantities = updates
