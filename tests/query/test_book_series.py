@@ -118,7 +118,7 @@ def test_a_series_too_long_or_out_of_range_is_refused_in_one_line(april: QueryEn
     start = datetime_from_micros(1_617_566_593 * SECOND)
     with pytest.raises(InvalidQueryError, match=f"would have 100001 books \\(at most {MAX_SERIES_POINTS}\\)"):
         book_series(april, "BTCUSDT", start, start + timedelta(seconds=100_001), "1s", 5, exchange="binance")
-    with pytest.raises(InvalidQueryError, match="invalid bar interval '7m'"):
+    with pytest.raises(InvalidQueryError, match="invalid series interval '7m': use a number and s/m/h/d from 1s to 1d"):
         book_series(april, "BTCUSDT", start, start + timedelta(seconds=1), "7m", 5, exchange="binance")
     with pytest.raises(InvalidQueryError, match="no order-book snapshot of BTCUSDT on binance"):
         book_series(

@@ -290,7 +290,13 @@ def book_series(
     """The book of `symbol` at every `every` boundary (1s .. 1d) in [start, end); SERIES_SCHEMA, module doc."""
     where([symbol], start, end, exchange)  # refuses a bad symbol, exchange or range before anything is read
     positive(depth, "depth")
-    width = parse_interval(every).width
+    try:
+        width = parse_interval(every).width
+    except InvalidQueryError:  # its message speaks of bars
+        raise InvalidQueryError(
+            f"invalid series interval {every!r}: use a number and s/m/h/d from 1s to 1d that divides a day evenly,"
+            " e.g. 1s, 10s, 1m, 1h"
+        ) from None
     width_us = int(width.total_seconds()) * 1_000_000
     low, high = micros_from_datetime(utc(start, "start")), micros_from_datetime(utc(end, "end"))
     first = -(-low // width_us) * width_us
