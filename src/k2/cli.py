@@ -434,17 +434,35 @@ def bars(
 @app.command()
 def book(
     symbol: str = typer.Argument(..., help="One symbol, e.g. BTCUSDT"),
-    at: str = typer.Option(..., "--at", help="ISO-8601 with zone: the book as it stood then"),
-    depth: int = typer.Option(10, min=1, help="Levels per side, best first"),
+    at: str = typer.Option(None, "--at", help="ISO-8601 with zone: the book as it stood then"),
+    start: str = typer.Option(None, "--start", help="With --end: the top of the book at every --every from here"),
+    end: str = typer.Option(None, "--end", help="Exclusive end of the series, ISO-8601 with zone"),
+    every: str = typer.Option("1s", "--every", help="Interval of the series, 1s .. 1d, e.g. 1s, 1m"),
+    depth: int = typer.Option(10, min=1, help="Levels per side, best first (a series sums them for its depths)"),
     exchange: str = typer.Option("binance", help="Venue code"),
     fmt: OutputFormat = _FORMAT,
     as_of: str = _AS_OF,
 ) -> None:
-    """The order book of SYMBOL at --at: the newest snapshot at or before it, then the updates after it."""
+    """The order book of SYMBOL at --at (the newest snapshot at or before it, then the updates after it), or with
+    --start/--end its top at every --every boundary: best bid/ask, mid, spread, depths and imbalance."""
     from k2.query.book import BookAt, book_at, ladder
+    from k2.query.book_series import book_series
     from k2.schema.codecs import micros_from_datetime
 
-    at_us, pinned = micros_from_datetime(cast(datetime, _instant(at, "--at"))), _as_of(as_of)
+    pinned = _as_of(as_of)
+    if (at is None) == (start is None and end is None):
+        raise UserError("pass --at for the book at a moment, or --start and --end for a series (not both)")
+    if at is None:
+        if start is None or end is None:
+            raise UserError("a book series needs both --start and --end")
+        begin, finish = cast(datetime, _instant(start, "--start")), cast(datetime, _instant(end, "--end"))
+        _run_query(
+            lambda engine: book_series(engine, symbol, begin, finish, every, depth, exchange=exchange, as_of=pinned),
+            fmt,
+            empty=f"no {every} boundary in [{start}, {end})",
+        )
+        return
+    at_us = micros_from_datetime(cast(datetime, _instant(at, "--at")))
     found: list[BookAt] = []
 
     def read(engine: Any) -> Any:
@@ -453,6 +471,29 @@ def book(
 
     _run_query(read, fmt)
     err.print(f"note: {found[0].describe()}", markup=False, soft_wrap=True)
+
+
+@app.command("trades-with-book")
+def trades_with_book_cmd(
+    symbol: str = typer.Argument(..., help="One symbol, e.g. BTCUSDT"),
+    start: str = typer.Option(..., "--start", help="ISO-8601 with zone, inclusive"),
+    end: str = typer.Option(..., "--end", help="ISO-8601 with zone, exclusive"),
+    depth: int = typer.Option(10, min=1, help="Levels per side summed for bid_depth, ask_depth and imbalance"),
+    exchange: str = typer.Option("binance", help="Venue code"),
+    fmt: OutputFormat = _FORMAT,
+    as_of: str = _AS_OF,
+) -> None:
+    """Each trade of SYMBOL in [--start, --end) with the order book that stood strictly before it."""
+    from k2.query.book_series import trades_with_book
+
+    begin, finish, pinned = _instant(start, "--start"), _instant(end, "--end"), _as_of(as_of)
+    _run_query(
+        lambda engine: trades_with_book(
+            engine, symbol, cast(datetime, begin), cast(datetime, finish), depth, exchange=exchange, as_of=pinned
+        ),
+        fmt,
+        empty=_no_rows("trades", [symbol], start, end),
+    )
 
 
 @app.command("symbols")

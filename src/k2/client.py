@@ -5,6 +5,7 @@
     with Client("http://127.0.0.1:8000", api_key="k2_...") as k2:
         trades = k2.trades("BHP", start=datetime(2024, 3, 4, tzinfo=UTC))     # every row, all pages followed
         bars = k2.bars("BHP", "5m", start, end, output="pandas")
+        book = k2.book_series("BTCUSDT", start, end, every="1s", depth=10)   # top of the book every second
         for record in k2.replay("trades", "BHP", start, end, speed=10):
             ...
         for record in k2.subscribe("trades", ["BHP"], since=start):   # history, then live; never ends by itself
@@ -460,6 +461,77 @@ class Client:
             as_of=_as_of(as_of),
         )
         return self._table("/v1/asof", params, output)
+
+    def book(
+        self,
+        symbol: str,
+        at: Moment,
+        depth: int = 10,
+        *,
+        exchange: str = "binance",
+        as_of: AsOf = None,
+        output: Output | None = None,
+    ) -> Any:
+        """The order book of `symbol` at `at` (to the microsecond): rows side (BID, then ASK), level (1 = best),
+        price, quantity, each with book_update_id, snapshot_update_id, snapshot_timestamp, updates_applied,
+        book_exact and the first hole's gap_first_update_id / gap_last_update_id when it is not exact."""
+        if at is None:
+            raise ValueError("book needs `at`: the moment of the book")
+        params = _params(symbol=symbol, at=_moment(at, "at"), depth=depth, exchange=exchange, as_of=_as_of(as_of))
+        return self._table("/v1/book", params, output)
+
+    def book_series(
+        self,
+        symbol: str,
+        start: Moment,
+        end: Moment,
+        every: str = "1s",
+        depth: int = 10,
+        *,
+        exchange: str = "binance",
+        as_of: AsOf = None,
+        output: Output | None = None,
+    ) -> Any:
+        """The top of `symbol`'s book at every `every` boundary (1s .. 1d) in [start, end): timestamp, best bid/ask
+        price and quantity, mid, spread, bid_depth/ask_depth and imbalance over `depth` levels, book_update_id,
+        book_exact (k2.query.book_series documents each column)."""
+        if start is None or end is None:
+            raise ValueError("book_series needs both start and end")
+        params = _params(
+            symbol=symbol,
+            start=_moment(start, "start"),
+            end=_moment(end, "end"),
+            every=every,
+            depth=depth,
+            exchange=exchange,
+            as_of=_as_of(as_of),
+        )
+        return self._table("/v1/book/series", params, output)
+
+    def trades_with_book(
+        self,
+        symbol: str,
+        start: Moment,
+        end: Moment,
+        depth: int = 10,
+        *,
+        exchange: str = "binance",
+        as_of: AsOf = None,
+        output: Output | None = None,
+    ) -> Any:
+        """Each trade of `symbol` in [start, end) with the book that stood strictly before it: the columns of
+        `asof`'s trades, then those of `book_series` (without timestamp)."""
+        if start is None or end is None:
+            raise ValueError("trades_with_book needs both start and end: the join is bounded in time")
+        params = _params(
+            symbol=symbol,
+            start=_moment(start, "start"),
+            end=_moment(end, "end"),
+            depth=depth,
+            exchange=exchange,
+            as_of=_as_of(as_of),
+        )
+        return self._table("/v1/trades/with-book", params, output)
 
     def daily_summary(
         self,

@@ -95,15 +95,27 @@ def _not_negative_on_the_wire(case: schemathesis.Case) -> bool:
     """Whether serialising undid the mutation of a negative case, so the server gets a valid request that
     schemathesis would still expect refused: a query value of {} or [] sends no parameter at all, and a scalar, an
     object's keys or items of another type given to the `symbols` array are sent as text, valid when each is a name."""
+    lists = _list_parameters(case.operation)
     for name, value in (case.query or {}).items():
         if value == {} or value == []:
             return True
-        if name in MULTI_VALUED and value is not None:
+        if name in lists and value is not None:
             items = list(value) if isinstance(value, (list, dict)) else [value]
             mutated = not isinstance(value, list) or not all(isinstance(item, str) for item in items)
             if mutated and all(re.fullmatch(SYMBOLS_PATTERN, _as_sent(item)) for item in items):
                 return True
     return False
+
+
+def _list_parameters(operation: APIOperation) -> set[str]:
+    """The operation's query parameters that may repeat and are lists in its schema (`symbol` is one name on the
+    order-book routes, a list elsewhere)."""
+    names = set()
+    for parameter in operation.query:
+        schema = parameter.definition.get("schema", {})
+        if parameter.name in MULTI_VALUED and any(s.get("type") == "array" for s in [schema, *schema.get("anyOf", [])]):
+            names.add(parameter.name)
+    return names
 
 
 def _valid_pace(speed: object) -> bool:

@@ -15,6 +15,7 @@ from k2.api.params import PATTERN_HINTS, single_valued
 from k2.api.ratelimit import RateLimiter
 from k2.api.routes import (
     analytics,
+    book,
     catalog,
     dashboard,
     docs,
@@ -30,7 +31,8 @@ from k2.config import ApiSettings, Settings
 from k2.lake.catalog import open_catalog
 from k2.query.engine import QueryEngine
 
-_DESCRIPTION = """Market data from the K2 lake: trades, quotes, bars, as-of joins, summaries, snapshots and replay.
+_DESCRIPTION = """Market data from the K2 lake: trades, quotes, bars, as-of joins, order books, summaries, snapshots and
+replay.
 
 Every /v1 route needs an API key in `X-API-Key` (or `Authorization: Bearer <key>`); `k2 keys create NAME` makes one.
 Responses are JSON by default (decimals and timestamps as exact strings); `format=` or Accept picks CSV, Parquet,
@@ -93,7 +95,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, *, api: Ap
     secured = [Depends(require_key), Depends(single_valued)]
     # What the dependencies (key, rate limit, repeated parameters) and ApiState.run answer on every /v1 route.
     refusals = documented(401, 422, 429, 503, 504)
-    for module in (events, analytics, catalog, replay, pipeline):
+    for module in (events, analytics, book, catalog, replay, pipeline):
         app.include_router(module.router, prefix="/v1", dependencies=secured, responses=refusals)
     app.include_router(replay.ws_router, prefix="/v1")
     app.include_router(subscribe.ws_router, prefix="/v1")

@@ -26,6 +26,7 @@ _SNAPSHOT_ID = re.compile(r"-?[0-9]{1,19}")
 _NAME = r" *[^, ](?:[^,]{0,62}[^, ])? *"
 # A `symbols` value: one or more names separated by commas. OpenAPI states it, FastAPI enforces it (422).
 SYMBOLS_PATTERN = rf"^{_NAME}(?:,{_NAME})*$"
+SYMBOL_PATTERN = rf"^{_NAME}$"  # exactly one name
 _SYMBOLS = re.compile(SYMBOLS_PATTERN)
 AS_OF_PATTERN = (
     r"^(?:-?[0-9]{1,19}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
@@ -112,10 +113,11 @@ SYMBOLS_HINT = "name 1 to 64 characters per symbol, comma-separated, e.g. symbol
 # What to pass instead, for the 422 of a parameter whose documented pattern a value does not match.
 PATTERN_HINTS = {
     "symbols": SYMBOLS_HINT,
-    "symbol": SYMBOLS_HINT,
+    "symbol": f"{SYMBOLS_HINT} (the order-book routes take exactly one symbol)",
     "as_of": "pass a snapshot id from /v1/snapshots or an ISO-8601 instant with a zone, e.g. 2024-03-04T10:00:00Z",
     "cursor": "pass the next_cursor of the previous page unchanged",
     "interval": "pass a number and s/m/h/d, e.g. 1s, 1m, 15m, 1h, 1d",
+    "every": "pass a number and s/m/h/d, e.g. 1s, 1m, 15m, 1h, 1d",
     "exclude_conditions": "give codes separated by commas, e.g. 1,3,9, or none to leave nothing out",
     "exclude_venues": "give venue marks separated by commas, e.g. X",
 }
