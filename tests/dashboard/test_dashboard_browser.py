@@ -96,14 +96,16 @@ def check_symbol(client: httpx.Client, browser: Browser, symbol: str, exchange: 
     assert shown["candles"][len(bars) - 1][0] == expected[-1][0]  # its open stays
     assert browser.evaluate(COUNT_CANDLE_PIXELS) > 200, "the candle canvas holds (almost) no candle-coloured pixels"
 
-    # One read of the tape (id, data-price, shown text), then the API's latest trades. A live stream keeps landing
+    # One read of the tape (id, data-price, shown text), then the API's latest trades. A live stream keeps adding
     # trades between the two, so the tape must be a contiguous run of the API's newest trades, price for price.
     tape = browser.evaluate(
         "[...document.querySelectorAll('#tape tbody tr')]"
         ".map(r => [r.dataset.messageId, r.dataset.price, r.cells[1].textContent])"
     )
     assert 0 < len(tape) <= 30
-    latest = client.get("/v1/trades/latest", params={"symbols": symbol, "exchange": exchange, "n": 1000}).json()["data"]
+    # fresh: the lake and what Kafka holds beyond it, as the tape follows the live subscription ahead of the lake.
+    params = {"symbols": symbol, "exchange": exchange, "n": 1000, "fresh": "true"}
+    latest = client.get("/v1/trades/latest", params=params).json()["data"]
     newest_first = list(reversed(latest))
     ids = [t["message_id"] for t in newest_first]
     assert tape[0][0] in ids, "the tape's newest trade is not among the API's latest trades"
