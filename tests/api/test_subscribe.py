@@ -309,6 +309,16 @@ def test_bars_form_then_close_with_the_values_of_v1_bars_and_resume_without_doub
         before = [r for records, _ in got[: at_frame + 1] for r in records if r["final"]]
         assert before + after == finals, at_frame
 
+    # The Python client: the same final bars.
+    wait_until(lambda: not subscribed.state.open_subscriptions, 15, "the last subscription to be let go")
+    from_client = []
+    with k2.Client(subscribed.server.url, api_key=subscribed.key) as client:
+        for bar in client.subscribe("bars", ["TST"], since=SINCE, interval="1s"):
+            from_client += [bar] if bar["final"] else []
+            if len(from_client) == len(finals):
+                break
+    assert from_client == finals
+
 
 def test_bars_need_an_interval_and_symbols(subscribed: Subscribed) -> None:
     with subscribed.connect(kind="bars", symbols="TST") as ws:
