@@ -164,6 +164,17 @@ def check_live(browser: Browser, symbol: str, exchange: str) -> dict:
     # The page kept polling what has no subscription (so a poll of trades or bars would have shown above).
     assert any("/v1/pipeline" in url for url in browser.requests[asked:]), browser.requests[asked:]
     assert all("key" not in url for url in after["urls"]), "the API key must not travel in the WebSocket URL"
+
+    # A dropped socket opens again from its cursor: the tape goes on with new trades, none twice.
+    browser.evaluate("window.k2dash.state.live.trades.ws.close(3000)")
+    resumed = browser.wait_for(
+        f"(() => {{ const l = {LIVE.strip()}; const s = window.k2dash.state; return s.reconnects > 0"
+        f" && l.trades > {after['trades']} && l.phases[1] === 'live' && l; }})()",
+        timeout=60,
+    )
+    assert "cursor=" in resumed["urls"][1] and "since=" not in resumed["urls"][1]
+    tape = browser.evaluate("window.k2dash.state.tape.map(t => t.message_id)")
+    assert len(tape) == len(set(tape)) == 30
     return after
 
 
