@@ -43,6 +43,7 @@ from datetime import datetime
 from decimal import Context, Decimal
 
 import pyarrow as pa
+import structlog
 
 from k2.query.bars import bar_bounds, day_zone, divide_half_even, parse_interval
 from k2.query.engine import QueryEngine
@@ -52,6 +53,8 @@ from k2.query.subscribe import SubscribeOptions, SubscriptionBatch, subscribe
 from k2.query.venues import venue
 from k2.schema.codecs import datetime_from_micros, micros_from_datetime
 from k2.schema.fields import PRICE_PRECISION, PRICE_SCALE
+
+log = structlog.get_logger(__name__)
 
 _VERSION = 1
 _SCALE = 10**PRICE_SCALE  # prices and quantities are decimal(18, 8)
@@ -272,7 +275,10 @@ def bar_batches(
     batches = batches_from(since if before is None else None, before)
     try:
         for batch in batches:
+            late = aggregator.late
             rows = aggregator.add(batch.records, before)
+            if aggregator.late > late:
+                log.info("bars.late_trades", interval=position.interval, late=aggregator.late - late)
             if batch.phase == "live":
                 rows += aggregator.close_due(round(clock() * 1_000_000), grace_us)
             rows += aggregator.forming()

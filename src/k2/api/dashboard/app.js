@@ -215,7 +215,7 @@
     showDecimals([charts.candles], bars.map((b) => b.close));
     $("chart-title").textContent = `${row.symbol} · ${row.exchange} · ${interval} bars`;
     $("chart-note").textContent =
-      `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot})`;
+      `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot}), then live`;
     // From the last bar drawn on (it may still be forming), the bars as they form and close.
     follow("bars", { kind: "bars", interval, symbols: row.symbol, exchange: row.exchange, since: bars.length ? bars[bars.length - 1].timestamp : null }, drawBars);
   }
