@@ -118,9 +118,9 @@ class BarAggregator:
     drop_cut: bool = False
     opened: dict[Series, int] = field(default_factory=dict)
     late: int = 0  # trades left out because their bar was closed (or skipped) already
-    _width_us: int = 0
-    _bars: dict[Series, _Bar] = field(default_factory=dict)
-    _changed: set[Series] = field(default_factory=set)
+    _width_us: int = field(default=0, init=False, repr=False)
+    _bars: dict[Series, _Bar] = field(default_factory=dict, init=False, repr=False)  # forming, in the order opened
+    _changed: set[Series] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._width_us = parse_interval(self.interval).seconds * 1_000_000
