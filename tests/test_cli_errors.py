@@ -103,3 +103,11 @@ def test_a_file_that_is_not_a_capture_loads_nothing(settings: Settings, no_stack
     assert result.exit_code == 2
     line = one_error_line(result)
     assert line.startswith(f"error: {KLINES} is not a cryptofeed capture: line 1 starts b'1637971200000,0.00002853,")
+
+
+def test_bars_subscriptions_need_an_interval_and_only_bars_take_one(settings: Settings) -> None:
+    result = runner.invoke(app, ["subscribe", "bars", "--symbols", "BHP"])
+    assert result.exit_code == 2
+    assert one_error_line(result) == "error: --interval goes with bars, and bars need one (e.g. --interval 1m)"
+    result = runner.invoke(app, ["subscribe", "trades", "--interval", "1m"])
+    assert result.exit_code == 2 and "--interval goes with bars" in one_error_line(result)

@@ -726,28 +726,34 @@ class StreamFormat(StrEnum):
 class EventKind(StrEnum):
     trades = "trades"
     quotes = "quotes"
+    bars = "bars"
 
 
 @app.command("subscribe")
 def subscribe_cmd(
-    kind: EventKind = typer.Argument(..., help="trades or quotes"),
+    kind: EventKind = typer.Argument(..., help="trades, quotes or bars (of --interval, built from trades)"),
     symbols: str = typer.Option(None, "--symbols", help="Comma-separated symbols; omit for every symbol"),
     exchange: str = typer.Option(None, help="Venue code, e.g. asx, binance"),
     since: str = typer.Option(
         None, "--since", help="ISO-8601 with zone: the lake's records from then first; omit to start live"
     ),
     cursor: str = typer.Option(None, "--cursor", help="A cursor this command printed: resume right after it"),
-    count: int = typer.Option(None, "--count", min=1, help="Stop after this many records"),
+    count: int = typer.Option(
+        None, "--count", min=1, help="Stop after this many records (bars: at the end of the batch reaching it)"
+    ),
     duration: float = typer.Option(None, "--duration", min=0, help="Stop after this many seconds"),
     fmt: StreamFormat = typer.Option(StreamFormat.ndjson, "--format", "-f", help="ndjson or csv"),
+    interval: str = typer.Option(None, "--interval", help="Bar width for bars, e.g. 1s, 1m, 15m"),
 ) -> None:
     """Print records as they arrive: with --since the lake's history first, then what Kafka holds beyond the lake,
-    then live ones (each message_id once). Ctrl-C, --count or --duration stops; the cursor to resume from is printed
+    then live ones (each message_id once). `bars --interval 1m`: bars of the trades as they form (`final` false)
+    and once closed (`final` true). Ctrl-C, --count or --duration stops; the cursor to resume from is printed
     on stderr (`cursor: ...`). Needs the stack (`k2 stack`, or K2_KAFKA_BOOTSTRAP and K2_SCHEMA_REGISTRY_URL)."""
     import time
 
     from k2.bus.stack import NO_KAFKA, check_configured, existing_endpoints
     from k2.lake.catalog import open_catalog
+    from k2.query.bar_stream import subscribe_bars
     from k2.query.engine import QueryEngine
     from k2.query.filters import InvalidQueryError
     from k2.query.formats import write_csv, write_ndjson
@@ -756,6 +762,8 @@ def subscribe_cmd(
 
     if count is not None and duration is not None:
         raise UserError("--count and --duration both stop the subscription: give one of them")
+    if (kind is EventKind.bars) != (interval is not None):
+        raise UserError("--interval goes with bars, and bars need one (e.g. --interval 1m)")
     begin = _instant(since, "--since")
     names = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
     settings = _lake_settings()
@@ -765,17 +773,18 @@ def subscribe_cmd(
     check_configured(settings, endpoints)
     deadline = None if duration is None else time.monotonic() + duration
     last_cursor, header = cursor, fmt is StreamFormat.csv
+    printed = 0
     with QueryEngine(open_catalog(settings)) as engine:
-        batches = subscribe(
-            engine,
-            FreshSource.from_endpoints(endpoints, settings),
-            kind.value,
-            names,
-            exchange=exchange,
-            since=begin,
-            cursor=cursor,
-            limit=count,
-        )
+        kafka = FreshSource.from_endpoints(endpoints, settings)
+        try:
+            if kind is EventKind.bars:
+                batches = subscribe_bars(engine, kafka, names, interval, exchange=exchange, since=begin, cursor=cursor)
+            else:
+                batches = subscribe(
+                    engine, kafka, kind.value, names, exchange=exchange, since=begin, cursor=cursor, limit=count
+                )
+        except InvalidQueryError as exc:
+            raise UserError(str(exc)) from None
         try:
             for batch in batches:
                 if batch.records.num_rows:
@@ -786,8 +795,11 @@ def subscribe_cmd(
                         write_ndjson(batch.records, sys.stdout)
                     sys.stdout.flush()
                 last_cursor = batch.cursor
+                printed += batch.records.num_rows
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if kind is EventKind.bars and count is not None and printed >= count:
+                    break  # a bars cursor resumes after a whole batch: the one that reached --count
         except KeyboardInterrupt:
             pass
         except InvalidQueryError as exc:

@@ -621,12 +621,13 @@ class Client:
 
     def subscribe(
         self,
-        kind: Literal["trades", "quotes"] = "trades",
+        kind: Literal["trades", "quotes", "bars"] = "trades",
         symbols: Symbols = None,
         *,
         exchange: str | None = None,
         since: Moment = None,
         cursor: str | None = None,
+        interval: str | None = None,
         reconnects: int = 10,
         backoff: float = 0.5,
     ) -> Subscription:
@@ -634,11 +635,21 @@ class Client:
         what Kafka holds beyond the lake, then live ones (each message_id once); without, live from now. `cursor`:
         a Subscription's `cursor`, to resume after it. Returns a Subscription: iterate it for dicts; it resumes from
         its cursor by itself when the connection drops.
+
+        kind="bars" with `interval` (e.g. "1s", "1m") and `symbols`: bars built from the trades, the forming bar
+        each time it changes (`final` false) and the bar once closed (`final` true, the values /v1/bars gives).
         """
         if isinstance(reconnects, bool) or not isinstance(reconnects, int) or reconnects < 0:
             raise ValueError(f"reconnects must be a whole number >= 0, got {reconnects!r}")
+        if (kind == "bars") != (interval is not None):
+            raise ValueError("interval goes with kind='bars', and bars need one (e.g. interval='1m')")
         params = _params(
-            kind=kind, symbols=_symbols(symbols), exchange=exchange, since=_moment(since, "since"), cursor=cursor
+            kind=kind,
+            symbols=_symbols(symbols),
+            exchange=exchange,
+            since=_moment(since, "since"),
+            cursor=cursor,
+            interval=interval,
         )
         return Subscription(self, params, reconnects, backoff)
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+import httpx
 import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -250,3 +251,82 @@ def test_the_python_client_raises_what_the_server_refuses(subscribed: Subscribed
     with k2.Client(subscribed.server.url, api_key="k2_unknown") as client, pytest.raises(K2APIError) as refused:
         next(iter(client.subscribe("trades")))
     assert (refused.value.status, refused.value.code) == (401, "unauthorized")
+
+
+def bar_trades() -> list[dict]:
+    """40 trades of TST 100 ms apart from SINCE: ten in each of four 1 s bars, prices moving within each."""
+    return [make_trade(n * 100, price=f"1.{n % 7}{n % 3}") for n in range(40)]
+
+
+def read_bars(ws: ClientConnection) -> Iterator[tuple[list[dict], dict]]:
+    """(bar rows, trailer) per frame until the first live frame with every bar final."""
+    finals = 0
+    for records, trailer in frames(ws):
+        finals += sum(r["final"] for r in records)
+        assert "phase" in trailer, trailer
+        yield records, trailer
+        if trailer["phase"] == "live" and finals and not any(not r["final"] for r in records):
+            return
+
+
+def test_bars_form_then_close_with_the_values_of_v1_bars_and_resume_without_doubling(subscribed: Subscribed) -> None:
+    trades = bar_trades()
+    subscribed.live.produce(trades[:20])
+    subscribed.live.sink_everything()
+    subscribed.live.produce(trades[20:])  # only in Kafka: the tail
+    params = {"kind": "bars", "interval": "1s", "symbols": "TST", "since": SINCE}
+    url = subscribed.server.url.replace("http", "ws") + "/v1/subscribe?" + urlencode(params)
+    # A browser's way in: the key as a subprotocol beside "k2", answered with "k2" alone.
+    with connect(url, subprotocols=["k2", f"k2.key.{subscribed.key}"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "k2"
+        got = list(read_bars(ws))
+    rows = [r for records, _ in got for r in records]
+    # The first frame: the history's first 7 trades (replay_batch_rows) as the forming first bar.
+    assert [(r["timestamp"], r["trade_count"], r["final"]) for r in got[0][0]] == [
+        ("2014-03-10T00:00:00.000000Z", 7, False)
+    ]
+    finals = [r for r in rows if r["final"]]
+    assert [(r["timestamp"][11:19], r["trade_count"]) for r in finals] == [(f"00:00:0{s}", 10) for s in range(4)]
+
+    subscribed.live.sink_everything()
+    with httpx.Client(base_url=subscribed.server.url, headers={"X-API-Key": subscribed.key}) as http:
+        bars = http.get("/v1/bars", params={"symbols": "TST", "interval": "1s", "start": SINCE}).json()["data"]
+    assert [{k: v for k, v in r.items() if k != "final"} for r in finals] == bars  # exact decimal strings
+    # Bar 0: quantities 1, 101, ..., 901 (4510) at 1.00, 1.11, ..., 1.20; 5724.49 / 4510 = 1.269288248... -> 1.26928825
+    assert (bars[0]["quote_volume"], bars[0]["volume"], bars[0]["vwap"]) == (
+        "5724.4900000000000000",
+        "4510.00000000",
+        "1.26928825",
+    )
+
+    # Resuming from a frame's cursor (the first, in the history; the last but one): the final bars sent before and after
+    # it are each bar once.
+    for at_frame in sorted({0, len(got) - 2}):
+        trailer = got[at_frame][1]
+        wait_until(lambda: not subscribed.state.open_subscriptions, 15, "the last subscription to be let go")
+        with subscribed.connect(kind="bars", interval="1s", symbols="TST", cursor=trailer["cursor"]) as ws:
+            after = [r for records, _ in read_bars(ws) for r in records if r["final"]]
+        before = [r for records, _ in got[: at_frame + 1] for r in records if r["final"]]
+        assert before + after == finals, at_frame
+
+    # The Python client: the same final bars.
+    wait_until(lambda: not subscribed.state.open_subscriptions, 15, "the last subscription to be let go")
+    from_client = []
+    with k2.Client(subscribed.server.url, api_key=subscribed.key) as client:
+        for bar in client.subscribe("bars", ["TST"], since=SINCE, interval="1s"):
+            from_client += [bar] if bar["final"] else []
+            if len(from_client) == len(finals):
+                break
+    assert from_client == finals
+
+
+def test_bars_need_an_interval_and_symbols_and_a_subprotocol_key_is_checked(subscribed: Subscribed) -> None:
+    with subscribed.connect(kind="bars", symbols="TST") as ws:
+        assert "interval goes with kind=bars" in orjson.loads(ws.recv())["error"]["message"]
+    with subscribed.connect(kind="bars", interval="1s") as ws:
+        assert "needs 1 to 100 symbols" in orjson.loads(ws.recv())["error"]["message"]
+    url = subscribed.server.url.replace("http", "ws") + "/v1/subscribe?kind=trades"
+    with connect(url, subprotocols=["k2", "k2.key.k2_unknown"]) as ws:  # type: ignore[list-item]
+        assert orjson.loads(ws.recv())["error"]["code"] == "unauthorized"
+    with k2.Client(subscribed.server.url, api_key=subscribed.key) as client, pytest.raises(ValueError, match="bars"):
+        client.subscribe("bars", ["TST"])

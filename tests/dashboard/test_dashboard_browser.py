@@ -5,6 +5,7 @@ Set K2_SCREENSHOT_DIR (e.g. docs/img) to keep the screenshots; otherwise they go
 
 from __future__ import annotations
 
+import json
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -87,19 +88,24 @@ def check_symbol(client: httpx.Client, browser: Browser, symbol: str, exchange: 
     shown = browser.evaluate(CANDLES_AND_REQUEST)
     assert (shown["asked"]["symbols"], shown["asked"]["exchange"]) == (symbol, exchange)
     bars = bars_as_the_page_asked(client, shown["asked"])
-    assert len(shown["candles"]) == shown["volume"] == len(bars) > 0
+    # The bars subscription goes on from the last bar asked: it may have changed since (a forming bar) and more
+    # may follow; the ones before it are exactly the API's.
+    assert len(shown["candles"]) == shown["volume"] >= len(bars) > 0
     expected = [[float(b[k]) for k in ("open", "high", "low", "close")] for b in bars]
-    assert shown["candles"] == expected
+    assert shown["candles"][: len(bars) - 1] == expected[:-1]
+    assert shown["candles"][len(bars) - 1][0] == expected[-1][0]  # its open stays
     assert browser.evaluate(COUNT_CANDLE_PIXELS) > 200, "the candle canvas holds (almost) no candle-coloured pixels"
 
-    # One read of the tape (id, data-price, shown text), then the API's latest trades. A live stream keeps landing
+    # One read of the tape (id, data-price, shown text), then the API's latest trades. A live stream keeps adding
     # trades between the two, so the tape must be a contiguous run of the API's newest trades, price for price.
     tape = browser.evaluate(
         "[...document.querySelectorAll('#tape tbody tr')]"
         ".map(r => [r.dataset.messageId, r.dataset.price, r.cells[1].textContent])"
     )
     assert 0 < len(tape) <= 30
-    latest = client.get("/v1/trades/latest", params={"symbols": symbol, "exchange": exchange, "n": 1000}).json()["data"]
+    # fresh: the lake and what Kafka holds beyond it, as the tape follows the live subscription ahead of the lake.
+    params = {"symbols": symbol, "exchange": exchange, "n": 1000, "fresh": "true"}
+    latest = client.get("/v1/trades/latest", params=params).json()["data"]
     newest_first = list(reversed(latest))
     ids = [t["message_id"] for t in newest_first]
     assert tape[0][0] in ids, "the tape's newest trade is not among the API's latest trades"
@@ -113,17 +119,81 @@ def check_symbol(client: httpx.Client, browser: Browser, symbol: str, exchange: 
     return drawn
 
 
+# What the live subscriptions changed, read in one go: the forming bar the bars subscription sent last, the chart's
+# last candle and volume, the tape's newest trade, and the counters.
+LIVE = """
+(() => {
+  const d = window.k2dash, s = d.state;
+  const candles = d.charts.candles.data(), volume = d.charts.volume.data();
+  const last = candles[candles.length - 1], lastVolume = volume[volume.length - 1];
+  const f = s.forming;
+  return {
+    forming: f && [f.timestamp, f.close, f.volume, f.trade_count],
+    drawn: f ? last.time === Date.parse(f.timestamp) / 1000 && last.close === Number(f.close)
+      && lastVolume.value === Number(f.volume) : false,
+    tape: s.tape.length ? s.tape[0].message_id : null,
+    tape_shown: document.querySelector('#tape tbody tr') && document.querySelector('#tape tbody tr').dataset.messageId,
+    bars: s.liveBars, trades: s.liveTrades, refreshes: s.refreshes,
+    phases: [s.live.bars && s.live.bars.phase, s.live.trades && s.live.trades.phase],
+    urls: [s.live.bars && s.live.bars.ws.url, s.live.trades && s.live.trades.ws.url],
+  };
+})()
+"""
+
+
+def check_live(browser: Browser, symbol: str, exchange: str) -> dict:
+    """While the emulator streams `symbol`, the forming candle (close, volume, trade count) and the tape's newest
+    trade change from what the subscriptions send, across a poll of the page, with no HTTP request for trades or
+    bars meanwhile."""
+    browser.evaluate(f"window.k2dash.select({symbol!r}, {exchange!r})")
+    browser.wait_for(
+        f"(() => {{ const d = {DRAWN}; const l = {LIVE.strip()}; return d && d.symbol === {symbol!r}"
+        " && d.candles > 0 && l.phases[0] === 'live' && l.phases[1] === 'live'; })()"
+    )
+    asked = len(browser.requests)
+    before = browser.evaluate(LIVE)
+    after = browser.wait_for(
+        f"(() => {{ const l = {LIVE.strip()}; const b = {json.dumps(before)}; return l.forming && l.drawn"
+        " && JSON.stringify(l.forming) !== JSON.stringify(b.forming) && l.bars > b.bars"
+        " && l.tape !== b.tape && l.tape === l.tape_shown && l.trades > b.trades"
+        " && l.refreshes >= b.refreshes + 2 && l; })()",  # a whole poll of the page inside the window
+        timeout=60,
+    )
+    polled = [url for url in browser.requests[asked:] if "/v1/trades" in url or "/v1/bars" in url]
+    assert not polled, polled
+    # The page kept polling what has no subscription (so a poll of trades or bars would have shown above).
+    assert any("/v1/pipeline" in url for url in browser.requests[asked:]), browser.requests[asked:]
+    assert all("key" not in url for url in after["urls"]), "the API key must not travel in the WebSocket URL"
+
+    # A dropped socket opens again from its cursor: the tape goes on with new trades, none twice.
+    browser.evaluate("window.k2dash.state.live.trades.ws.close(3000)")
+    resumed = browser.wait_for(
+        f"(() => {{ const l = {LIVE.strip()}; const s = window.k2dash.state; return s.reconnects > 0"
+        f" && l.trades > {after['trades']} && l.phases[1] === 'live' && l; }})()",
+        timeout=60,
+    )
+    assert "cursor=" in resumed["urls"][1] and "since=" not in resumed["urls"][1]
+    tape = browser.evaluate("window.k2dash.state.tape.map(t => t.message_id)")
+    assert len(tape) == len(set(tape)) == 30
+    return after
+
+
 def test_dashboard_draws_the_lake_in_headless_chromium(settings: Settings, asx_sample: Path, tmp_path: Path) -> None:
     if chromium_path() is None:
         pytest.fail("chromium is not installed: apt-get install -y chromium (the Makefile's test target does this)")
     with k2_up(settings.home_dir, "--binance", "emulator", "--asx", str(asx_sample)) as up, up.client() as client:
         wait_for_exchanges(client, {"asx", "binance"}, timeout=90)
-        up.wait_for_line(r"ASX: all [\d,]+ records are in the lake", 120)
         with Browser() as browser:
             browser.goto(f"{up.url}/dashboard#key={up.key}")
             browser.wait_for(f"{DRAWN} && window.k2dash.state.refreshes > 0")
             # The key left the address bar (it stays in the tab's sessionStorage).
             assert "key=" not in browser.evaluate("location.href")
+
+            # While the emulator replays its 92 s of trades: the candle and the tape follow the subscriptions.
+            live = check_live(browser, "BTCUSDT", "binance")
+            assert live["forming"][3] >= 1 and not browser.blocked, browser.blocked
+
+            up.wait_for_line(r"ASX: all [\d,]+ records are in the lake", 120)
 
             drawn = check_symbol(client, browser, "BHP", "asx")
             assert drawn["interval"] == "5m" and drawn["quotes"] > 0

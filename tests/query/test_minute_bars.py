@@ -12,7 +12,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
 from k2.query import bars as bars_module
-from k2.query.bars import _divide_half_even, bars, counted_trades
+from k2.query.bars import bars, counted_trades, divide_half_even
 from k2.query.engine import QueryEngine
 from k2.query.file_facts import FileFacts
 from k2.query.minute_bars import file_partials_query, minute_partials, on_minute
@@ -165,7 +165,7 @@ def test_kept_file_facts_are_bounded_by_bytes(catalog: Catalog, two_files: list[
     [(5, 2, 2), (7, 2, 4), (-5, 2, -2), (-7, 2, -4), (11, 3, 4), (10, 3, 3), (5, -2, -2), (0, 7, 0)],
 )
 def test_vwap_division_rounds_half_to_even(dividend: int, divisor: int, quotient: int) -> None:
-    assert _divide_half_even(dividend, divisor) == quotient
+    assert divide_half_even(dividend, divisor) == quotient
 
 
 def test_off_minute_check() -> None:

@@ -1,5 +1,10 @@
 """Who is calling: the API key from `X-API-Key` or `Authorization: Bearer`, checked against the key file, then
 charged one token of that key's rate limit.
+
+A browser cannot set headers on a WebSocket handshake, so a WebSocket may carry the key as a subprotocol instead:
+`new WebSocket(url, ["k2", "k2.key." + key])`. The server answers with `k2` (never echoing the key). A header, unlike
+a query parameter, stays out of access logs and browser history; the key is visible to whatever sees the
+handshake's headers, as X-API-Key is.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from k2.api.state import api_state
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from `k2 keys create`")
 _bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token")
 
+WEBSOCKET_PROTOCOL = "k2"  # the subprotocol a WebSocket carrying its key that way is answered with
+KEY_PROTOCOL_PREFIX = "k2.key."
+
 _MISSING = "no API key: send it in the X-API-Key header (or Authorization: Bearer <key>); `k2 keys create` makes one"
 _UNKNOWN = "the API key is unknown or revoked: check it, or ask an operator for a new one (`k2 keys create`)"
 
@@ -27,6 +35,9 @@ def presented_key(connection: HTTPConnection) -> str | None:
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
+    for offered in connection.scope.get("subprotocols", ()) if connection.scope["type"] == "websocket" else ():
+        if offered.startswith(KEY_PROTOCOL_PREFIX) and len(offered) > len(KEY_PROTOCOL_PREFIX):
+            return offered[len(KEY_PROTOCOL_PREFIX) :]
     return None
 
 

@@ -6,7 +6,8 @@ pace. Once it is live, records arrive at the market's pace and a subscriber must
 in the buffer the subscriber is too slow, and the connection is closed with `SLOW_SUBSCRIBER` (4008) and the cursor
 of the last frame sent, from which it can resume (catching up again at its own pace).
 
-A frame is NDJSON text: one JSON record per line, then `{"cursor", "phase", "records"}`. A frame without records
+A frame is NDJSON text: one JSON record per line (a trade, a quote, or a bar of k2.query.bar_stream), then
+`{"cursor", "phase", "records"}`. A frame without records
 is sent when the phase changes (the first `live` one says the subscriber has everything so far) and, at most once
 a second, when the cursor moved past records the filter left out.
 """
@@ -30,6 +31,7 @@ from k2.api.errors import ApiError
 from k2.api.formats import ndjson_lines
 from k2.api.state import ApiState
 from k2.core import metrics
+from k2.query.bar_stream import subscribe_bars
 from k2.query.subscribe import SubscribeOptions, SubscriptionBatch, subscribe
 
 T = TypeVar("T")
@@ -133,9 +135,11 @@ class SubscriptionSession:
         exchange: str | None,
         since: datetime | None,
         cursor: str | None,
+        interval: str | None = None,
     ) -> None:
         self.state = state
         self.kind, self.symbols, self.exchange, self.since = kind, symbols, exchange, since
+        self.interval = interval  # of bars (kind "bars")
         self.cursor = cursor  # of the last frame sent
         self.sent = 0
         self._stop = threading.Event()
@@ -147,16 +151,29 @@ class SubscriptionSession:
         engine = self.state.require_engine()
         reader = self.state.fresh_reader()
         loop = asyncio.get_running_loop()
-        batches = subscribe(
-            engine,
-            reader,
-            self.kind,
-            self.symbols,
-            exchange=self.exchange,
-            since=self.since,
-            cursor=self.cursor,
-            options=SubscribeOptions(batch_rows=self.state.api.replay_batch_rows),
-        )
+        options = SubscribeOptions(batch_rows=self.state.api.replay_batch_rows)
+        if self.kind == "bars":
+            batches = subscribe_bars(
+                engine,
+                reader,
+                self.symbols,
+                self.interval or "",
+                exchange=self.exchange,
+                since=self.since,
+                cursor=self.cursor,
+                options=options,
+            )
+        else:
+            batches = subscribe(
+                engine,
+                reader,
+                self.kind,
+                self.symbols,
+                exchange=self.exchange,
+                since=self.since,
+                cursor=self.cursor,
+                options=options,
+            )
         gave_up = asyncio.Event()
         thread = threading.Thread(
             target=self._produce, args=(batches, loop, gave_up), name="k2-api-subscribe", daemon=True

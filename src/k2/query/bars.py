@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
@@ -115,6 +115,8 @@ def zone(tz: str) -> str:
 _QUARTER_US = 900_000_000  # a quarter hour in microseconds
 _DAY_US = 86_400_000_000
 _ORIGIN = datetime(2000, 1, 3)  # DuckDB's time_bucket origin for intervals of days or less: a Monday midnight
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -257,11 +259,24 @@ def _bucketed(name: str, source: str, width_us: int, zones: PerExchange) -> _Buc
     return _Buckets(ctes, tz_params, f"timezone({tz}, make_timestamp({{bar}} - {SHIFT_US}))", tz_params)
 
 
+@cache
 def _phase(tz: str, width_us: int) -> int:
     """Where the grid of `width_us` bars through the zone's midnight of 3 January 2000 falls, in microseconds
     from 1900 modulo the width."""
     origin = _ORIGIN.replace(tzinfo=ZoneInfo(tz)).astimezone(UTC) - datetime(1900, 1, 1, tzinfo=UTC)
     return (origin // timedelta(microseconds=1)) % width_us
+
+
+def bar_bounds(timestamp_us: int, tz: str, width_us: int) -> tuple[int, int]:
+    """The [open, close) in epoch microseconds of the bar of `width_us` holding `timestamp_us` in zone `tz`: the
+    same bar the SQL of `bars` places the trade in (a grid through the zone's midnight of 3 January 2000 below a
+    day; the local calendar day, 23 to 25 hours, for a day)."""
+    if width_us < _DAY_US:
+        opening = timestamp_us - (timestamp_us + SHIFT_US - _phase(tz, width_us)) % width_us
+        return opening, opening + width_us
+    local = (_EPOCH + timedelta(microseconds=timestamp_us)).astimezone(ZoneInfo(tz)).date()
+    opening, closing = (datetime.combine(day, time(), ZoneInfo(tz)) for day in (local, local + timedelta(days=1)))
+    return (opening - _EPOCH) // _ONE_US, (closing - _EPOCH) // _ONE_US
 
 
 def bars(
@@ -395,7 +410,7 @@ def _vwap(quote_volume: pa.ChunkedArray, volume: pa.ChunkedArray) -> pa.Array:
     1e-8 and one integer division with half-even rounding of its remainder is the exact answer (~1 us a bar,
     where Decimal division took ~3 us)."""
     quotients = [
-        None if q is None or not v else _divide_half_even(q, v)
+        None if q is None or not v else divide_half_even(q, v)
         for q, v in zip(_unscaled(quote_volume), _unscaled(volume), strict=True)
     ]
     data = b"".join((q or 0).to_bytes(16, "little", signed=True) for q in quotients)
@@ -405,7 +420,8 @@ def _vwap(quote_volume: pa.ChunkedArray, volume: pa.ChunkedArray) -> pa.Array:
     return pa.Array.from_buffers(_VWAP_TYPE, len(quotients), [validity, pa.py_buffer(data)])
 
 
-def _divide_half_even(dividend: int, divisor: int) -> int:
+def divide_half_even(dividend: int, divisor: int) -> int:
+    """dividend / divisor rounded half-even to an integer (the VWAP of unscaled quote volume and volume)."""
     if divisor < 0:
         dividend, divisor = -dividend, -divisor
     quotient, remainder = divmod(dividend, divisor)  # floor: 0 <= remainder < divisor

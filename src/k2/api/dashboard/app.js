@@ -1,10 +1,14 @@
 // K2 dashboard: draws what the /v1 routes return. No build step; the only dependency is the vendored
 // TradingView Lightweight Charts standalone build (global `LightweightCharts`).
+// The candles and the trade tape load once per symbol over HTTP, then follow /v1/subscribe (WebSocket): bars of
+// the drawn interval as they form, and trades. Symbols, quotes and pipeline health are polled.
 "use strict";
 
 (() => {
   const LWC = window.LightweightCharts;
-  const REFRESH_MS = 4000; // 6 requests per refresh: ~90/min, far below the API's per-key limit
+  const REFRESH_MS = 4000; // 4 requests per refresh: ~60/min, far below the API's per-key limit
+  const RECONNECT_MS = [250, 500, 1000, 2000, 5000, 10000]; // pauses before opening a dropped subscription again
+  const TAPE_ROWS = 30;
   const KEY_STORE = "k2.dashboard.key";
   // Bar widths the API accepts (they divide a day); "auto" picks the smallest giving at most MAX_BARS bars.
   const INTERVALS = [["1s", 1], ["5s", 5], ["15s", 15], ["1m", 60], ["5m", 300], ["15m", 900], ["1h", 3600], ["1d", 86400]];
@@ -23,6 +27,11 @@
     barsAsked: null, // the /v1/bars parameters of the drawn candles
     tape: [],
     quotes: [],
+    live: { bars: null, trades: null }, // the open subscriptions (Live) of the drawn symbol
+    forming: null, // the last bar row the bars subscription sent that is not final yet
+    liveBars: 0, // bar rows and trades that arrived over the subscriptions
+    liveTrades: 0,
+    reconnects: 0,
     pipeline: null,
     loadedFor: null, // "symbol|exchange|interval" whose charts are drawn
     lastTradeId: null,
@@ -190,6 +199,7 @@
     const interval = state.interval === "auto" ? autoInterval(row) : state.interval;
     const end = new Date(Date.parse(row.last_seen) + 1).toISOString(); // end is exclusive
     const body = await api("bars", { symbols: row.symbol, exchange: row.exchange, interval, start: row.first_seen, end });
+    if (keyOf(state.selected) !== keyOf(row)) return; // another symbol was chosen meanwhile
     const bars = body.data;
     const drawnFor = `${keyOf(row)}|${interval}`;
     charts.candles.setData(bars.map((b) => ({ time: seconds(b.timestamp), open: num(b.open), high: num(b.high), low: num(b.low), close: num(b.close) })));
@@ -205,23 +215,55 @@
     showDecimals([charts.candles], bars.map((b) => b.close));
     $("chart-title").textContent = `${row.symbol} · ${row.exchange} · ${interval} bars`;
     $("chart-note").textContent =
-      `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot})`;
+      `${count(bars.length)} bars from ${count(row.count)} trades, ${clock(row.first_seen)} – ${clock(row.last_seen)} UTC (snapshot ${body.snapshot}), then live`;
+    // From the last bar drawn on (it may still be forming), the bars as they form and close.
+    follow("bars", { kind: "bars", interval, symbols: row.symbol, exchange: row.exchange, since: bars.length ? bars[bars.length - 1].timestamp : null }, drawBars);
+  }
+
+  function drawBars(rows) {
+    const candles = charts.candles.data();
+    let last = candles.length ? candles[candles.length - 1].time : -Infinity;
+    for (const b of rows) {
+      const time = seconds(b.timestamp);
+      if (time < last) continue; // older than what is drawn (the chart only appends or replaces its last bar)
+      last = time;
+      charts.candles.update({ time, open: num(b.open), high: num(b.high), low: num(b.low), close: num(b.close) });
+      charts.volume.update({ time, value: num(b.volume), color: num(b.close) >= num(b.open) ? "#26a69a80" : "#ef535080" });
+      state.forming = b.final ? null : b;
+      state.liveBars += 1;
+    }
   }
 
   async function loadTape() {
     const row = state.selected;
-    const body = await api("trades/latest", { symbols: row.symbol, exchange: row.exchange, n: 30 });
-    const trades = body.data.slice().reverse(); // newest first
-    const newest = trades.length ? trades[0].message_id : null;
-    const tbody = $("tape").querySelector("tbody");
-    const known = new Set(state.tape.map((t) => t.message_id));
+    const body = await api("trades/latest", { symbols: row.symbol, exchange: row.exchange, n: TAPE_ROWS });
+    if (keyOf(state.selected) !== keyOf(row)) return;
     const sameSymbol = state.tape.length && state.tape[0].symbol === row.symbol && state.tape[0].exchange === row.exchange;
+    renderTape(body.data.slice().reverse(), sameSymbol); // newest first
+    // From the newest trade shown on (trades of that same microsecond come again and are dropped by message_id).
+    const newest = state.tape.length ? state.tape[0].timestamp : null;
+    follow("trades", { kind: "trades", symbols: row.symbol, exchange: row.exchange, since: newest }, addTrades);
+  }
+
+  function addTrades(trades) {
+    const known = new Set(state.tape.map((t) => t.message_id));
+    const fresh = trades.filter((t) => !known.has(t.message_id));
+    if (!fresh.length) return;
+    state.liveTrades += fresh.length;
+    renderTape([...fresh.reverse(), ...state.tape].slice(0, TAPE_ROWS), true);
+  }
+
+  // `trades` newest first; rows not shown before are marked fresh when `highlight`.
+  function renderTape(trades, highlight) {
+    const row = state.selected;
+    const known = new Set(state.tape.map((t) => t.message_id));
+    const tbody = $("tape").querySelector("tbody");
     tbody.replaceChildren(
       ...trades.map((t) => {
         const side = t.side === "BUY" ? "buy" : t.side === "SELL" || t.side === "SELL_SHORT" ? "sell" : "";
         return el(
           "tr",
-          { class: sameSymbol && !known.has(t.message_id) ? "fresh" : "", "data-price": t.price, "data-message-id": t.message_id },
+          { class: highlight && !known.has(t.message_id) ? "fresh" : "", "data-price": t.price, "data-message-id": t.message_id },
           el("td", {}, clock(t.timestamp)),
           el("td", { class: side }, decimal(t.price)),
           el("td", {}, decimal(t.quantity)),
@@ -230,8 +272,80 @@
       }),
     );
     state.tape = trades;
-    state.lastTradeId = newest;
-    $("tape-note").textContent = trades.length ? `${row.symbol}, newest first` : "none yet";
+    state.lastTradeId = trades.length ? trades[0].message_id : null;
+    $("tape-note").textContent = trades.length ? `${row.symbol}, newest first, live` : "none yet";
+  }
+
+  // --- live: a subscription that opens again from its cursor when it drops ----------------------------------
+  class Live {
+    constructor(params, onRecords) {
+      this.params = params;
+      this.onRecords = onRecords;
+      this.cursor = null; // of the last frame received: resumes right after it
+      this.phase = null;
+      this.failures = 0;
+      this.closed = false;
+      this.open();
+    }
+
+    open() {
+      const query = new URLSearchParams(Object.entries(this.params).filter(([, v]) => v !== null && v !== undefined));
+      if (this.cursor) {
+        query.delete("since"); // the cursor carries it
+        query.set("cursor", this.cursor);
+      }
+      const scheme = location.protocol === "https:" ? "wss" : "ws";
+      // A browser cannot set headers on a WebSocket: the key travels as a subprotocol (answered with "k2"), which
+      // keeps it out of the URL and so out of access logs and history.
+      const ws = new WebSocket(`${scheme}://${location.host}/v1/subscribe?${query}`, ["k2", `k2.key.${state.key}`]);
+      let refused = null;
+      ws.onmessage = (event) => {
+        const lines = String(event.data).split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line));
+        const trailer = lines.pop();
+        if (trailer.error) {
+          refused = trailer.error; // the reason of the close that follows
+          return;
+        }
+        this.failures = 0;
+        this.cursor = trailer.cursor;
+        this.phase = trailer.phase;
+        if (lines.length) this.onRecords(lines);
+      };
+      ws.onclose = (event) => {
+        if (this.closed) return;
+        if (event.code === 4401) return askForKey(refused ? refused.message : "the API key was refused");
+        if (event.code === 4400 || event.code === 4500) {
+          const message = `live ${this.params.kind}: ${refused ? refused.message : `closed with ${event.code}`}`;
+          state.errors.push(message);
+          $("status").textContent = `error: ${message}`;
+          return;
+        }
+        // A drop, too slow (4008), a busy key or server (4429, 4503): open it again from the cursor.
+        const wait = RECONNECT_MS[Math.min(this.failures, RECONNECT_MS.length - 1)];
+        this.failures += 1;
+        state.reconnects += 1;
+        this.timer = setTimeout(() => this.open(), wait);
+      };
+      this.ws = ws;
+    }
+
+    close() {
+      this.closed = true;
+      clearTimeout(this.timer);
+      this.ws.close(1000);
+    }
+  }
+
+  function follow(name, params, onRecords) {
+    if (state.live[name]) state.live[name].close();
+    state.live[name] = new Live(params, onRecords);
+  }
+
+  function unfollow() {
+    for (const name of Object.keys(state.live)) {
+      if (state.live[name]) state.live[name].close();
+      state.live[name] = null;
+    }
   }
 
   async function loadQuotes() {
@@ -327,9 +441,22 @@
   }
 
   // --- refresh loop ---------------------------------------------------------------------------------------
+  // Candles and tape: loaded once per symbol and interval, then kept current by their subscriptions.
+  async function loadSelected() {
+    if (!state.selected) return;
+    state.forming = null;
+    await Promise.all([loadBars(), loadTape(), loadQuotes()]);
+  }
+
+  // What the candles should be drawn for; "auto" keeps the width it picked while the symbol stays selected.
+  function wantedFor() {
+    const row = state.selected;
+    return `${keyOf(row)}|${state.interval === "auto" ? state.barsInterval || autoInterval(row) : state.interval}`;
+  }
+
   async function refreshSelected() {
     if (!state.selected) return;
-    await Promise.all([loadBars(), loadTape(), loadQuotes()]);
+    await (state.loadedFor === wantedFor() && state.live.bars ? loadQuotes() : loadSelected());
   }
 
   async function refresh() {
@@ -353,11 +480,12 @@
     renderSymbols();
     const query = new URLSearchParams({ symbol, exchange });
     history.replaceState(null, "", `${location.pathname}?${query}`);
-    await refreshSelected();
+    await loadSelected();
   }
 
   function askForKey(message = "") {
     clearInterval(timer);
+    unfollow();
     sessionStorage.removeItem(KEY_STORE);
     $("main").hidden = true;
     $("key-form").hidden = false;
@@ -390,7 +518,7 @@
   });
   $("interval").addEventListener("change", (event) => {
     state.interval = event.target.value;
-    refreshSelected();
+    loadSelected();
   });
 
   // For tests and the curious: what the charts hold, straight from the charting library.
@@ -408,6 +536,7 @@
       quotes: charts.bid ? charts.bid.data().length : 0,
       tape: state.tape.length,
       refreshes: state.refreshes,
+      live: { bars: state.liveBars, trades: state.liveTrades, reconnects: state.reconnects },
     }),
   };
 
