@@ -92,6 +92,11 @@ only_on_tansu = pytest.mark.skipif(ON_APACHE_KAFKA, reason="Tansu-specific: the 
 # Tests whose broker is incidental (the lake on S3, catalog races, the REST catalog, the dashboard's drawing) run once,
 # on the embedded broker: on Apache Kafka they would cost minutes of CI and test nothing of the broker.
 broker_incidental = pytest.mark.skipif(ON_APACHE_KAFKA, reason="the broker is incidental here: run on Tansu only")
+# Likewise a test whose catalog and warehouse are incidental (a browser drawing what the API answers) runs on the
+# default SQLite catalog and file warehouse only; the API over PostgreSQL and S3 has its own tests.
+lake_incidental = pytest.mark.skipif(
+    TEST_CATALOG != "sqlite" or TEST_WAREHOUSE != "file", reason="the catalog and warehouse are incidental here"
+)
 
 
 @pytest.fixture(scope="session")

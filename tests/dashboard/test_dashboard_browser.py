@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 from k2.config import Settings
-from tests.conftest import broker_incidental
+from tests.conftest import broker_incidental, lake_incidental
 from tests.dashboard.browser import Browser, chromium_path
 from tests.dashboard.k2up import k2_up, wait_for_exchanges
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.integration, broker_incidental]
+pytestmark = [pytest.mark.integration, broker_incidental, lake_incidental]
 
 # Pixels drawn in the candle colours (style.css / app.js): up #26a69a, down #ef5350.
 COUNT_CANDLE_PIXELS = """
