@@ -187,9 +187,8 @@ def rows(quick: bool) -> list[Row]:
             started = time.perf_counter()
             written = write_lake(home, update_rows)
             marker.write_text(f"{written[0]} {written[1]}\n")
-            progress(
-                f"written {written[0]:,} update rows, {written[1]:,} snapshot rows in {time.perf_counter() - started:.0f} s"
-            )
+            took = time.perf_counter() - started
+            progress(f"written {written[0]:,} update rows, {written[1]:,} snapshot rows in {took:.0f} s")
         updates_written, snapshots_written = map(int, marker.read_text().split())
         progress(f"{instants} books, the naive baseline and the query path on every {naive_every}th")
         got = measure(home, instants, naive_every)
@@ -199,8 +198,9 @@ def rows(quick: bool) -> list[Row]:
     queries_p50, queries_p99 = statistics.median(queries), _percentile(queries, 99)
     note = (
         f"{updates_written:,} update rows, {snapshots_written:,} snapshot rows (hourly venue snapshots + 60 s"
-        f" checkpoints); depth {DEPTH}; {len(k2)} instants (seed {SEED}), median {statistics.median(got['applied']):.0f}"
-        f" update events replayed; first call (queries) {ms(got['first'])}, second (loads the day) {ms(got['load'])};"
+        f" checkpoints); depth {DEPTH}; {len(k2)} instants (seed {SEED}), median"
+        f" {statistics.median(got['applied']):.0f} update events replayed; first call (queries) {ms(got['first'])},"
+        f" second (loads the day) {ms(got['load'])};"
         f" book_at p99 {ms(p99)}; naive p50 {ms(naive_p50)} / p99 {ms(naive_p99)} on {len(naive)} instants; the"
         f" queries alone (day_cache=False) p50 {ms(queries_p50)} / p99 {ms(queries_p99)}"
     )
