@@ -69,6 +69,7 @@ def test_a_rest_snapshot_is_one_row_per_level_at_its_update_id_and_receive_time(
         "symbol": "BTCUSDT", "exchange": "binance", "asset_class": "crypto", "timestamp": 1617566592339385,
         "side": "BID", "price": D("58001.03"), "quantity": D("1.601074"), "last_update_id": 9893033066,
         "ingestion_timestamp": 1617566592339385, "vendor_data": {"timestamp_source": "receive_time", "limit": "1000"},
+        "snapshot_type": "full",
     }  # fmt: skip
     assert (rows[1000]["side"], rows[1000]["price"], rows[1000]["quantity"]) == ("ASK", D("58001.04"), D("2.524693"))
     assert len({r["message_id"] for r in rows}) == 2000
