@@ -206,7 +206,7 @@ def rows(quick: bool) -> list[Row]:
     )
     return [
         Row(
-            f"book at a random instant, 1 symbol-day of {updates_written / 1e6:.1f}M updates",
+            f"10 book at a random instant, 1 symbol-day of {updates_written / 1e6:.1f}M updates",
             f"{ms(p50)} (p99 {ms(p99)})",
             "naive snapshot + Python replay",
             f"{ms(naive_p50)} (p99 {ms(naive_p99)})",

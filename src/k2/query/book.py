@@ -121,6 +121,13 @@ FROM {_SNAPSHOTS}
 WHERE symbol = $symbol AND exchange = $exchange AND timestamp >= $since AND timestamp < $until AND {_STARTS_A_BOOK}
 ORDER BY last_update_id, is_full, ts
 """
+_OLDER_UPDATE_SQL = f"""
+SELECT count(*) > 0 AS found FROM (
+    SELECT 1 FROM {_UPDATES}
+    WHERE symbol = $symbol AND exchange = $exchange AND timestamp < $since AND last_update_id > $lowest
+    LIMIT 1
+)
+"""
 
 DAYS_KEPT = 4  # symbol-days held per engine (each up to ~100 MB for a busy day: see k2.query.book_days)
 
@@ -158,8 +165,8 @@ def _day_book(engine: QueryEngine, reader: Reader, symbol: str, exchange: str, a
     if asked < 2:
         return None
     loaded = DayBook.load(
-        reader, _DAY_UPDATES_SQL, _DAY_SNAPSHOTS_SQL, {"symbol": symbol, "exchange": exchange}, day_us,
-        BRIDGE_MARGIN_US,
+        reader, (_DAY_UPDATES_SQL, _DAY_SNAPSHOTS_SQL, _OLDER_UPDATE_SQL), {"symbol": symbol, "exchange": exchange},
+        day_us, BRIDGE_MARGIN_US,
     )  # fmt: skip
     with books.lock:
         books.days[key] = loaded

@@ -1,15 +1,19 @@
 """One symbol-day of order-book rows held in numpy arrays, so a book at any instant of the day is a binary search
 for its snapshot and a short apply of the updates after it, with no query.
 
-`DayBook.load` reads, in two parameterized queries, the day's book_updates_v2 rows (from BRIDGE_MARGIN_US before
+`DayBook.load` reads, in parameterized queries, the day's book_updates_v2 rows (from BRIDGE_MARGIN_US before
 midnight, so an update bridging a snapshot taken just after midnight is held) and the day's book_snapshots_v2 rows
 that start a book (venue snapshots and checkpoints). Prices and quantities are decimal128(18, 8): held as their
 unscaled int64 values (18 digits fit), turned back into the same Decimals for the levels returned.
 
-`DayBook.book` answers exactly what k2.query.book's queries answer, or None when the day alone cannot tell (no
-snapshot at or before T in the day, or no update read from the margin bridges the snapshot: the queries then look
-further back). Memory: ~25 bytes per update row plus ~33 per update event and ~17 per snapshot level (a day of
-1 M update rows and 1,440 checkpoints of 2,000 levels: ~90 MB).
+A third query asks whether any update before the held rows has an update id above the day's lowest snapshot id
+(the tables' column bounds leave it the few files around the day): when none has, an update the margin left out is
+held too, as the queries' second read without the margin would find it. `DayBook.book` answers exactly what
+k2.query.book's queries answer, or None when the day alone cannot tell (no snapshot at or before T in the day, or
+an earlier update that could bridge the snapshot is not held).
+
+Memory: ~25 bytes per update row, ~33 per update event and ~17 per snapshot level (a day of 1 M update rows and
+1,440 checkpoints of 2,000 levels: ~90 MB); k2.query.book keeps at most DAYS_KEPT symbol-days per engine.
 """
 
 from __future__ import annotations
@@ -91,9 +95,11 @@ class _Levels:
 class DayBook:
     """The book rows of one symbol on one exchange for one UTC day (see the module doc)."""
 
-    def __init__(self, updates: pa.Table, snapshots: pa.Table, margin_us: int) -> None:
-        """`updates` sorted by last_update_id, first_update_id; `snapshots` by last_update_id, is_full, taken_us."""
+    def __init__(self, updates: pa.Table, snapshots: pa.Table, margin_us: int, complete: bool) -> None:
+        """`updates` sorted by last_update_id, first_update_id; `snapshots` by last_update_id, is_full, taken_us;
+        `complete`: no update before the held ones has an id above a held snapshot's."""
         self.margin_us = margin_us
+        self.complete = complete
         self.updates, events = _Levels.grouped(updates, ["last_update_id", "first_update_id"])
         self.event_last = events["last_update_id"]
         self.event_first = events["first_update_id"]
@@ -121,13 +127,24 @@ class DayBook:
 
     @classmethod
     def load(
-        cls, reader: Reader, updates_sql: str, snapshots_sql: str, params: dict[str, Any], day_us: int, margin_us: int
+        cls,
+        reader: Reader,
+        sql: tuple[str, str, str],
+        params: dict[str, Any],
+        day_us: int,
+        margin_us: int,
     ) -> DayBook:
-        """The day starting at `day_us` read with the two queries (parameters $symbol, $exchange, $since, $until)."""
-        until = datetime_from_micros(day_us + DAY_US)
-        updates = reader.sql(updates_sql, params | {"since": datetime_from_micros(day_us - margin_us), "until": until})
+        """The day starting at `day_us`. `sql`: the updates and the snapshots of a time range ($symbol, $exchange,
+        $since, $until), and whether an update before $since has an id above $lowest (one row, column `found`)."""
+        updates_sql, snapshots_sql, older_sql = sql
+        since, until = datetime_from_micros(day_us - margin_us), datetime_from_micros(day_us + DAY_US)
+        updates = reader.sql(updates_sql, params | {"since": since, "until": until})
         snapshots = reader.sql(snapshots_sql, params | {"since": datetime_from_micros(day_us), "until": until})
-        return cls(updates, snapshots, margin_us)
+        complete = True
+        if snapshots.num_rows:
+            lowest = int(_ints(snapshots["last_update_id"]).min())
+            complete = not reader.sql(older_sql, params | {"since": since, "lowest": lowest})["found"][0].as_py()
+        return cls(updates, snapshots, margin_us, complete)
 
     def book(self, at_us: int, depth: int) -> Book | None:
         """The book at `at_us` (within the day), or None when the day's rows cannot answer alone."""
@@ -141,7 +158,12 @@ class DayBook:
         times = self.event_us[begin:end]
         events = begin + np.flatnonzero((times <= at_us) & (times >= taken_us - self.margin_us))
         if not len(events) or self.event_first[events[0]] > snapshot + 1:
-            return None  # the bridge may be older than the margin: the queries read again without it
+            # The bridge may be older than the margin: read again without it, as the queries do.
+            if not self.complete:
+                return None
+            events = begin + np.flatnonzero(times <= at_us)
+        if not len(events):
+            return Book(snapshot, taken_us, snapshot, 0, *self._levels(kind, snapshot, events, depth), None)
         lasts, firsts = self.event_last[events], self.event_first[events]
         before = np.concatenate(([snapshot], lasts[:-1]))
         holes = np.flatnonzero(firsts > before + 1)
