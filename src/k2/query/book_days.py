@@ -114,9 +114,13 @@ class DayBook:
         # are all rows with its id (a snapshot fetched twice is one set of levels).
         taken = _ints(snapshots["ts"])
         kind_of_row = np.repeat(np.arange(len(self.kind_id)), np.diff(self.snapshot_levels.starts))
-        heads = np.stack([taken, _ints(snapshots["last_update_id"]), _ints(snapshots["is_full"]), kind_of_row])
-        heads = np.unique(heads, axis=1) if len(taken) else heads
-        self.taken_us, self.taken_kind = heads[0], heads[3]
+        # Rows come by kind, then time: one head per run; kinds are numbered in (id, is_full) order, so sorting the
+        # heads by (time, kind) ranks them as the queries do.
+        first = np.ones(len(taken), dtype=bool)
+        first[1:] = (taken[1:] != taken[:-1]) | (kind_of_row[1:] != kind_of_row[:-1])
+        taken, kind_of_row = taken[first], kind_of_row[first]
+        order = np.lexsort((kind_of_row, taken))
+        self.taken_us, self.taken_kind = taken[order], kind_of_row[order]
         self.nbytes = sum(
             a.nbytes
             for a in (
