@@ -13,6 +13,13 @@ before T, then the day, 30 days, and only then in all the table; the updates fro
 snapshot was taken (the event that bridges it may carry an earlier venue time than the snapshot's receipt). Venue
 ids grow with venue time, so an update the margin left out could only come before the first one read: when none
 was read, or the first one does not bridge the snapshot, the updates are read again without the margin.
+
+Snapshots are the venue's (full) and K2's checkpoints (k2.sources.binance.book_recorder), so with checkpoints on a
+book replays at most about K2_BOOK_CHECKPOINT_SECONDS of updates. From the second book asked of one symbol-day on,
+the day's rows are held in numpy arrays (k2.query.book_days: three queries once, then a binary search and a short
+apply per book, the same answers), keyed by the tables' snapshot ids so a refresh never serves stale rows, at most
+DAYS_KEPT symbol-days per engine. Measured on a 1 M-update day (bench/bench_book.py, 2 loaded cores): ~1 ms a book
+held, ~220 ms by the queries, ~2 s to load the day.
 """
 
 from __future__ import annotations
