@@ -14,7 +14,7 @@ from k2.core.batch import Reject
 from k2.schema.codecs import MESSAGE_ID_NAMESPACE
 from k2.schema.fields import BookSnapshotType
 from k2.sources.binance.book import DepthSnapshot
-from k2.sources.binance.book_recorder import BookRecorder, Recorded
+from k2.sources.binance.book_recorder import CHECKPOINT_SOURCE, BookRecorder, Recorded
 from k2.sources.binance.capture import RestResponse, WsFrame, read_capture
 from k2.sources.binance.normalize_book import book_snapshot_records
 from tests.sources.book_captures import CAPTURES, record_capture
@@ -163,7 +163,9 @@ def test_checkpoints_are_the_whole_book_at_the_first_diff_of_each_interval_and_r
 def test_a_checkpoint_at_a_venue_snapshots_update_id_has_other_message_ids() -> None:
     snapshot = DepthSnapshot("BTCUSDT", 10, 1_000, ((Decimal("1.0"), Decimal("2.0")),), ())
     venue = book_snapshot_records(snapshot)
-    checkpoint = book_snapshot_records(snapshot, taken_us=900, snapshot_type=BookSnapshotType.CHECKPOINT)
+    checkpoint = book_snapshot_records(
+        snapshot, taken_us=900, snapshot_type=BookSnapshotType.CHECKPOINT, source=CHECKPOINT_SOURCE
+    )
     assert [r["message_id"] for r in venue] == [
         str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "binance|book_snapshots|BTCUSDT|snapshot:10:BID:1.0"))
     ]
@@ -191,5 +193,8 @@ def test_no_checkpoint_without_an_interval_or_while_the_book_is_out_of_sync() ->
     assert [(r["last_update_id"], r["timestamp"], r["side"], r["price"], r["quantity"]) for r in second.snapshots] == [
         (12, 6_000, "BID", Decimal("1.0"), Decimal("3.0")), (12, 6_000, "ASK", Decimal("3.0"), Decimal("4.0"))
     ]  # fmt: skip
+    assert second.snapshots[0]["message_id"] == str(
+        uuid.uuid5(MESSAGE_ID_NAMESPACE, "binance|book_snapshots|BTCUSDT|checkpoint:12:BID:1.0")
+    )
     with pytest.raises(ValueError, match="checkpoint_us must be positive or None, got 0"):
         BookRecorder(checkpoint_us=0)

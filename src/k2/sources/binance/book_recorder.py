@@ -10,8 +10,10 @@ the book is rebuilt from the next snapshot instead).
 Checkpoints (`checkpoint_us`, K2_BOOK_CHECKPOINT_SECONDS): while a symbol's book is in sync, the first diff it applies
 in a new interval of venue event time (event time // checkpoint_us; the first interval a book is seen in only starts
 the count) also gives a book_snapshots_v2 copy of the whole book, snapshot_type "checkpoint", last_update_id the
-book's, timestamp that diff's event time. So `book_at` never replays more than about one interval of updates. The
-rule depends only on the frames and snapshots in their order: a replayed capture writes the same rows, the same ids.
+book's, timestamp that diff's event time, message ids over "checkpoint:<id>:<side>:<price>" (a venue snapshot's are
+"snapshot:...", so both at one update id are distinct rows). So `book_at` never replays more than about one interval
+of updates. The rule depends only on the frames and snapshots in their order: a replayed capture writes the same
+rows, the same ids.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from k2.sources.binance.normalize_book import book_snapshot_records, book_update
 
 DEPTH_CHANNEL = "depth"
 SEQUENCE_BREAK = "sequence_break"  # stream_gaps.reason of a book's lost updates
+CHECKPOINT_SOURCE = "checkpoint"  # the first part of a checkpoint level's message id source
 
 
 @dataclass
@@ -189,6 +192,7 @@ class BookRecorder:
             copy,
             taken_us=diff.event_us,
             snapshot_type=BookSnapshotType.CHECKPOINT,
+            source=CHECKPOINT_SOURCE,
             exchange=self.exchange,
             asset_class=self.asset_class,
         )

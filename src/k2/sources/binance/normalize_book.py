@@ -6,10 +6,9 @@ time the stream had reached when it came (vendor_data.timestamp_source "stream_e
 the diffs are on one clock, the venue's). Levels keep the exact Decimals
 the parsers in `book.py` made; quantity 0 in an update means the level was removed.
 
-Ids: message_id = UUIDv5("binance", data type, symbol, "depth:<u>:<side>:<price>") for an update,
-"snapshot:<lastUpdateId>:<side>:<price>" for a venue snapshot level and "checkpoint:<id>:<side>:<price>" for a level
-of K2's own checkpoint (price as its 8-decimal text), so the same event or snapshot read twice (a reconnect overlap,
-a replay) is stored once, and a checkpoint at a venue snapshot's update id is a different row.
+Ids: message_id = UUIDv5("binance", data type, symbol, "depth:<u>:<side>:<price>") for an update and
+"snapshot:<lastUpdateId>:<side>:<price>" for a snapshot level (price as its 8-decimal text), so the same event or
+snapshot read twice (a reconnect overlap, a replay) is stored once.
 """
 
 from __future__ import annotations
@@ -72,16 +71,20 @@ def book_snapshot_records(
     limit: int | None = None,
     taken_us: int | None = None,
     snapshot_type: BookSnapshotType = BookSnapshotType.FULL,
+    stream: str | None = None,
+    source: str = "snapshot",
     exchange: str = EXCHANGE,
     asset_class: str = AssetClass.CRYPTO.value,
 ) -> list[dict[str, Any]]:
     """The book_snapshots_v2 rows of one REST depth snapshot (`limit`: the level count asked for, when known;
-    `taken_us`: the venue time it stands for, when known, else its receive time is its timestamp)."""
+    `taken_us`: the venue time it stands for, when known, else its receive time is its timestamp; `stream`: the
+    stream it came on, if any; `source`: the first part of the ids' source, which tells kinds of snapshot apart)."""
     mint = message_ids_for(exchange, _SNAPSHOTS, snapshot.symbol)
-    kind = "checkpoint" if snapshot_type is BookSnapshotType.CHECKPOINT else "snapshot"
     vendor = {"timestamp_source": "receive_time" if taken_us is None else "stream_event_time"}
     if limit is not None:
         vendor["limit"] = str(limit)
+    if stream is not None:
+        vendor["stream"] = stream
     rows = []
     for side, levels in zip(_SIDES, (snapshot.bids, snapshot.asks), strict=True):
         for price, quantity in _last_per_price(levels).items():
@@ -89,7 +92,7 @@ def book_snapshot_records(
                 continue  # a snapshot lists resting levels only; a zero is no level
             rows.append(
                 {
-                    "message_id": mint(f"{kind}:{snapshot.last_update_id}:{side}:{price:f}"),
+                    "message_id": mint(f"{source}:{snapshot.last_update_id}:{side}:{price:f}"),
                     "symbol": snapshot.symbol,
                     "exchange": exchange,
                     "asset_class": asset_class,
