@@ -194,7 +194,7 @@ def test_no_checkpoint_without_an_interval_or_while_the_book_is_out_of_sync() ->
         (12, 6_000, "BID", Decimal("1.0"), Decimal("3.0")), (12, 6_000, "ASK", Decimal("3.0"), Decimal("4.0"))
     ]  # fmt: skip
     assert second.snapshots[0]["message_id"] == str(
-        uuid.uuid5(MESSAGE_ID_NAMESPACE, "binance|book_snapshots|BTCUSDT|checkpoint:12:BID:1.0")
+        uuid.uuid5(MESSAGE_ID_NAMESPACE, "binance|book_snapshots|BTCUSDT|checkpoint:12:BID:1.00000000")
     )
     with pytest.raises(ValueError, match="checkpoint_us must be positive or None, got 0"):
         BookRecorder(checkpoint_us=0)
