@@ -5,8 +5,12 @@
   handling or reconciliation (rows that do not parse are skipped), no reference data.
 - `naive_sink`: consume → fastavro decode per message → `records_to_arrow` → `table.append` every 100k rows → Kafka
   commit. No dedup, no offsets in the snapshot, no sort.
+- `naive_book_at`: an order book at T → pyiceberg scans of the newest venue snapshot in the two hours before T and of
+  every update since it, then a replay in Python (dicts of Decimal, updates in update-id order). No checkpoints, no
+  continuity check.
 
-Not a benchmark on its own: bench_sink.py, bench_source.py and bench_load.py time these beside the product.
+Not a benchmark on its own: bench_sink.py, bench_source.py, bench_load.py and bench_book.py time these beside the
+product.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from zoneinfo import ZoneInfo
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import And, EqualTo, GreaterThan, GreaterThanOrEqual, LessThanOrEqual
+from pyiceberg.table import Table
 
 from k2.bus.clients import consumer_config, producer_config
 from k2.bus.registry_client import RegistryClient
@@ -188,3 +194,57 @@ def naive_sink(
     finally:
         consumer.close()
     return written
+
+
+BOOK_SNAPSHOT_LOOKBACK_US = 2 * 3_600_000_000  # venue snapshots come about hourly
+BOOK_BRIDGE_MARGIN_US = 600_000_000  # the update bridging a snapshot may carry an earlier venue time
+
+
+def _iso_us(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1_000_000, tz=ZoneInfo("UTC")).isoformat()
+
+
+def naive_book_at(
+    snapshots: Table, updates: Table, symbol: str, at_us: int, depth: int
+) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+    """The best `depth` bids and asks of `symbol` at `at_us`: newest venue snapshot, then every update after it."""
+    found = snapshots.scan(
+        row_filter=And(
+            EqualTo("symbol", symbol),
+            EqualTo("snapshot_type", "full"),
+            GreaterThanOrEqual("timestamp", _iso_us(at_us - BOOK_SNAPSHOT_LOOKBACK_US)),
+            LessThanOrEqual("timestamp", _iso_us(at_us)),
+        ),
+        selected_fields=("timestamp", "last_update_id", "side", "price", "quantity"),
+    ).to_arrow()
+    if not found.num_rows:
+        raise ValueError(f"no venue snapshot of {symbol} in the two hours before {_iso_us(at_us)}")
+    levels = found.to_pylist()
+    taken, snapshot = max((row["timestamp"], row["last_update_id"]) for row in levels)
+    book: dict[str, dict[Decimal, Decimal]] = {"BID": {}, "ASK": {}}
+    for row in levels:
+        if row["last_update_id"] == snapshot:
+            book[row["side"]][row["price"]] = row["quantity"]
+    since = int(taken.timestamp() * 1_000_000) - BOOK_BRIDGE_MARGIN_US
+    rows = (
+        updates.scan(
+            row_filter=And(
+                EqualTo("symbol", symbol),
+                GreaterThan("last_update_id", snapshot),
+                GreaterThanOrEqual("timestamp", _iso_us(since)),
+                LessThanOrEqual("timestamp", _iso_us(at_us)),
+            ),
+            selected_fields=("last_update_id", "side", "price", "quantity"),
+        )
+        .to_arrow()
+        .to_pylist()
+    )
+    for row in sorted(rows, key=lambda r: r["last_update_id"]):
+        side = book[row["side"]]
+        if row["quantity"]:
+            side[row["price"]] = row["quantity"]
+        else:
+            side.pop(row["price"], None)
+    bids = sorted(book["BID"].items(), reverse=True)[:depth]
+    asks = sorted(book["ASK"].items())[:depth]
+    return bids, asks

@@ -13,6 +13,8 @@ Rows (each module's docstring says exactly what it measures):
                             (needs a JDK 17+ and Maven; the server jar fetched once)
   9 bench_subscribe.py      live subscriptions: event → subscriber p50/p99 (library, WebSocket) under 20k msgs/s and
                             where the time goes, the fresh REST read at the same load vs the lake-only read; fan-out
+  10 bench_book.py          an order book at 1,000 random instants of a 1 M-update symbol-day vs a naive snapshot +
+                            Python replay
 
 Ratios are always "how many times better K2 is" (baseline time / K2 time, or K2 rate / baseline rate): > 1 is K2
 ahead. Run from the repo root: `make bench` (full, ~15 min: the first run also writes the 10 M-trade lake and its
@@ -48,6 +50,7 @@ MODULES = {
     "connect": "bench_connect",
     "questdb": "bench_questdb",
     "subscribe": "bench_subscribe",
+    "book": "bench_book",
 }
 
 

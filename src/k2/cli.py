@@ -157,7 +157,11 @@ def load_capture(
     from k2.ingest.pipeline import load
     from k2.sources.binance.capture_source import CaptureSource
 
-    _finish_load(load(CaptureSource(paths, symbols=_binance_symbols(exchange_info)), Settings(), err))
+    settings = Settings()
+    source = CaptureSource(
+        paths, symbols=_binance_symbols(exchange_info), book_checkpoint_us=settings.book_checkpoint_us
+    )
+    _finish_load(load(source, settings, err))
 
 
 def _finish_load(recon: Reconciliation) -> None:

@@ -247,6 +247,12 @@ class Settings(BaseSettings):
     load_timeout_seconds: float = Field(
         default=900.0, description="How long `k2 load` waits for the sink group to commit what it produced"
     )
+    book_checkpoint_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Venue time between the order-book checkpoints a depth stream or capture load writes per symbol"
+        " (book_snapshots_v2 snapshot_type checkpoint: a book at any instant replays at most this much; 0: none)",
+    )
 
     # --- Degradation (k2.ingest.degradation) --------------------------------------------------------------------
     memory_limit_mb: int | None = Field(
@@ -328,6 +334,11 @@ class Settings(BaseSettings):
                 yield name, redact_mapping(value)
             else:
                 yield name, value
+
+    @property
+    def book_checkpoint_us(self) -> int | None:
+        """`book_checkpoint_seconds` in microseconds; None when checkpoints are off."""
+        return round(self.book_checkpoint_seconds * 1_000_000) or None
 
     @cached_property
     def home_dir(self) -> Path:

@@ -346,6 +346,7 @@ class Platform:
             self._rest,
             lambda batch: governor.admit(batch, producer.send),
             resume_from=resume_points(self.settings, self.endpoints, self.symbols),
+            book_checkpoint_us=self.settings.book_checkpoint_us,
         )
         self._binance_loop, self._binance_live = loop, live
         source = f"Binance {','.join(self.symbols)} {','.join(options.channels)} via {ws_endpoint}"

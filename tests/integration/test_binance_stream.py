@@ -118,6 +118,13 @@ def test_depth_streams_keep_the_books_through_dropped_diffs_and_k2_book_reads_th
     assert gaps[0] == (9893040951, 9893040956, "sequence_break", "unrecoverable", "btcusdt@depth@100ms")
     assert {g[:2] for g in gaps} <= {(9893040951, 9893040956), (9893041643, 9893041700)}
     assert live.stats.snapshots >= 3 + len(live.stats.gaps)  # one a symbol to start, one per resync
+    # K2_BOOK_CHECKPOINT_SECONDS 60: each book copied once, at the first diff it applied from 20:04:00 (event time)
+    checkpoints = lake_query(
+        settings,
+        "SELECT symbol, count(DISTINCT last_update_id), min(epoch_us(timestamp)) // 60_000_000, count(*) > 1000"
+        " FROM market_data.book_snapshots_v2 WHERE snapshot_type = 'checkpoint' GROUP BY ALL ORDER BY 1",
+    )
+    assert checkpoints == [(s, 1, 1_617_566_640_000_000 // 60_000_000, True) for s in ("BTCUSDT", "DOTUSDT", "ETHUSDT")]
     diffs, snapshots = read_depth(CAPTURE_2021_04_04)
     *_, (last, bids, asks) = replay(snapshots["BTCUSDT"][0], diffs["BTCUSDT"])
     at = datetime_from_micros(last.event_ms * 1000).isoformat()

@@ -64,16 +64,17 @@ def test_k2_load_capture_records_the_books_and_k2_book_reads_the_last_one(settin
     loaded = runner.invoke(app, ["load", "capture", str(path)])
     assert loaded.exit_code == 0, loaded.output  # reconciled: read = written + rejected, all in the lake
     lines = [" ".join(line.split()) for line in loaded.stdout.splitlines()]
-    assert "read 36,350 = produced 36,350 + rejected 0 (none)" in lines
+    # 6,133 of the rows are the books' checkpoints at 20:04:00 (K2_BOOK_CHECKPOINT_SECONDS 60): 3 symbols' books
+    assert "read 42,483 = produced 42,483 + rejected 0 (none)" in lines
     assert "market_data.book_updates_v2: written 28,440, already in lake 0" in lines
-    assert "market_data.book_snapshots_v2: written 6,000, already in lake 0" in lines
+    assert "market_data.book_snapshots_v2: written 12,133, already in lake 0" in lines
     counts = lake_query(
         settings,
         "SELECT 'updates', count(*), count(DISTINCT message_id) FROM market_data.book_updates_v2"
         " UNION ALL SELECT 'snapshots', count(*), count(DISTINCT message_id) FROM market_data.book_snapshots_v2"
         " UNION ALL SELECT 'trades', count(*), count(DISTINCT message_id) FROM market_data.trades_v2 ORDER BY 1",
     )
-    assert counts == [("snapshots", 6_000, 6_000), ("trades", 1_910, 1_910), ("updates", 28_440, 28_440)]
+    assert counts == [("snapshots", 12_133, 12_133), ("trades", 1_910, 1_910), ("updates", 28_440, 28_440)]
 
     diffs, snapshots = read_depth(path)
     *_, (last, bids, asks) = replay(snapshots["BTCUSDT"][0], diffs["BTCUSDT"])

@@ -14,11 +14,19 @@ from k2.query.book import BRIDGE_MARGIN_US, LADDER_SCHEMA, BookAt, book_at, ladd
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError
 from k2.sources.binance.book import DepthDiff, DepthSnapshot
-from tests.sources.book_captures import CAPTURES, append_book_events, depth_events
+from k2.sources.binance.book_recorder import BookRecorder, Recorded
+from tests.sources.book_captures import CAPTURES, append_book_events, append_book_rows, depth_events, record_capture
 from tests.sources.book_oracle import OracleDiff, OracleSnapshot, read_depth, replay
 
 Book = tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]
 LOSSY = "lossy"  # an exchange holding NKNUSDT with one diff event lost and a later snapshot
+CHECKPOINTED = "checkpointed"  # an exchange holding what the recorder made of the April capture, checkpoints included
+CHECKPOINT_US = 10_000_000
+
+
+@pytest.fixture(scope="module")
+def recorded() -> Recorded:
+    return record_capture("2021-04-04", BookRecorder(exchange=CHECKPOINTED, checkpoint_us=CHECKPOINT_US))
 
 
 def _oracle_at(snapshot: OracleSnapshot, diffs: list[OracleDiff], times: list[int]) -> dict[int, Book]:
@@ -43,8 +51,9 @@ def _lost_index(diffs: list[OracleDiff], snapshot: OracleSnapshot) -> int:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryEngine]:
+def engine(tmp_path_factory: pytest.TempPathFactory, recorded: Recorded) -> Iterator[QueryEngine]:
     catalog = open_catalog(Settings(home=Path(tmp_path_factory.mktemp("book-lake"))))
+    append_book_rows(catalog, recorded.updates, recorded.snapshots)
     btc = [e for e in depth_events("2021-04-04") if e.symbol == "BTCUSDT"]
     append_book_events(catalog, btc + list(depth_events("2021-10-12")))
     # LOSSY: NKNUSDT without one diff event, and a snapshot taken five events later (the oracle's book then).
@@ -108,7 +117,9 @@ def test_every_2021_10_12_symbol_at_its_last_event_is_the_whole_oracle_book(engi
     assert book.exact and book.last_update_id == diffs[symbol][-1].last
 
 
-def test_a_lost_event_is_reported_until_a_later_snapshot_makes_the_book_exact_again(engine: QueryEngine) -> None:
+def test_a_lost_event_is_reported_until_a_later_snapshot_makes_the_book_exact_again(
+    engine: QueryEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     diffs, snapshots = read_depth(*CAPTURES["2021-10-12"])
     (snapshot,) = snapshots["NKNUSDT"]
     nkn = diffs["NKNUSDT"]
@@ -127,6 +138,11 @@ def test_a_lost_event_is_reported_until_a_later_snapshot_makes_the_book_exact_ag
     assert healed.snapshot_us == nkn[lost + 5].event_ms * 1000 + 1
     assert (healed.bids, healed.asks) == _top(_oracle_at(snapshot, nkn, [after])[after], 100_000)
     assert healed.updates_applied == len(nkn) - lost - 6
+    queries: list[str] = []
+    run = engine.sql
+    monkeypatch.setattr(engine, "sql", lambda query, params=None: queries.append(query) or run(query, params))
+    assert book_at(engine, "NKNUSDT", during, 5, exchange=LOSSY) == holed  # from the held day: the same hole
+    assert queries == []
 
 
 def test_before_the_first_snapshot_the_book_is_unknown_and_bad_arguments_say_so(engine: QueryEngine) -> None:
@@ -182,3 +198,34 @@ def test_an_old_snapshot_is_found_and_a_bridging_update_older_than_the_margin_is
             assert book.bids == [_level("10", "5"), _level("9", "2")] and book.asks == [_level("12", "4")]
         assert book_at(reader, "XYZ", T0 + 40 * DAY, 1, exchange="binance").snapshot_update_id == 100  # whole table
         assert book_at(reader, "XYZ", T0, 5, exchange="binance").bids == [_level("10", "5"), _level("9", "2")]
+
+
+def test_after_each_checkpoint_the_book_starts_from_it_and_a_held_day_answers_with_no_query(
+    engine: QueryEngine, recorded: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    diffs, snapshots = read_depth(*CAPTURES["2021-04-04"])
+    (snapshot,) = snapshots["BTCUSDT"]
+    checkpoints = sorted(
+        {(r["timestamp"], r["last_update_id"]) for r in recorded.snapshots
+         if r["symbol"] == "BTCUSDT" and r["snapshot_type"] == "checkpoint"}
+    )  # fmt: skip
+    assert len(checkpoints) == 9
+    checkpoints = checkpoints[::3]
+    times = [at + offset for at, _ in checkpoints for offset in (0, 150_000, CHECKPOINT_US - 1)]
+    expected = _oracle_at(snapshot, diffs["BTCUSDT"], times)
+    queries: list[str] = []
+    run = engine.sql
+    monkeypatch.setattr(engine, "sql", lambda query, params=None: queries.append(query) or run(query, params))
+    book_at(engine, "BTCUSDT", times[0], 10, exchange=CHECKPOINTED)  # the first ask of the day: queries only
+    # at a checkpoint's own instant no update follows it yet: the chain is read again without the margin
+    assert len(queries) == 4
+    for i, at in enumerate(times):
+        queries.clear()
+        book = book_at(engine, "BTCUSDT", at, 5_000, exchange=CHECKPOINTED)
+        taken, checkpoint = checkpoints[i // 3]
+        # the second ask loads the day (3 queries: updates, snapshots, whether an older update could bridge one);
+        # then the held day answers alone, at a checkpoint's own instant too
+        assert len(queries) == (3 if i == 0 else 0), (i, at)
+        assert (book.snapshot_update_id, book.snapshot_us, book.exact) == (checkpoint, taken, True)
+        assert (book.bids, book.asks) == _top(expected[at], 5_000), at
+        assert book == book_at(engine, "BTCUSDT", at, 5_000, exchange=CHECKPOINTED, day_cache=False)

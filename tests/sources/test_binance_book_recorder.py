@@ -8,13 +8,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import orjson
+import pytest
 
 from k2.core.batch import Reject
 from k2.schema.codecs import MESSAGE_ID_NAMESPACE
-from k2.sources.binance.book_recorder import BookRecorder, Recorded
+from k2.schema.fields import BookSnapshotType
+from k2.sources.binance.book import DepthSnapshot
+from k2.sources.binance.book_recorder import CHECKPOINT_SOURCE, BookRecorder, Recorded
 from k2.sources.binance.capture import RestResponse, WsFrame, read_capture
-from tests.sources.book_captures import CAPTURES
-from tests.sources.book_oracle import read_depth
+from k2.sources.binance.normalize_book import book_snapshot_records
+from tests.sources.book_captures import CAPTURES, record_capture
+from tests.sources.book_oracle import read_depth, replay
 
 
 def _entries(*paths: Path) -> Iterator[WsFrame | RestResponse]:
@@ -127,3 +131,70 @@ def test_a_break_on_a_raw_stream_names_the_symbols_depth_stream() -> None:
     assert [(g["stream"], g["reason"], g["first_missing"], g["last_missing"]) for g in broken.gaps] == [
         ("btcusdt@depth", "sequence_break", 12, 13)
     ]
+
+
+def test_checkpoints_are_the_whole_book_at_the_first_diff_of_each_interval_and_replay_the_same() -> None:
+    interval_us = 10_000_000
+    diffs, oracle_snapshots = read_depth(*CAPTURES["2021-04-04"])
+    total = record_capture("2021-04-04", BookRecorder(checkpoint_us=interval_us))
+    checkpoints: dict[tuple[str, int], list[dict]] = {}
+    for row in total.snapshots:
+        if row["snapshot_type"] == "checkpoint":
+            checkpoints.setdefault((row["symbol"], row["last_update_id"]), []).append(row)
+    assert len(total.snapshots) - sum(map(len, checkpoints.values())) == 6_000  # the venue snapshots, as before
+    for symbol, (snapshot,) in oracle_snapshots.items():
+        books = {d.last: (d, dict(b), dict(a)) for d, b, a in replay(snapshot, diffs[symbol])}
+        ids = sorted(last for s, last in checkpoints if s == symbol)
+        # the capture spans event times 20:03:11.3-20:04:42.3: intervals 20:03:20 to 20:04:40 each open with one
+        assert [books[i][0].event_ms * 1000 // interval_us for i in ids] == list(range(161756660, 161756669))
+        previous = {d.last: p for p, d in zip(diffs[symbol], diffs[symbol][1:], strict=False)}
+        for last in ids:
+            diff, bids, asks = books[last]
+            assert previous[last].event_ms * 1000 // interval_us < diff.event_ms * 1000 // interval_us
+            rows = checkpoints[(symbol, last)]
+            assert {r["timestamp"] for r in rows} == {diff.event_ms * 1000}
+            got = {side: {r["price"]: r["quantity"] for r in rows if r["side"] == side} for side in ("BID", "ASK")}
+            assert (got["BID"], got["ASK"]) == (bids, asks) and len(rows) == len(bids) + len(asks)
+    again = record_capture("2021-04-04", BookRecorder(checkpoint_us=interval_us))
+    assert [r["message_id"] for r in again.snapshots] == [r["message_id"] for r in total.snapshots]
+    assert len({r["message_id"] for r in total.snapshots}) == len(total.snapshots)
+
+
+def test_a_checkpoint_at_a_venue_snapshots_update_id_has_other_message_ids() -> None:
+    snapshot = DepthSnapshot("BTCUSDT", 10, 1_000, ((Decimal("1.0"), Decimal("2.0")),), ())
+    venue = book_snapshot_records(snapshot)
+    checkpoint = book_snapshot_records(
+        snapshot, taken_us=900, snapshot_type=BookSnapshotType.CHECKPOINT, source=CHECKPOINT_SOURCE
+    )
+    assert [r["message_id"] for r in venue] == [
+        str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "binance|book_snapshots|BTCUSDT|snapshot:10:BID:1.0"))
+    ]
+    assert [r["message_id"] for r in checkpoint] == [
+        str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "binance|book_snapshots|BTCUSDT|checkpoint:10:BID:1.0"))
+    ]
+    assert (checkpoint[0]["snapshot_type"], checkpoint[0]["timestamp"]) == ("checkpoint", 900)
+
+
+def test_no_checkpoint_without_an_interval_or_while_the_book_is_out_of_sync() -> None:
+    assert not any(r["snapshot_type"] == "checkpoint" for r in record_capture("2021-04-04", BookRecorder()).snapshots)
+    recorder = BookRecorder(checkpoint_us=1_000)
+
+    def diff(first: int, last: int, event_ms: int) -> bytes:
+        return orjson.dumps(
+            {"e": "depthUpdate", "E": event_ms, "s": "BTCUSDT", "U": first, "u": last, "b": [["1.0", "3.0"]], "a": []}
+        )
+
+    recorder.snapshot("BTCUSDT", b'{"lastUpdateId":10,"bids":[["1.0","2.0"]],"asks":[["3.0","4.0"]]}', 1_000)
+    first = recorder.frame(diff(9, 11, 5), 2_000)  # starts the count
+    second = recorder.frame(diff(12, 12, 6), 3_000)  # a new interval: the book at 12
+    broken = recorder.frame(diff(14, 15, 7), 4_000)  # updates lost: no book to copy
+    assert isinstance(first, Recorded) and isinstance(second, Recorded) and isinstance(broken, Recorded)
+    assert first.snapshots == [] and broken.snapshots == [] and len(broken.gaps) == 1
+    assert [(r["last_update_id"], r["timestamp"], r["side"], r["price"], r["quantity"]) for r in second.snapshots] == [
+        (12, 6_000, "BID", Decimal("1.0"), Decimal("3.0")), (12, 6_000, "ASK", Decimal("3.0"), Decimal("4.0"))
+    ]  # fmt: skip
+    assert second.snapshots[0]["message_id"] == str(
+        uuid.uuid5(MESSAGE_ID_NAMESPACE, "binance|book_snapshots|BTCUSDT|checkpoint:12:BID:1.00000000")
+    )
+    with pytest.raises(ValueError, match="checkpoint_us must be positive or None, got 0"):
+        BookRecorder(checkpoint_us=0)

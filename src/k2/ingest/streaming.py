@@ -118,6 +118,7 @@ def stream_binance(
                 resume_from=resume_points(settings, endpoints, symbols),
                 limits=limits,
                 exchange_info_cache=settings.home_dir / "binance" / "exchangeInfo.json",
+                book_checkpoint_us=settings.book_checkpoint_us,
             )
             try:
                 asyncio.run(_run_live(live, duration))

@@ -13,18 +13,29 @@ before T, then the day, 30 days, and only then in all the table; the updates fro
 snapshot was taken (the event that bridges it may carry an earlier venue time than the snapshot's receipt). Venue
 ids grow with venue time, so an update the margin left out could only come before the first one read: when none
 was read, or the first one does not bridge the snapshot, the updates are read again without the margin.
+
+Snapshots are the venue's (full) and K2's checkpoints (k2.sources.binance.book_recorder), so with checkpoints on a
+book replays at most about K2_BOOK_CHECKPOINT_SECONDS of updates. From the second book asked of one symbol-day on,
+the day's rows are held in numpy arrays (k2.query.book_days: three queries once, then a binary search and a short
+apply per book, the same answers), keyed by the tables' snapshot ids so a refresh never serves stale rows, at most
+DAYS_KEPT symbol-days per engine. Measured on a 1 M-update day (bench/bench_book.py, 2 loaded cores): ~1 ms a book
+held, ~220 ms by the queries, ~2 s to load the day.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import zip_longest
 from typing import Any
 
 import pyarrow as pa
+from cachetools import LRUCache
 
 from k2.lake.tables import table_identifier
+from k2.query.book_days import DAY_US, DayBook
 from k2.query.engine import QueryEngine, Reader
 from k2.query.filters import InvalidQueryError, positive
 from k2.query.timetravel import AsOf
@@ -50,11 +61,15 @@ _SINCE = "AND timestamp >= $since"
 # A partial book stream's top levels are no whole book; rows from before snapshot_type existed are full ones.
 _STARTS_A_BOOK = f"coalesce(snapshot_type, '{BookSnapshotType.FULL}') <> '{BookSnapshotType.PARTIAL}'"
 
+# A venue snapshot and a checkpoint at the same update id are different rows: the book starts from one of them (the
+# venue's when both were taken at the same time).
+_IS_FULL = f"coalesce(snapshot_type, '{BookSnapshotType.FULL}') = '{BookSnapshotType.FULL}'"
+
 _SNAPSHOT_SQL = f"""
-SELECT last_update_id, epoch_us(timestamp) AS taken_us
+SELECT last_update_id, epoch_us(timestamp) AS taken_us, {_IS_FULL} AS is_full
 FROM {_SNAPSHOTS}
 WHERE symbol = $symbol AND exchange = $exchange AND timestamp <= $at {{since}} AND {_STARTS_A_BOOK}
-ORDER BY timestamp DESC, last_update_id DESC
+ORDER BY timestamp DESC, last_update_id DESC, is_full DESC
 LIMIT 1
 """
 
@@ -82,6 +97,7 @@ WITH levels AS (
     SELECT side, price, quantity, last_update_id AS seq
     FROM {_SNAPSHOTS}
     WHERE symbol = $symbol AND exchange = $exchange AND last_update_id = $snapshot AND {_STARTS_A_BOOK}
+          AND ({_IS_FULL}) = $full
     UNION ALL
     SELECT side, price, quantity, last_update_id AS seq
     FROM {_UPDATES}
@@ -97,6 +113,72 @@ WITH levels AS (
 )
 SELECT side, level, price, quantity FROM ranked WHERE level <= $depth ORDER BY side DESC, level
 """
+
+
+# A symbol-day's rows for k2.query.book_days, ordered as DayBook wants them.
+_DAY_UPDATES_SQL = f"""
+SELECT side = 'BID' AS bid, price, quantity, first_update_id, last_update_id, epoch_us(timestamp) AS ts
+FROM {_UPDATES}
+WHERE symbol = $symbol AND exchange = $exchange AND timestamp >= $since AND timestamp < $until
+ORDER BY last_update_id, first_update_id
+"""
+_DAY_SNAPSHOTS_SQL = f"""
+SELECT side = 'BID' AS bid, price, quantity, last_update_id, {_IS_FULL} AS is_full, epoch_us(timestamp) AS ts
+FROM {_SNAPSHOTS}
+WHERE symbol = $symbol AND exchange = $exchange AND timestamp >= $since AND timestamp < $until AND {_STARTS_A_BOOK}
+ORDER BY last_update_id, is_full, ts
+"""
+_OLDER_UPDATE_SQL = f"""
+SELECT count(*) > 0 AS found FROM (
+    SELECT 1 FROM {_UPDATES}
+    WHERE symbol = $symbol AND exchange = $exchange AND timestamp < $since AND last_update_id > $lowest
+    LIMIT 1
+)
+"""
+
+DAYS_KEPT = 4  # symbol-days held per engine (each up to ~100 MB for a busy day: see k2.query.book_days)
+
+
+class _DayBooks:
+    """Per engine, the symbol-days asked more than once, keyed by the table snapshots read (so never stale)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.days: LRUCache[tuple, DayBook] = LRUCache(maxsize=DAYS_KEPT)
+        self.asked: LRUCache[tuple, int] = LRUCache(maxsize=256)
+
+
+_DAY_BOOKS: weakref.WeakKeyDictionary[QueryEngine, _DayBooks] = weakref.WeakKeyDictionary()
+_DAY_BOOKS_LOCK = threading.Lock()
+
+
+def _day_book(engine: QueryEngine, reader: Reader, symbol: str, exchange: str, at_us: int) -> DayBook | None:
+    """The symbol-day of `at_us`, loaded the second time it is asked for (a single book is cheaper by the three
+    queries than by reading its whole day); None while it is not held."""
+    snapshots = reader.snapshot_ids
+    updates_at, snapshots_at = snapshots.get(BOOK_UPDATES_V2.name), snapshots.get(BOOK_SNAPSHOTS_V2.name)
+    if updates_at is None or snapshots_at is None:
+        return None
+    day_us = at_us - at_us % DAY_US
+    key = (exchange, symbol, day_us, updates_at, snapshots_at)
+    with _DAY_BOOKS_LOCK:
+        books = _DAY_BOOKS.get(engine)
+        if books is None:
+            books = _DAY_BOOKS[engine] = _DayBooks()
+    with books.lock:
+        if (held := books.days.get(key)) is not None:
+            return held
+        asked = books.asked[key] = books.asked.get(key, 0) + 1
+    if asked < 2:
+        return None
+    loaded = DayBook.load(
+        reader, (_DAY_UPDATES_SQL, _DAY_SNAPSHOTS_SQL, _OLDER_UPDATE_SQL), {"symbol": symbol, "exchange": exchange},
+        day_us, BRIDGE_MARGIN_US,
+    )  # fmt: skip
+    with books.lock:
+        books.days[key] = loaded
+        books.asked.pop(key, None)
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -169,10 +251,14 @@ def book_at(
     *,
     exchange: str,
     as_of: AsOf = None,
+    day_cache: bool = True,
 ) -> BookAt:
     """The book of `symbol` on `exchange` at `at_us` (integer microseconds UTC), `depth` levels per side.
 
-    InvalidQueryError when no snapshot of the symbol was taken at or before `at_us` (the book is unknown then).
+    From the second book asked of a symbol-day on, the day's rows are held in memory (k2.query.book_days, at most
+    DAYS_KEPT symbol-days per engine, keyed by the table snapshots read) and a book costs no query; `day_cache`
+    False: always the queries. InvalidQueryError when no snapshot of the symbol was taken at or before `at_us`
+    (the book is unknown then).
     """
     if not isinstance(symbol, str) or not symbol:
         raise InvalidQueryError(f"symbol must be a non-empty string, got {symbol!r}")
@@ -180,6 +266,21 @@ def book_at(
         raise InvalidQueryError(f"at_us must be integer microseconds UTC, got {at_us!r}")
     positive(depth, "depth")
     reader = engine.at(as_of)
+    day = _day_book(engine, reader, symbol, exchange, at_us) if day_cache else None
+    held = day.book(at_us, depth) if day is not None else None
+    if held is not None:
+        return BookAt(
+            symbol=symbol,
+            exchange=exchange,
+            at_us=at_us,
+            snapshot_update_id=held.snapshot_update_id,
+            snapshot_us=held.snapshot_us,
+            last_update_id=held.last_update_id,
+            updates_applied=held.events,
+            bids=held.bids,
+            asks=held.asks,
+            gap=held.gap,
+        )
     at = datetime_from_micros(at_us)
     params = {"symbol": symbol, "exchange": exchange, "at": at}
     found = _newest_snapshot(reader, params, at_us)
@@ -188,14 +289,14 @@ def book_at(
             f"no order-book snapshot of {symbol} on {exchange} at or before {at.isoformat()}: the book is unknown"
             " before its first snapshot; ask for a later time"
         )
-    snapshot, taken_us = found
+    snapshot, taken_us, full = found
     params |= {"snapshot": snapshot, "since": datetime_from_micros(taken_us - BRIDGE_MARGIN_US)}
     since = _SINCE
     chain = reader.sql(_CHAIN_SQL.format(since=since), params).to_pylist()[0]
     if not chain["events"] or chain["first_update_id"] > snapshot + 1:  # the bridge may be older: look again
         since = ""
         chain = reader.sql(_CHAIN_SQL.format(since=since), _without_since(params)).to_pylist()[0]
-    levels_params = params | {"depth": depth} if since else _without_since(params) | {"depth": depth}
+    levels_params = (params if since else _without_since(params)) | {"depth": depth, "full": full}
     levels = reader.sql(_LEVELS_SQL.format(since=since), levels_params).to_pylist()
     sides: dict[str, list[tuple[Decimal, Decimal]]] = {BookSide.BID.value: [], BookSide.ASK.value: []}
     for row in levels:
@@ -219,8 +320,9 @@ def _without_since(params: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in params.items() if name != "since"}
 
 
-def _newest_snapshot(reader: Reader, params: dict[str, Any], at_us: int) -> tuple[int, int] | None:
-    """(last_update_id, taken_us) of the newest snapshot at or before T, looking back further only when needed."""
+def _newest_snapshot(reader: Reader, params: dict[str, Any], at_us: int) -> tuple[int, int, bool] | None:
+    """(last_update_id, taken_us, whether the venue's) of the newest snapshot at or before T, looking back further
+    only when needed."""
     for window in SNAPSHOT_WINDOWS_US:
         if window is None:
             rows = reader.sql(_SNAPSHOT_SQL.format(since=""), params).to_pylist()
@@ -228,5 +330,5 @@ def _newest_snapshot(reader: Reader, params: dict[str, Any], at_us: int) -> tupl
             since = {"since": datetime_from_micros(at_us - window)}
             rows = reader.sql(_SNAPSHOT_SQL.format(since=_SINCE), params | since).to_pylist()
         if rows:
-            return rows[0]["last_update_id"], rows[0]["taken_us"]
+            return rows[0]["last_update_id"], rows[0]["taken_us"], rows[0]["is_full"]
     return None

@@ -54,7 +54,7 @@ class BookSnapshotType(StrEnum):
     """What a book_snapshots_v2 snapshot is, and so whether a book can start from it."""
 
     FULL = "full"  # the venue's own snapshot (Binance GET /api/v3/depth), as deep as the limit asked for
-    CHECKPOINT = "checkpoint"  # K2's copy of a book it kept in sync, written at a fixed interval
+    CHECKPOINT = "checkpoint"  # K2's copy of a book it kept in sync, written every K2_BOOK_CHECKPOINT_SECONDS
     PARTIAL = "partial"  # the top levels of a partial book stream (@depth5/10/20): not a whole book
 
 
@@ -336,11 +336,13 @@ BOOK_SNAPSHOTS_V2 = RecordSpec(
         FieldSpec(
             "message_id",
             Kind.STRING,
-            "Deterministic UUIDv5 over exchange, data type, symbol, the snapshot's update id, side and price.",
+            "Deterministic UUIDv5 over exchange, data type, symbol, whether a venue snapshot or a checkpoint, the"
+            " snapshot's update id, side and price.",
         ),
         *_book_level(
             "When the snapshot was taken: the venue's time when it sends one, else the time K2 received it"
-            " (vendor_data.timestamp_source says which), microseconds UTC."
+            " (vendor_data.timestamp_source says which); for a checkpoint, the event time of the diff that brought"
+            " the book to its update id. Microseconds UTC."
         ),
         FieldSpec("quantity", Kind.DECIMAL, "Quantity at the price, decimal(18,8)."),
         FieldSpec(
@@ -360,7 +362,8 @@ BOOK_SNAPSHOTS_V2 = RecordSpec(
             "snapshot_type",
             Kind.STRING,
             "full: the venue's snapshot (null in rows written before this column); checkpoint: K2's copy of a book it"
-            " kept in sync; partial: the top levels of a partial book stream, which no book starts from.",
+            " kept in sync, written every K2_BOOK_CHECKPOINT_SECONDS of venue time; partial: the top levels of a"
+            " partial book stream, which no book starts from.",
             required=False,
             enum=BookSnapshotType,
         ),

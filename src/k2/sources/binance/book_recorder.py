@@ -6,6 +6,14 @@ names. Every diff event is stored, applied or not (the tables keep what the venu
 applies); every snapshot is stored. A break in a symbol's update ids becomes a stream_gaps row (channel "depth",
 the symbol's depth stream, reason "sequence_break", status "unrecoverable": Binance serves no past diff events, so
 the book is rebuilt from the next snapshot instead).
+
+Checkpoints (`checkpoint_us`, K2_BOOK_CHECKPOINT_SECONDS): while a symbol's book is in sync, the first diff it applies
+in a new interval of venue event time (event time // checkpoint_us; the first interval a book is seen in only starts
+the count) also gives a book_snapshots_v2 copy of the whole book, snapshot_type "checkpoint", last_update_id the
+book's, timestamp that diff's event time, message ids over "checkpoint:<id>:<side>:<price>" (a venue snapshot's are
+"snapshot:...", so both at one update id are distinct rows). So `book_at` never replays more than about one interval
+of updates. The rule depends only on the frames and snapshots in their order: a replayed capture writes the same
+rows, the same ids.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ from typing import Any
 
 from k2.core.batch import Reject
 from k2.schema.codecs import message_id
-from k2.schema.fields import AssetClass, DataType
+from k2.schema.fields import AssetClass, BookSnapshotType, DataType
 from k2.sources.binance.book import (
     BookGap,
     BookSync,
+    DepthDiff,
+    DepthSnapshot,
     DiffOutcome,
     OrderBook,
     depth_payload,
@@ -31,6 +41,7 @@ from k2.sources.binance.normalize_book import book_snapshot_records, book_update
 
 DEPTH_CHANNEL = "depth"
 SEQUENCE_BREAK = "sequence_break"  # stream_gaps.reason of a book's lost updates
+CHECKPOINT_SOURCE = "checkpoint"  # the first part of a checkpoint level's message id source
 
 
 @dataclass
@@ -76,7 +87,12 @@ class BookRecorder:
         asset_class: str = AssetClass.CRYPTO.value,
         time_unit: TimeUnit = TimeUnit.MILLISECOND,
         max_buffered: int = 10_000,
+        checkpoint_us: int | None = None,
     ) -> None:
+        """`checkpoint_us`: the venue time between a book's checkpoints (None: none are written)."""
+        if checkpoint_us is not None and checkpoint_us <= 0:
+            raise ValueError(f"checkpoint_us must be positive or None, got {checkpoint_us}")
+        self.checkpoint_us = checkpoint_us
         self.exchange = exchange
         self.asset_class = asset_class
         self.time_unit = time_unit
@@ -84,6 +100,7 @@ class BookRecorder:
         self.books: dict[str, BookSync] = {}
         self.streams: dict[str, str] = {}  # per symbol, the stream name its latest diff frame came on
         self.event_us: dict[str, int] = {}  # per symbol, the newest event time of its diffs: the venue's clock
+        self._interval: dict[str, int] = {}  # per symbol, the checkpoint interval its book was last seen in
 
     def _sync(self, symbol: str) -> BookSync:
         sync = self.books.get(symbol)
@@ -126,6 +143,7 @@ class BookRecorder:
         outcome = self._sync(diff.symbol).on_diff(diff)
         if outcome is DiffOutcome.APPLIED:
             recorded.applied = 1
+            recorded.snapshots = self._checkpoint(diff)
         elif isinstance(outcome, BookGap):
             recorded.gaps = self._gap_rows(outcome)
         return recorded
@@ -152,4 +170,29 @@ class BookRecorder:
             snapshot, limit=limit, taken_us=taken_us, exchange=self.exchange, asset_class=self.asset_class
         )
         resync = self._sync(symbol).on_snapshot(snapshot)
+        if resync.applied:
+            rows += self._checkpoint(resync.applied[-1])
         return Recorded(snapshots=rows, gaps=self._gap_rows(resync.gap), applied=len(resync.applied))
+
+    def _checkpoint(self, diff: DepthDiff) -> list[dict[str, Any]]:
+        """The checkpoint rows of the book `diff` was just applied to, when it opened a new interval, else none."""
+        if self.checkpoint_us is None:
+            return []
+        interval = diff.event_us // self.checkpoint_us
+        last = self._interval.get(diff.symbol)
+        if last is not None and interval <= last:
+            return []
+        self._interval[diff.symbol] = interval
+        book = self.book(diff.symbol)
+        if last is None or book is None:
+            return []
+        copy = DepthSnapshot(diff.symbol, diff.last_update_id, diff.receive_us, tuple(book.bids.items()),
+                             tuple(book.asks.items()))  # fmt: skip
+        return book_snapshot_records(
+            copy,
+            taken_us=diff.event_us,
+            snapshot_type=BookSnapshotType.CHECKPOINT,
+            source=CHECKPOINT_SOURCE,
+            exchange=self.exchange,
+            asset_class=self.asset_class,
+        )

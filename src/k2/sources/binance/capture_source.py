@@ -94,13 +94,21 @@ class CaptureSource:
     batch per table (trades and quotes as Arrow tables); batches never mix files.
     """
 
-    def __init__(self, paths: list[Path], symbols: QuoteResolver | None = None, chunk_rows: int = 50_000) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        symbols: QuoteResolver | None = None,
+        chunk_rows: int = 50_000,
+        *,
+        book_checkpoint_us: int | None = None,
+    ) -> None:
+        """`book_checkpoint_us`: the venue time between order-book checkpoints (see `BookRecorder`; None: none)."""
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
         self.paths = [Path(p) for p in paths]
         self.resolver: QuoteResolver = symbols if symbols is not None else shipped_directory()
         self.chunk_rows = chunk_rows
-        self.recorder = BookRecorder()
+        self.recorder = BookRecorder(checkpoint_us=book_checkpoint_us)
         self.passed = 0  # lines and frames that hold no data K2 stores (see the module doc)
         self.empty_files: list[str] = []  # captures that held no trade, quote or book data
 

@@ -147,6 +147,7 @@ class BinanceLive:
         limits: ClientLimits | None = None,
         flush_seconds: float = 0.1,
         flush_records: int = 5000,
+        book_checkpoint_us: int | None = None,
     ) -> None:
         self.symbols = [s.upper() for s in symbols]
         self.channels = channels
@@ -178,7 +179,7 @@ class BinanceLive:
         self._last_quote_us: dict[str, int] = {}
         self._quote_outages: dict[str, Gap] = {}
         depth = any(channel in DEPTH_CHANNELS for channel in channels)
-        self._books = BookRecorder(time_unit=self._time_unit) if depth else None
+        self._books = BookRecorder(time_unit=self._time_unit, checkpoint_us=book_checkpoint_us) if depth else None
         self._partial = any(channel in PARTIAL_CHANNELS for channel in channels)
         self.stats = LiveStats()
 
