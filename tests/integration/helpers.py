@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from decimal import Decimal
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
+from typer.testing import CliRunner
 
 from k2.bus.clients import base_config, ensure_topics, fetch_committed, producer_config
 from k2.bus.producer import RecordProducer
 from k2.bus.registry_client import RegistryClient
 from k2.bus.topics import TopicName
+from k2.cli import app
 from k2.config import Settings
 from k2.core.batch import SourceBatch
 from k2.lake.catalog import open_catalog
 from k2.query.engine import QueryEngine
 from k2.schema import TRADES_V2
+from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import AssetClass, DataType
+from tests.sources.book_oracle import read_depth, replay
 
 TEST_TOPIC = TopicName(AssetClass.EQUITIES, DataType.TRADES, "test")
 
@@ -90,3 +97,25 @@ def produce_test_trades(settings: Settings, endpoints, count: int, first: int = 
     producer.send(SourceBatch(TRADES_V2, AssetClass.EQUITIES, "test", records=records))
     producer.close()
     return registry, dict(producer.stats.end_offsets)
+
+
+def assert_k2_book_at_the_last_btcusdt_update_is_the_oracles(capture: Path) -> None:
+    """`k2 book BTCUSDT --depth 5 --format csv` at the capture's last BTCUSDT update gives best bid 58005.11 x
+    1.486376 and best ask 58005.12 x 0.110252 (the 2021-04-04 capture), and every level as the independent oracle
+    rebuilds them from the capture's frames."""
+    diffs, snapshots = read_depth(capture)
+    *_, (last, bids, asks) = replay(snapshots["BTCUSDT"][0], diffs["BTCUSDT"])
+    at = datetime_from_micros(last.event_ms * 1000).isoformat()
+    book = CliRunner().invoke(app, ["book", "BTCUSDT", "--at", at, "--depth", "5", "--format", "csv"])
+    assert book.exit_code == 0, book.output
+    ladder = list(csv.DictReader(io.StringIO(book.stdout)))
+    assert ladder[0] == {
+        "level": "1", "bid_quantity": "1.48637600", "bid_price": "58005.11000000",
+        "ask_price": "58005.12000000", "ask_quantity": "0.11025200",
+    }  # fmt: skip
+    oracle = zip(sorted(bids.items(), reverse=True)[:5], sorted(asks.items())[:5], strict=True)
+    assert [
+        (Decimal(r["bid_price"]), Decimal(r["bid_quantity"]), Decimal(r["ask_price"]), Decimal(r["ask_quantity"]))
+        for r in ladder
+    ] == [(bid[0], bid[1], ask[0], ask[1]) for bid, ask in oracle]
+    assert f"book at update {last.last}" in " ".join(book.stderr.split())

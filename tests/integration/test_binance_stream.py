@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,15 +19,13 @@ from k2.ingest.streaming import stream_binance
 from k2.samples import BINANCE_CAPTURE_2021_04_04 as CAPTURE_2021_04_04
 from k2.samples import BINANCE_CAPTURE_2021_10_12 as CAPTURE_2021_10_12
 from k2.samples import BINANCE_PUBLIC_DATA
-from k2.schema.codecs import datetime_from_micros
 from k2.sources.binance.capture import ReplayClock
 from k2.sources.binance.client import ClientLimits
 from k2.sources.binance.emulator.faults import FaultSpec
 from k2.sources.binance.emulator.server import BinanceEmulator
 from k2.sources.binance.files import BinanceFileSource
 from tests.binance_metadata import SAMPLE_PAIRS
-from tests.integration.helpers import lake_query
-from tests.sources.book_oracle import read_depth, replay
+from tests.integration.helpers import assert_k2_book_at_the_last_btcusdt_update_is_the_oracles, lake_query
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -125,22 +121,7 @@ def test_depth_streams_keep_the_books_through_dropped_diffs_and_k2_book_reads_th
         " FROM market_data.book_snapshots_v2 WHERE snapshot_type = 'checkpoint' GROUP BY ALL ORDER BY 1",
     )
     assert checkpoints == [(s, 1, 1_617_566_640_000_000 // 60_000_000, True) for s in ("BTCUSDT", "DOTUSDT", "ETHUSDT")]
-    diffs, snapshots = read_depth(CAPTURE_2021_04_04)
-    *_, (last, bids, asks) = replay(snapshots["BTCUSDT"][0], diffs["BTCUSDT"])
-    at = datetime_from_micros(last.event_ms * 1000).isoformat()
-    book = CliRunner().invoke(app, ["book", "BTCUSDT", "--at", at, "--depth", "5", "--format", "csv"])
-    assert book.exit_code == 0, book.output
-    ladder = list(csv.DictReader(io.StringIO(book.stdout)))
-    assert ladder[0] == {
-        "level": "1", "bid_quantity": "1.48637600", "bid_price": "58005.11000000",
-        "ask_price": "58005.12000000", "ask_quantity": "0.11025200",
-    }  # fmt: skip
-    oracle = zip(sorted(bids.items(), reverse=True)[:5], sorted(asks.items())[:5], strict=True)
-    assert [
-        (Decimal(r["bid_price"]), Decimal(r["bid_quantity"]), Decimal(r["ask_price"]), Decimal(r["ask_quantity"]))
-        for r in ladder
-    ] == [(bid[0], bid[1], ask[0], ask[1]) for bid, ask in oracle]
-    assert f"book at update {last.last}" in " ".join(book.stderr.split())
+    assert_k2_book_at_the_last_btcusdt_update_is_the_oracles(CAPTURE_2021_04_04)
 
 
 def test_book_ticker_frames_land_in_quotes(settings: Settings) -> None:

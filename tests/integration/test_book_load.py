@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
-from decimal import Decimal
 
 import pytest
 from typer.testing import CliRunner
@@ -17,11 +14,10 @@ from k2.ingest.pipeline import load
 from k2.lake.catalog import open_catalog
 from k2.query.book import book_at
 from k2.query.engine import QueryEngine
-from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import BOOK_SNAPSHOTS_V2, BOOK_UPDATES_V2, AssetClass
 from k2.sources.binance.book import DepthDiff
 from k2.sources.binance.normalize_book import book_snapshot_records, book_update_records
-from tests.integration.helpers import lake_query
+from tests.integration.helpers import assert_k2_book_at_the_last_btcusdt_update_is_the_oracles, lake_query
 from tests.sources.book_captures import CAPTURES, depth_events
 from tests.sources.book_oracle import read_depth, replay
 
@@ -76,19 +72,4 @@ def test_k2_load_capture_records_the_books_and_k2_book_reads_the_last_one(settin
     )
     assert counts == [("snapshots", 12_133, 12_133), ("trades", 1_910, 1_910), ("updates", 28_440, 28_440)]
 
-    diffs, snapshots = read_depth(path)
-    *_, (last, bids, asks) = replay(snapshots["BTCUSDT"][0], diffs["BTCUSDT"])
-    at = datetime_from_micros(last.event_ms * 1000).isoformat()
-    book = runner.invoke(app, ["book", "BTCUSDT", "--at", at, "--depth", "5", "--format", "csv"])
-    assert book.exit_code == 0, book.output
-    ladder = list(csv.DictReader(io.StringIO(book.stdout)))
-    assert ladder[0] == {
-        "level": "1", "bid_quantity": "1.48637600", "bid_price": "58005.11000000",
-        "ask_price": "58005.12000000", "ask_quantity": "0.11025200",
-    }  # fmt: skip
-    oracle = zip(sorted(bids.items(), reverse=True)[:5], sorted(asks.items())[:5], strict=True)
-    assert [
-        (Decimal(r["bid_price"]), Decimal(r["bid_quantity"]), Decimal(r["ask_price"]), Decimal(r["ask_quantity"]))
-        for r in ladder
-    ] == [(bid[0], bid[1], ask[0], ask[1]) for bid, ask in oracle]
-    assert f"book at update {last.last}" in " ".join(book.stderr.split())
+    assert_k2_book_at_the_last_btcusdt_update_is_the_oracles(path)

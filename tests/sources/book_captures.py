@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 
 from pyiceberg.catalog import Catalog
 
@@ -39,11 +40,16 @@ def depth_events(capture: str) -> tuple[DepthDiff | DepthSnapshot, ...]:
     return tuple(event for _, _, event in sorted(timed, key=lambda t: t[:2]))
 
 
-def record_capture(capture: str, recorder: BookRecorder) -> Recorded:
-    """Every frame and depth snapshot of a capture through `recorder`, in receipt order: all the rows it made."""
-    merged = [e for path in CAPTURES[capture] for e in read_capture(path) if isinstance(e, WsFrame | RestResponse)]
+def capture_entries(*paths: Path) -> list[WsFrame | RestResponse]:
+    """The frames and REST responses of capture files, in receipt order."""
+    merged = [e for path in paths for e in read_capture(path) if isinstance(e, WsFrame | RestResponse)]
+    return sorted(merged, key=lambda e: e.receipt_us)
+
+
+def record_entries(recorder: BookRecorder, entries: Iterable[WsFrame | RestResponse]) -> Recorded:
+    """Every frame and depth snapshot of `entries` through `recorder`, in their order: all the rows it made."""
     total = Recorded()
-    for entry in sorted(merged, key=lambda e: e.receipt_us):
+    for entry in entries:
         if isinstance(entry, WsFrame):
             got = recorder.frame(entry.raw, entry.receipt_us, position=entry.line_no)
         elif entry.path.endswith("/depth"):
@@ -58,6 +64,11 @@ def record_capture(capture: str, recorder: BookRecorder) -> Recorded:
             total.gaps += got.gaps
             total.applied += got.applied
     return total
+
+
+def record_capture(capture: str, recorder: BookRecorder) -> Recorded:
+    """Every frame and depth snapshot of a capture through `recorder`, in receipt order: all the rows it made."""
+    return record_entries(recorder, capture_entries(*CAPTURES[capture]))
 
 
 def append_book_rows(catalog: Catalog, updates: list[dict], snapshots: list[dict]) -> None:

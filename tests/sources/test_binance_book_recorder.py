@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import orjson
 import pytest
@@ -15,34 +13,10 @@ from k2.schema.codecs import MESSAGE_ID_NAMESPACE
 from k2.schema.fields import BookSnapshotType
 from k2.sources.binance.book import DepthSnapshot
 from k2.sources.binance.book_recorder import CHECKPOINT_SOURCE, BookRecorder, Recorded
-from k2.sources.binance.capture import RestResponse, WsFrame, read_capture
+from k2.sources.binance.capture import RestResponse, WsFrame
 from k2.sources.binance.normalize_book import book_snapshot_records
-from tests.sources.book_captures import CAPTURES, record_capture
+from tests.sources.book_captures import CAPTURES, capture_entries, record_capture, record_entries
 from tests.sources.book_oracle import read_depth, replay
-
-
-def _entries(*paths: Path) -> Iterator[WsFrame | RestResponse]:
-    merged = [e for path in paths for e in read_capture(path) if isinstance(e, WsFrame | RestResponse)]
-    yield from sorted(merged, key=lambda e: e.receipt_us)
-
-
-def _record(recorder: BookRecorder, entries: Iterator[WsFrame | RestResponse]) -> Recorded:
-    total = Recorded()
-    for entry in entries:
-        if isinstance(entry, WsFrame):
-            got = recorder.frame(entry.raw, entry.receipt_us, position=entry.line_no)
-        elif entry.path.endswith("/depth"):
-            limit = int(entry.params["limit"])
-            got = recorder.snapshot(entry.params["symbol"], entry.body, entry.receipt_us, limit=limit)
-        else:
-            continue
-        assert not isinstance(got, Reject), got
-        if got is not None:
-            total.updates += got.updates
-            total.snapshots += got.snapshots
-            total.gaps += got.gaps
-            total.applied += got.applied
-    return total
 
 
 def test_both_captures_record_every_level_every_snapshot_and_no_gap() -> None:
@@ -54,7 +28,7 @@ def test_both_captures_record_every_level_every_snapshot_and_no_gap() -> None:
         )
         assert snapshots == sum(len(s.bids) + len(s.asks) for (s,) in oracle_snapshots.values())
         recorder = BookRecorder()
-        total = _record(recorder, _entries(*CAPTURES[capture]))
+        total = record_entries(recorder, capture_entries(*CAPTURES[capture]))
         assert (len(total.updates), len(total.snapshots), total.gaps, total.applied) == (
             updates, snapshots, [], applied
         )  # fmt: skip
@@ -66,7 +40,7 @@ def test_both_captures_record_every_level_every_snapshot_and_no_gap() -> None:
 
 def test_the_first_depth_frame_makes_its_symbol_want_a_snapshot_until_one_comes() -> None:
     recorder = BookRecorder()
-    entries = _entries(*CAPTURES["2021-04-04"])
+    entries = iter(capture_entries(*CAPTURES["2021-04-04"]))
     first = next(entries)
     assert isinstance(first, WsFrame) and b"dotusdt@depth" in first.raw
     got = recorder.frame(first.raw, first.receipt_us)
@@ -79,13 +53,13 @@ def test_the_first_depth_frame_makes_its_symbol_want_a_snapshot_until_one_comes(
 
 
 def test_a_lost_btcusdt_frame_is_one_stream_gaps_row_and_a_snapshot_wanted() -> None:
-    entries = list(_entries(*CAPTURES["2021-04-04"]))
+    entries = capture_entries(*CAPTURES["2021-04-04"])
     btc = [i for i, e in enumerate(entries) if isinstance(e, WsFrame) and b"btcusdt@depth" in e.raw]
     lost_at = btc[len(btc) // 2]
     lost = orjson.loads(entries[lost_at].raw)["data"]
     after = entries[btc[btc.index(lost_at) + 1]]
     recorder = BookRecorder()
-    total = _record(recorder, iter(entries[:lost_at] + entries[lost_at + 1 :]))
+    total = record_entries(recorder, entries[:lost_at] + entries[lost_at + 1 :])
     source_id = f"binance|gaps|BTCUSDT|depth:{lost['U']}"
     assert total.gaps == [
         {
