@@ -442,10 +442,19 @@
 
   // --- refresh loop ---------------------------------------------------------------------------------------
   // Candles and tape: loaded once per symbol and interval, then kept current by their subscriptions.
-  async function loadSelected() {
-    if (!state.selected) return;
+  // A poll that comes while the same symbol and interval are still loading waits for that load rather than
+  // starting another, which would open its subscriptions a second time and drop the first ones mid-stream.
+  let loading = null;
+  function loadSelected() {
+    if (!state.selected) return Promise.resolve();
+    const key = `${keyOf(state.selected)}|${state.interval}`;
+    if (loading && loading.key === key) return loading.done;
     state.forming = null;
-    await Promise.all([loadBars(), loadTape(), loadQuotes()]);
+    const done = Promise.all([loadBars(), loadTape(), loadQuotes()]).finally(() => {
+      if (loading && loading.done === done) loading = null;
+    });
+    loading = { key, done };
+    return done;
   }
 
   // What the candles should be drawn for; "auto" keeps the width it picked while the symbol stays selected.
