@@ -459,6 +459,66 @@ def test_depth_answers_the_book_where_the_replay_is(start: Callable[..., Endpoin
     assert depth["bids"][0] == ["58005.11000000", "1.48637600"]  # the exact text of the frames
 
 
+@pytest.mark.timeout(30)
+def test_the_synthetic_markets_diffs_continue_its_snapshots_and_its_book_tickers_are_the_books_top(
+    start: Callable[..., Endpoints],
+) -> None:
+    """Diffs from the first REST snapshot on chain by update id; applied to that snapshot (plain dicts here) they give
+    each later bookTicker's best levels and, at a second snapshot's id, that snapshot level for level."""
+    ws_url, rest_url = start(synthetic=SyntheticSpec(symbols=1, rate=400))
+    streams = "syn0usdt@depth@100ms/syn0usdt@bookTicker"
+
+    def rest_depth() -> dict[str, Any]:
+        return httpx.get(f"{rest_url}/api/v3/depth", params={"symbol": "SYN0USDT", "limit": 100}).json()
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        async with connect(f"{ws_url}/stream?streams={streams}") as ws:
+            frames: list[dict[str, Any]] = []
+
+            async def until(done: Callable[[dict[str, Any]], bool]) -> None:
+                while not done(message := json.loads(await ws.recv())):
+                    frames.append(message)
+                frames.append(message)
+
+            await until(lambda m: m["stream"].endswith("@depth@100ms"))  # the book is published from now on
+            first = await asyncio.to_thread(rest_depth)
+            await until(lambda m: m["stream"].endswith("@depth@100ms") and m["data"]["u"] > first["lastUpdateId"] + 200)
+            second = await asyncio.to_thread(rest_depth)
+            await until(lambda m: m["stream"].endswith("@depth@100ms") and m["data"]["u"] >= second["lastUpdateId"])
+            return first, second, frames
+
+    first, second, frames = run(scenario)
+    book = {side: {Decimal(p): Decimal(q) for p, q in first[side]} for side in ("bids", "asks")}
+    book_id, diffs, tickers = first["lastUpdateId"], 0, 0
+    for message in frames:
+        data = message["data"]
+        if data["u"] <= first["lastUpdateId"]:
+            continue  # before the first snapshot
+        if message["stream"].endswith("@bookTicker"):
+            assert data["u"] == book_id  # the ticker of the event the last diff was
+            best_bid, best_ask = max(book["bids"]), min(book["asks"])
+            assert (Decimal(data["b"]), Decimal(data["B"])) == (best_bid, book["bids"][best_bid])
+            assert (Decimal(data["a"]), Decimal(data["A"])) == (best_ask, book["asks"][best_ask])
+            tickers += 1
+            continue
+        assert data["U"] == book_id + 1 if diffs else data["U"] <= book_id + 1 <= data["u"]
+        for side, key in (("bids", "b"), ("asks", "a")):
+            for price, quantity in data[key]:
+                if Decimal(quantity):
+                    book[side][Decimal(price)] = Decimal(quantity)
+                else:
+                    book[side].pop(Decimal(price), None)
+        book_id, diffs = data["u"], diffs + 1
+        if book_id == second["lastUpdateId"]:
+            levels = {side: [[Decimal(p), Decimal(q)] for p, q in second[side]] for side in ("bids", "asks")}
+            assert levels["bids"] == sorted(([p, q] for p, q in book["bids"].items()), reverse=True)
+            assert levels["asks"] == sorted([p, q] for p, q in book["asks"].items())
+            break
+    else:
+        raise AssertionError(f"no diff reached the second snapshot's update id {second['lastUpdateId']}")
+    assert diffs > 20 and tickers > 20
+
+
 def test_the_hubs_book_skips_an_unreadable_diff_and_a_later_captured_snapshot_repairs_it() -> None:
     hub = Hub(FaultPlan(FaultSpec()))
     hub.add_snapshot("BTCUSDT", {"lastUpdateId": 10, "bids": [["1.00000000", "1.00000000"]], "asks": []})

@@ -2,6 +2,13 @@
 
 Ids start where a busy 2021 spot market was (aggregate ids ~6.6e8, raw trade ids ~7.6e8, book update ids ~9.9e9)
 so clients exercise the same integer widths as with the captures.
+
+Each symbol has an order book: every bookTicker step is one book update event (a range of update ids, as on the
+venue) that moves the best levels to the ticker's and changes one deeper level; the bookTicker is the book's top
+after it. Once a client subscribes to a symbol's diff depth stream (@depth or @depth@100ms), the book is handed to
+the hub as a snapshot at its current update id and every later event is published as a depthUpdate, so the hub's
+book (and so GET /api/v3/depth) follows the replay exactly and a client's diffs continue that snapshot. Before that
+no depth is published: a market nobody reads the depth of costs nothing for it.
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -57,23 +64,106 @@ class _Market:
     trade_id: int
     update_id: int
     trade_ms: int = 0  # the last trade time: Binance's trade times never go back as ids go up
+    bids: dict[Decimal, Decimal] = field(default_factory=dict)
+    asks: dict[Decimal, Decimal] = field(default_factory=dict)
+    depth_published: bool = False  # the hub holds this book and every event since goes out as a depthUpdate
 
 
 def _money(value: Decimal) -> str:
     return f"{value.quantize(Decimal('0.01000000')):f}"
 
 
-def _book_ticker(market: _Market, rng: random.Random) -> dict[str, Any]:
+_TICK = Decimal("0.01")
+_BOOK_LEVELS = 40  # per side; the deepest level goes when a new one would make more
+
+
+def _quantity(rng: random.Random) -> Decimal:
+    return Decimal(rng.randint(1, 500000)) / 100000
+
+
+def _levels(changes: dict[Decimal, Decimal]) -> list[list[str]]:
+    return [[_money(price), f"{quantity:.8f}"] for price, quantity in changes.items()]
+
+
+def _seed_book(market: _Market, rng: random.Random) -> None:
+    for level in range(1, _BOOK_LEVELS // 2 + 1):
+        market.bids[market.price - _TICK * level] = _quantity(rng)
+        market.asks[market.price + _TICK * level] = _quantity(rng)
+
+
+def _book_event(market: _Market, rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One book update event: (its depthUpdate, the bookTicker of the book after it)."""
+    first = market.update_id + 1
     market.update_id += rng.randint(1, 5)
-    spread = Decimal("0.01") * rng.randint(1, 3)
-    return {
+    spread = _TICK * rng.randint(1, 3)
+    bid, ask = market.price - spread, market.price + spread
+    bid_changes = {price: Decimal(0) for price in market.bids if price > bid}
+    ask_changes = {price: Decimal(0) for price in market.asks if price < ask}
+    bid_changes[bid], ask_changes[ask] = _quantity(rng), _quantity(rng)
+    deeper = rng.randint(1, _BOOK_LEVELS // 2)
+    if rng.random() < 0.5:
+        bid_changes[bid - _TICK * deeper] = _quantity(rng) if rng.random() < 0.8 else Decimal(0)
+    else:
+        ask_changes[ask + _TICK * deeper] = _quantity(rng) if rng.random() < 0.8 else Decimal(0)
+    for side, changes, deepest in ((market.bids, bid_changes, min), (market.asks, ask_changes, max)):
+        for price, quantity in changes.items():
+            if quantity:
+                side[price] = quantity
+            else:
+                side.pop(price, None)
+        while len(side) > _BOOK_LEVELS:
+            gone = deepest(side)
+            del side[gone]
+            changes[gone] = Decimal(0)
+    diff = {
+        "e": "depthUpdate",
+        "E": int(time.time() * 1000),
+        "s": market.symbol,
+        "U": first,
+        "u": market.update_id,
+        "b": _levels(bid_changes),
+        "a": _levels(ask_changes),
+    }
+    ticker = {
         "u": market.update_id,
         "s": market.symbol,
-        "b": _money(market.price - spread),
-        "B": f"{Decimal(rng.randint(1, 500000)) / 100000:.8f}",
-        "a": _money(market.price + spread),
-        "A": f"{Decimal(rng.randint(1, 500000)) / 100000:.8f}",
+        "b": _money(bid),
+        "B": f"{market.bids[bid]:.8f}",
+        "a": _money(ask),
+        "A": f"{market.asks[ask]:.8f}",
     }
+    return diff, ticker
+
+
+def _snapshot(market: _Market) -> dict[str, Any]:
+    """The book as GET /api/v3/depth answers it: best first."""
+    return {
+        "lastUpdateId": market.update_id,
+        "bids": _levels({price: market.bids[price] for price in sorted(market.bids, reverse=True)}),
+        "asks": _levels({price: market.asks[price] for price in sorted(market.asks)}),
+    }
+
+
+def _depth_streams(symbol: str) -> tuple[str, str]:
+    stream = symbol.lower()
+    return f"{stream}@depth@100ms", f"{stream}@depth"
+
+
+def _publish_book_event(hub: Hub, market: _Market, rng: random.Random) -> int:
+    """One book event as a bookTicker, and as a depthUpdate on the diff depth streams once one was subscribed to;
+    the number of frames published."""
+    streams = _depth_streams(market.symbol)
+    if not market.depth_published and any(hub.subscribers.get(name) for name in streams):
+        hub.add_snapshot(market.symbol, _snapshot(market))  # the book before this event, which its diff continues
+        market.depth_published = True
+    diff, ticker = _book_event(market, rng)
+    published = 1
+    if market.depth_published:
+        for name in streams:
+            hub.publish(name, diff)  # to the hub's book the second is stale: the first moved it
+        published += len(streams)
+    hub.publish(f"{market.symbol.lower()}@bookTicker", ticker)
+    return published
 
 
 def _agg_trade(market: _Market, rng: random.Random) -> dict[str, Any]:
@@ -100,7 +190,8 @@ def _agg_trade(market: _Market, rng: random.Random) -> dict[str, Any]:
 
 
 async def run_synthetic(hub: Hub, spec: SyntheticSpec) -> None:
-    """Publish forever at ``spec.rate``: alternately a bookTicker update, or an aggTrade and its raw trades."""
+    """Publish forever at ``spec.rate``: alternately a book event (bookTicker, depthUpdates), or an aggTrade and its
+    raw trades."""
     rng = random.Random(spec.seed)
     markets = [
         _Market(
@@ -114,7 +205,8 @@ async def run_synthetic(hub: Hub, spec: SyntheticSpec) -> None:
     ]
     for market in markets:
         hub.symbols.add(market.symbol)
-        hub.publish(f"{market.symbol.lower()}@bookTicker", _book_ticker(market, rng))
+        _seed_book(market, rng)
+        _publish_book_event(hub, market, rng)
     loop = asyncio.get_running_loop()
     interval = 1.0 / spec.rate if spec.rate > 0 else 0.0
     next_at = loop.time()
@@ -124,8 +216,7 @@ async def run_synthetic(hub: Hub, spec: SyntheticSpec) -> None:
         tick += 1
         stream = market.symbol.lower()
         if rng.random() < 0.5:
-            hub.publish(f"{stream}@bookTicker", _book_ticker(market, rng))
-            published = 1
+            published = _publish_book_event(hub, market, rng)
         else:
             agg = _agg_trade(market, rng)
             hub.publish(f"{stream}@aggTrade", agg)
