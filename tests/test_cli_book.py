@@ -22,27 +22,38 @@ def lake(settings: Settings) -> Settings:
     return settings
 
 
-def test_k2_book_prints_the_ladder_with_exact_decimals_and_where_it_came_from(lake: Settings) -> None:
+def test_k2_book_prints_the_levels_with_exact_decimals_and_where_they_came_from(lake: Settings) -> None:
     # NKNUSDT's last diff event is at 00:29:02 and its snapshot was received at 00:28:32.320639
     result = runner.invoke(app, ["book", "NKNUSDT", "--at", "2021-10-12T00:30:00Z", "--depth", "3", "-f", "json"])
     assert result.exit_code == 0, result.output
     diffs, snapshots = read_depth(*CAPTURES["2021-10-12"])
     *_, (_, bids, asks) = replay(snapshots["NKNUSDT"][0], diffs["NKNUSDT"])
-    best_bids, best_asks = sorted(bids.items(), reverse=True)[:3], sorted(asks.items())[:3]
-    assert json.loads(result.stdout) == [
-        {"level": level, "bid_quantity": f"{bid[1]:f}", "bid_price": f"{bid[0]:f}",
-         "ask_price": f"{ask[0]:f}", "ask_quantity": f"{ask[1]:f}"}
-        for level, (bid, ask) in enumerate(zip(best_bids, best_asks, strict=True), start=1)
-    ]  # fmt: skip
-    assert json.loads(result.stdout)[0] == {
-        "level": 1, "bid_quantity": "9602.00000000", "bid_price": "0.35270000",
-        "ask_price": "0.35310000", "ask_quantity": "152.00000000",
+    best = {"BID": sorted(bids.items(), reverse=True)[:3], "ASK": sorted(asks.items())[:3]}
+    origin = {
+        "book_update_id": 499870179, "snapshot_update_id": 499869752,
+        "snapshot_timestamp": "2021-10-12T00:28:32.320639Z", "updates_applied": 149, "book_exact": True,
+        "gap_first_update_id": None, "gap_last_update_id": None,
     }  # fmt: skip
+    rows = json.loads(result.stdout)
+    assert rows == [
+        {"side": side, "level": level, "price": f"{price:f}", "quantity": f"{quantity:f}", **origin}
+        for side in ("BID", "ASK")
+        for level, (price, quantity) in enumerate(best[side], start=1)
+    ]
+    assert [(r["side"], r["price"], r["quantity"]) for r in rows if r["level"] == 1] == [
+        ("BID", "0.35270000", "9602.00000000"),
+        ("ASK", "0.35310000", "152.00000000"),
+    ]
     note = " ".join(result.stderr.split())
     assert note == (
         "note: NKNUSDT on binance: snapshot 499869752 taken at 2021-10-12T00:28:32.320639+00:00,"
         " 149 update events after it, book at update 499870179"
     )
+    # As a table, bids beside asks
+    table = runner.invoke(app, ["book", "NKNUSDT", "--at", "2021-10-12T00:30:00Z", "--depth", "3"])
+    assert table.exit_code == 0, table.output
+    first = next(line.split() for line in table.stdout.splitlines() if line.split()[:1] == ["1"])
+    assert first == ["1", "9602.00000000", "0.35270000", "0.35310000", "152.00000000"]
 
 
 def test_k2_book_before_any_snapshot_is_one_line_and_exit_2(lake: Settings) -> None:

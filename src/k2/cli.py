@@ -447,10 +447,11 @@ def book(
     fmt: OutputFormat = _FORMAT,
     as_of: str = _AS_OF,
 ) -> None:
-    """The order book of SYMBOL at --at (the newest snapshot at or before it, then the updates after it), or with
-    --start/--end its top at every --every boundary: best bid/ask, mid, spread, depths and imbalance."""
+    """The order book of SYMBOL at --at (the newest snapshot at or before it, then the updates after it; a ladder as a
+    table, /v1/book's rows of side, level, price, quantity as csv or json), or with --start/--end its top at every
+    --every boundary: best bid/ask, mid, spread, depths and imbalance."""
     from k2.query.book import BookAt, book_at, ladder
-    from k2.query.book_series import book_series
+    from k2.query.book_series import book_series, levels_table
     from k2.schema.codecs import micros_from_datetime
 
     pinned = _as_of(as_of)
@@ -471,7 +472,8 @@ def book(
 
     def read(engine: Any) -> Any:
         found.append(book_at(engine, symbol, at_us, depth, exchange=exchange, as_of=pinned))
-        return ladder(found[0])
+        # A person reads bids beside asks; csv and json are /v1/book's rows: side, level, price, quantity, origin.
+        return ladder(found[0]) if fmt is OutputFormat.table else levels_table(found[0])
 
     _run_query(read, fmt)
     err.print(f"note: {found[0].describe()}", markup=False, soft_wrap=True)

@@ -102,20 +102,17 @@ def produce_test_trades(settings: Settings, endpoints, count: int, first: int = 
 def assert_k2_book_at_the_last_btcusdt_update_is_the_oracles(capture: Path) -> None:
     """`k2 book BTCUSDT --depth 5 --format csv` at the capture's last BTCUSDT update gives best bid 58005.11 x
     1.486376 and best ask 58005.12 x 0.110252 (the 2021-04-04 capture), and every level as the independent oracle
-    rebuilds them from the capture's frames."""
+    rebuilds them from the capture's frames, at that update's id."""
     diffs, snapshots = read_depth(capture)
     *_, (last, bids, asks) = replay(snapshots["BTCUSDT"][0], diffs["BTCUSDT"])
     at = datetime_from_micros(last.event_ms * 1000).isoformat()
     book = CliRunner().invoke(app, ["book", "BTCUSDT", "--at", at, "--depth", "5", "--format", "csv"])
     assert book.exit_code == 0, book.output
-    ladder = list(csv.DictReader(io.StringIO(book.stdout)))
-    assert ladder[0] == {
-        "level": "1", "bid_quantity": "1.48637600", "bid_price": "58005.11000000",
-        "ask_price": "58005.12000000", "ask_quantity": "0.11025200",
-    }  # fmt: skip
-    oracle = zip(sorted(bids.items(), reverse=True)[:5], sorted(asks.items())[:5], strict=True)
-    assert [
-        (Decimal(r["bid_price"]), Decimal(r["bid_quantity"]), Decimal(r["ask_price"]), Decimal(r["ask_quantity"]))
-        for r in ladder
-    ] == [(bid[0], bid[1], ask[0], ask[1]) for bid, ask in oracle]
+    rows = list(csv.DictReader(io.StringIO(book.stdout)))
+    top = [(r["side"], r["price"], r["quantity"]) for r in rows if r["level"] == "1"]
+    assert top == [("BID", "58005.11000000", "1.48637600"), ("ASK", "58005.12000000", "0.11025200")]
+    oracle = [("BID", p, q) for p, q in sorted(bids.items(), reverse=True)[:5]]
+    oracle += [("ASK", p, q) for p, q in sorted(asks.items())[:5]]
+    assert [(r["side"], Decimal(r["price"]), Decimal(r["quantity"])) for r in rows] == oracle
+    assert {int(r["book_update_id"]) for r in rows} == {last.last}
     assert f"book at update {last.last}" in " ".join(book.stderr.split())
