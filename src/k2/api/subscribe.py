@@ -30,6 +30,7 @@ from k2.api.errors import ApiError
 from k2.api.formats import ndjson_lines
 from k2.api.state import ApiState
 from k2.core import metrics
+from k2.query.live_hub import FellBehind
 from k2.query.subscribe import SubscribeOptions, SubscriptionBatch, subscribe
 
 T = TypeVar("T")
@@ -146,6 +147,7 @@ class SubscriptionSession:
     async def run(self, websocket: WebSocket) -> None:
         engine = self.state.require_engine()
         reader = self.state.fresh_reader()
+        hub = self.state.live_hub()
         loop = asyncio.get_running_loop()
         batches = subscribe(
             engine,
@@ -155,7 +157,11 @@ class SubscriptionSession:
             exchange=self.exchange,
             since=self.since,
             cursor=self.cursor,
-            options=SubscribeOptions(batch_rows=self.state.api.replay_batch_rows),
+            options=SubscribeOptions(
+                batch_rows=self.state.api.replay_batch_rows,
+                hub_buffer_records=self.state.api.subscribe_buffer_records,
+            ),
+            live_hub=hub,
         )
         gave_up = asyncio.Event()
         thread = threading.Thread(
@@ -205,12 +211,11 @@ class SubscriptionSession:
                 text = (b"".join(ndjson_lines(batch.records)) + orjson.dumps(trailer)).decode()
                 put = self._buffer.put(Frame(text, batch.cursor, rows, batch.phase), wait=batch.phase != "live")
                 if not asyncio.run_coroutine_threadsafe(put, loop).result():
-                    self._slow = not self._stop.is_set()
-                    if self._slow:  # what the buffer holds will not be sent: the cursor stays before it
-                        asyncio.run_coroutine_threadsafe(self._buffer.close(discard=True), loop)
-                        loop.call_soon_threadsafe(gave_up.set)
+                    self._give_up(loop, gave_up)
                     return
                 last_phase, last_cursor, last_frame_at = batch.phase, batch.cursor, time.monotonic()
+        except FellBehind:  # the live hub dropped it: as slow as a full send buffer
+            self._give_up(loop, gave_up)
         except KafkaException as exc:
             self._failure = ApiError(503, f"Kafka could not be read: {exc}", code="kafka_unavailable")
         except Exception as exc:
@@ -219,6 +224,14 @@ class SubscriptionSession:
             batches.close()
             if not loop.is_closed():
                 asyncio.run_coroutine_threadsafe(self._buffer.close(), loop)
+
+    def _give_up(self, loop: asyncio.AbstractEventLoop, gave_up: asyncio.Event) -> None:
+        """Too slow for the live records (unless stopping anyway): what the buffer holds will not be sent, so the
+        cursor stays before it."""
+        self._slow = not self._stop.is_set()
+        if self._slow:
+            asyncio.run_coroutine_threadsafe(self._buffer.close(discard=True), loop)
+            loop.call_soon_threadsafe(gave_up.set)
 
 
 async def _client_leaves(websocket: WebSocket) -> None:

@@ -27,7 +27,7 @@ is returned and the Tail says `caught_up=False`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -179,6 +179,11 @@ class FreshReader:
         """Topic -> topic id of the topics feeding `spec`'s table (those of `exchange` only, when given)."""
         topics = feeding_topics(list(self._admin.list_topics(timeout=10).topics), spec, exchange)
         return topic_ids(self._admin, topics)
+
+    def partitions(self, topics: Iterable[str]) -> dict[str, list[int]]:
+        """Partition numbers per topic, of those of `topics` that exist."""
+        metadata = self._admin.list_topics(timeout=10)
+        return {t: sorted(metadata.topics[t].partitions) for t in topics if t in metadata.topics}
 
     def lake_boundary(
         self, engine: QueryEngine, spec: RecordSpec, consumer: Consumer, exchange: str | None = None
