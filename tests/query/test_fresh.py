@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -145,6 +146,20 @@ def test_the_time_budget_bounds_the_kafka_read(live: Live) -> None:
         tail = read_tail(engine, hurried, "trades")
     assert not tail.caught_up
     assert tail.rows.num_rows == 0
+
+
+def test_a_tail_of_some_symbols_decodes_only_theirs_and_does_not_wait_out_a_poll(live: Live) -> None:
+    live.produce([t for n in range(10) for t in (make_trade(n), make_trade(n, symbol="OTHER"))])
+    patient = FreshSource.from_endpoints(live.endpoints, live.settings, poll_seconds=5.0, budget_seconds=20)
+    with live.engine() as engine, FreshReader(patient) as reader:
+        started = time.monotonic()
+        tail = reader.tail(engine, "trades", symbols=["TST"])
+        spent = time.monotonic() - started
+        everything = reader.tail(engine, "trades")
+    assert tail.rows["message_id"].to_pylist() == [make_trade(n)["message_id"] for n in range(10)]
+    assert tail.end == everything.end and sum(tail.end.values()) == 20  # read past the other symbol's records
+    assert everything.rows.num_rows == 20
+    assert spent < 5.0  # the last fetch finds nothing more: no waiting out poll_seconds
 
 
 def test_only_topics_feeding_the_table_are_read() -> None:

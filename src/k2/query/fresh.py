@@ -49,7 +49,16 @@ from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.offsets import next_offsets
 from k2.query.engine import QueryEngine
-from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, select_rows, where
+from k2.query.filters import (
+    EVENT_SPECS,
+    event_order,
+    positive,
+    projection,
+    record_spec,
+    select_rows,
+    symbol_list,
+    where,
+)
 from k2.query.market import Symbols, events, latest
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.avro import parsed_schema
@@ -93,7 +102,8 @@ class FreshSource:
 class Tail:
     """Records of one table that Kafka holds beyond the lake's snapshot `snapshot_id`.
 
-    `rows` are V2 columns (arrow_schema of the table), unfiltered, in log order per partition. `start`/`end` are the
+    `rows` are V2 columns (arrow_schema of the table), in log order per partition: every record, or with `symbols`
+    those keyed by one of them (plus any without a key), the rest not decoded at all. `start`/`end` are the
     offsets read per partition, [start, end). `skipped` counts messages that do not decode (the sink dead-letters
     those, so the lake will not have them either).
     """
@@ -146,16 +156,19 @@ class FreshReader:
         self._admin = AdminClient(base_config(source.settings, source.bootstrap))
         self._registry = RegistryClient.for_settings(source.settings, source.registry_url)
 
-    def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None) -> Tail:
-        """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded.
+    def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None, symbols: Symbols = None) -> Tail:
+        """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded; with
+        `symbols`, only their records are decoded (chosen by the message key: the producer keys by symbol).
 
         Raises confluent_kafka.KafkaException when the broker cannot be reached (check `source.bootstrap`).
         """
         spec = record_spec(kind, EVENT_SPECS)
+        names = symbol_list(symbols)
+        keys = {name.encode() for name in names} if names is not None else None
         consumer = self.consumer()
         try:
             boundary = self.lake_boundary(engine, spec, consumer, exchange)
-            messages, end, caught_up = _consume(consumer, boundary.start, self.source)
+            messages, end, caught_up = _consume(consumer, boundary.start, self.source, keys)
         finally:
             consumer.close()
         rows, skipped = self.decode(spec, messages)
@@ -265,16 +278,19 @@ def opened_reader(kafka: Kafka) -> Iterator[FreshReader]:
         yield reader
 
 
-def read_tail(engine: QueryEngine, kafka: Kafka, kind: str, *, exchange: str | None = None) -> Tail:
+def read_tail(
+    engine: QueryEngine, kafka: Kafka, kind: str, *, exchange: str | None = None, symbols: Symbols = None
+) -> Tail:
     """See FreshReader.tail."""
     with opened_reader(kafka) as reader:
-        return reader.tail(engine, kind, exchange=exchange)
+        return reader.tail(engine, kind, exchange=exchange, symbols=symbols)
 
 
 def _consume(
-    consumer: Consumer, start: dict[Partition, int], source: FreshSource
+    consumer: Consumer, start: dict[Partition, int], source: FreshSource, keys: set[bytes] | None = None
 ) -> tuple[list[Message], dict[Partition, int], bool]:
-    """Read from `start` to the end of every partition; (messages, next offset per partition, caught up)."""
+    """Read from `start` to the end of every partition; (messages, next offset per partition, caught up). With
+    `keys`, only messages with one of those keys (or none) are kept."""
     if not start:
         return [], {}, True
     tps = [TopicPartition(t, p, offset) for (t, p), offset in start.items()]
@@ -283,12 +299,15 @@ def _consume(
     messages: list[Message] = []
     deadline = time.monotonic() + source.budget_seconds
     while (remaining := deadline - time.monotonic()) > 0:
-        for msg in consumer.consume(_CONSUME_BATCH, min(source.poll_seconds, remaining)):
+        # consume(n, timeout) waits out its timeout unless n messages come: wait only for the first
+        first = consumer.poll(min(source.poll_seconds, remaining))
+        for msg in [first, *consumer.consume(_CONSUME_BATCH - 1, 0)] if first is not None else []:
             if msg.error():
                 log.warning("fresh.consume_error", error=msg.error().str())
                 continue
-            messages.append(msg)
             position[(msg.topic(), msg.partition())] = msg.offset() + 1
+            if keys is None or msg.key() is None or msg.key() in keys:
+                messages.append(msg)
         if all(position[(tp.topic, tp.partition)] >= fetched_end(consumer, tp) for tp in tps):
             return messages, position, True
     return messages, position, False
@@ -361,7 +380,8 @@ def fresh_events(
 
     Returns the table's V2 columns (or `columns`) in event order, each message_id once, at most `limit` rows
     counted after the merge. Raises InvalidQueryError for bad arguments (same checks as `events`). `tail`: one
-    already read with `read_tail` for this kind and exchange (to report `caught_up`), else it is read here.
+    already read with `read_tail` for this kind, exchange and symbols (or all of them, to report `caught_up`), else
+    it is read here.
     """
     spec = record_spec(kind, EVENT_SPECS)
     where(symbols, start, end, exchange)  # validate before touching Kafka
@@ -369,7 +389,7 @@ def fresh_events(
     if limit is not None:
         positive(limit, "limit")
     if tail is None:
-        tail = read_tail(engine, kafka, kind, exchange=exchange)
+        tail = read_tail(engine, kafka, kind, exchange=exchange, symbols=symbols)
     # Reading the lake with the same limit is enough: a tail row whose lake twin lies beyond the first `limit`
     # lake rows sorts beyond them too (same key), so it cannot enter the result.
     lake = events(engine, kind, symbols, start, end, exchange=exchange, limit=limit, as_of=_pin(engine, spec, tail))
@@ -401,7 +421,7 @@ def fresh_latest(
     select = projection(spec, columns)
     positive(n, "n")
     if tail is None:
-        tail = read_tail(engine, kafka, kind, exchange=exchange)
+        tail = read_tail(engine, kafka, kind, exchange=exchange, symbols=symbols)
     lake = latest(engine, kind, symbols, n, exchange=exchange, start=start, end=end, as_of=_pin(engine, spec, tail))
     rows = select_rows(tail.rows, symbols, start, end, exchange)
     clauses = (
