@@ -4,7 +4,9 @@ the connection through a buffer bounded in records.
 While the subscription catches up (history, then the Kafka tail) the thread waits for room: the reader sets the
 pace. Once it is live, records arrive at the market's pace and a subscriber must keep up: when a frame does not fit
 in the buffer the subscriber is too slow, and the connection is closed with `SLOW_SUBSCRIBER` (4008) and the cursor
-of the last frame sent, from which it can resume (catching up again at its own pace).
+of the last frame sent, from which it can resume (catching up again at its own pace). Live records come from the
+process's shared consumers (`ApiState.live_hub`, k2.query.live_hub); a subscription that falls more than
+`subscribe_buffer_records` behind those is dropped by them and closed the same way.
 
 A frame is NDJSON text: one JSON record per line, then `{"cursor", "phase", "records"}`. A frame without records
 is sent when the phase changes (the first `live` one says the subscriber has everything so far) and, at most once

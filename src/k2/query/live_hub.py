@@ -20,13 +20,16 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from k2.bus.topics import TopicName
+from k2.query.filters import row_mask
 from k2.query.fresh import FreshReader, Partition
 from k2.schema.arrow import arrow_schema
 from k2.schema.fields import RecordSpec
@@ -69,11 +72,21 @@ class Chunk:
 
 
 class Inbox:
-    """One subscriber's rows from the hub, at most `limit` rows held (one chunk larger than that is let in alone).
-    `symbols`: the message keys it wants (None: every symbol)."""
+    """One subscriber's rows from the hub, at most `limit` rows held (one chunk larger than that is let in alone):
+    those of `symbols` (None: every symbol; chosen by message key, then checked on the rows), `exchange` and with a
+    timestamp from `since`, selected once per batch for all subscribers of the same filter."""
 
-    def __init__(self, symbols: Iterable[str] | None, limit: int) -> None:
-        self.symbols = frozenset(s.encode() for s in symbols) if symbols is not None else None
+    def __init__(
+        self,
+        symbols: Iterable[str] | None,
+        limit: int,
+        *,
+        since: datetime | None = None,
+        exchange: str | None = None,
+    ) -> None:
+        self.names = sorted(set(symbols)) if symbols is not None else None
+        self.symbols = frozenset(s.encode() for s in self.names) if self.names is not None else None
+        self.since, self.exchange = since, exchange
         self.limit = limit
         self._chunks: deque[Chunk] = deque()
         self._rows = 0
@@ -204,8 +217,9 @@ class LiveHub:
                 if m.partition() in behind and m.offset() >= offsets[m.partition()] and _wants(inbox, m.key())
             ]
             rows, partitions, positions = _decoded(self.reader, feed.spec, wanted)
+            take, chosen = _selected(rows, inbox, None)
             ends = {(topic, p): max(offsets[p], feed.next_offsets[p]) for p in offsets}
-            inbox.put(Chunk(rows, partitions, positions, ends, topic))
+            inbox.put(Chunk(chosen, partitions[take], positions[take], ends, topic))
         starts = {p: o for p, o in offsets.items() if o > feed.next_offsets[p]}
         feed.members.append(_Member(inbox, starts))
         return True
@@ -287,22 +301,19 @@ class LiveHub:
         at_key: dict[bytes | None, list[int]] = {}
         for at, msg in enumerate(wanted):
             at_key.setdefault(msg.key(), []).append(at)
-        shared: dict[frozenset[bytes] | None, np.ndarray] = {}
+        shared: dict[tuple, tuple[np.ndarray, pa.Table]] = {}
         dropped = []
         for member in feed.members:
-            symbols = member.inbox.symbols
-            if symbols not in shared:
-                shared[symbols] = (
-                    np.arange(len(wanted))
-                    if symbols is None
-                    else np.sort(np.fromiter((i for k in (*symbols, None) for i in at_key.get(k, ())), dtype=np.int64))
-                )
-            take = shared[symbols]
-            if member.starts:
-                starts = np.array([member.starts.get(int(p), 0) for p in partitions[take]], dtype=np.int64)
-                take = take[offsets[take] >= starts]
+            inbox = member.inbox
+            group = (inbox.symbols, inbox.since, inbox.exchange)
+            if group not in shared:
+                shared[group] = _selected(rows, inbox, at_key)
+            take, chosen = shared[group]
+            if member.starts:  # only the records from its first offset on
+                kept = offsets[take] >= [member.starts.get(int(p), 0) for p in partitions[take]]
+                take, chosen = take[kept], chosen.filter(pa.array(kept))
                 member.starts = {p: o for p, o in member.starts.items() if o > ends.get((feed.topic, p), 0)}
-            chunk = Chunk(rows.take(pa.array(take)), partitions[take], offsets[take], dict(ends), feed.topic)
+            chunk = Chunk(chosen, partitions[take], offsets[take], dict(ends), feed.topic)
             if not member.inbox.put(chunk):
                 dropped.append(member)
         if dropped:
@@ -314,6 +325,24 @@ class LiveHub:
         while len(feed.ring) > feed.ring_limit:
             old = feed.ring.popleft()
             feed.ring_from[old.partition()] = old.offset() + 1
+
+
+def _selected(
+    rows: pa.Table, inbox: Inbox, at_key: dict[bytes | None, list[int]] | None
+) -> tuple[np.ndarray, pa.Table]:
+    """The positions in `rows` of those `inbox` wants, and those rows. `at_key`: positions per message key, to
+    start from its symbols' records (None: from every row)."""
+    if at_key is None or inbox.symbols is None:
+        candidates = np.arange(rows.num_rows)
+    else:
+        found = (i for key in (*inbox.symbols, None) for i in at_key.get(key, ()))
+        candidates = np.sort(np.fromiter(found, dtype=np.int64))
+    subset = rows.take(pa.array(candidates)) if len(candidates) != rows.num_rows else rows
+    mask = row_mask(subset, inbox.names, inbox.since, None, inbox.exchange)
+    keep = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+    if len(keep) == len(candidates):
+        return candidates, subset
+    return candidates[keep], subset.take(pa.array(keep))
 
 
 def _wants(inbox: Inbox, key: bytes | None) -> bool:

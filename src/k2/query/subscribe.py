@@ -479,7 +479,7 @@ class _Stream:
             if self.keys is None or msg.key() is None or msg.key() in self.keys:
                 good.append(msg)  # a record of another symbol is not decoded at all
         rows, _skipped = self.reader.decode(self.spec, good)
-        return self._new_rows(rows)
+        return self._unseen(select_rows(rows, self.symbols, self.since, None, self.exchange))
 
     def _from_hub(self, offsets: dict[Partition, int]) -> pa.Table:
         """The next records the hub decoded for this subscription; `offsets` moves to the ends of what it covered."""
@@ -490,13 +490,13 @@ class _Stream:
         parts = [chunk.rows for chunk in chunks if chunk.rows.num_rows]
         if not parts:
             return arrow_schema(self.spec).empty_table()
-        return self._new_rows(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
+        return self._unseen(pa.concat_tables(parts) if len(parts) > 1 else parts[0])  # the hub applied the filter
 
     def _join_hub(self, offsets: dict[Partition, int]) -> None:
         """Take the live records from the hub from exactly `offsets` on, and close the own consumer; when a feed is
         too far ahead, stay on the own consumer (tried again after the next batch)."""
         assert self.hub is not None
-        inbox = Inbox(self.symbols, self.options.hub_buffer_records)
+        inbox = Inbox(self.symbols, self.options.hub_buffer_records, since=self.since, exchange=self.exchange)
         by_topic: dict[str, dict[int, int]] = {}
         for (topic, partition), offset in offsets.items():
             by_topic.setdefault(topic, {})[partition] = offset
@@ -577,9 +577,8 @@ class _Stream:
         more = self.room() - 1
         return [first, *self.consumer.consume(more, 0)] if more else [first]
 
-    def _new_rows(self, rows: pa.Table) -> pa.Table:
-        """The decoded Kafka records that match and were not delivered yet (by the lake at S or from Kafka)."""
-        rows = select_rows(rows, self.symbols, self.since, None, self.exchange)
+    def _unseen(self, rows: pa.Table) -> pa.Table:
+        """The Kafka records (of the subscription's filter) not delivered yet, by the lake at S or from Kafka."""
         if not rows.num_rows:
             return rows
         ids = rows["message_id"].to_pylist()
