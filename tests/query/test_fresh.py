@@ -166,6 +166,22 @@ def test_a_tail_of_some_symbols_decodes_only_theirs_and_does_not_wait_out_a_poll
     assert spent < 5.0  # the last fetch finds nothing more: no waiting out poll_seconds
 
 
+def test_a_reader_fetches_only_what_came_since_its_last_read(live: Live) -> None:
+    live.produce([t for n in range(10) for t in (make_trade(n), make_trade(n, symbol="OTHER"))])
+    with live.engine() as engine, FreshReader(live.source) as reader:
+        first = reader.tail(engine, "trades", symbols="TST")
+        live.produce([make_trade(n) for n in range(10, 15)])
+        second = reader.tail(engine, "trades", symbols="TST")
+        everything = reader.tail(engine, "trades")
+        live.sink_everything()  # the lake has 0-14 now: nothing is left beyond it
+        engine.refresh()
+        after_commit = reader.tail(engine, "trades")
+    assert (first.fetched, second.fetched, everything.fetched) == (20, 5, 0)
+    assert second.rows["message_id"].to_pylist() == [make_trade(n)["message_id"] for n in range(15)]
+    assert everything.rows.num_rows == 25
+    assert after_commit.rows.num_rows == 0 and after_commit.fetched == 0
+
+
 class _Framed:
     def __init__(self, value: bytes) -> None:
         self._value = value

@@ -26,7 +26,9 @@ is returned and the Tail says `caught_up=False`.
 
 from __future__ import annotations
 
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,6 +121,7 @@ class Tail:
     topic_ids: dict[str, str] = field(default_factory=dict)
     caught_up: bool = True
     skipped: int = 0
+    fetched: int = 0  # messages this read fetched from Kafka (the reader keeps what earlier reads fetched)
 
 
 @dataclass(frozen=True)
@@ -155,10 +158,11 @@ class FreshReader:
     Thread-safe; close it when done (or use `with`).
     """
 
-    def __init__(self, source: FreshSource) -> None:
+    def __init__(self, source: FreshSource, *, kept_messages: int = 500_000) -> None:
         self.source = source
         self._admin = AdminClient(base_config(source.settings, source.bootstrap))
         self._registry = RegistryClient.for_settings(source.settings, source.registry_url)
+        self._kept = _KeptTail(kept_messages)
 
     def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None, symbols: Symbols = None) -> Tail:
         """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded; with
@@ -172,15 +176,18 @@ class FreshReader:
         consumer = self.consumer()
         try:
             boundary = self.lake_boundary(engine, spec, consumer, exchange)
-            messages, end, caught_up = _consume(consumer, boundary.start, self.source, keys)
+            with self._kept.lock:  # one tail read at a time extends what is kept
+                fetch_from = self._kept.fetch_from(boundary.start, boundary.topic_ids)
+                fetched, end, caught_up = _consume(consumer, fetch_from, self.source)
+                messages = self._kept.extend(fetched, end).select(boundary.start, keys)
         finally:
             consumer.close()
         rows, skipped = self.decode(spec, messages)
         if not caught_up:
-            log.warning(
-                "fresh.budget_exhausted", table=spec.name, budget=self.source.budget_seconds, read=len(messages)
-            )
-        return Tail(rows, boundary.snapshot_id, boundary.start, end, boundary.topic_ids, caught_up, skipped)
+            log.warning("fresh.budget_exhausted", table=spec.name, budget=self.source.budget_seconds, read=len(fetched))
+        return Tail(
+            rows, boundary.snapshot_id, boundary.start, end, boundary.topic_ids, caught_up, skipped, len(fetched)
+        )
 
     def consumer(self) -> Consumer:
         """A consumer in the sink's group (to read its committed offsets) that is only ever assigned partitions:
@@ -267,6 +274,78 @@ class FreshReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@dataclass
+class _KeptPartition:
+    """One partition's messages from offset `first` up to `next`, in offset order, all and per key."""
+
+    topic_id: str
+    first: int
+    next: int
+    every: list[Message] = field(default_factory=list)
+    by_key: dict[bytes | None, list[Message]] = field(default_factory=dict)
+
+    def trim(self, start: int) -> None:
+        """Forget the messages before `start` (the lake has them now)."""
+        if start <= self.first:
+            return
+        self.every = self.every[bisect_left(self.every, start, key=Message.offset) :]
+        self.by_key = {
+            key: kept[at:]
+            for key, kept in self.by_key.items()
+            if (at := bisect_left(kept, start, key=Message.offset)) < len(kept)
+        }
+        self.first = start
+
+
+class _KeptTail:
+    """The Kafka tail beyond the lake as earlier fresh reads fetched it: a read fetches only what came since the last
+    one, however far the sink is behind (at most `limit` messages kept: past that, nothing is kept)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self._partitions: dict[Partition, _KeptPartition] = {}
+
+    def fetch_from(self, start: dict[Partition, int], ids: dict[str, str]) -> dict[Partition, int]:
+        """Per partition, where to fetch from to have everything from `start` on."""
+        fetch = {}
+        for key, offset in start.items():
+            kept = self._partitions.get(key)
+            if kept is None or kept.topic_id != ids.get(key[0]) or not kept.first <= offset <= kept.next:
+                kept = self._partitions[key] = _KeptPartition(ids.get(key[0], ""), offset, offset)
+            kept.trim(offset)
+            fetch[key] = kept.next
+        return fetch
+
+    def extend(self, messages: list[Message], end: dict[Partition, int]) -> _KeptTail:
+        for msg in messages:
+            kept = self._partitions[(msg.topic(), msg.partition())]
+            kept.every.append(msg)
+            kept.by_key.setdefault(msg.key(), []).append(msg)
+        for key, offset in end.items():
+            self._partitions[key].next = offset
+        if sum(len(kept.every) for kept in self._partitions.values()) > self.limit:
+            log.info("fresh.tail_not_kept", limit=self.limit)
+            selected = _KeptTail(self.limit)
+            selected._partitions, self._partitions = self._partitions, {}
+            return selected  # answers this read, then is dropped
+        return self
+
+    def select(self, start: dict[Partition, int], keys: set[bytes] | None) -> list[Message]:
+        """The kept messages of the partitions in `start` (from there on), in offset order per partition; with
+        `keys`, only those with one of them or none."""
+        chosen: list[Message] = []
+        for key in start:
+            kept = self._partitions[key]
+            if keys is None:
+                chosen += kept.every
+                continue
+            runs = [kept.by_key.get(k, []) for k in (*keys, None)]
+            runs = [run for run in runs if run]
+            chosen += runs[0] if len(runs) == 1 else sorted((m for run in runs for m in run), key=Message.offset)
+        return chosen
 
 
 Kafka = FreshSource | FreshReader
