@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 import orjson
+import pyarrow as pa
 from confluent_kafka import KafkaException
 from starlette.websockets import WebSocket
 
@@ -52,6 +53,31 @@ class Frame:
     cursor: str
     records: int
     phase: str
+
+
+class SharedLines:
+    """NDJSON of the last `size` record tables encoded: the live hub hands the subscribers of one filter the same
+    table, so it is encoded once for all of them. Keyed by identity (the table is held, so its id is not reused)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._recent: OrderedDict[int, tuple[pa.Table, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lines(self, rows: pa.Table) -> bytes:
+        with self._lock:
+            hit = self._recent.get(id(rows))
+        if hit is not None and hit[0] is rows:
+            return hit[1]
+        text = b"".join(ndjson_lines(rows))
+        with self._lock:
+            self._recent[id(rows)] = (rows, text)
+            while len(self._recent) > self._size:
+                self._recent.popitem(last=False)
+        return text
+
+
+_SHARED_LINES = SharedLines()
 
 
 class SlowSubscriber(Exception):
@@ -210,7 +236,7 @@ class SubscriptionSession:
                 if not (rows or changed or moved):
                     continue
                 trailer = {"cursor": batch.cursor, "phase": batch.phase, "records": rows}
-                text = (b"".join(ndjson_lines(batch.records)) + orjson.dumps(trailer)).decode()
+                text = (_SHARED_LINES.lines(batch.records) + orjson.dumps(trailer)).decode()
                 put = self._buffer.put(Frame(text, batch.cursor, rows, batch.phase), wait=batch.phase != "live")
                 if not asyncio.run_coroutine_threadsafe(put, loop).result():
                     self._give_up(loop, gave_up)
