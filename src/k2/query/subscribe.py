@@ -25,8 +25,10 @@ record delivered before the cursor is not sent again unless it lies further back
 With a `live_hub` (k2.query.live_hub, one per process: the API's), a subscription that has caught up joins the
 hub's shared consumer of each topic at exactly its next offsets and closes its own: the live records are fetched and
 decoded once for every subscriber of the process. If a topic's feed is further ahead than it keeps, the subscription
-reads on with its own consumer and joins at its next live batch. A subscriber more than `hub_buffer_records` behind
-the feed is dropped by it: the iterator raises FellBehind, and the last batch's cursor resumes it exactly.
+reads on with its own consumer and joins at its next live batch. Without `since`, when the hub's feeds already read
+every partition, the subscription starts where they are instead of probing the log end. A subscriber more than
+`hub_buffer_records` behind the feed is dropped by it: the iterator raises FellBehind, and the last batch's cursor
+resumes it exactly.
 
 Records are chosen by their Kafka key before they are decoded (the producer keys by symbol): a subscription of one
 symbol does not decode the rest of a busy topic.
