@@ -137,8 +137,8 @@ def test_a_joiner_behind_the_feed_is_served_from_its_ring_or_refused(live: Live)
             ahead = {p: 45 for p in partitions}  # not reached yet: what comes before 45 is not for it
             later = Inbox(["TST"], limit=1000)
             assert hub.join(later, TOPIC_NAME, ahead)
+            tst = next(p for p, o in (hub.positions(TOPIC_NAME) or {}).items() if o == 40)  # TST's partition
             live.produce([make_trade(n) for n in range(40, 50)])
-            tst = next(p for p, o in (hub.positions(TOPIC_NAME) or {}).items() if o == 40)
             wait_until(lambda: (hub.positions(TOPIC_NAME) or {})[tst] == 50, 10, "the feed to read all")
             rows = [c for c in later.take(100, timeout=1) if c.rows.num_rows]
             assert [i for c in rows for i in c.rows["message_id"].to_pylist()] == _ids(range(45, 50))
