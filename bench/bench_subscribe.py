@@ -348,8 +348,8 @@ def rows(quick: bool) -> list[Row]:
     from k2.api.keys import create_key
 
     probes, fresh_probes, settle = (40, 2, 1.0) if quick else (400, 20, 3.0)
-    # (subscribers, busy symbol's trades/s, seconds): the same deliveries per second for each size
-    fanouts = [(10, 200, 3.0)] if quick else [(50, 100, 10.0), (200, 25, 10.0)]
+    # (subscribers, the busy symbol's trades/s, seconds): one busy symbol, 1 to 200 subscribers of it
+    fanouts = [(1, 100, 3.0), (10, 100, 3.0)] if quick else [(1, 100, 8.0), (50, 100, 8.0), (200, 100, 8.0)]
     with temp_home("subscribe") as home:
         settings = Settings(home=home)
         with Stack(settings) as endpoints:

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -21,6 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 import k2
 from k2.api import ApiSettings, create_app, create_key
 from k2.api.state import ApiState
+from k2.api.subscribe import SharedLines
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
 from k2.client import K2APIError
@@ -330,3 +332,14 @@ def test_bars_need_an_interval_and_symbols_and_a_subprotocol_key_is_checked(subs
         assert orjson.loads(ws.recv())["error"]["code"] == "unauthorized"
     with k2.Client(subscribed.server.url, api_key=subscribed.key) as client, pytest.raises(ValueError, match="bars"):
         client.subscribe("bars", ["TST"])
+
+
+def test_one_record_table_is_encoded_once_for_every_subscriber_handed_it() -> None:
+    shared = SharedLines(size=1)
+    rows = pa.table({"message_id": ["a", "b"], "price": [1, 2]})
+    first = shared.lines(rows)
+    assert first == b'{"message_id":"a","price":1}\n{"message_id":"b","price":2}\n'
+    assert shared.lines(rows) is first  # the same table again: not encoded again
+    other = pa.table({"message_id": ["c"], "price": [3]})
+    assert shared.lines(other) == b'{"message_id":"c","price":3}\n'
+    assert shared.lines(rows) == first and shared.lines(rows) is not first  # pushed out by `other`: encoded anew

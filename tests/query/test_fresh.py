@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
+from k2.bus.batch_decode import decode_batch
 from k2.bus.clients import producer_config
 from k2.bus.producer import RecordProducer
+from k2.bus.serde import encoder
 from k2.bus.stack import Stack
 from k2.query.filters import InvalidQueryError
 from k2.query.fresh import FreshReader, FreshSource, feeding_topics, fresh_events, fresh_latest, read_tail
 from k2.query.market import events
 from k2.schema import TRADES_V2
+from k2.schema.avro import avro_schema
 from tests.conftest import only_on_tansu
 from tests.integration.helpers import make_trade
 from tests.query.live_stack import DAY, TOPIC, Live
@@ -145,6 +150,55 @@ def test_the_time_budget_bounds_the_kafka_read(live: Live) -> None:
         tail = read_tail(engine, hurried, "trades")
     assert not tail.caught_up
     assert tail.rows.num_rows == 0
+
+
+def test_a_tail_of_some_symbols_decodes_only_theirs_and_does_not_wait_out_a_poll(live: Live) -> None:
+    live.produce([t for n in range(10) for t in (make_trade(n), make_trade(n, symbol="OTHER"))])
+    patient = FreshSource.from_endpoints(live.endpoints, live.settings, poll_seconds=5.0, budget_seconds=20)
+    with live.engine() as engine, FreshReader(patient) as reader:
+        started = time.monotonic()
+        tail = reader.tail(engine, "trades", symbols=["TST"])
+        spent = time.monotonic() - started
+        everything = reader.tail(engine, "trades")
+    assert tail.rows["message_id"].to_pylist() == [make_trade(n)["message_id"] for n in range(10)]
+    assert tail.end == everything.end and sum(tail.end.values()) == 20  # read past the other symbol's records
+    assert everything.rows.num_rows == 20
+    assert spent < 5.0  # the last fetch finds nothing more: no waiting out poll_seconds
+
+
+def test_a_reader_fetches_only_what_came_since_its_last_read(live: Live) -> None:
+    live.produce([t for n in range(10) for t in (make_trade(n), make_trade(n, symbol="OTHER"))])
+    with live.engine() as engine, FreshReader(live.source) as reader:
+        first = reader.tail(engine, "trades", symbols="TST")
+        live.produce([make_trade(n) for n in range(10, 15)])
+        second = reader.tail(engine, "trades", symbols="TST")
+        everything = reader.tail(engine, "trades")
+        live.sink_everything()  # the lake has 0-14 now: nothing is left beyond it
+        engine.refresh()
+        after_commit = reader.tail(engine, "trades")
+    assert (first.fetched, second.fetched, everything.fetched) == (20, 5, 0)
+    assert second.rows["message_id"].to_pylist() == [make_trade(n)["message_id"] for n in range(15)]
+    assert everything.rows.num_rows == 25
+    assert after_commit.rows.num_rows == 0 and after_commit.fetched == 0
+
+
+class _Framed:
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def value(self) -> bytes:
+        return self._value
+
+
+@pytest.mark.parametrize("count", [2, 40])  # decoded one by one below 32 messages, as a batch from there
+def test_few_and_many_messages_decode_to_the_same_rows(live: Live, count: int) -> None:
+    schema_id = live.registry.register(TOPIC.subject, avro_schema(TRADES_V2))
+    values = [encoder(TRADES_V2, schema_id)(make_trade(n)) for n in range(count)]
+    with FreshReader(live.source) as reader:
+        rows, skipped = reader.decode(TRADES_V2, [_Framed(v) for v in values])
+    assert skipped == 0
+    assert rows.equals(decode_batch(TRADES_V2, values))
+    assert rows["price"].to_pylist()[0] == Decimal("1.5")
 
 
 def test_only_topics_feeding_the_table_are_read() -> None:

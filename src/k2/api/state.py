@@ -28,6 +28,7 @@ from k2.core import metrics
 from k2.core.breaker import CircuitBreaker
 from k2.query.engine import QueryEngine, QueryError
 from k2.query.fresh import FreshReader, FreshSource
+from k2.query.live_hub import LiveHub
 from k2.query.timetravel import AsOf
 
 T = TypeVar("T")
@@ -46,6 +47,7 @@ class ApiState:
     _refreshed_at: float = field(init=False, default=-math.inf)
     _fresh: FreshReader | None = field(init=False, default=None)
     _fresh_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _hub: LiveHub | None = field(init=False, default=None)  # the live subscriptions' shared consumers
 
     _subscriptions: Counter[str] = field(init=False, default_factory=Counter)  # open subscriptions per key id
 
@@ -81,8 +83,19 @@ class ApiState:
                 self._fresh = FreshReader(source)
             return self._fresh
 
+    def live_hub(self) -> LiveHub:
+        """The shared live consumers of this process's subscriptions (opened with the fresh reader, kept)."""
+        reader = self.fresh_reader()
+        with self._fresh_lock:
+            if self._hub is None:
+                self._hub = LiveHub(reader)
+            return self._hub
+
     def close_fresh_reader(self) -> None:
         with self._fresh_lock:
+            if self._hub is not None:
+                self._hub.close()
+                self._hub = None
             if self._fresh is not None:
                 self._fresh.close()
                 self._fresh = None

@@ -4,7 +4,9 @@ the connection through a buffer bounded in records.
 While the subscription catches up (history, then the Kafka tail) the thread waits for room: the reader sets the
 pace. Once it is live, records arrive at the market's pace and a subscriber must keep up: when a frame does not fit
 in the buffer the subscriber is too slow, and the connection is closed with `SLOW_SUBSCRIBER` (4008) and the cursor
-of the last frame sent, from which it can resume (catching up again at its own pace).
+of the last frame sent, from which it can resume (catching up again at its own pace). Live records come from the
+process's shared consumers (`ApiState.live_hub`, k2.query.live_hub); a subscription that falls more than
+`subscribe_buffer_records` behind those is dropped by them and closed the same way.
 
 A frame is NDJSON text: one JSON record per line (a trade, a quote, or a bar of k2.query.bar_stream), then
 `{"cursor", "phase", "records"}`. A frame without records
@@ -17,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 import orjson
+import pyarrow as pa
 from confluent_kafka import KafkaException
 from starlette.websockets import WebSocket
 
@@ -32,6 +35,7 @@ from k2.api.formats import ndjson_lines
 from k2.api.state import ApiState
 from k2.core import metrics
 from k2.query.bar_stream import subscribe_bars
+from k2.query.live_hub import FellBehind
 from k2.query.subscribe import SubscribeOptions, SubscriptionBatch, subscribe
 
 T = TypeVar("T")
@@ -51,6 +55,31 @@ class Frame:
     cursor: str
     records: int
     phase: str
+
+
+class SharedLines:
+    """NDJSON of the last `size` record tables encoded: the live hub hands the subscribers of one filter the same
+    table, so it is encoded once for all of them. Keyed by identity (the table is held, so its id is not reused)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._recent: OrderedDict[int, tuple[pa.Table, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lines(self, rows: pa.Table) -> bytes:
+        with self._lock:
+            hit = self._recent.get(id(rows))
+        if hit is not None and hit[0] is rows:
+            return hit[1]
+        text = b"".join(ndjson_lines(rows))
+        with self._lock:
+            self._recent[id(rows)] = (rows, text)
+            while len(self._recent) > self._size:
+                self._recent.popitem(last=False)
+        return text
+
+
+_SHARED_LINES = SharedLines()
 
 
 class SlowSubscriber(Exception):
@@ -150,8 +179,12 @@ class SubscriptionSession:
     async def run(self, websocket: WebSocket) -> None:
         engine = self.state.require_engine()
         reader = self.state.fresh_reader()
+        hub = self.state.live_hub()
         loop = asyncio.get_running_loop()
-        options = SubscribeOptions(batch_rows=self.state.api.replay_batch_rows)
+        options = SubscribeOptions(
+            batch_rows=self.state.api.replay_batch_rows,
+            hub_buffer_records=self.state.api.subscribe_buffer_records,
+        )
         if self.kind == "bars":
             batches = subscribe_bars(
                 engine,
@@ -162,6 +195,7 @@ class SubscriptionSession:
                 since=self.since,
                 cursor=self.cursor,
                 options=options,
+                live_hub=hub,
             )
         else:
             batches = subscribe(
@@ -173,6 +207,7 @@ class SubscriptionSession:
                 since=self.since,
                 cursor=self.cursor,
                 options=options,
+                live_hub=hub,
             )
         gave_up = asyncio.Event()
         thread = threading.Thread(
@@ -219,15 +254,14 @@ class SubscriptionSession:
                 if not (rows or changed or moved):
                     continue
                 trailer = {"cursor": batch.cursor, "phase": batch.phase, "records": rows}
-                text = (b"".join(ndjson_lines(batch.records)) + orjson.dumps(trailer)).decode()
+                text = (_SHARED_LINES.lines(batch.records) + orjson.dumps(trailer)).decode()
                 put = self._buffer.put(Frame(text, batch.cursor, rows, batch.phase), wait=batch.phase != "live")
                 if not asyncio.run_coroutine_threadsafe(put, loop).result():
-                    self._slow = not self._stop.is_set()
-                    if self._slow:  # what the buffer holds will not be sent: the cursor stays before it
-                        asyncio.run_coroutine_threadsafe(self._buffer.close(discard=True), loop)
-                        loop.call_soon_threadsafe(gave_up.set)
+                    self._give_up(loop, gave_up)
                     return
                 last_phase, last_cursor, last_frame_at = batch.phase, batch.cursor, time.monotonic()
+        except FellBehind:  # the live hub dropped it: as slow as a full send buffer
+            self._give_up(loop, gave_up)
         except KafkaException as exc:
             self._failure = ApiError(503, f"Kafka could not be read: {exc}", code="kafka_unavailable")
         except Exception as exc:
@@ -236,6 +270,14 @@ class SubscriptionSession:
             batches.close()
             if not loop.is_closed():
                 asyncio.run_coroutine_threadsafe(self._buffer.close(), loop)
+
+    def _give_up(self, loop: asyncio.AbstractEventLoop, gave_up: asyncio.Event) -> None:
+        """Too slow for the live records (unless stopping anyway): what the buffer holds will not be sent, so the
+        cursor stays before it."""
+        self._slow = not self._stop.is_set()
+        if self._slow:
+            asyncio.run_coroutine_threadsafe(self._buffer.close(discard=True), loop)
+            loop.call_soon_threadsafe(gave_up.set)
 
 
 async def _client_leaves(websocket: WebSocket) -> None:

@@ -49,6 +49,7 @@ from k2.query.bars import bar_bounds, day_zone, divide_half_even, parse_interval
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError, sequence_key, symbol_list, utc
 from k2.query.fresh import Kafka
+from k2.query.live_hub import LiveHub
 from k2.query.subscribe import SubscribeOptions, SubscriptionBatch, subscribe
 from k2.query.venues import venue
 from k2.schema.codecs import datetime_from_micros, micros_from_datetime
@@ -303,6 +304,7 @@ def subscribe_bars(
     cursor: str | None = None,
     options: SubscribeOptions = SubscribeOptions(),  # frozen: one shared default is safe
     grace_seconds: float = GRACE_SECONDS,
+    live_hub: LiveHub | None = None,
 ) -> Iterator[SubscriptionBatch]:
     """Batches of bars of `interval` for `symbols` (1 to MAX_SYMBOLS) of `exchange` (None: all), built on the trades
     subscription: from `since` (the lake's trades first), else from the bar forming now; `cursor`: a batch's
@@ -328,7 +330,15 @@ def subscribe_bars(
 
     def trades(start: datetime | None, trades_cursor: str | None) -> Iterator[SubscriptionBatch]:
         return subscribe(
-            engine, kafka, "trades", names, exchange=exchange, since=start, cursor=trades_cursor, options=options
+            engine,
+            kafka,
+            "trades",
+            names,
+            exchange=exchange,
+            since=start,
+            cursor=trades_cursor,
+            options=options,
+            live_hub=live_hub,
         )
 
     return bar_batches(trades, position, grace_seconds=grace_seconds)

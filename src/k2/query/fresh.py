@@ -26,8 +26,10 @@ is returned and the Tail says `caught_up=False`.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,7 +51,16 @@ from k2.bus.topics import TopicName
 from k2.config import Settings
 from k2.lake.offsets import next_offsets
 from k2.query.engine import QueryEngine
-from k2.query.filters import EVENT_SPECS, event_order, positive, projection, record_spec, select_rows, where
+from k2.query.filters import (
+    EVENT_SPECS,
+    event_order,
+    positive,
+    projection,
+    record_spec,
+    select_rows,
+    symbol_list,
+    where,
+)
 from k2.query.market import Symbols, events, latest
 from k2.schema.arrow import arrow_schema, records_to_arrow
 from k2.schema.avro import parsed_schema
@@ -64,6 +75,10 @@ _CONSUME_BATCH = 10_000
 # a query should not wait for data that is not there. On the embedded broker it made no measurable difference
 # (20k trades on 3 partitions: 0.2-0.3 s per tail with either value, with a FreshReader; most of it decoding).
 _FETCH_WAIT_MS = 10
+
+# The columnar decoder costs ~4.5 ms per call whatever the size (a few numpy steps per field), fastavro ~0.1-0.2 ms per
+# message: below this many messages (a live subscription's usual batch) decoding them one by one is quicker.
+_BATCH_DECODE_FROM = 32
 
 Partition = tuple[str, int]
 
@@ -93,7 +108,8 @@ class FreshSource:
 class Tail:
     """Records of one table that Kafka holds beyond the lake's snapshot `snapshot_id`.
 
-    `rows` are V2 columns (arrow_schema of the table), unfiltered, in log order per partition. `start`/`end` are the
+    `rows` are V2 columns (arrow_schema of the table), in log order per partition: every record, or with `symbols`
+    those keyed by one of them (plus any without a key), the rest not decoded at all. `start`/`end` are the
     offsets read per partition, [start, end). `skipped` counts messages that do not decode (the sink dead-letters
     those, so the lake will not have them either).
     """
@@ -105,6 +121,7 @@ class Tail:
     topic_ids: dict[str, str] = field(default_factory=dict)
     caught_up: bool = True
     skipped: int = 0
+    fetched: int = 0  # messages this read fetched from Kafka (the reader keeps what earlier reads fetched)
 
 
 @dataclass(frozen=True)
@@ -141,29 +158,36 @@ class FreshReader:
     Thread-safe; close it when done (or use `with`).
     """
 
-    def __init__(self, source: FreshSource) -> None:
+    def __init__(self, source: FreshSource, *, kept_messages: int = 500_000) -> None:
         self.source = source
         self._admin = AdminClient(base_config(source.settings, source.bootstrap))
         self._registry = RegistryClient.for_settings(source.settings, source.registry_url)
+        self._kept = _KeptTail(kept_messages)
 
-    def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None) -> Tail:
-        """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded.
+    def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None, symbols: Symbols = None) -> Tail:
+        """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded; with
+        `symbols`, only their records are decoded (chosen by the message key: the producer keys by symbol).
 
         Raises confluent_kafka.KafkaException when the broker cannot be reached (check `source.bootstrap`).
         """
         spec = record_spec(kind, EVENT_SPECS)
+        names = symbol_list(symbols)
+        keys = {name.encode() for name in names} if names is not None else None
         consumer = self.consumer()
         try:
             boundary = self.lake_boundary(engine, spec, consumer, exchange)
-            messages, end, caught_up = _consume(consumer, boundary.start, self.source)
+            with self._kept.lock:  # one tail read at a time extends what is kept
+                fetch_from = self._kept.fetch_from(boundary.start, boundary.topic_ids)
+                fetched, end, caught_up = _consume(consumer, fetch_from, self.source)
+                messages = self._kept.extend(fetched, end).select(boundary.start, keys)
         finally:
             consumer.close()
         rows, skipped = self.decode(spec, messages)
         if not caught_up:
-            log.warning(
-                "fresh.budget_exhausted", table=spec.name, budget=self.source.budget_seconds, read=len(messages)
-            )
-        return Tail(rows, boundary.snapshot_id, boundary.start, end, boundary.topic_ids, caught_up, skipped)
+            log.warning("fresh.budget_exhausted", table=spec.name, budget=self.source.budget_seconds, read=len(fetched))
+        return Tail(
+            rows, boundary.snapshot_id, boundary.start, end, boundary.topic_ids, caught_up, skipped, len(fetched)
+        )
 
     def consumer(self) -> Consumer:
         """A consumer in the sink's group (to read its committed offsets) that is only ever assigned partitions:
@@ -179,6 +203,11 @@ class FreshReader:
         """Topic -> topic id of the topics feeding `spec`'s table (those of `exchange` only, when given)."""
         topics = feeding_topics(list(self._admin.list_topics(timeout=10).topics), spec, exchange)
         return topic_ids(self._admin, topics)
+
+    def partitions(self, topics: Iterable[str]) -> dict[str, list[int]]:
+        """Partition numbers per topic, of those of `topics` that exist."""
+        metadata = self._admin.list_topics(timeout=10)
+        return {t: sorted(metadata.topics[t].partitions) for t in topics if t in metadata.topics}
 
     def lake_boundary(
         self, engine: QueryEngine, spec: RecordSpec, consumer: Consumer, exchange: str | None = None
@@ -198,7 +227,7 @@ class FreshReader:
 
     def decode(self, spec: RecordSpec, messages: Sequence[Message]) -> tuple[pa.Table, int]:
         """V2 rows from framed Avro messages, in the messages' order (batch-decoded when written with the current
-        schema); (rows, skipped)."""
+        schema and many); (rows, skipped)."""
         runs: list[tuple[int, list[bytes]]] = []  # consecutive messages of one writer schema
         skipped = 0
         for msg in messages:
@@ -221,7 +250,7 @@ class FreshReader:
                 log.warning("fresh.unknown_schema", schema_id=schema_id, error=str(exc))
                 skipped += len(values)
                 continue
-            if writer == current:
+            if writer == current and len(values) >= _BATCH_DECODE_FROM:
                 try:
                     parts.append(decode_batch(spec, values))
                     continue
@@ -247,6 +276,78 @@ class FreshReader:
         self.close()
 
 
+@dataclass
+class _KeptPartition:
+    """One partition's messages from offset `first` up to `next`, in offset order, all and per key."""
+
+    topic_id: str
+    first: int
+    next: int
+    every: list[Message] = field(default_factory=list)
+    by_key: dict[bytes | None, list[Message]] = field(default_factory=dict)
+
+    def trim(self, start: int) -> None:
+        """Forget the messages before `start` (the lake has them now)."""
+        if start <= self.first:
+            return
+        self.every = self.every[bisect_left(self.every, start, key=Message.offset) :]
+        self.by_key = {
+            key: kept[at:]
+            for key, kept in self.by_key.items()
+            if (at := bisect_left(kept, start, key=Message.offset)) < len(kept)
+        }
+        self.first = start
+
+
+class _KeptTail:
+    """The Kafka tail beyond the lake as earlier fresh reads fetched it: a read fetches only what came since the last
+    one, however far the sink is behind (at most `limit` messages kept: past that, nothing is kept)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self._partitions: dict[Partition, _KeptPartition] = {}
+
+    def fetch_from(self, start: dict[Partition, int], ids: dict[str, str]) -> dict[Partition, int]:
+        """Per partition, where to fetch from to have everything from `start` on."""
+        fetch = {}
+        for key, offset in start.items():
+            kept = self._partitions.get(key)
+            if kept is None or kept.topic_id != ids.get(key[0]) or not kept.first <= offset <= kept.next:
+                kept = self._partitions[key] = _KeptPartition(ids.get(key[0], ""), offset, offset)
+            kept.trim(offset)
+            fetch[key] = kept.next
+        return fetch
+
+    def extend(self, messages: list[Message], end: dict[Partition, int]) -> _KeptTail:
+        for msg in messages:
+            kept = self._partitions[(msg.topic(), msg.partition())]
+            kept.every.append(msg)
+            kept.by_key.setdefault(msg.key(), []).append(msg)
+        for key, offset in end.items():
+            self._partitions[key].next = offset
+        if sum(len(kept.every) for kept in self._partitions.values()) > self.limit:
+            log.info("fresh.tail_not_kept", limit=self.limit)
+            selected = _KeptTail(self.limit)
+            selected._partitions, self._partitions = self._partitions, {}
+            return selected  # answers this read, then is dropped
+        return self
+
+    def select(self, start: dict[Partition, int], keys: set[bytes] | None) -> list[Message]:
+        """The kept messages of the partitions in `start` (from there on), in offset order per partition; with
+        `keys`, only those with one of them or none."""
+        chosen: list[Message] = []
+        for key in start:
+            kept = self._partitions[key]
+            if keys is None:
+                chosen += kept.every
+                continue
+            runs = [kept.by_key.get(k, []) for k in (*keys, None)]
+            runs = [run for run in runs if run]
+            chosen += runs[0] if len(runs) == 1 else sorted((m for run in runs for m in run), key=Message.offset)
+        return chosen
+
+
 Kafka = FreshSource | FreshReader
 """Where fresh reads get the tail: a FreshSource (clients opened per call) or a long-lived FreshReader."""
 
@@ -260,16 +361,19 @@ def opened_reader(kafka: Kafka) -> Iterator[FreshReader]:
         yield reader
 
 
-def read_tail(engine: QueryEngine, kafka: Kafka, kind: str, *, exchange: str | None = None) -> Tail:
+def read_tail(
+    engine: QueryEngine, kafka: Kafka, kind: str, *, exchange: str | None = None, symbols: Symbols = None
+) -> Tail:
     """See FreshReader.tail."""
     with opened_reader(kafka) as reader:
-        return reader.tail(engine, kind, exchange=exchange)
+        return reader.tail(engine, kind, exchange=exchange, symbols=symbols)
 
 
 def _consume(
-    consumer: Consumer, start: dict[Partition, int], source: FreshSource
+    consumer: Consumer, start: dict[Partition, int], source: FreshSource, keys: set[bytes] | None = None
 ) -> tuple[list[Message], dict[Partition, int], bool]:
-    """Read from `start` to the end of every partition; (messages, next offset per partition, caught up)."""
+    """Read from `start` to the end of every partition; (messages, next offset per partition, caught up). With
+    `keys`, only messages with one of those keys (or none) are kept."""
     if not start:
         return [], {}, True
     tps = [TopicPartition(t, p, offset) for (t, p), offset in start.items()]
@@ -278,12 +382,15 @@ def _consume(
     messages: list[Message] = []
     deadline = time.monotonic() + source.budget_seconds
     while (remaining := deadline - time.monotonic()) > 0:
-        for msg in consumer.consume(_CONSUME_BATCH, min(source.poll_seconds, remaining)):
+        # consume(n, timeout) waits out its timeout unless n messages come: wait only for the first
+        first = consumer.poll(min(source.poll_seconds, remaining))
+        for msg in [first, *consumer.consume(_CONSUME_BATCH - 1, 0)] if first is not None else []:
             if msg.error():
                 log.warning("fresh.consume_error", error=msg.error().str())
                 continue
-            messages.append(msg)
             position[(msg.topic(), msg.partition())] = msg.offset() + 1
+            if keys is None or msg.key() is None or msg.key() in keys:
+                messages.append(msg)
         if all(position[(tp.topic, tp.partition)] >= fetched_end(consumer, tp) for tp in tps):
             return messages, position, True
     return messages, position, False
@@ -356,7 +463,8 @@ def fresh_events(
 
     Returns the table's V2 columns (or `columns`) in event order, each message_id once, at most `limit` rows
     counted after the merge. Raises InvalidQueryError for bad arguments (same checks as `events`). `tail`: one
-    already read with `read_tail` for this kind and exchange (to report `caught_up`), else it is read here.
+    already read with `read_tail` for this kind, exchange and symbols (or all of them, to report `caught_up`), else
+    it is read here.
     """
     spec = record_spec(kind, EVENT_SPECS)
     where(symbols, start, end, exchange)  # validate before touching Kafka
@@ -364,7 +472,7 @@ def fresh_events(
     if limit is not None:
         positive(limit, "limit")
     if tail is None:
-        tail = read_tail(engine, kafka, kind, exchange=exchange)
+        tail = read_tail(engine, kafka, kind, exchange=exchange, symbols=symbols)
     # Reading the lake with the same limit is enough: a tail row whose lake twin lies beyond the first `limit`
     # lake rows sorts beyond them too (same key), so it cannot enter the result.
     lake = events(engine, kind, symbols, start, end, exchange=exchange, limit=limit, as_of=_pin(engine, spec, tail))
@@ -396,7 +504,7 @@ def fresh_latest(
     select = projection(spec, columns)
     positive(n, "n")
     if tail is None:
-        tail = read_tail(engine, kafka, kind, exchange=exchange)
+        tail = read_tail(engine, kafka, kind, exchange=exchange, symbols=symbols)
     lake = latest(engine, kind, symbols, n, exchange=exchange, start=start, end=end, as_of=_pin(engine, spec, tail))
     rows = select_rows(tail.rows, symbols, start, end, exchange)
     clauses = (

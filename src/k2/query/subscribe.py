@@ -22,6 +22,17 @@ broker that lost its log) or that is new is read from offset 0. On resume in the
 last `resume_window` messages before the cursor in each partition fill the dedup window again, so a duplicate of a
 record delivered before the cursor is not sent again unless it lies further back in the log.
 
+With a `live_hub` (k2.query.live_hub, one per process: the API's), a subscription that has caught up joins the
+hub's shared consumer of each topic at exactly its next offsets and closes its own: the live records are fetched and
+decoded once for every subscriber of the process. If a topic's feed is further ahead than it keeps, the subscription
+reads on with its own consumer and joins at its next live batch. Without `since`, when the hub's feeds already read
+every partition, the subscription starts where they are instead of probing the log end. A subscriber more than
+`hub_buffer_records` behind the feed is dropped by it: the iterator raises FellBehind, and the last batch's cursor
+resumes it exactly.
+
+Records are chosen by their Kafka key before they are decoded (the producer keys by symbol): a subscription of one
+symbol does not decode the rest of a busy topic.
+
 Memory is bounded: a batch of at most `batch_rows` records, librdkafka's fetch queue (`queued.max.messages.kbytes`),
 the dedup window, and the lake's message_ids of the (day, exchange) partitions the Kafka records fall on (at most
 `lake_partitions` kept, matching rows only).
@@ -51,7 +62,9 @@ from k2.lake.tables import table_identifier
 from k2.query.engine import PinnedView, QueryEngine, QueryError
 from k2.query.filters import EVENT_SPECS, InvalidQueryError, positive, record_spec, select_rows, symbol_list, utc, where
 from k2.query.fresh import FreshReader, Kafka, Partition, fetched_end, opened_reader
+from k2.query.live_hub import Inbox, LiveHub
 from k2.query.market import read_page
+from k2.schema.arrow import arrow_schema
 from k2.schema.codecs import datetime_from_micros, micros_from_datetime
 from k2.schema.fields import RecordSpec
 
@@ -73,7 +86,8 @@ class SubscribeOptions:
     caller can stop an idle subscription); `dedup_window`: message_ids delivered from Kafka kept for dedup (at least
     this many, at most twice); `resume_window`: messages read back per partition before a cursor's offsets to fill
     that window again on resume; `lake_partitions`: (day, exchange) partitions of the lake's ids kept;
-    `topics_seconds`: how often new topics (a venue's first records) are looked for."""
+    `topics_seconds`: how often new topics (a venue's first records) are looked for; `hub_buffer_records`: most
+    records a live hub holds for the subscriber before dropping it."""
 
     batch_rows: int = 1000
     poll_seconds: float = 0.2
@@ -81,6 +95,7 @@ class SubscribeOptions:
     resume_window: int = 10_000
     lake_partitions: int = 4
     topics_seconds: float = 5.0
+    hub_buffer_records: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,7 @@ def subscribe(
     cursor: str | None = None,
     limit: int | None = None,
     options: SubscribeOptions = SubscribeOptions(),  # frozen: one shared default is safe
+    live_hub: LiveHub | None = None,
 ) -> Iterator[SubscriptionBatch]:
     """Batches of `kind` ("trades" or "quotes") for `symbols` (None: all) of `exchange` (None: all): the lake's rows
     from `since`, then Kafka's from the lake's end, then live; without `since`, live from the log end. `cursor`: a
@@ -178,6 +194,8 @@ def subscribe(
     Ends after `limit` records (the last batch's cursor right after the last of them), else never: close the
     iterator to stop (it closes its consumer). Arguments are checked when
     iteration starts: InvalidQueryError for bad ones or a cursor of another subscription or whose snapshot is gone.
+    `live_hub`: the process's shared live consumers, joined once caught up; with it the iterator raises
+    k2.query.live_hub.FellBehind when the caller takes batches too slowly for the live records.
     """
     spec = record_spec(kind, EVENT_SPECS)
     names = symbol_list(symbols)
@@ -187,27 +205,36 @@ def subscribe(
         positive(limit, "limit")
     digest = filter_digest(spec, names, exchange)
     with opened_reader(kafka) as reader:
-        consumer = Consumer(
-            {
-                **reader.consumer_config(),
-                "queued.max.messages.kbytes": _FETCH_QUEUE_KBYTES,
-                "fetch.wait.max.ms": _FETCH_WAIT_MS,
-            }
-        )
+        consumer = _own_consumer(reader)
+        stream: _Stream | None = None
         try:
             if cursor is None:
-                position = _start(engine, reader, consumer, spec, digest, exchange, since)
+                position = _start(engine, reader, consumer, spec, digest, exchange, since, live_hub)
             else:
                 position = _resume(reader, spec, digest, exchange, since, Position.decode(cursor))
             stream = _Stream(
                 engine, reader, consumer, spec, names, exchange, position, options, limit, cursor is not None
             )
+            stream.hub = live_hub
             for batch in itertools.chain(stream.history(), stream.kafka()):
                 yield batch
                 if stream.remaining == 0:
                     return
         finally:
-            consumer.close()
+            if stream is not None:
+                stream.close()
+            else:
+                consumer.close()
+
+
+def _own_consumer(reader: FreshReader) -> Consumer:
+    return Consumer(
+        {
+            **reader.consumer_config(),
+            "queued.max.messages.kbytes": _FETCH_QUEUE_KBYTES,
+            "fetch.wait.max.ms": _FETCH_WAIT_MS,
+        }
+    )
 
 
 def _start(
@@ -218,6 +245,7 @@ def _start(
     digest: str,
     exchange: str | None,
     since: datetime | None,
+    live_hub: LiveHub | None,
 ) -> Position:
     boundary = reader.lake_boundary(engine, spec, consumer, exchange)
     if since is not None:
@@ -230,8 +258,21 @@ def _start(
             offsets=boundary.start,
             topic_ids=boundary.topic_ids,
         )
-    ends = _log_ends(consumer, list(boundary.start))
+    ends = _hub_positions(live_hub, list(boundary.start)) or _log_ends(consumer, list(boundary.start))
     return Position(digest, boundary.snapshot_id, None, True, None, ends, boundary.topic_ids)
+
+
+def _hub_positions(live_hub: LiveHub | None, keys: list[Partition]) -> dict[Partition, int] | None:
+    """Where the hub's running feeds of every partition in `keys` are (the live position now), else None."""
+    if live_hub is None or not keys:
+        return None
+    positions: dict[Partition, int] = {}
+    for topic in {t for t, _p in keys}:
+        feed = live_hub.positions(topic)
+        if feed is None:
+            return None
+        positions.update({(topic, p): offset for p, offset in feed.items()})
+    return positions if set(positions) == set(keys) else None
 
 
 def _log_ends(consumer: Consumer, keys: list[Partition], timeout: float = 10.0) -> dict[Partition, int]:
@@ -353,7 +394,12 @@ class _Stream:
         limit: int | None,
         resumed: bool,
     ) -> None:
-        self.engine, self.reader, self.consumer, self.spec = engine, reader, consumer, spec
+        self.engine, self.reader, self.spec = engine, reader, spec
+        self.consumer: Consumer | None = consumer  # None while the live records come from the hub
+        self.hub: LiveHub | None = None
+        self.inbox: Inbox | None = None
+        self.keys = {s.encode() for s in symbols} if symbols is not None else None
+        self.caught_up = False
         self.symbols, self.exchange, self.position, self.options = symbols, exchange, position, options
         self.since = datetime_from_micros(position.since) if position.since is not None else None
         self.lake_ids = _LakeIds(engine, spec, symbols, self.since, options.lake_partitions)
@@ -395,31 +441,84 @@ class _Stream:
         if self.remaining != 0:
             self.position = replace(self.position, history_done=True)
 
+    def close(self) -> None:
+        if self.inbox is not None and self.hub is not None:
+            self.hub.leave(self.inbox)
+            self.inbox = None
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
     def kafka(self) -> Iterator[SubscriptionBatch]:
         if self.resumed_in_kafka:
             self._recall(self.position.offsets)
         offsets: dict[Partition, int] = {}
         self._assign_new(offsets)
         looked_for_topics = time.monotonic()
-        caught_up = False
         while True:
-            messages = self._next_messages()
-            good: list[Message] = []
-            for msg in messages:
-                if msg.error():
-                    log.warning("subscribe.consume_error", error=msg.error().str())
-                    continue
-                good.append(msg)
-                offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-            rows = self._new_rows(good)
+            rows = self._from_hub(offsets) if self.inbox is not None else self._from_consumer(offsets)
             self._delivered(rows)
             self.position = replace(self.position, offsets=dict(offsets))
-            if not caught_up:
-                caught_up = all(offsets[key] >= fetched_end(self.consumer, TopicPartition(*key)) for key in offsets)
-            yield SubscriptionBatch(rows, self.position.encode(), "live" if caught_up else "tail")
+            if not self.caught_up and self.consumer is not None:
+                self.caught_up = all(
+                    offsets[key] >= fetched_end(self.consumer, TopicPartition(*key)) for key in offsets
+                )
+            yield SubscriptionBatch(rows, self.position.encode(), "live" if self.caught_up else "tail")
+            if self.caught_up and self.hub is not None and self.inbox is None:
+                self._join_hub(offsets)
             if time.monotonic() - looked_for_topics >= self.options.topics_seconds:
                 looked_for_topics = time.monotonic()
                 self._assign_new(offsets)
+
+    def _from_consumer(self, offsets: dict[Partition, int]) -> pa.Table:
+        """The next records of the subscription's own consumer; `offsets` moves past every message read."""
+        good: list[Message] = []
+        for msg in self._next_messages():
+            if msg.error():
+                log.warning("subscribe.consume_error", error=msg.error().str())
+                continue
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            if self.keys is None or msg.key() is None or msg.key() in self.keys:
+                good.append(msg)  # a record of another symbol is not decoded at all
+        rows, _skipped = self.reader.decode(self.spec, good)
+        return self._unseen(select_rows(rows, self.symbols, self.since, None, self.exchange))
+
+    def _from_hub(self, offsets: dict[Partition, int]) -> pa.Table:
+        """The next records the hub decoded for this subscription; `offsets` moves to the ends of what it covered."""
+        assert self.inbox is not None
+        chunks = self.inbox.take(self.room(), self.options.poll_seconds)
+        for chunk in chunks:
+            offsets.update(chunk.ends)
+        parts = [chunk.rows for chunk in chunks if chunk.rows.num_rows]
+        if not parts:
+            return arrow_schema(self.spec).empty_table()
+        return self._unseen(pa.concat_tables(parts) if len(parts) > 1 else parts[0])  # the hub applied the filter
+
+    def _join_hub(self, offsets: dict[Partition, int]) -> None:
+        """Take the live records from the hub from exactly `offsets` on, and close the own consumer; when a feed is
+        too far ahead, stay on the own consumer (tried again after the next batch)."""
+        assert self.hub is not None
+        inbox = Inbox(self.symbols, self.options.hub_buffer_records, since=self.since, exchange=self.exchange)
+        by_topic: dict[str, dict[int, int]] = {}
+        for (topic, partition), offset in offsets.items():
+            by_topic.setdefault(topic, {})[partition] = offset
+        for topic, start in by_topic.items():
+            if not self.hub.join(inbox, topic, start):
+                self.hub.leave(inbox)
+                return
+        self.inbox = inbox
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+    def _leave_hub(self, offsets: dict[Partition, int]) -> None:
+        """Back to an own consumer from `offsets` (a new topic the hub cannot serve from its start)."""
+        if self.inbox is not None and self.hub is not None:
+            self.hub.leave(self.inbox)
+        self.inbox = None
+        self.caught_up = False
+        self.consumer = _own_consumer(self.reader)
+        self.consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
 
     def _recall(self, offsets: dict[Partition, int], timeout: float = 10.0) -> None:
         """Put the message_ids of up to `resume_window` messages before `offsets` in each partition into the dedup
@@ -429,6 +528,7 @@ class _Stream:
         if not starts:
             return
         assigned = [TopicPartition(t, p, start) for (t, p), start in starts.items()]
+        assert self.consumer is not None
         self.consumer.incremental_assign(assigned)
         try:
             reached = dict(starts)
@@ -450,30 +550,37 @@ class _Stream:
 
     def _assign_new(self, offsets: dict[Partition, int]) -> None:
         """Assign each partition of the feeding topics not in `offsets` yet: at the position's offset when it has
-        one (the start), else from 0 (a topic or partition created since); `offsets` gains them."""
+        one (the start), else from 0 (a topic or partition created since); `offsets` gains them. On the hub, its feed
+        of a new topic is joined at those offsets, or the subscription goes back to its own consumer."""
         ids = self.reader.logs(self.spec, self.exchange)
-        metadata = self.consumer.list_topics(timeout=10)
-        listed = {t: metadata.topics[t].partitions for t in ids if t in metadata.topics}
-        new = [(t, p) for t, partitions in listed.items() for p in sorted(partitions) if (t, p) not in offsets]
+        listed = self.reader.partitions(ids)
+        new = [(t, p) for t, partitions in listed.items() for p in partitions if (t, p) not in offsets]
         if not new:
             return
         for key in new:
             offsets[key] = self.position.offsets.get(key, 0)
         self.position = replace(self.position, offsets=dict(offsets), topic_ids={**self.position.topic_ids, **ids})
-        self.consumer.incremental_assign([TopicPartition(t, p, offsets[(t, p)]) for t, p in new])
+        if self.consumer is not None:
+            self.consumer.incremental_assign([TopicPartition(t, p, offsets[(t, p)]) for t, p in new])
+            return
+        assert self.inbox is not None and self.hub is not None
+        for topic in {t for t, _p in new}:
+            start = {p: o for (t, p), o in offsets.items() if t == topic}
+            if not self.hub.join(self.inbox, topic, start):
+                self._leave_hub(offsets)
+                return
 
     def _next_messages(self) -> list[Message]:
         """Up to `room()` messages: waits for the first (poll_seconds at most), then takes what is already there."""
+        assert self.consumer is not None
         first = self.consumer.poll(self.options.poll_seconds)
         if first is None:
             return []
         more = self.room() - 1
         return [first, *self.consumer.consume(more, 0)] if more else [first]
 
-    def _new_rows(self, messages: list[Message]) -> pa.Table:
-        """The messages' records that match and were not delivered yet (by the lake at S or from Kafka)."""
-        rows, _skipped = self.reader.decode(self.spec, messages)
-        rows = select_rows(rows, self.symbols, self.since, None, self.exchange)
+    def _unseen(self, rows: pa.Table) -> pa.Table:
+        """The Kafka records (of the subscription's filter) not delivered yet, by the lake at S or from Kafka."""
         if not rows.num_rows:
             return rows
         ids = rows["message_id"].to_pylist()

@@ -51,6 +51,7 @@ FreshQuery = Callable[[QueryEngine, FreshReader, Tail], pa.Table]
 async def _fresh(
     request: Request,
     kind: str,
+    symbols: list[str] | None,
     exchange: str | None,
     cursor: str | None,
     as_of: str | None,
@@ -70,7 +71,7 @@ async def _fresh(
         with state.reading() as engine:
             reader = state.fresh_reader()
             try:
-                tail = reader.tail(engine, kind, exchange=exchange)
+                tail = reader.tail(engine, kind, exchange=exchange, symbols=symbols)
             except KafkaException as exc:
                 raise ApiError(
                     503,
@@ -103,6 +104,7 @@ async def _page(
         return await _fresh(
             request,
             kind,
+            symbols,
             exchange,
             cursor,
             as_of,
@@ -203,6 +205,7 @@ async def _latest(
         return await _fresh(
             request,
             kind,
+            symbols,
             exchange,
             None,
             as_of,
