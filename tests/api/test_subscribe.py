@@ -4,6 +4,7 @@ live subscriber is closed with 4008 and its cursor; keys and the per-key cap are
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -22,7 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 import k2
 from k2.api import ApiSettings, create_app, create_key
 from k2.api.state import ApiState
-from k2.api.subscribe import SharedLines
+from k2.api.subscribe import Frame, FrameBuffer, SharedLines, frame_text
 from k2.bus.registry_client import RegistryClient
 from k2.bus.stack import Stack
 from k2.client import K2APIError
@@ -343,3 +344,28 @@ def test_one_record_table_is_encoded_once_for_every_subscriber_handed_it() -> No
     other = pa.table({"message_id": ["c"], "price": [3]})
     assert shared.lines(other) == b'{"message_id":"c","price":3}\n'
     assert shared.lines(rows) == first and shared.lines(rows) is not first  # pushed out by `other`: encoded anew
+
+
+def test_frames_that_queued_leave_as_one_message_of_their_phase_within_the_batch_size() -> None:
+    def frame(name: str, records: int, phase: str = "live") -> Frame:
+        return Frame(b"".join(b'{"id":"%s%d"}\n' % (name.encode(), i) for i in range(records)), name, records, phase)
+
+    async def scenario() -> list[list[Frame]]:
+        buffer = FrameBuffer(limit=100)
+        queued = [frame("t", 2, "tail"), frame("p", 0), frame("a", 2), frame("b", 3), frame("c", 1), frame("d", 0)]
+        for item in queued:
+            assert await buffer.put(item, wait=False)
+        await buffer.close()
+        taken = []
+        while batch := await buffer.get(records=5):
+            taken.append(batch)
+        return taken
+
+    taken = asyncio.run(scenario())
+    # the tail's frame alone (the next is another phase); the phase change alone; then 2 + 3 = 5; then the rest
+    assert [[f.cursor for f in batch] for batch in taken] == [["t"], ["p"], ["a", "b"], ["c", "d"]]
+    text = frame_text(taken[2])
+    assert text.splitlines() == [
+        '{"id":"a0"}', '{"id":"a1"}', '{"id":"b0"}', '{"id":"b1"}', '{"id":"b2"}',
+        '{"cursor":"b","phase":"live","records":5}',
+    ]  # fmt: skip

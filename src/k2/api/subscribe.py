@@ -9,9 +9,9 @@ process's shared consumers (`ApiState.live_hub`, k2.query.live_hub); a subscript
 `subscribe_buffer_records` behind those is dropped by them and closed the same way.
 
 A frame is NDJSON text: one JSON record per line (a trade, a quote, or a bar of k2.query.bar_stream), then
-`{"cursor", "phase", "records"}`. A frame without records
-is sent when the phase changes (the first `live` one says the subscriber has everything so far) and, at most once
-a second, when the cursor moved past records the filter left out.
+`{"cursor", "phase", "records"}`. A frame without records is sent when the phase changes (the first `live` one says
+the subscriber has everything so far) and, at most once a second, when the cursor moved past records the filter left
+out. Batches of one phase that queued while the previous frame was sent go out as one frame (up to the batch size).
 """
 
 from __future__ import annotations
@@ -51,10 +51,17 @@ _MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason
 
 @dataclass(frozen=True)
 class Frame:
-    text: str
+    lines: bytes  # the records' NDJSON lines
     cursor: str
     records: int
     phase: str
+
+
+def frame_text(frames: list[Frame]) -> str:
+    """One message for consecutive frames of one phase: their records' lines, then the last one's cursor."""
+    last = frames[-1]
+    trailer = {"cursor": last.cursor, "phase": last.phase, "records": sum(frame.records for frame in frames)}
+    return (b"".join(frame.lines for frame in frames) + orjson.dumps(trailer)).decode()
 
 
 class SharedLines:
@@ -130,17 +137,28 @@ class FrameBuffer:
             self._changed.notify_all()
             return True
 
-    async def get(self) -> Frame | None:
-        """The oldest frame, waiting for one; None once closed and empty."""
+    async def get(self, records: int = 1) -> list[Frame]:
+        """The oldest frame, waiting for one, with those after it of the same phase while they total at most
+        `records` (never after a frame without records: it says the phase changed); [] once closed and empty."""
         async with self._changed:
             while not self._frames and not self._closed:
                 await self._changed.wait()
-            if not self._frames:
-                return None
-            frame = self._frames.popleft()
-            self._records -= frame.records
+            taken: list[Frame] = []
+            total = 0
+            while self._frames and (
+                not taken
+                or (
+                    taken[0].records > 0
+                    and self._frames[0].phase == taken[0].phase
+                    and total + self._frames[0].records <= records
+                )
+            ):
+                frame = self._frames.popleft()
+                taken.append(frame)
+                total += frame.records
+            self._records -= total
             self._changed.notify_all()
-            return frame
+            return taken
 
     async def close(self, *, discard: bool = False) -> None:
         """No more frames; `get` still hands out those held, unless `discard`."""
@@ -218,16 +236,19 @@ class SubscriptionSession:
         giving_up = asyncio.create_task(gave_up.wait())
         try:
             while True:
-                got, frame = await _unless(self._buffer.get(), leaving)
-                if not got or frame is None:
+                # Frames that queued up while the last message went out leave as one: a busy symbol's many small
+                # live batches cost one send (and one compression) per subscriber, not one each.
+                got, frames = await _unless(self._buffer.get(records=self.state.api.replay_batch_rows), leaving)
+                if not got or not frames:
                     break
                 # A send waits while the client's connection is full: a slow subscriber may be given up meanwhile.
-                sent, _ = await _unless(websocket.send_text(frame.text), leaving, giving_up)
+                sent, _ = await _unless(websocket.send_text(frame_text(frames)), leaving, giving_up)
                 if not sent:
                     break
-                self.cursor = frame.cursor
-                self.sent += frame.records
-                metrics.API_SUBSCRIPTION_RECORDS.labels(frame.phase).inc(frame.records)
+                records = sum(frame.records for frame in frames)
+                self.cursor = frames[-1].cursor
+                self.sent += records
+                metrics.API_SUBSCRIPTION_RECORDS.labels(frames[-1].phase).inc(records)
             if self._slow:
                 raise SlowSubscriber(self.cursor)
             if self._failure is not None:
@@ -253,9 +274,8 @@ class SubscriptionSession:
                 moved = batch.cursor != last_cursor and time.monotonic() - last_frame_at >= _CURSOR_ONLY_SECONDS
                 if not (rows or changed or moved):
                     continue
-                trailer = {"cursor": batch.cursor, "phase": batch.phase, "records": rows}
-                text = (_SHARED_LINES.lines(batch.records) + orjson.dumps(trailer)).decode()
-                put = self._buffer.put(Frame(text, batch.cursor, rows, batch.phase), wait=batch.phase != "live")
+                frame = Frame(_SHARED_LINES.lines(batch.records), batch.cursor, rows, batch.phase)
+                put = self._buffer.put(frame, wait=batch.phase != "live")
                 if not asyncio.run_coroutine_threadsafe(put, loop).result():
                     self._give_up(loop, gave_up)
                     return
