@@ -63,6 +63,34 @@ def _port() -> int:
         return int(probe.getsockname()[1])
 
 
+def trades_topic(settings: Settings, endpoints: Endpoints) -> int:
+    """The lake's tables and TOPIC (with its DLQ) made; the trades schema registered under TOPIC: its id."""
+    ensure_tables(open_catalog(settings))
+    ensure_topics(AdminClient(base_config(settings, endpoints.bootstrap)), settings, [str(TOPIC), TOPIC.dlq])
+    return RegistryClient(endpoints.registry_url).register(TOPIC.subject, avro_schema(TRADES_V2))
+
+
+def stack_env(home: Path, endpoints: Endpoints) -> dict[str, str]:
+    """The environment of a process on this stack: K2_HOME and the endpoints."""
+    return {
+        **os.environ,
+        "K2_HOME": str(home),
+        "K2_KAFKA_BOOTSTRAP": endpoints.bootstrap,
+        "K2_SCHEMA_REGISTRY_URL": endpoints.registry_url,
+    }
+
+
+def start_api(env: dict[str, str], port: int, **settings: str) -> subprocess.Popen[bytes]:
+    """`k2.api.server.serve` on `port` in a process of its own, with extra K2_* `settings`. It finds Kafka the way a
+    user's API does: the stack recorded under K2_HOME, not the endpoint variables."""
+    code = (
+        "from k2.api.server import serve; from k2.config import Settings; "
+        f"serve(Settings(), port={port}, log_level='warning')"
+    )
+    api_env = {k: v for k, v in env.items() if k not in ("K2_KAFKA_BOOTSTRAP", "K2_SCHEMA_REGISTRY_URL")}
+    return subprocess.Popen([sys.executable, "-c", code], env=api_env | settings)
+
+
 def sink_worker() -> None:
     """`--sink-worker`: one IcebergSink on TOPIC (direct assignment) until SIGTERM; settings from K2_* variables."""
     from k2.lake.sink import IcebergSink
@@ -228,26 +256,12 @@ def rows(quick: bool) -> list[Row]:
     with temp_home("fresh") as home:
         settings = Settings(home=home)
         with Stack(settings) as endpoints:
-            ensure_tables(open_catalog(settings))
+            schema_id = trades_topic(settings, endpoints)
             admin = AdminClient(base_config(settings, endpoints.bootstrap))
-            ensure_topics(admin, settings, [str(TOPIC), TOPIC.dlq])
-            registry = RegistryClient(endpoints.registry_url)
-            schema_id = registry.register(TOPIC.subject, avro_schema(TRADES_V2))
             key = create_key(settings, "bench-fresh", rate_limit_per_minute=10_000_000)
-            env = {
-                **os.environ,
-                "K2_HOME": str(home),
-                "K2_KAFKA_BOOTSTRAP": endpoints.bootstrap,
-                "K2_SCHEMA_REGISTRY_URL": endpoints.registry_url,
-            }
+            env = stack_env(home, endpoints)
             port = _port()
-            api_code = (
-                "from k2.api.server import serve; from k2.config import Settings; "
-                f"serve(Settings(), port={port}, log_level='warning')"
-            )
-            # the API finds Kafka the way a user's does: this process's stack, recorded under K2_HOME
-            api_env = {k: v for k, v in env.items() if k not in ("K2_KAFKA_BOOTSTRAP", "K2_SCHEMA_REGISTRY_URL")}
-            api = subprocess.Popen([sys.executable, "-c", api_code], env=api_env)
+            api = start_api(env, port)
             sink = subprocess.Popen([sys.executable, str(HERE / "bench_fresh.py"), "--sink-worker"], env=env)
             broker_pid = stack_broker_pid(endpoints)
             watched = {"sink": sink.pid, "api": api.pid}

@@ -30,7 +30,6 @@ Run: `python bench/bench_subscribe.py [--quick]`.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import threading
@@ -50,21 +49,21 @@ from bench_fresh import (
     _stop,
     _wait_http,
     probe_freshness,
+    stack_env,
+    start_api,
+    trades_topic,
 )
 from bench_sink import TOPIC, framed_messages, sample_trades
 from common import Row, main_for, ms, progress, temp_home
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from websockets.sync.client import connect as ws_connect
 
-from k2.bus.clients import base_config, consumer_config, ensure_topics, producer_config
-from k2.bus.registry_client import RegistryClient
+from k2.bus.clients import consumer_config, producer_config
 from k2.bus.serde import encode
 from k2.bus.stack import Endpoints, Stack
 from k2.config import Settings
 from k2.lake.catalog import open_catalog
-from k2.lake.tables import ensure_tables
-from k2.schema.avro import avro_schema, parsed_schema
+from k2.schema.avro import parsed_schema
 from k2.schema.fields import TRADES_V2
 
 PROBE = "K2PROBE"
@@ -353,25 +352,11 @@ def rows(quick: bool) -> list[Row]:
     with temp_home("subscribe") as home:
         settings = Settings(home=home)
         with Stack(settings) as endpoints:
-            ensure_tables(open_catalog(settings))
-            admin = AdminClient(base_config(settings, endpoints.bootstrap))
-            ensure_topics(admin, settings, [str(TOPIC), TOPIC.dlq])
-            schema_id = RegistryClient(endpoints.registry_url).register(TOPIC.subject, avro_schema(TRADES_V2))
+            schema_id = trades_topic(settings, endpoints)
             key = create_key(settings, "bench-subscribe", rate_limit_per_minute=10_000_000)
-            env = {
-                **os.environ,
-                "K2_HOME": str(home),
-                "K2_KAFKA_BOOTSTRAP": endpoints.bootstrap,
-                "K2_SCHEMA_REGISTRY_URL": endpoints.registry_url,
-            }
+            env = stack_env(home, endpoints)
             port = _port()
-            api_code = (
-                "from k2.api.server import serve; from k2.config import Settings; "
-                f"serve(Settings(), port={port}, log_level='warning')"
-            )
-            api_env = {k: v for k, v in env.items() if k not in ("K2_KAFKA_BOOTSTRAP", "K2_SCHEMA_REGISTRY_URL")}
-            api_env["K2_API_SUBSCRIPTIONS_PER_KEY"] = str(max(n for n, _r, _s in fanouts) + 10)
-            api = subprocess.Popen([sys.executable, "-c", api_code], env=api_env)
+            api = start_api(env, port, K2_API_SUBSCRIPTIONS_PER_KEY=str(max(n for n, _r, _s in fanouts) + 10))
             sink = subprocess.Popen([sys.executable, str(HERE / "bench_fresh.py"), "--sink-worker"], env=env)
             load: Load | None = None
             try:
@@ -406,7 +391,7 @@ def rows(quick: bool) -> list[Row]:
             finally:
                 for proc in (sink, api):
                     _stop(proc)
-                del load, admin
+                del load
     return _rows(latency, fresh_times, lake_times, fresh_route, fans)
 
 
