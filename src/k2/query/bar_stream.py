@@ -33,9 +33,7 @@ already sent may be sent again.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ import pyarrow as pa
 import structlog
 
 from k2.query.bars import bar_bounds, day_zone, divide_half_even, parse_interval
+from k2.query.cursor import pack, unpack
 from k2.query.engine import QueryEngine
 from k2.query.filters import InvalidQueryError, sequence_key, symbol_list, utc
 from k2.query.fresh import Kafka
@@ -234,15 +233,13 @@ class BarPosition:
     def encode(self) -> str:
         marks = [[s, e, at] for (s, e), at in sorted(self.opened.items())]
         raw = [_VERSION, "bars", self.interval, self.since, self.drop_cut, self.trades, marks]
-        return base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode()).decode().rstrip("=")
+        return pack(raw)
 
     @classmethod
     def decode(cls, text: str) -> BarPosition:
         bad = InvalidQueryError("cursor is not one a K2 bars subscription issued: pass back the last cursor unchanged")
         try:
-            version, kind, interval, since, drop_cut, trades, marks = json.loads(
-                base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            )
+            version, kind, interval, since, drop_cut, trades, marks = unpack(text)
             opened = {(str(s), str(e)): int(at) for s, e, at in marks}
         except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
             raise bad from None

@@ -22,6 +22,16 @@ _VERSION = 1
 KEY_COLUMNS: tuple[str, ...] = ("timestamp", "source_sequence", "message_id")
 
 
+def pack(values: list[Any]) -> str:
+    """Values as URL-safe opaque text (compact JSON, base64 without padding): the form of every K2 cursor."""
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def unpack(text: str) -> Any:
+    """What `pack` packed; binascii.Error, UnicodeDecodeError or ValueError for text it did not make."""
+    return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+
+
 @dataclass(frozen=True)
 class Cursor:
     timestamp: int  # microseconds UTC
@@ -30,14 +40,12 @@ class Cursor:
 
     def encode(self) -> str:
         """URL-safe text; its content is not a contract (callers only hand it back)."""
-        raw = json.dumps([_VERSION, self.timestamp, self.source_sequence, self.message_id], separators=(",", ":"))
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        return pack([_VERSION, self.timestamp, self.source_sequence, self.message_id])
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            version, timestamp, sequence, message_id = json.loads(raw)
+            version, timestamp, sequence, message_id = unpack(text)
         except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
             raise InvalidQueryError(f"cursor {text!r} is not one K2 issued: pass back next_cursor unchanged") from None
         typed = (

@@ -40,7 +40,6 @@ the dedup window, and the lake's message_ids of the (day, exchange) partitions t
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import itertools
@@ -59,6 +58,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from k2.lake.dedup import DAY_MICROS, IdSet, PartitionKey, partition_keys
 from k2.lake.tables import table_identifier
+from k2.query.cursor import pack, unpack
 from k2.query.engine import PinnedView, QueryEngine, QueryError
 from k2.query.filters import EVENT_SPECS, InvalidQueryError, positive, record_spec, select_rows, symbol_list, utc, where
 from k2.query.fresh import FreshReader, Kafka, Partition, fetched_end, opened_reader
@@ -134,15 +134,13 @@ class Position:
             self.history_after,
             topics,
         ]
-        return base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode()).decode().rstrip("=")
+        return pack(raw)
 
     @classmethod
     def decode(cls, text: str) -> Position:
         bad = InvalidQueryError("cursor is not one a K2 subscription issued: pass back the last cursor unchanged")
         try:
-            version, digest, snapshot_id, since, done, after, topics = json.loads(
-                base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            )
+            version, digest, snapshot_id, since, done, after, topics = unpack(text)
             offsets = {
                 (topic, int(partition)): int(offset)
                 for topic, (_id, partitions) in topics.items()
