@@ -15,12 +15,15 @@ from k2.bus.serde import encoder
 from k2.bus.stack import Stack
 from k2.query.filters import InvalidQueryError
 from k2.query.fresh import FreshReader, FreshSource, feeding_topics, fresh_events, fresh_latest, read_tail
+from k2.query.live_hub import LiveHub
 from k2.query.market import events
+from k2.query.subscribe import SubscribeOptions, subscribe
 from k2.schema import TRADES_V2
 from k2.schema.avro import avro_schema
 from tests.conftest import only_on_tansu
 from tests.integration.helpers import make_trade
 from tests.query.live_stack import DAY, TOPIC, Live
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +214,42 @@ def test_only_topics_feeding_the_table_are_read() -> None:
     ]
     assert feeding_topics(names, TRADES_V2) == ["market.crypto.trades.binance", "market.equities.trades.asx"]
     assert feeding_topics(names, TRADES_V2, exchange="ASX") == ["market.equities.trades.asx"]
+
+
+@only_on_tansu
+def test_fetches_that_come_back_empty_widen_the_wait_and_miss_nothing(live: Live) -> None:
+    """The embedded broker answers a fetch empty when it cannot find the offset within the fetch wait: on an
+    in-memory log of millions of messages at K2's first 5 ms, on any log at 0 ms. Readers starting at 0 ms starve,
+    widen their wait, and read every record: a fresh read, a subscription's own consumer, and the live hub's feed."""
+    live.produce([make_trade(n) for n in range(10)])
+    quick = SubscribeOptions(batch_rows=100, poll_seconds=0.05)
+    with (
+        live.engine() as engine,
+        FreshReader(live.source, fetch_wait_ms=0) as reader,
+        FreshReader(live.source, fetch_wait_ms=0) as hub_reader,
+    ):
+        tail = reader.tail(engine, "trades")
+        assert tail.caught_up and _seqs(tail.rows) == list(range(10))
+        assert reader.fetch_wait.ms == 1
+
+        on_own, on_hub = FreshReader(live.source, fetch_wait_ms=0), LiveHub(hub_reader)
+        try:
+            batches = subscribe(engine, on_own, "trades", "TST", options=quick, live_hub=on_hub)
+            first = next(batches)  # the start is fixed by the first step: the log end, 10
+            live.produce([make_trade(n) for n in range(10, 14)])
+            got = [first]
+            while sum(b.records.num_rows for b in got) < 4:
+                got.append(next(batches))
+            assert on_own.fetch_wait.ms == 1  # its own consumer starved on the way to the live end
+            wait_until(lambda: on_hub.subscribers(str(TOPIC)) == 1, 10, "the subscription to join the hub")
+            live.produce([make_trade(n) for n in range(14, 18)])
+            while sum(b.records.num_rows for b in got) < 8:
+                got.append(next(batches))
+            batches.close()
+        finally:
+            on_hub.close()
+            on_own.close()
+        assert hub_reader.fetch_wait.ms == 1  # the hub's feed starved too, and widened
+        assert [i for b in got for i in b.records["message_id"].to_pylist()] == [
+            make_trade(n)["message_id"] for n in range(10, 18)
+        ]

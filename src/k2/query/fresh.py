@@ -71,10 +71,14 @@ log = structlog.get_logger(__name__)
 # Messages asked of librdkafka per consume() call; large enough that a 100k tail takes a handful of calls.
 _CONSUME_BATCH = 10_000
 
-# A Kafka broker holds a fetch at the end of a partition up to fetch.wait.max.ms (500 ms by default) waiting for data;
-# a query should not wait for data that is not there. On the embedded broker it made no measurable difference
-# (20k trades on 3 partitions: 0.2-0.3 s per tail with either value, with a FreshReader; most of it decoding).
-_FETCH_WAIT_MS = 10
+# A Kafka broker holds a fetch at the end of a partition up to fetch.wait.max.ms (500 ms by default) waiting for data:
+# a query should not wait for data that is not there, and a live record should be fetched soon after it lands. The
+# embedded broker does not answer a waiting fetch as soon as a record lands (the longer the wait, the later a live
+# record comes), and it answers an *empty* fetch when it cannot find the offset within the wait: on its in-memory log
+# that search grows with the log (10-20 ms at 2.4 M messages, 20-50 ms at 6 M). So readers start short and widen the
+# wait when their fetches starve (docs/stack-notes.md, "Embedded broker").
+_FIRST_FETCH_WAIT_MS = 5
+_MOST_FETCH_WAIT_MS = 5_000
 
 # The columnar decoder costs ~4.5 ms per call whatever the size (a few numpy steps per field), fastavro ~0.1-0.2 ms per
 # message: below this many messages (a live subscription's usual batch) decoding them one by one is quicker.
@@ -124,6 +128,46 @@ class Tail:
     fetched: int = 0  # messages this read fetched from Kafka (the reader keeps what earlier reads fetched)
 
 
+class FetchWait:
+    """fetch.wait.max.ms of one reader's consumers: short at first, doubled each time a consumer's fetches starve
+    at the current wait (never shortened: the log only grows until the broker restarts)."""
+
+    def __init__(self, ms: int = _FIRST_FETCH_WAIT_MS) -> None:
+        self.ms = ms
+        self._lock = threading.Lock()
+
+    def widen(self, starved_at: int) -> None:
+        """Widen past `starved_at` ms, unless another consumer already did."""
+        with self._lock:
+            if self.ms <= starved_at < _MOST_FETCH_WAIT_MS:
+                self.ms = min(max(starved_at * 2, 1), _MOST_FETCH_WAIT_MS)
+                log.warning(
+                    "fresh.fetch_wait_widened",
+                    fetch_wait_ms=self.ms,
+                    why="fetches came back empty with records past the position (the embedded broker on a long log:"
+                    " live records now wait up to this long at the broker; Apache Kafka does not need it)",
+                )
+
+
+class Starvation:
+    """Tells a consumer whose fetches come back empty although its partitions hold records past its position (a
+    fetch wait too short for the broker): no message for a while, and a partition whose end, as the last fetch
+    reported it, lies beyond the position (or no fetch has answered). `wait_ms`: the consumer's fetch wait."""
+
+    def __init__(self, wait_ms: int) -> None:
+        self.wait_ms = wait_ms
+        self._quiet = max(0.25, 4 * wait_ms / 1000)  # a healthy fetch of records already there answers in ms
+        self._fed_at = time.monotonic()
+
+    def fed(self) -> None:
+        self._fed_at = time.monotonic()
+
+    def starved(self, consumer: Consumer, positions: dict[Partition, int]) -> bool:
+        if time.monotonic() - self._fed_at < self._quiet:
+            return False
+        return any(offset < fetched_end(consumer, TopicPartition(*key)) for key, offset in positions.items())
+
+
 @dataclass(frozen=True)
 class Boundary:
     """Where the lake ends in the log: its newest snapshot, and per partition of the topics feeding the table the
@@ -155,14 +199,18 @@ class FreshReader:
 
     A reader per process (e.g. the API's) saves ~0.3 s per query over opening them each time (extension load, TLS
     context); the functions below accept either a FreshSource (opened and closed per call) or a FreshReader.
-    Thread-safe; close it when done (or use `with`).
+    Thread-safe; close it when done (or use `with`). `fetch_wait_ms`: the fetch wait its consumers start with
+    (`fetch_wait` widens it when their fetches starve).
     """
 
-    def __init__(self, source: FreshSource, *, kept_messages: int = 500_000) -> None:
+    def __init__(
+        self, source: FreshSource, *, kept_messages: int = 500_000, fetch_wait_ms: int = _FIRST_FETCH_WAIT_MS
+    ) -> None:
         self.source = source
         self._admin = AdminClient(base_config(source.settings, source.bootstrap))
         self._registry = RegistryClient.for_settings(source.settings, source.registry_url)
         self._kept = _KeptTail(kept_messages)
+        self.fetch_wait = FetchWait(fetch_wait_ms)
 
     def tail(self, engine: QueryEngine, kind: str, *, exchange: str | None = None, symbols: Symbols = None) -> Tail:
         """Everything the topics feeding `kind`'s table hold beyond the lake's newest snapshot, decoded; with
@@ -177,8 +225,17 @@ class FreshReader:
         try:
             boundary = self.lake_boundary(engine, spec, consumer, exchange)
             with self._kept.lock:  # one tail read at a time extends what is kept
-                fetch_from = self._kept.fetch_from(boundary.start, boundary.topic_ids)
-                fetched, end, caught_up = _consume(consumer, fetch_from, self.source)
+                end = self._kept.fetch_from(boundary.start, boundary.topic_ids)
+                fetched: list[Message] = []
+                deadline = time.monotonic() + self.source.budget_seconds
+                while True:
+                    watch = Starvation(self.fetch_wait.ms)
+                    read, end, outcome = _consume(consumer, end, self.source, deadline, watch)
+                    fetched += read
+                    if outcome != "starved":
+                        break
+                    consumer = self.widened(consumer, watch, end)
+                caught_up = outcome == "caught_up"
                 messages = self._kept.extend(fetched, end).select(boundary.start, keys)
         finally:
             consumer.close()
@@ -189,10 +246,22 @@ class FreshReader:
             rows, boundary.snapshot_id, boundary.start, end, boundary.topic_ids, caught_up, skipped, len(fetched)
         )
 
-    def consumer(self) -> Consumer:
+    def consumer(self, **config: Any) -> Consumer:
         """A consumer in the sink's group (to read its committed offsets) that is only ever assigned partitions:
-        it never joins the group nor commits, so the sink is not disturbed. The caller closes it."""
-        return Consumer({**self.consumer_config(), "fetch.wait.max.ms": _FETCH_WAIT_MS})
+        it never joins the group nor commits, so the sink is not disturbed; the reader's fetch wait, and `config`
+        (librdkafka settings) on top. The caller closes it."""
+        return Consumer({**self.consumer_config(), "fetch.wait.max.ms": self.fetch_wait.ms, **config})
+
+    def widened(
+        self, consumer: Consumer, watch: Starvation, positions: dict[Partition, int], **config: Any
+    ) -> Consumer:
+        """`consumer`, whose fetches starved at `watch`'s wait, closed, and a new one (as `consumer(**config)`)
+        with a wider wait, assigned at `positions`."""
+        consumer.close()
+        self.fetch_wait.widen(watch.wait_ms)
+        replacement = self.consumer(**config)
+        replacement.assign([TopicPartition(t, p, offset) for (t, p), offset in positions.items()])
+        return replacement
 
     def consumer_config(self) -> dict[str, Any]:
         """librdkafka settings of `consumer()`, for a caller that needs other fetch settings."""
@@ -370,30 +439,32 @@ def read_tail(
 
 
 def _consume(
-    consumer: Consumer, start: dict[Partition, int], source: FreshSource, keys: set[bytes] | None = None
-) -> tuple[list[Message], dict[Partition, int], bool]:
-    """Read from `start` to the end of every partition; (messages, next offset per partition, caught up). With
-    `keys`, only messages with one of those keys (or none) are kept."""
+    consumer: Consumer, start: dict[Partition, int], source: FreshSource, deadline: float, watch: Starvation
+) -> tuple[list[Message], dict[Partition, int], str]:
+    """Read from `start` to the end of every partition until `deadline` (time.monotonic());
+    (messages, next offset per partition, "caught_up" | "budget" | "starved": `watch` saw the fetches starve)."""
     if not start:
-        return [], {}, True
+        return [], {}, "caught_up"
     tps = [TopicPartition(t, p, offset) for (t, p), offset in start.items()]
     consumer.assign(tps)
     position = dict(start)
     messages: list[Message] = []
-    deadline = time.monotonic() + source.budget_seconds
     while (remaining := deadline - time.monotonic()) > 0:
         # consume(n, timeout) waits out its timeout unless n messages come: wait only for the first
         first = consumer.poll(min(source.poll_seconds, remaining))
+        if first is not None:
+            watch.fed()
         for msg in [first, *consumer.consume(_CONSUME_BATCH - 1, 0)] if first is not None else []:
             if msg.error():
                 log.warning("fresh.consume_error", error=msg.error().str())
                 continue
             position[(msg.topic(), msg.partition())] = msg.offset() + 1
-            if keys is None or msg.key() is None or msg.key() in keys:
-                messages.append(msg)
+            messages.append(msg)
         if all(position[(tp.topic, tp.partition)] >= fetched_end(consumer, tp) for tp in tps):
-            return messages, position, True
-    return messages, position, False
+            return messages, position, "caught_up"
+        if first is None and watch.starved(consumer, position):
+            return messages, position, "starved"
+    return messages, position, "budget"
 
 
 def fetched_end(consumer: Consumer, tp: TopicPartition) -> float:

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from k2.bus.topics import TopicName
 from k2.query.filters import row_mask
-from k2.query.fresh import FreshReader, Partition
+from k2.query.fresh import FreshReader, Partition, Starvation
 from k2.schema.arrow import arrow_schema
 from k2.schema.fields import RecordSpec
 
@@ -38,7 +38,6 @@ log = structlog.get_logger(__name__)
 
 # The feed's fetch settings: one consumer per topic per process, so a larger prefetch than a subscription's own
 _FETCH_QUEUE_KBYTES = 32_768
-_FETCH_WAIT_MS = 5  # an idle partition's fetch returns this soon: the floor a live record waits at the broker
 _FEED_BATCH = 5_000
 _FEED_POLL_SECONDS = 0.1  # how soon a stopped feed notices
 
@@ -248,13 +247,7 @@ class LiveHub:
                 feed.thread.join()
 
     def _start(self, topic: str, offsets: dict[int, int]) -> _Feed:
-        consumer = Consumer(
-            {
-                **self.reader.consumer_config(),
-                "queued.max.messages.kbytes": _FETCH_QUEUE_KBYTES,
-                "fetch.wait.max.ms": _FETCH_WAIT_MS,
-            }
-        )
+        consumer = self.reader.consumer(**{"queued.max.messages.kbytes": _FETCH_QUEUE_KBYTES})
         consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
         feed = _Feed(topic, TopicName.parse(topic).spec, consumer, dict(offsets), self.ring_messages)
         feed.ring_from = dict(offsets)
@@ -265,11 +258,18 @@ class LiveHub:
         return feed
 
     def _run(self, feed: _Feed) -> None:
+        watch = Starvation(self.reader.fetch_wait.ms)
         try:
             while not feed.stop.is_set():
                 first = feed.consumer.poll(_FEED_POLL_SECONDS)
                 if first is None:
+                    positions = {(feed.topic, p): offset for p, offset in feed.next_offsets.items()}
+                    if watch.starved(feed.consumer, positions):
+                        config = {"queued.max.messages.kbytes": _FETCH_QUEUE_KBYTES}
+                        feed.consumer = self.reader.widened(feed.consumer, watch, positions, **config)
+                        watch = Starvation(self.reader.fetch_wait.ms)
                     continue
+                watch.fed()
                 messages = [first, *feed.consumer.consume(_FEED_BATCH - 1, 0)]
                 good = []
                 for msg in messages:

@@ -61,7 +61,7 @@ from k2.lake.tables import table_identifier
 from k2.query.cursor import pack, unpack
 from k2.query.engine import PinnedView, QueryEngine, QueryError
 from k2.query.filters import EVENT_SPECS, InvalidQueryError, positive, record_spec, select_rows, symbol_list, utc, where
-from k2.query.fresh import FreshReader, Kafka, Partition, fetched_end, opened_reader
+from k2.query.fresh import FreshReader, Kafka, Partition, Starvation, fetched_end, opened_reader
 from k2.query.live_hub import Inbox, LiveHub
 from k2.query.market import read_page
 from k2.schema.arrow import arrow_schema
@@ -75,7 +75,6 @@ Phase = Literal["history", "tail", "live"]
 _VERSION = 1
 # Each subscriber has its own consumer: librdkafka's prefetch (default 64 MiB per consumer) bounds its memory.
 _FETCH_QUEUE_KBYTES = 8192
-_FETCH_WAIT_MS = 10  # a live record should not wait for a fuller fetch
 _PROBE_MESSAGES = 10_000
 _PROBE_WAIT_SECONDS = 0.05
 
@@ -207,7 +206,7 @@ def subscribe(
         stream: _Stream | None = None
         try:
             if cursor is None:
-                position = _start(engine, reader, consumer, spec, digest, exchange, since, live_hub)
+                position, consumer = _start(engine, reader, consumer, spec, digest, exchange, since, live_hub)
             else:
                 position = _resume(reader, spec, digest, exchange, since, Position.decode(cursor))
             stream = _Stream(
@@ -225,14 +224,11 @@ def subscribe(
                 consumer.close()
 
 
+_OWN_CONSUMER = {"queued.max.messages.kbytes": _FETCH_QUEUE_KBYTES}
+
+
 def _own_consumer(reader: FreshReader) -> Consumer:
-    return Consumer(
-        {
-            **reader.consumer_config(),
-            "queued.max.messages.kbytes": _FETCH_QUEUE_KBYTES,
-            "fetch.wait.max.ms": _FETCH_WAIT_MS,
-        }
-    )
+    return reader.consumer(**_OWN_CONSUMER)
 
 
 def _start(
@@ -244,10 +240,11 @@ def _start(
     exchange: str | None,
     since: datetime | None,
     live_hub: LiveHub | None,
-) -> Position:
+) -> tuple[Position, Consumer]:
+    """Where a new subscription starts, and the consumer to go on with (`consumer`, or its replacement)."""
     boundary = reader.lake_boundary(engine, spec, consumer, exchange)
     if since is not None:
-        return Position(
+        start = Position(
             digest,
             boundary.snapshot_id,
             micros_from_datetime(utc(since, "since")),
@@ -256,8 +253,11 @@ def _start(
             offsets=boundary.start,
             topic_ids=boundary.topic_ids,
         )
-    ends = _hub_positions(live_hub, list(boundary.start)) or _log_ends(consumer, list(boundary.start))
-    return Position(digest, boundary.snapshot_id, None, True, None, ends, boundary.topic_ids)
+        return start, consumer
+    ends = _hub_positions(live_hub, list(boundary.start))
+    if ends is None:
+        ends, consumer = _log_ends(reader, consumer, list(boundary.start))
+    return Position(digest, boundary.snapshot_id, None, True, None, ends, boundary.topic_ids), consumer
 
 
 def _hub_positions(live_hub: LiveHub | None, keys: list[Partition]) -> dict[Partition, int] | None:
@@ -273,28 +273,33 @@ def _hub_positions(live_hub: LiveHub | None, keys: list[Partition]) -> dict[Part
     return positions if set(positions) == set(keys) else None
 
 
-def _log_ends(consumer: Consumer, keys: list[Partition], timeout: float = 10.0) -> dict[Partition, int]:
-    """Where each partition's log ends, as a fetch answers it. ListOffsets alone can fall short on the embedded broker
-    (within the last batch produced, docs/stack-notes.md "Embedded broker"), so fetch from its answer once; the
-    records read on the way are older than the subscription and dropped."""
+def _log_ends(
+    reader: FreshReader, consumer: Consumer, keys: list[Partition], timeout: float = 10.0
+) -> tuple[dict[Partition, int], Consumer]:
+    """Where each partition's log ends, as a fetch answers it, and the consumer to go on with (replaced when its
+    fetches starved). ListOffsets alone can fall short on the embedded broker (within the last batch produced,
+    docs/stack-notes.md "Embedded broker"), so fetch from its answer once; the records read on the way are older than
+    the subscription and dropped."""
     if not keys:
-        return {}
-    listed = [
-        TopicPartition(t, p, max(consumer.get_watermark_offsets(TopicPartition(t, p), 10, False)[1], 0))
-        for t, p in keys
-    ]
-    consumer.incremental_assign(listed)
+        return {}, consumer
+    listed = {key: max(consumer.get_watermark_offsets(TopicPartition(*key), 10, False)[1], 0) for key in keys}
+    consumer.incremental_assign([TopicPartition(t, p, offset) for (t, p), offset in listed.items()])
+    watch = Starvation(reader.fetch_wait.ms)
     try:
         deadline = time.monotonic() + timeout
         while True:
-            consumer.consume(_PROBE_MESSAGES, _PROBE_WAIT_SECONDS)
+            if consumer.consume(_PROBE_MESSAGES, _PROBE_WAIT_SECONDS):
+                watch.fed()
+            elif watch.starved(consumer, listed):
+                consumer = reader.widened(consumer, watch, listed, **_OWN_CONSUMER)
+                watch = Starvation(reader.fetch_wait.ms)
             ends = {key: fetched_end(consumer, TopicPartition(*key)) for key in keys}
             if all(end != float("inf") for end in ends.values()):
-                return {key: int(end) for key, end in ends.items()}
+                return {key: int(end) for key, end in ends.items()}, consumer
             if time.monotonic() >= deadline:
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "no fetch answered for the log end"))
     finally:
-        consumer.incremental_unassign(listed)
+        consumer.incremental_unassign([TopicPartition(*key) for key in keys])
 
 
 def _resume(
@@ -394,6 +399,7 @@ class _Stream:
     ) -> None:
         self.engine, self.reader, self.spec = engine, reader, spec
         self.consumer: Consumer | None = consumer  # None while the live records come from the hub
+        self.watch = Starvation(reader.fetch_wait.ms)
         self.hub: LiveHub | None = None
         self.inbox: Inbox | None = None
         self.keys = {s.encode() for s in symbols} if symbols is not None else None
@@ -471,7 +477,10 @@ class _Stream:
     def _from_consumer(self, offsets: dict[Partition, int]) -> pa.Table:
         """The next records of the subscription's own consumer; `offsets` moves past every message read."""
         good: list[Message] = []
-        for msg in self._next_messages():
+        messages = self._next_messages()
+        if not messages and self.watch.starved(self.consumer, offsets):
+            self._widen(offsets)
+        for msg in messages:
             if msg.error():
                 log.warning("subscribe.consume_error", error=msg.error().str())
                 continue
@@ -516,6 +525,7 @@ class _Stream:
         self.inbox = None
         self.caught_up = False
         self.consumer = _own_consumer(self.reader)
+        self.watch = Starvation(self.reader.fetch_wait.ms)
         self.consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
 
     def _recall(self, offsets: dict[Partition, int], timeout: float = 10.0) -> None:
@@ -533,7 +543,12 @@ class _Stream:
             deadline = time.monotonic() + timeout
             while any(reached[key] < offsets[key] for key in starts) and time.monotonic() < deadline:
                 before = []
-                for msg in self.consumer.consume(self.options.batch_rows, self.options.poll_seconds):
+                messages = self.consumer.consume(self.options.batch_rows, self.options.poll_seconds)
+                if messages:
+                    self.watch.fed()
+                elif self.watch.starved(self.consumer, reached):
+                    self._widen(reached)
+                for msg in messages:
                     if msg.error():
                         continue
                     key = (msg.topic(), msg.partition())
@@ -568,12 +583,19 @@ class _Stream:
                 self._leave_hub(offsets)
                 return
 
+    def _widen(self, positions: dict[Partition, int]) -> None:
+        """The own consumer's fetches starve (a broker that needs a longer fetch wait): reopen it at `positions`."""
+        assert self.consumer is not None
+        self.consumer = self.reader.widened(self.consumer, self.watch, positions, **_OWN_CONSUMER)
+        self.watch = Starvation(self.reader.fetch_wait.ms)
+
     def _next_messages(self) -> list[Message]:
         """Up to `room()` messages: waits for the first (poll_seconds at most), then takes what is already there."""
         assert self.consumer is not None
         first = self.consumer.poll(self.options.poll_seconds)
         if first is None:
             return []
+        self.watch.fed()
         more = self.room() - 1
         return [first, *self.consumer.consume(more, 0)] if more else [first]
 
