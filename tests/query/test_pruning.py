@@ -133,3 +133,13 @@ def test_latest_from_kept_tails_reads_only_the_newest_day_file(engine: QueryEngi
     assert newest.column("source_sequence").to_pylist() == [DAYS - 1]
     tails = [f.day for f in engine.layout("trades_v2").files if engine.has_file_fact(f.path, *tail_of("BHP"))]
     assert tails == [at(0, day=DAYS - 1).date()]
+
+
+def test_latest_of_a_symbol_no_file_holds_reads_no_file(engine: QueryEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: list[Any] = []
+    counts = files_read_by_each(monkeypatch, lambda: answers.append(latest(engine, "trades", "NOPE", n=5)))
+
+    assert counts == []  # the files' kept symbols say no file holds it: no query at all
+    scanned = latest(engine, "trades", "NOPE", n=5, end=at(0, day=DAYS))  # with an `end`: the ranked lake query
+    assert answers[0].num_rows == 0 and scanned.num_rows == 0
+    assert answers[0].schema == scanned.schema

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 
+import duckdb
 import pyarrow as pa
 
 from k2.lake.tables import table_identifier
@@ -31,6 +33,7 @@ from k2.query.filters import (
 )
 from k2.query.layout import DataFile
 from k2.query.timetravel import AsOf
+from k2.schema.arrow import arrow_schema
 from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import RecordSpec
 
@@ -180,6 +183,15 @@ def tail_query(spec: RecordSpec) -> str:
     )
 
 
+@cache
+def _no_rows(spec: RecordSpec) -> pa.Table:
+    """No rows of `spec`'s table, typed as the lake's SQL answers them (DuckDB's Arrow: nullable columns)."""
+    with duckdb.connect(":memory:") as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("no_rows", arrow_schema(spec).empty_table())
+        return con.execute("SELECT * FROM no_rows").to_arrow_table()
+
+
 def _newest_from_kept_tails(
     reader: Reader,
     spec: RecordSpec,
@@ -190,7 +202,7 @@ def _newest_from_kept_tails(
     end: datetime | None,
 ) -> pa.Table | None:
     """`latest`'s answer (all columns) from kept per-file tails, or None when they cannot give it: no symbols or
-    too many, an `end`, n too large, files without an exchange partition, delete files, nothing found.
+    too many, an `end`, n too large, files without an exchange partition, delete files.
 
     Exact: each tail is a file's newest K >= n rows of the symbol, so a row outside its file's tail has n newer
     ones and is not among the newest n; files are taken newest first until the next file's newest timestamp is
@@ -202,7 +214,9 @@ def _newest_from_kept_tails(
     if reader.layout(spec.name).has_deletes:
         return None
     holders = files_holding(reader, spec.name, names, exchange, start, end)
-    if not holders or any(f.exchange is None or f.newest is None for f, _counts in holders):
+    if not holders:  # every file's symbols are known, and none holds these: no scan for a symbol the lake lacks
+        return _no_rows(spec)
+    if any(f.exchange is None or f.newest is None for f, _counts in holders):
         return None
     size = max(_MIN_TAIL, 1 << (n - 1).bit_length())
     query = tail_query(spec)
