@@ -238,6 +238,7 @@ class FreshReader:
                 if outcome != "starved":
                     break
                 consumer = self.widened(consumer, watch, end)
+            consumer.unassign()  # no fetching between reads
             self._tail_consumer = consumer
             caught_up = outcome == "caught_up"
             messages = self._kept.extend(fetched, end).select(boundary.start, keys)
