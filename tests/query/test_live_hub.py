@@ -63,7 +63,7 @@ def _live_batches(batches: Iterator[SubscriptionBatch], count: int, out: list[Su
 def test_fifty_subscribers_of_one_symbol_share_one_consumer_and_a_slow_one_is_dropped_alone(live: Live) -> None:
     live.produce([make_trade(n) for n in range(3)])  # before the subscriptions: not theirs
     total, subscribers = 400, 50
-    quick = SubscribeOptions(batch_rows=100, poll_seconds=0.05)
+    quick = SubscribeOptions(batch_rows=500, poll_seconds=0.05)  # a batch holds a whole hub chunk: shared, not split
     with live.engine() as engine, FreshReader(live.source) as reader:
         hub = LiveHub(reader)
         slow = subscribe(
@@ -96,6 +96,12 @@ def test_fifty_subscribers_of_one_symbol_share_one_consumer_and_a_slow_one_is_dr
             for out in got:
                 assert ids_of(out) == _ids(range(3, 3 + total))  # each record once, in order
                 assert {b.phase for b in out if b.records.num_rows} == {"live"}
+                for b in out:
+                    if b.shared:  # the hub's own tables, to encode once for every subscriber
+                        assert pa.concat_tables(b.shared).equals(b.records)
+            # subscribers of one filter are handed the same table objects
+            tables = [{id(t) for b in out for t in b.shared} for out in got]
+            assert all(len(tables[0] & other) > 0 for other in tables[1:])
             assert hub.subscribers(TOPIC_NAME) == subscribers  # the slow one was dropped, no one else
             with pytest.raises(FellBehind):
                 while True:

@@ -66,9 +66,10 @@ def frame_text(frames: list[Frame]) -> str:
 
 class SharedLines:
     """NDJSON of the last `size` record tables encoded: the live hub hands the subscribers of one filter the same
-    table, so it is encoded once for all of them. Keyed by identity (the table is held, so its id is not reused)."""
+    tables, so each is encoded once for all of them, however far apart in time they take it (a table per hub batch:
+    1024 cover seconds of a busy symbol). Keyed by identity (the table is held, so its id is not reused)."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 1024) -> None:
         self._size = size
         self._recent: OrderedDict[int, tuple[pa.Table, bytes]] = OrderedDict()
         self._lock = threading.Lock()
@@ -274,7 +275,8 @@ class SubscriptionSession:
                 moved = batch.cursor != last_cursor and time.monotonic() - last_frame_at >= _CURSOR_ONLY_SECONDS
                 if not (rows or changed or moved):
                     continue
-                frame = Frame(_SHARED_LINES.lines(batch.records), batch.cursor, rows, batch.phase)
+                lines = b"".join(map(_SHARED_LINES.lines, batch.shared or (batch.records,)))
+                frame = Frame(lines, batch.cursor, rows, batch.phase)
                 put = self._buffer.put(frame, wait=batch.phase != "live")
                 if not asyncio.run_coroutine_threadsafe(put, loop).result():
                     self._give_up(loop, gave_up)

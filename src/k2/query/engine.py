@@ -48,7 +48,7 @@ from k2.lake.tables import table_identifier
 from k2.query.file_facts import FileFacts
 from k2.query.layout import Layout, read_layout
 from k2.query.timetravel import AsOf, SnapshotNotFoundError, resolve_pins
-from k2.schema.arrow import arrow_schema
+from k2.schema.arrow import empty_rows
 from k2.schema.fields import ALL_RECORDS, RecordSpec
 
 TABLES: tuple[str, ...] = tuple(table_identifier(spec) for spec in ALL_RECORDS)
@@ -96,7 +96,7 @@ def _literal(text: str) -> str:
 
 def _create_empty(con: duckdb.DuckDBPyConnection, target: str, spec: RecordSpec) -> None:
     """A typed empty table with the V2 columns, standing in for a table with no data, so queries still bind."""
-    con.register("_k2_arrow", arrow_schema(spec).empty_table())
+    con.register("_k2_arrow", empty_rows(spec))
     try:
         con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _k2_arrow")
     finally:

@@ -63,7 +63,7 @@ from k2.query.filters import (
     where,
 )
 from k2.query.market import Symbols, events, latest
-from k2.schema.arrow import arrow_schema, records_to_arrow
+from k2.schema.arrow import empty_rows, records_to_arrow
 from k2.schema.avro import parsed_schema
 from k2.schema.fields import RecordSpec
 
@@ -333,7 +333,7 @@ class FreshReader:
             skipped += bad
         parts = [p for p in parts if p.num_rows]
         if not parts:
-            return arrow_schema(spec).empty_table(), skipped
+            return empty_rows(spec), skipped
         return pa.concat_tables(parts), skipped
 
     def close(self) -> None:

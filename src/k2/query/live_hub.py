@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from k2.bus.topics import TopicName
 from k2.query.filters import row_mask
 from k2.query.fresh import FreshReader, Partition, Starvation
-from k2.schema.arrow import arrow_schema
+from k2.schema.arrow import empty_rows
 from k2.schema.fields import RecordSpec
 
 log = structlog.get_logger(__name__)
@@ -353,7 +353,7 @@ def _decoded(reader: FreshReader, spec: RecordSpec, messages: list[Message]) -> 
     """The messages' rows, with the partition and offset of each: a message that does not decode is left out (the
     sink dead-letters it; the whole batch decodes as one in the usual case)."""
     if not messages:
-        return arrow_schema(spec).empty_table(), np.empty(0, np.int64), np.empty(0, np.int64)
+        return empty_rows(spec), np.empty(0, np.int64), np.empty(0, np.int64)
     rows, skipped = reader.decode(spec, messages)
     kept = messages
     if skipped:  # which ones: decode them one by one
@@ -363,7 +363,7 @@ def _decoded(reader: FreshReader, spec: RecordSpec, messages: list[Message]) -> 
             if not bad:
                 kept.append(msg)
                 parts.append(one)
-        rows = pa.concat_tables(parts) if parts else arrow_schema(spec).empty_table()
+        rows = pa.concat_tables(parts) if parts else empty_rows(spec)
     partitions = np.fromiter((m.partition() for m in kept), dtype=np.int64, count=len(kept))
     offsets = np.fromiter((m.offset() for m in kept), dtype=np.int64, count=len(kept))
     return rows, partitions, offsets

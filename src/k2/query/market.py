@@ -33,7 +33,7 @@ from k2.query.filters import (
 )
 from k2.query.layout import DataFile
 from k2.query.timetravel import AsOf
-from k2.schema.arrow import arrow_schema
+from k2.schema.arrow import empty_rows
 from k2.schema.codecs import datetime_from_micros
 from k2.schema.fields import RecordSpec
 
@@ -188,7 +188,7 @@ def _no_rows(spec: RecordSpec) -> pa.Table:
     """No rows of `spec`'s table, typed as the lake's SQL answers them (DuckDB's Arrow: nullable columns)."""
     with duckdb.connect(":memory:") as con:
         con.execute("SET TimeZone = 'UTC'")
-        con.register("no_rows", arrow_schema(spec).empty_table())
+        con.register("no_rows", empty_rows(spec))
         return con.execute("SELECT * FROM no_rows").to_arrow_table()
 
 

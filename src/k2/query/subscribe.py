@@ -64,7 +64,7 @@ from k2.query.filters import EVENT_SPECS, InvalidQueryError, positive, record_sp
 from k2.query.fresh import FreshReader, Kafka, Partition, Starvation, fetched_end, opened_reader
 from k2.query.live_hub import Inbox, LiveHub
 from k2.query.market import read_page
-from k2.schema.arrow import arrow_schema
+from k2.schema.arrow import empty_rows
 from k2.schema.codecs import datetime_from_micros, micros_from_datetime
 from k2.schema.fields import RecordSpec
 
@@ -101,11 +101,14 @@ class SubscribeOptions:
 class SubscriptionBatch:
     """Records of one step of a subscription (V2 columns; empty: nothing arrived within `poll_seconds`), and the
     cursor that resumes right after them. `phase`: history (the lake), tail (Kafka, catching up with the log end as
-    of the subscription's start) or live (caught up: records as they arrive)."""
+    of the subscription's start) or live (caught up: records as they arrive). `shared`: tables whose rows, in
+    order, are `records`, the same objects for every subscriber of the filter on the live hub (to encode each once
+    for all of them); empty when `records` is this subscription's own."""
 
     records: pa.Table
     cursor: str
     phase: Phase
+    shared: tuple[pa.Table, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -460,14 +463,18 @@ class _Stream:
         self._assign_new(offsets)
         looked_for_topics = time.monotonic()
         while True:
-            rows = self._from_hub(offsets) if self.inbox is not None else self._from_consumer(offsets)
+            shared: tuple[pa.Table, ...] = ()
+            if self.inbox is not None:
+                rows, shared = self._from_hub(offsets)
+            else:
+                rows = self._from_consumer(offsets)
             self._delivered(rows)
             self.position = replace(self.position, offsets=dict(offsets))
             if not self.caught_up and self.consumer is not None:
                 self.caught_up = all(
                     offsets[key] >= fetched_end(self.consumer, TopicPartition(*key)) for key in offsets
                 )
-            yield SubscriptionBatch(rows, self.position.encode(), "live" if self.caught_up else "tail")
+            yield SubscriptionBatch(rows, self.position.encode(), "live" if self.caught_up else "tail", shared)
             if self.caught_up and self.hub is not None and self.inbox is None:
                 self._join_hub(offsets)
             if time.monotonic() - looked_for_topics >= self.options.topics_seconds:
@@ -490,16 +497,19 @@ class _Stream:
         rows, _skipped = self.reader.decode(self.spec, good)
         return self._unseen(select_rows(rows, self.symbols, self.since, None, self.exchange))
 
-    def _from_hub(self, offsets: dict[Partition, int]) -> pa.Table:
-        """The next records the hub decoded for this subscription; `offsets` moves to the ends of what it covered."""
+    def _from_hub(self, offsets: dict[Partition, int]) -> tuple[pa.Table, tuple[pa.Table, ...]]:
+        """The next records the hub decoded for this subscription, and the hub's tables they are when none was a
+        duplicate; `offsets` moves to the ends of what it covered."""
         assert self.inbox is not None
         chunks = self.inbox.take(self.room(), self.options.poll_seconds)
         for chunk in chunks:
             offsets.update(chunk.ends)
-        parts = [chunk.rows for chunk in chunks if chunk.rows.num_rows]
+        parts = tuple(chunk.rows for chunk in chunks if chunk.rows.num_rows)
         if not parts:
-            return arrow_schema(self.spec).empty_table()
-        return self._unseen(pa.concat_tables(parts) if len(parts) > 1 else parts[0])  # the hub applied the filter
+            return empty_rows(self.spec), ()
+        whole = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        unseen = self._unseen(whole)  # the hub applied the filter
+        return unseen, parts if unseen is whole else ()
 
     def _join_hub(self, offsets: dict[Partition, int]) -> None:
         """Take the live records from the hub from exactly `offsets` on, and close the own consumer; when a feed is

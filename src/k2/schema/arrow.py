@@ -29,6 +29,12 @@ def arrow_schema(record: RecordSpec) -> pa.Schema:
     return pa.schema([pa.field(f.name, arrow_type(f), nullable=not f.required) for f in record.fields])
 
 
+@cache
+def empty_rows(record: RecordSpec) -> pa.Table:
+    """No rows of `record`'s table: built once (~0.4 ms for the map and list columns; tables are immutable)."""
+    return arrow_schema(record).empty_table()
+
+
 def records_to_arrow(record: RecordSpec, rows: list[dict]) -> pa.Table:
     """Build an Arrow table from V2 records (dicts as k2.schema.codecs produces them).
 

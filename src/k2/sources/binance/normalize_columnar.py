@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from k2.core.batch import Reject
-from k2.schema.arrow import arrow_schema, records_to_arrow
+from k2.schema.arrow import arrow_schema, empty_rows, records_to_arrow
 from k2.schema.fields import PRICE_SCALE, QUOTES_V2, TRADES_V2, DataType, RecordSpec, Side
 from k2.schema.ids_columnar import join_names, message_ids_column, string_offsets
 from k2.sources.binance.frame_templates import FALSE_WORD, QUOTE_BYTE, TEMPLATES, TRUE_WORD, FrameBuffer, Template
@@ -141,18 +140,13 @@ def _merge(
     if records:
         parts = [*parts, (records_to_arrow(spec, records), np.array(frames, dtype=np.int64))]
     if not parts:
-        return _empty_table(spec), np.zeros(0, dtype=np.int64)
+        return empty_rows(spec), np.zeros(0, dtype=np.int64)
     if len(parts) == 1:
         return parts[0]
     table = pa.concat_tables([table for table, _ in parts])
     index = np.concatenate([rows for _, rows in parts])
     order = np.argsort(index, kind="stable")
     return table.take(order), index[order]
-
-
-@cache
-def _empty_table(spec: RecordSpec) -> pa.Table:
-    return arrow_schema(spec).empty_table()  # ~0.4 ms to build (the map and list columns); tables are immutable
 
 
 # --- matching ---------------------------------------------------------------------------------------------------
