@@ -276,7 +276,14 @@ class QueryEngine:
             if (kept := self._layouts.get(key)) is not None:
                 return kept
         table = self.table(name)  # outside the lock: the catalog may be slow, and queries can go on meanwhile
-        found = Layout(()) if table is None else read_layout(table, snapshot_id)
+        if table is None:
+            found = Layout(())
+        else:
+            snapshot = table.snapshot_by_id(snapshot_id)
+            parent_id = None if snapshot is None else snapshot.parent_snapshot_id
+            with self._lock:
+                parent = None if parent_id is None else self._layouts.get((name, parent_id))
+            found = read_layout(table, snapshot_id, parent)
         with self._lock:
             self._layouts[key] = found
         return found
