@@ -225,20 +225,23 @@ class FreshReader:
         keys = {name.encode() for name in names} if names is not None else None
         with self._kept.lock:  # one tail read at a time: it extends what is kept, with the one tail consumer
             # kept across reads: a new consumer's connection and first fetch cost tens of ms per read
-            consumer = self._tail_consumer or self.consumer()
-            self._tail_consumer = None  # until this read ends well
-            boundary = self.lake_boundary(engine, spec, consumer, exchange)
-            end = self._kept.fetch_from(boundary.start, boundary.topic_ids)
-            fetched: list[Message] = []
-            deadline = time.monotonic() + self.source.budget_seconds
-            while True:
-                watch = Starvation(self.fetch_wait.ms)
-                read, end, outcome = _consume(consumer, end, self.source, deadline, watch)
-                fetched += read
-                if outcome != "starved":
-                    break
-                consumer = self.widened(consumer, watch, end)
-            consumer.unassign()  # no fetching between reads
+            consumer, self._tail_consumer = self._tail_consumer or self.consumer(), None  # back once this read ends
+            try:
+                boundary = self.lake_boundary(engine, spec, consumer, exchange)
+                end = self._kept.fetch_from(boundary.start, boundary.topic_ids)
+                fetched: list[Message] = []
+                deadline = time.monotonic() + self.source.budget_seconds
+                watch = self.watch()
+                while True:
+                    read, end, outcome = _consume(consumer, end, self.source, deadline, watch)
+                    fetched += read
+                    if outcome != "starved":
+                        break
+                    consumer, watch = self.widened(consumer, watch, end)
+                consumer.unassign()  # no fetching between reads
+            except BaseException:
+                consumer.close()
+                raise
             self._tail_consumer = consumer
             caught_up = outcome == "caught_up"
             messages = self._kept.extend(fetched, end).select(boundary.start, keys)
@@ -255,16 +258,20 @@ class FreshReader:
         (librdkafka settings) on top. The caller closes it."""
         return Consumer({**self.consumer_config(), "fetch.wait.max.ms": self.fetch_wait.ms, **config})
 
+    def watch(self) -> Starvation:
+        """A starvation watch for a consumer opened now (at the reader's current fetch wait)."""
+        return Starvation(self.fetch_wait.ms)
+
     def widened(
         self, consumer: Consumer, watch: Starvation, positions: dict[Partition, int], **config: Any
-    ) -> Consumer:
+    ) -> tuple[Consumer, Starvation]:
         """`consumer`, whose fetches starved at `watch`'s wait, closed, and a new one (as `consumer(**config)`)
-        with a wider wait, assigned at `positions`."""
+        with a wider wait, assigned at `positions`, with its own watch."""
         consumer.close()
         self.fetch_wait.widen(watch.wait_ms)
         replacement = self.consumer(**config)
         replacement.assign([TopicPartition(t, p, offset) for (t, p), offset in positions.items()])
-        return replacement
+        return replacement, self.watch()
 
     def consumer_config(self) -> dict[str, Any]:
         """librdkafka settings of `consumer()`, for a caller that needs other fetch settings."""

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from k2.bus.topics import TopicName
 from k2.query.filters import row_mask
-from k2.query.fresh import FreshReader, Partition, Starvation
+from k2.query.fresh import FreshReader, Partition
 from k2.schema.arrow import empty_rows
 from k2.schema.fields import RecordSpec
 
@@ -258,7 +258,7 @@ class LiveHub:
         return feed
 
     def _run(self, feed: _Feed) -> None:
-        watch = Starvation(self.reader.fetch_wait.ms)
+        watch = self.reader.watch()
         try:
             while not feed.stop.is_set():
                 first = feed.consumer.poll(_FEED_POLL_SECONDS)
@@ -266,8 +266,7 @@ class LiveHub:
                     positions = {(feed.topic, p): offset for p, offset in feed.next_offsets.items()}
                     if watch.starved(feed.consumer, positions):
                         config = {"queued.max.messages.kbytes": _FETCH_QUEUE_KBYTES}
-                        feed.consumer = self.reader.widened(feed.consumer, watch, positions, **config)
-                        watch = Starvation(self.reader.fetch_wait.ms)
+                        feed.consumer, watch = self.reader.widened(feed.consumer, watch, positions, **config)
                     continue
                 watch.fed()
                 messages = [first, *feed.consumer.consume(_FEED_BATCH - 1, 0)]

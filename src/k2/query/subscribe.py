@@ -61,7 +61,7 @@ from k2.lake.tables import table_identifier
 from k2.query.cursor import pack, unpack
 from k2.query.engine import PinnedView, QueryEngine, QueryError
 from k2.query.filters import EVENT_SPECS, InvalidQueryError, positive, record_spec, select_rows, symbol_list, utc, where
-from k2.query.fresh import FreshReader, Kafka, Partition, Starvation, fetched_end, opened_reader
+from k2.query.fresh import FreshReader, Kafka, Partition, fetched_end, opened_reader
 from k2.query.live_hub import Inbox, LiveHub
 from k2.query.market import read_page
 from k2.schema.arrow import empty_rows
@@ -287,15 +287,14 @@ def _log_ends(
         return {}, consumer
     listed = {key: max(consumer.get_watermark_offsets(TopicPartition(*key), 10, False)[1], 0) for key in keys}
     consumer.incremental_assign([TopicPartition(t, p, offset) for (t, p), offset in listed.items()])
-    watch = Starvation(reader.fetch_wait.ms)
+    watch = reader.watch()
     try:
         deadline = time.monotonic() + timeout
         while True:
             if consumer.consume(_PROBE_MESSAGES, _PROBE_WAIT_SECONDS):
                 watch.fed()
             elif watch.starved(consumer, listed):
-                consumer = reader.widened(consumer, watch, listed, **_OWN_CONSUMER)
-                watch = Starvation(reader.fetch_wait.ms)
+                consumer, watch = reader.widened(consumer, watch, listed, **_OWN_CONSUMER)
             ends = {key: fetched_end(consumer, TopicPartition(*key)) for key in keys}
             if all(end != float("inf") for end in ends.values()):
                 return {key: int(end) for key, end in ends.items()}, consumer
@@ -402,7 +401,7 @@ class _Stream:
     ) -> None:
         self.engine, self.reader, self.spec = engine, reader, spec
         self.consumer: Consumer | None = consumer  # None while the live records come from the hub
-        self.watch = Starvation(reader.fetch_wait.ms)
+        self.watch = reader.watch()
         self.hub: LiveHub | None = None
         self.inbox: Inbox | None = None
         self.keys = {s.encode() for s in symbols} if symbols is not None else None
@@ -535,7 +534,7 @@ class _Stream:
         self.inbox = None
         self.caught_up = False
         self.consumer = _own_consumer(self.reader)
-        self.watch = Starvation(self.reader.fetch_wait.ms)
+        self.watch = self.reader.watch()
         self.consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
 
     def _recall(self, offsets: dict[Partition, int], timeout: float = 10.0) -> None:
@@ -596,8 +595,7 @@ class _Stream:
     def _widen(self, positions: dict[Partition, int]) -> None:
         """The own consumer's fetches starve (a broker that needs a longer fetch wait): reopen it at `positions`."""
         assert self.consumer is not None
-        self.consumer = self.reader.widened(self.consumer, self.watch, positions, **_OWN_CONSUMER)
-        self.watch = Starvation(self.reader.fetch_wait.ms)
+        self.consumer, self.watch = self.reader.widened(self.consumer, self.watch, positions, **_OWN_CONSUMER)
 
     def _next_messages(self) -> list[Message]:
         """Up to `room()` messages: waits for the first (poll_seconds at most), then takes what is already there."""
